@@ -1,0 +1,119 @@
+"""Typed configuration: pydantic models loaded from YAML and validated once, at the edge.
+
+Every stage's settings subclass :class:`StrictModel`: unknown keys are errors, and a field's
+docstring is its documentation and its CLI ``--help`` text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from medtune.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base for every config: forbids unknown keys, validates assignments, docstrings are help."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True, frozen=False)
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line per problem: ``source: key.path: message (allowed: ...)``."""
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+            parent = _model_at(err, e["loc"][:-1])
+            if parent is not None:
+                msg += f" (allowed keys: {', '.join(parent)})"
+        elif e["type"] == "literal_error":
+            expected = e.get("ctx", {}).get("expected")
+            msg = f"invalid value {e.get('input')!r} (allowed: {expected})"
+        lines.append(f"{source}: {path}: {msg}")
+    return "\n".join(lines)
+
+
+def _model_at(err: ValidationError, loc: tuple[Any, ...]) -> list[str] | None:
+    """Field names of the model found at ``loc`` inside the model that failed, if we can tell."""
+    model = _VALIDATING.get(err.title)
+    for part in loc:
+        if model is None:
+            return None
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        model = _inner_model(field.annotation)
+    return list(model.model_fields) if model is not None else None
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+_VALIDATING: dict[str, type[BaseModel]] = {}
+
+
+def validate(model: type[M], data: Any, source: str) -> M:
+    """Validate ``data`` into ``model`` or raise :class:`ConfigError` naming each key path."""
+    _VALIDATING[model.__name__] = model
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file; a syntax error names the file, line and column."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config: {err.strerror}") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: invalid YAML: {getattr(err, 'problem', err)}") from None
+
+
+def load_config(model: type[M], path: str | Path, overrides: dict[str, Any] | None = None) -> M:
+    """Load ``path`` as ``model``, applying dotted-key ``overrides`` (``{"train.lr": 1e-4}``) first."""
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
+    for dotted, value in (overrides or {}).items():
+        set_dotted(data, dotted, value)
+    return validate(model, data, str(path))
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``data["a"]["b"] = value`` for ``dotted == "a.b"``, creating mappings on the way."""
+    *parents, last = dotted.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: '{key}' is not a mapping")
+    node[last] = value
+
+
+def dump_config(cfg: BaseModel) -> str:
+    """The resolved config as YAML, for provenance next to an artifact."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,48 @@
+"""Typed description of one data source (a file, a directory, or a Hub dataset)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import model_validator
+
+from medtune.config import StrictModel
+
+
+class SourceConfig(StrictModel):
+    """One data source: which adapter reads it, and where it is."""
+
+    adapter: str
+    """Adapter that reads the source; one of the names in medtune.data.registry.ADAPTERS."""
+    name: str | None = None
+    """Label used in reports, mixes and stats (defaults to the adapter name plus split)."""
+    path: str | None = None
+    """Local file (or directory, for MMLU CSVs) in the source's official format. Relative paths
+    resolve against the config's data_root."""
+    hub: str | None = None
+    """Hugging Face Hub dataset id (e.g. qiaojin/PubMedQA) or a local directory in the same layout."""
+    hub_config: str | None = None
+    """Hub dataset configuration name (e.g. pqa_labeled)."""
+    split: str | None = None
+    """Split to read. Hub: the dataset split (train/validation/test). Official PubMedQA
+    ori_pqal.json: all, test (the official 500 test PMIDs) or trainval (the rest)."""
+    text_field: str = "text"
+    """Field holding the text, for JSON-lines and Hub text sources."""
+    subjects: list[str] | None = None
+    """MMLU / MedMCQA: keep only these subjects."""
+    exclude_subjects: list[str] | Literal["medical"] | None = None
+    """MMLU: drop these subjects; 'medical' drops the medical subjects for a general score."""
+    limit: int | None = None
+    """Keep only the first N records (after filtering), for quick runs."""
+
+    @model_validator(mode="after")
+    def _one_location(self) -> "SourceConfig":
+        if (self.path is None) == (self.hub is None):
+            raise ValueError("give exactly one of 'path' (local official files) or 'hub' (Hub dataset id)")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        return self.adapter + (f"_{self.split}" if self.split else "")
