@@ -117,3 +117,14 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 def dump_config(cfg: BaseModel) -> str:
     """The resolved config as YAML, for provenance next to an artifact."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+class ModelConfig(StrictModel):
+    """Which model to load, and how safely."""
+
+    spec: str = "smollm2-135m"
+    """Model: built-in name (smollm2-135m), local HF directory, local .gguf file, or Hub id (org/name)."""
+    trust_remote_code: bool = False
+    """Run Python code shipped with a Hub model. Off unless you trust the model's authors."""
+    allow_pickle: bool = False
+    """Allow pickled weights (.bin/.pt). Off by default: unpickling can run arbitrary code."""

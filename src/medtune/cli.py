@@ -1,0 +1,156 @@
+"""The ``medtune`` command line: one table from command name to stage function.
+
+Each command takes an optional CONFIG.yaml plus one option per config field (generated from the
+pydantic model, so the field's docstring is the ``--help`` text). Errors that medtune raises on
+purpose are printed without a traceback and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import BaseModel
+
+from medtune.cli_options import options_for, overrides_from
+from medtune.errors import MedtuneError
+
+
+@dataclass(frozen=True)
+class Command:
+    """A CLI command: its config model and the function that runs it (imported lazily)."""
+
+    config: Callable[[], type[BaseModel]]
+    run: Callable[[], Callable[[Any], Any]]
+    help: str
+
+
+def _lazy(module: str, name: str) -> Callable[[], Any]:
+    def get() -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)
+
+    return get
+
+
+COMMANDS: dict[str, Command] = {
+    "data stats": Command(
+        _lazy("medtune.data.build", "DataConfig"),
+        _lazy("medtune.data.build", "stats_command"),
+        "Per-source item and token counts, labels, leakage and the realised replay mix.",
+    ),
+    "data build": Command(
+        _lazy("medtune.data.build", "DataConfig"),
+        _lazy("medtune.data.build", "build_command"),
+        "Build the packed training set (leakage guard, replay mix, packing) into an artifact directory.",
+    ),
+    "model info": Command(
+        _lazy("medtune.model_info", "ModelInfoConfig"),
+        _lazy("medtune.model_info", "model_info"),
+        "Resolve a model spec (converting GGUF once), print its architecture and size, optionally generate.",
+    ),
+}
+"""Command name (with group) -> stage. ``medtune --help`` lists these."""
+
+
+def _make_command(name: str, spec: Command) -> click.Command:
+    model = spec.config()
+    options, dest, yaml_only = options_for(model)
+    epilog = ""
+    if yaml_only:
+        epilog = "Set in CONFIG only (lists and mappings):\n\n" + "\n\n".join(f"  {line}" for line in yaml_only)
+
+    def callback(config: str | None, **params: Any) -> None:
+        from medtune.config import load_config, validate
+
+        overrides = overrides_from(params, dest)
+        if config:
+            cfg = load_config(model, config, overrides)
+            cfg_dir = Path(config).resolve().parent
+        else:
+            data: dict[str, Any] = {}
+            from medtune.config import set_dotted
+
+            for key, value in overrides.items():
+                set_dotted(data, key, value)
+            cfg = validate(model, data, "command line")
+            cfg_dir = Path.cwd()
+        spec.run()(_with_base(cfg, cfg_dir))
+
+    params = [click.Argument(["config"], required=False, type=click.Path(dir_okay=False))] + options
+    return click.Command(name.split()[-1], params=params, callback=callback, help=spec.help, epilog=epilog,
+                         context_settings={"max_content_width": 110})
+
+
+def _with_base(cfg: BaseModel, base: Path) -> BaseModel:
+    """Give configs that resolve relative paths the directory of their YAML file."""
+    if "base_dir" in type(cfg).model_fields and getattr(cfg, "base_dir") is None:
+        cfg.base_dir = str(base)
+    return cfg
+
+
+class _LazyGroup(click.Group):
+    """Builds command options only when a command is used (imports pydantic models, not torch)."""
+
+    def __init__(self, *args: Any, prefix: str = "", **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.prefix = prefix
+
+    def _children(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for full, spec in COMMANDS.items():
+            if not full.startswith(self.prefix):
+                continue
+            rest = full[len(self.prefix):].split()
+            out.setdefault(rest[0], spec.help if len(rest) == 1 else f"{rest[0]} commands")
+        return out
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self._children())
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        full = (self.prefix + cmd_name).strip()
+        if full in COMMANDS:
+            return _make_command(full, COMMANDS[full])
+        if cmd_name in self._children():
+            return _LazyGroup(cmd_name, prefix=f"{full} ", help=self._children()[cmd_name])
+        return None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = list(self._children().items())
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="medtune")
+def app() -> None:
+    """medtune: adapt LLaMA-family models to medicine without losing what they knew."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app.main(args=argv, prog_name="medtune", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except MedtuneError as exc:
+        from rich.console import Console
+        from rich.text import Text
+
+        Console(stderr=True, highlight=False).print(Text("error: ", style="bold red") + Text(str(exc)), soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

