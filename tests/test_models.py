@@ -1,0 +1,126 @@
+"""Model specs: local dirs, Hub layout, GGUF cache atomicity, safety defaults, the embedded model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from medtune import models
+from medtune.errors import ModelError
+
+
+def test_local_dir_loads_tiny_llama(tiny_llama):
+    r = models.resolve(str(tiny_llama))
+    assert r.kind == "local"
+    model = models.load_model(r)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert model.config.hidden_size == 32 and model.config.num_hidden_layers == 2
+
+
+def test_pickled_weights_refused_unless_allowed(tiny_llama, tmp_path):
+    from safetensors.torch import load_file
+
+    d = tmp_path / "pickled"
+    shutil.copytree(tiny_llama, d)
+    (d / "model.safetensors").unlink()
+    torch.save(load_file(str(tiny_llama / "model.safetensors")), d / "pytorch_model.bin")
+    with pytest.raises(ModelError, match="--allow-pickle"):
+        models.resolve(str(d))
+    assert models.resolve(str(d), allow_pickle=True).kind == "local"
+    loaded = models.load_model(str(d), allow_pickle=True)
+    assert torch.equal(loaded.lm_head.weight, models.load_model(str(tiny_llama)).lm_head.weight)
+
+
+def test_hub_id_resolves_through_the_hub_cache_layout(tiny_llama, tmp_path, monkeypatch):
+    """A Hub id loads from a Hub cache laid out as huggingface_hub writes it (offline here)."""
+    cache = tmp_path / "hub"
+    snap = cache / "models--medtune-test--tiny-llama" / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_llama, snap)
+    (cache / "models--medtune-test--tiny-llama" / "refs").mkdir()
+    (cache / "models--medtune-test--tiny-llama" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    r = models.resolve("medtune-test/tiny-llama")
+    assert r.kind == "hub"
+    model = models.load_model(r)
+    ref = models.load_model(str(tiny_llama))
+    assert torch.equal(model.model.embed_tokens.weight, ref.model.embed_tokens.weight)
+
+
+def test_unknown_spec_says_what_is_valid():
+    with pytest.raises(ModelError, match="smollm2-135m"):
+        models.resolve("not-a-model")
+    with pytest.raises(ModelError, match="no such GGUF"):
+        models.resolve("/nonexistent/model.gguf")
+
+
+def test_trust_remote_code_is_off_by_default(tiny_llama, monkeypatch):
+    seen = {}
+    from transformers import AutoModelForCausalLM
+
+    real = AutoModelForCausalLM.from_pretrained
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
+    models.load_model(str(tiny_llama))
+    assert seen["trust_remote_code"] is False and seen["use_safetensors"] is True
+
+
+def test_interrupted_gguf_conversion_leaves_no_cache(tmp_path, monkeypatch, tiny_llama):
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF-not-really")
+    target = tmp_path / "cache" / "m"
+
+    def broken(src, out):
+        (out / "model.safetensors").write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(models, "_convert_gguf", broken)
+    with pytest.raises(KeyboardInterrupt):
+        models.ensure_gguf_cache(gguf, target)
+    assert not target.exists()
+    assert not [p for p in target.parent.iterdir()], "the staging directory must be cleaned up"
+
+    def works(src, out):
+        for f in tiny_llama.iterdir():
+            shutil.copy(f, out / f.name)
+
+    monkeypatch.setattr(models, "_convert_gguf", works)
+    assert models.ensure_gguf_cache(gguf, target) == target
+    prov = json.loads((target / "medtune_provenance.json").read_text())
+    assert prov["gguf_size"] == len(b"GGUF-not-really")
+
+    # A second call reuses the cache; a changed GGUF rebuilds it.
+    monkeypatch.setattr(models, "_convert_gguf", broken)
+    assert models.ensure_gguf_cache(gguf, target) == target
+    gguf.write_bytes(b"GGUF-changed-size")
+    with pytest.raises(KeyboardInterrupt):
+        models.ensure_gguf_cache(gguf, target)
+    assert (target / "medtune_provenance.json").exists(), "a failed rebuild keeps the old cache"
+
+
+@pytest.mark.slow
+def test_embedded_model_is_smollm2_135m():
+    r = models.resolve("smollm2-135m")
+    assert r.kind == "embedded"
+    assert json.loads((Path(r.path) / "medtune_provenance.json").read_text())["cache_format"] == models.CACHE_FORMAT
+    model = models.load_model(r)
+    tok = models.load_tokenizer(r)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    assert (model.config.num_hidden_layers, model.config.hidden_size, model.config.vocab_size) == (30, 576, 49152)
+    ids = tok("The capital of France is", return_tensors="pt")
+    outs = [tok.decode(model.generate(**ids, max_new_tokens=4, do_sample=False)[0, ids["input_ids"].shape[1]:]) for _ in range(2)]
+    assert outs[0] == outs[1]
+    assert outs[0].startswith(" Paris")
