@@ -64,6 +64,8 @@ def options_for(model: type[BaseModel]) -> tuple[list[click.Option], dict[str, s
     dest: dict[str, str] = {}
     yaml_only: list[str] = []
     for dotted, field, ann in walk_fields(model):
+        if (field.json_schema_extra or {}).get("cli") is False:
+            continue
         ctype = _click_type(ann)
         flag = "--" + dotted.replace("_", "-")
         param = "cfg__" + dotted.replace(".", "__")

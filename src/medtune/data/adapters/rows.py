@@ -1,0 +1,119 @@
+"""Reading rows with their locations, and checking fields, shared by the adapters.
+
+A row's location is ``line N`` (JSON-lines, 1-based), ``key K`` (JSON objects keyed by id),
+``row N`` (CSV, 1-based, header excluded) or ``index N`` (Hub datasets, the 0-based ``ds[N]``).
+Converters raise :class:`DataError`; :func:`convert_rows` sends each one to ``rejects``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from medtune.data.rejects import Rejects
+from medtune.errors import DataError
+
+R = TypeVar("R")
+Row = tuple[str, Any]
+"""(location, raw row)."""
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(path, None, None, f"cannot read file: {err}") from None
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """Parse a whole-file JSON object (e.g. PubMedQA keyed by PMID); anything else names the file."""
+    try:
+        data = json.loads(read_text(path))
+    except json.JSONDecodeError as err:
+        raise DataError(path, f"line {err.lineno}", None, f"invalid JSON: {err.msg}") from None
+    if not isinstance(data, dict):
+        raise DataError(path, None, None, f"expected a JSON object {what}, got a JSON {type(data).__name__}")
+    return data
+
+
+def jsonl_rows(path: Path, rejects: Rejects) -> Iterator[Row]:
+    """Yield ``("line N", obj)`` for each non-blank line; invalid JSON or a non-object is rejected."""
+    for n, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            rejects.reject(DataError(path, f"line {n}", None, f"invalid JSON: {err.msg}"), line)
+            continue
+        if not isinstance(obj, dict):
+            rejects.reject(DataError(path, f"line {n}", None, f"expected a JSON object, got {type(obj).__name__}"), obj)
+            continue
+        yield f"line {n}", obj
+
+
+def convert_rows(rows: Iterable[Row], convert: Callable[[str, Any], R], rejects: Rejects) -> list[R]:
+    """Apply ``convert(location, raw)`` to each row; a :class:`DataError` rejects that row only."""
+    out: list[R] = []
+    for where, raw in rows:
+        try:
+            out.append(convert(where, raw))
+        except DataError as err:
+            rejects.reject(err, raw)
+    return out
+
+
+def get_field(row: dict[str, Any], key: str, path: str | Path, where: str) -> Any:
+    if not isinstance(row, dict):
+        raise DataError(path, where, None, f"expected an object, got {type(row).__name__}")
+    if key not in row or row[key] is None:
+        raise DataError(path, where, key, "missing field")
+    return row[key]
+
+
+def text(row: dict[str, Any], key: str, path: str | Path, where: str) -> str:
+    """A required, non-empty string field."""
+    value = get_field(row, key, path, where)
+    if not isinstance(value, str):
+        raise DataError(path, where, key, f"expected a string, got {type(value).__name__}")
+    if not value.strip():
+        raise DataError(path, where, key, "empty text")
+    return value
+
+
+def option_texts(values: Sequence[Any], field: str, path: str | Path, where: str) -> tuple[str, ...]:
+    """Check every option is a non-empty string."""
+    for i, value in enumerate(values):
+        if not isinstance(value, str) or not value.strip():
+            raise DataError(path, where, field, f"option {i + 1} is empty or not a string: {value!r}")
+    return tuple(values)
+
+
+def index_of(label: Any, labels: Sequence[str], field: str, path: str | Path, where: str) -> int:
+    """Position of ``label`` among ``labels``; otherwise an error listing the allowed labels."""
+    if label not in labels:
+        raise DataError(path, where, field, f"{label!r} is not one of the allowed values {', '.join(labels)}")
+    return list(labels).index(label)
+
+
+def int_in_range(value: Any, lo: int, hi: int, field: str, path: str | Path, where: str, note: str = "") -> int:
+    """An int (or integral string) in ``lo..hi``; the error names the allowed values."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise DataError(path, where, field, f"{value!r} is not an allowed value {lo}..{hi}{note}")
+    return value
+
+
+_SPLIT_WORDS = ("train", "dev", "validation", "valid", "val", "test")
+
+
+def split_from_name(path: Path) -> str | None:
+    """Guess the split from a file name (``phrases_no_exclude_test.jsonl`` -> ``test``)."""
+    for word in re.split(r"[_\-.\s]+", path.stem.lower()):
+        if word in _SPLIT_WORDS:
+            return word
+    return None

@@ -1,0 +1,66 @@
+"""General-domain text for replay and perplexity: plain text, JSON-lines, or a Hub text dataset.
+
+Plain ``.txt`` files hold one document per non-empty line (as ``wiki_demo.txt``: one article per
+line; for WikiText each line is a paragraph or heading). Lines are stripped of surrounding space.
+Empty documents (blank lines, or an empty text field as in the Hub's WikiText) are skipped, like
+blank lines; a missing or non-string text field is an error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from medtune.data.adapters import hub, rows
+from medtune.data.records import TextDoc
+from medtune.data.rejects import Rejects
+from medtune.data.spec import SourceConfig
+from medtune.errors import DataError
+
+SUFFIXES = (".txt", ".jsonl")
+
+
+def _body(row: dict[str, Any], field: str, path: str, where: str) -> str:
+    value = rows.get_field(row, field, path, where)
+    if not isinstance(value, str):
+        raise DataError(path, where, field, f"expected a string, got {type(value).__name__}")
+    return value.strip()
+
+
+def _non_empty(docs: list[TextDoc]) -> list[TextDoc]:
+    return [d for d in docs if d.text]
+
+
+def load_text(src: SourceConfig, path: Path | None, rejects: Rejects) -> list[TextDoc]:
+    """``.txt`` (non-empty lines) or ``.jsonl`` (``src.text_field``); ids are ``<file stem>:<line>``."""
+    assert path is not None
+    if path.suffix not in SUFFIXES:
+        raise DataError(path, None, None, f"unsupported file type {path.suffix!r} (expected {', '.join(SUFFIXES)})")
+    dataset, p = src.name or path.stem, str(path)
+    meta = {"source": p, "split": src.split}
+    if path.suffix == ".txt":
+        lines = enumerate(rows.read_text(path).splitlines(), start=1)
+        return [TextDoc(id=f"{path.stem}:{n}", dataset=dataset, text=line.strip(), meta=dict(meta))
+                for n, line in lines if line.strip()]
+
+    def convert(where: str, row: dict[str, Any]) -> TextDoc:
+        body = _body(row, src.text_field, p, where)
+        return TextDoc(id=f"{path.stem}:{where.removeprefix('line ')}", dataset=dataset, text=body, meta=dict(meta))
+
+    return _non_empty(rows.convert_rows(rows.jsonl_rows(path, rejects), convert, rejects))
+
+
+def load_text_hub(src: SourceConfig, path: Path | None, rejects: Rejects) -> list[TextDoc]:
+    """A Hub dataset with a text column (``src.text_field``); ids are ``<split>:<row index>``."""
+    ds = hub.load_hub(src, "train")
+    split = hub.hub_split(src, "train")
+    label = hub.hub_label(src, split)
+    hub.require_columns(ds, [src.text_field], label)
+    dataset = src.name or (src.hub or "").rstrip("/").split("/")[-1]
+    meta = {"source": src.hub, "split": split}
+
+    def convert(where: str, row: dict[str, Any]) -> TextDoc:
+        body = _body(row, src.text_field, label, where)
+        return TextDoc(id=f"{split}:{where.removeprefix('index ')}", dataset=dataset, text=body, meta=dict(meta))
+
+    return _non_empty(rows.convert_rows(hub.hub_rows(ds), convert, rejects))

@@ -1,0 +1,266 @@
+"""Replay mixing: add general ("replay") text to the domain text by token share.
+
+Inputs are tokenized documents grouped by source; each source belongs to the ``domain`` or the
+``general`` group. With domain token count ``D`` and target general share ``s``, the general group's
+budget is ``G = round(s / (1 - s) * D)`` tokens, so general tokens make up ``s`` of the mix.
+Shares are counted in document tokens (no EOS; see :mod:`medtune.data.packing`).
+
+Strategies (:data:`STRATEGIES`):
+
+* ``fixed_share``: every domain document once; ``G`` split across general sources in proportion to
+  their size; each general source down-sampled (a seeded random subset of documents) or up-sampled
+  (whole extra passes, each in a fresh seeded order).
+* ``temperature``: like ``fixed_share``, but in both groups a group's budget is split with
+  ``p_i ∝ n_i ** (1 / T)`` (``n_i`` = tokens of source ``i``), so small sources are up-sampled and
+  large ones down-sampled; the domain total stays ``D``.
+* ``concat``: no resampling: domain documents in order, then general documents in source and file
+  order until ``G`` is reached. Not shuffled (the trainer's block shuffle mixes); when general text
+  runs out the mix realises less and says so in ``warnings``.
+
+A source's last document is cut when needed to hit its allocation exactly; the cut-off tokens are
+reported in ``cut_tokens``. Fixed and temperature mixes are shuffled with ``seed``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+
+from medtune.errors import MedtuneError
+
+Group = Literal["domain", "general"]
+GROUPS: tuple[Group, ...] = ("domain", "general")
+
+
+@dataclass(frozen=True)
+class Doc:
+    """One tokenized document."""
+
+    source: str
+    group: Group
+    tokens: list[int]
+    """Token ids, no BOS/EOS (packing adds the EOS)."""
+    id: str = ""
+
+
+@dataclass
+class MixReport:
+    """What a mix asked for and what it realised (token counts exclude EOS)."""
+
+    strategy: str
+    seed: int
+    general_share_target: float
+    general_share_realised: float
+    available_tokens: dict[str, int]
+    """Tokens per source before mixing."""
+    target_tokens: dict[str, int]
+    """Tokens asked of each source (``concat``: the general budget still open when it was reached)."""
+    tokens: dict[str, int]
+    """Tokens per source in the mix."""
+    docs: dict[str, int]
+    """Documents per source in the mix (a repeated document counts each time, a cut one once)."""
+    epochs: dict[str, float]
+    """``tokens / available_tokens``: above 1 means up-sampled."""
+    passes: dict[str, int]
+    """Passes over the source started (1: no document repeated; 3: up to three copies of each)."""
+    cut_tokens: dict[str, int]
+    """Tokens cut off the last document of each source to hit its allocation (left out of the mix)."""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def upsampled(self) -> dict[str, int]:
+        """Per source: extra passes beyond the first (0 when nothing was repeated)."""
+        return {s: max(p - 1, 0) for s, p in self.passes.items()}
+
+
+@dataclass
+class MixResult:
+    docs: list[Doc]
+    report: MixReport
+
+
+@dataclass
+class _Taken:
+    """What one source contributed: its documents, asked-for and realised tokens."""
+
+    docs: list[Doc]
+    target: int
+    tokens: int
+    passes: int
+    cut_tokens: int
+
+
+Strategy = Callable[[Mapping[str, Sequence[Doc]], Mapping[str, str], int, np.random.Generator, float],
+                    tuple[dict[str, _Taken], list[str]]]
+"""``(docs_by_source, groups, general budget G, rng, temperature) -> (taken per source, warnings)``."""
+
+
+def general_budget(domain_tokens: int, share: float) -> int:
+    """``G`` such that ``G / (D + G) == share`` (rounded to whole tokens)."""
+    return round(share / (1.0 - share) * domain_tokens)
+
+
+def allocate(budget: int, sizes: Mapping[str, int], alpha: float = 1.0) -> dict[str, int]:
+    """Split ``budget`` over sources with ``p_i ∝ sizes[i] ** alpha``, summing exactly to ``budget``.
+
+    Largest-remainder rounding; ties go to the earlier source. Empty sources get 0.
+    """
+    weights = {s: (n ** alpha if n > 0 else 0.0) for s, n in sizes.items()}
+    total = sum(weights.values())
+    if total == 0:
+        return dict.fromkeys(sizes, 0)
+    exact = {s: budget * w / total for s, w in weights.items()}
+    out = {s: math.floor(x) for s, x in exact.items()}
+    short = budget - sum(out.values())
+    by_remainder = sorted(exact, key=lambda s: -(exact[s] - out[s]))  # stable: ties keep order
+    for s in by_remainder[:short]:
+        out[s] += 1
+    return out
+
+
+def take_tokens(docs: Sequence[Doc], target: int, rng: np.random.Generator | None) -> _Taken:
+    """Documents adding up to exactly ``target`` tokens, cutting the last one.
+
+    With ``rng``: passes over ``docs`` in fresh random orders (one pass = a random subset when
+    ``target`` is smaller than the source; more passes repeat whole documents). Without: file order,
+    a single pass, so fewer tokens come back when the source is too small.
+    """
+    taken: list[Doc] = []
+    remaining, passes, cut = target, 0, 0
+    available = sum(len(d.tokens) for d in docs)
+    while remaining > 0 and available > 0:
+        passes += 1
+        order = rng.permutation(len(docs)) if rng is not None else range(len(docs))
+        for i in order:
+            doc = docs[int(i)]
+            n = len(doc.tokens)
+            if n == 0:
+                continue
+            if n > remaining:
+                taken.append(replace(doc, tokens=list(doc.tokens[:remaining])))
+                cut, remaining = n - remaining, 0
+                break
+            taken.append(doc)
+            remaining -= n
+            if remaining == 0:
+                break
+        if rng is None:
+            break
+    return _Taken(taken, target=target, tokens=target - remaining, passes=passes, cut_tokens=cut)
+
+
+def keep_all(docs: Sequence[Doc]) -> _Taken:
+    """Every document once, in order."""
+    n = sum(len(d.tokens) for d in docs)
+    return _Taken(list(docs), target=n, tokens=n, passes=1 if n else 0, cut_tokens=0)
+
+
+def _sizes(docs_by_source: Mapping[str, Sequence[Doc]], groups: Mapping[str, str], group: str) -> dict[str, int]:
+    return {s: sum(len(d.tokens) for d in docs) for s, docs in docs_by_source.items() if groups[s] == group}
+
+
+def _resample(docs_by_source: Mapping[str, Sequence[Doc]], alloc: Mapping[str, int],
+              rng: np.random.Generator) -> dict[str, _Taken]:
+    return {s: take_tokens(docs_by_source[s], n, rng) for s, n in alloc.items()}
+
+
+def _fixed_share(docs_by_source: Mapping[str, Sequence[Doc]], groups: Mapping[str, str], budget: int,
+                 rng: np.random.Generator, temperature: float) -> tuple[dict[str, _Taken], list[str]]:
+    taken = {s: keep_all(docs_by_source[s]) for s in _sizes(docs_by_source, groups, "domain")}
+    taken |= _resample(docs_by_source, allocate(budget, _sizes(docs_by_source, groups, "general")), rng)
+    return taken, []
+
+
+def _temperature(docs_by_source: Mapping[str, Sequence[Doc]], groups: Mapping[str, str], budget: int,
+                 rng: np.random.Generator, temperature: float) -> tuple[dict[str, _Taken], list[str]]:
+    domain = _sizes(docs_by_source, groups, "domain")
+    alpha = 1.0 / temperature
+    taken = _resample(docs_by_source, allocate(sum(domain.values()), domain, alpha), rng)
+    taken |= _resample(docs_by_source, allocate(budget, _sizes(docs_by_source, groups, "general"), alpha), rng)
+    return taken, []
+
+
+def _concat(docs_by_source: Mapping[str, Sequence[Doc]], groups: Mapping[str, str], budget: int,
+            rng: np.random.Generator, temperature: float) -> tuple[dict[str, _Taken], list[str]]:
+    taken = {s: keep_all(docs_by_source[s]) for s in _sizes(docs_by_source, groups, "domain")}
+    remaining = budget
+    for s in _sizes(docs_by_source, groups, "general"):
+        taken[s] = take_tokens(docs_by_source[s], remaining, None)
+        remaining -= taken[s].tokens
+    warnings = []
+    if remaining > 0:
+        warnings.append(f"concat: general text ran out: realised {budget - remaining} of {budget} general "
+                        f"tokens; use strategy fixed_share or temperature to up-sample, or add general text")
+    return taken, warnings
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "fixed_share": _fixed_share,
+    "temperature": _temperature,
+    "concat": _concat,
+}
+
+
+def get_strategy(name: str) -> Strategy:
+    if name not in STRATEGIES:
+        raise MedtuneError(f"unknown mixing strategy {name!r} (valid: {', '.join(STRATEGIES)})")
+    return STRATEGIES[name]
+
+
+def _check(docs_by_source: Mapping[str, Sequence[Doc]], groups: Mapping[str, str],
+           general_share: float, temperature: float) -> None:
+    if not (0.0 <= general_share < 1.0):
+        raise MedtuneError(f"general_share must be in [0, 1), got {general_share}")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise MedtuneError(f"temperature must be a positive number, got {temperature}")
+    for source, docs in docs_by_source.items():
+        group = groups.get(source)
+        if group not in GROUPS:
+            raise MedtuneError(f"source {source!r}: group must be one of {', '.join(GROUPS)}, got {group!r}")
+        bad = next((d for d in docs if d.source != source or d.group != group), None)
+        if bad is not None:
+            raise MedtuneError(f"source {source!r} ({group}) holds a document labelled "
+                               f"{bad.source!r} ({bad.group}), id {bad.id!r}")
+
+
+def mix(docs_by_source: Mapping[str, Sequence[Doc]], groups: Mapping[str, str], general_share: float,
+        strategy: str, seed: int, temperature: float = 2.0) -> MixResult:
+    """Mix domain and general documents so general tokens are ``general_share`` of the result."""
+    run = get_strategy(strategy)
+    _check(docs_by_source, groups, general_share, temperature)
+    domain_tokens = sum(_sizes(docs_by_source, groups, "domain").values())
+    general_tokens = sum(_sizes(docs_by_source, groups, "general").values())
+    if domain_tokens == 0:
+        raise MedtuneError("no domain tokens to mix: the general share is relative to the domain text")
+    budget = general_budget(domain_tokens, general_share)
+    if budget > 0 and general_tokens == 0 and strategy != "concat":
+        raise MedtuneError(f"general_share {general_share} needs {budget} general tokens but the general "
+                           "sources are empty; set general_share: 0 or add general text")
+    rng = np.random.default_rng(seed)
+    taken, warnings = run(docs_by_source, groups, budget, rng, temperature)
+    docs = [d for t in taken.values() for d in t.docs]
+    if strategy != "concat":
+        docs = [docs[i] for i in rng.permutation(len(docs))]
+    return MixResult(docs, _report(docs_by_source, groups, taken, strategy, seed, general_share, warnings))
+
+
+def _report(docs_by_source: Mapping[str, Sequence[Doc]], groups: Mapping[str, str], taken: Mapping[str, _Taken],
+            strategy: str, seed: int, share: float, warnings: list[str]) -> MixReport:
+    available = {s: sum(len(d.tokens) for d in docs) for s, docs in docs_by_source.items()}
+    tokens = {s: taken[s].tokens for s in docs_by_source}
+    total = sum(tokens.values())
+    general = sum(n for s, n in tokens.items() if groups[s] == "general")
+    return MixReport(
+        strategy=strategy, seed=seed, general_share_target=share,
+        general_share_realised=general / total if total else 0.0,
+        available_tokens=available, target_tokens={s: taken[s].target for s in docs_by_source}, tokens=tokens,
+        docs={s: len(taken[s].docs) for s in docs_by_source},
+        epochs={s: tokens[s] / available[s] if available[s] else 0.0 for s in docs_by_source},
+        passes={s: taken[s].passes for s in docs_by_source},
+        cut_tokens={s: taken[s].cut_tokens for s in docs_by_source},
+        warnings=warnings,
+    )

@@ -1,0 +1,142 @@
+"""Packing: documents -> fixed-length training blocks, with the source of every token kept.
+
+Documents are concatenated with one EOS after each, then cut into blocks of ``block_size``.
+A parallel array gives each token's source, so the token share per source and group is measured on
+the blocks that will actually be trained on.
+
+Share accounting: EOS separators and padding belong to no source (index ``-1``); they are counted in
+``eos_tokens`` / ``pad_tokens`` and left out of ``source_tokens`` and :meth:`PackResult.realised_share`,
+matching the document-token accounting of :mod:`medtune.data.mixing`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from medtune.data.mixing import Doc
+from medtune.errors import MedtuneError
+
+if TYPE_CHECKING:
+    import torch
+
+IGNORE_INDEX = -100
+"""Label value the loss skips (padding)."""
+NO_SOURCE = -1
+"""``token_source`` value for EOS separators and padding."""
+
+
+@dataclass
+class PackResult:
+    """Packed blocks plus per-token provenance. Arrays are ``(n_blocks, block_size)``."""
+
+    input_ids: np.ndarray
+    """int64 token ids."""
+    attention_mask: np.ndarray
+    """int64: 1 for real tokens (EOS included), 0 for padding."""
+    token_source: np.ndarray
+    """int32 index into ``sources`` per token; :data:`NO_SOURCE` for EOS and padding."""
+    sources: list[str]
+    """Source names, in order of first appearance."""
+    groups: dict[str, str]
+    """Source -> group (``domain`` / ``general``)."""
+    block_size: int
+    source_tokens: dict[str, int]
+    """Document tokens per source on the kept blocks (EOS and padding excluded)."""
+    eos_tokens: int
+    """EOS separators on the kept blocks."""
+    pad_tokens: int
+    """Padding added to the last block (``drop_tail=False``)."""
+    tail_dropped_tokens: int
+    """Tokens (EOS included) of the partial last block that ``drop_tail=True`` threw away."""
+
+    @property
+    def blocks(self) -> list[list[int]]:
+        return self.input_ids.tolist()
+
+    @property
+    def labels(self) -> np.ndarray:
+        """``input_ids`` with :data:`IGNORE_INDEX` on padding."""
+        return np.where(self.attention_mask == 1, self.input_ids, IGNORE_INDEX)
+
+    def realised_share(self, group: str) -> float:
+        """Fraction of the kept document tokens (EOS, padding excluded) whose source is in ``group``."""
+        total = sum(self.source_tokens.values())
+        if total == 0:
+            return 0.0
+        return sum(n for s, n in self.source_tokens.items() if self.groups[s] == group) / total
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """``input_ids``, ``attention_mask``, ``labels`` as ``torch.LongTensor`` ``(n_blocks, block_size)``."""
+        import torch
+
+        return {
+            "input_ids": torch.from_numpy(self.input_ids.copy()),
+            "attention_mask": torch.from_numpy(self.attention_mask.copy()),
+            "labels": torch.from_numpy(self.labels),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready counts for the data report."""
+        return {
+            "blocks": int(self.input_ids.shape[0]), "block_size": self.block_size,
+            "source_tokens": dict(self.source_tokens), "eos_tokens": self.eos_tokens,
+            "pad_tokens": self.pad_tokens, "tail_dropped_tokens": self.tail_dropped_tokens,
+            "general_share": self.realised_share("general"),
+        }
+
+
+def _stream(docs: Sequence[Doc], eos_id: int, source_index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """All documents, each followed by EOS, and the source index of every position. Shapes ``(total,)``."""
+    lengths = np.fromiter((len(d.tokens) + 1 for d in docs), dtype=np.int64, count=len(docs))
+    ids = np.empty(int(lengths.sum()), dtype=np.int64)
+    ends = np.cumsum(lengths)
+    start = 0
+    for doc, end in zip(docs, ends):
+        ids[start:end - 1] = doc.tokens
+        start = int(end)
+    ids[ends - 1] = eos_id
+    doc_source = np.fromiter((source_index[d.source] for d in docs), dtype=np.int32, count=len(docs))
+    src = np.repeat(doc_source, lengths)
+    src[ends - 1] = NO_SOURCE
+    return ids, src
+
+
+def pack(docs: Sequence[Doc], block_size: int, eos_id: int, drop_tail: bool = False,
+         pad_id: int | None = None) -> PackResult:
+    """Concatenate ``docs`` with an EOS after each and cut into ``block_size`` blocks.
+
+    The last, partial block is dropped (``drop_tail=True``; its size is ``tail_dropped_tokens``) or
+    padded with ``pad_id`` (required then), with ``attention_mask`` 0 and label -100 on the padding.
+    """
+    if block_size < 1:
+        raise MedtuneError(f"block_size must be at least 1, got {block_size}")
+    if not drop_tail and pad_id is None:
+        raise MedtuneError("pack: pad_id is required to pad the last block (or set drop_tail=True)")
+    sources = list(dict.fromkeys(d.source for d in docs))
+    groups: dict[str, str] = {}
+    for d in docs:
+        if groups.setdefault(d.source, d.group) != d.group:
+            raise MedtuneError(f"source {d.source!r} appears in groups {groups[d.source]!r} and {d.group!r}")
+    ids, src = _stream(docs, eos_id, {s: i for i, s in enumerate(sources)})
+    tail = len(ids) % block_size
+    mask = np.ones(len(ids), dtype=np.int64)
+    pad = 0
+    if tail and drop_tail:
+        ids, src, mask = ids[:-tail], src[:-tail], mask[:-tail]
+    elif tail:
+        pad = block_size - tail
+        ids = np.concatenate([ids, np.full(pad, pad_id, dtype=np.int64)])
+        src = np.concatenate([src, np.full(pad, NO_SOURCE, dtype=np.int32)])
+        mask = np.concatenate([mask, np.zeros(pad, dtype=np.int64)])
+    counts = np.bincount(src[src != NO_SOURCE], minlength=len(sources))
+    return PackResult(
+        input_ids=ids.reshape(-1, block_size), attention_mask=mask.reshape(-1, block_size),
+        token_source=src.reshape(-1, block_size), sources=sources, groups=groups, block_size=block_size,
+        source_tokens={s: int(counts[i]) for i, s in enumerate(sources)},
+        eos_tokens=int(np.count_nonzero((src == NO_SOURCE) & (mask == 1))), pad_tokens=pad,
+        tail_dropped_tokens=tail if drop_tail else 0,
+    )

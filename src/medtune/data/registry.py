@@ -1,0 +1,96 @@
+"""The one table of data adapters, and :func:`load_source`, which every stage uses to read a source."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from medtune.data.adapters import arc, medmcqa, medqa, mmlu, pubmedqa, text
+from medtune.data.records import QARecord, TextDoc
+from medtune.data.rejects import Rejects
+from medtune.data.spec import SourceConfig
+from medtune.errors import ConfigError, DataError
+
+Records = list[QARecord] | list[TextDoc]
+Adapter = Callable[[SourceConfig, Path | None, Rejects], Records]
+"""``(src, resolved local path or None for Hub adapters, rejects) -> records``."""
+
+ADAPTERS: dict[str, Adapter] = {
+    "pubmedqa": pubmedqa.load_pubmedqa,
+    "pubmedqa_hub": pubmedqa.load_pubmedqa_hub,
+    "medmcqa": medmcqa.load_medmcqa,  # official JSON-lines, cop 1-based
+    "medmcqa_hub": medmcqa.load_medmcqa_hub,  # openlifescienceai/medmcqa, cop 0-based
+    "medqa": medqa.load_medqa,
+    "medqa_hub": medqa.load_medqa_hub,
+    "arc": arc.load_arc,
+    "arc_hub": arc.load_arc_hub,
+    "mmlu": mmlu.load_mmlu,
+    "text": text.load_text,
+    "text_hub": text.load_text_hub,
+}
+
+TEXT_ADAPTERS = frozenset({"text", "text_hub"})
+"""Adapters that return :class:`TextDoc`; all others return :class:`QARecord`."""
+QA_ADAPTERS = frozenset(ADAPTERS) - TEXT_ADAPTERS
+HUB_ADAPTERS = frozenset(name for name in ADAPTERS if name.endswith("_hub"))
+"""Adapters that read ``hub`` (a Hub id or a local directory in Hub layout) instead of ``path``."""
+SUBJECT_ADAPTERS = frozenset({"mmlu", "medmcqa", "medmcqa_hub"})
+"""Adapters whose records carry ``meta["subject"]``, so ``subjects``/``exclude_subjects`` apply."""
+
+# The first six are the MMLU subjects of MultiMedQA (Singhal et al., 2023), the usual "MMLU medical"
+# set; nutrition, virology and human_aging are health-related too, so a general (non-medical) MMLU
+# score drops all nine.
+MEDICAL_MMLU_SUBJECTS = (
+    "anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics",
+    "professional_medicine", "nutrition", "virology", "human_aging",
+)
+
+
+def get_adapter(name: str) -> Adapter:
+    if name not in ADAPTERS:
+        raise ConfigError(f"unknown adapter {name!r} (valid: {', '.join(sorted(ADAPTERS))})")
+    return ADAPTERS[name]
+
+
+def resolve_path(src: SourceConfig, data_root: Path | None) -> Path | None:
+    """The local file or directory for ``src`` (None for Hub adapters); it must exist."""
+    if src.adapter in HUB_ADAPTERS:
+        if src.hub is None:
+            raise ConfigError(f"adapter {src.adapter!r} reads a Hub dataset: give 'hub', not 'path'")
+        return None
+    if src.path is None:
+        raise ConfigError(f"adapter {src.adapter!r} reads local files: give 'path', not 'hub' "
+                          f"(Hub adapters: {', '.join(sorted(HUB_ADAPTERS))})")
+    path = Path(src.path).expanduser()
+    if not path.is_absolute() and data_root is not None:
+        path = Path(data_root) / path
+    if not path.exists():
+        relative = data_root is not None and not Path(src.path).is_absolute()
+        hint = f" (relative to data_root {data_root})" if relative else ""
+        raise DataError(path, None, None, f"file not found{hint}")
+    return path
+
+
+def filter_subjects(records: Records, src: SourceConfig) -> Records:
+    """Apply ``subjects`` / ``exclude_subjects``; a requested subject that is absent is an error."""
+    if src.subjects is None and src.exclude_subjects is None:
+        return records
+    if src.adapter not in SUBJECT_ADAPTERS:
+        raise ConfigError(f"subjects/exclude_subjects apply only to adapters {', '.join(sorted(SUBJECT_ADAPTERS))}, "
+                          f"not {src.adapter!r}")
+    present = {r.meta.get("subject") for r in records}
+    if src.subjects is not None:
+        missing = sorted(set(src.subjects) - present)
+        if missing:
+            raise ConfigError(f"subjects: {', '.join(missing)} not found in source {src.label} "
+                              f"(available: {', '.join(sorted(str(s) for s in present))})")
+    keep = set(src.subjects) if src.subjects is not None else present
+    drop = set(MEDICAL_MMLU_SUBJECTS if src.exclude_subjects == "medical" else src.exclude_subjects or ())
+    return [r for r in records if r.meta.get("subject") in keep - drop]  # type: ignore[return-value]
+
+
+def load_source(src: SourceConfig, data_root: Path | None, rejects: Rejects) -> Records:
+    """Read one source with its adapter, then apply subject filters and ``limit``."""
+    adapter = get_adapter(src.adapter)
+    records = filter_subjects(adapter(src, resolve_path(src, data_root), rejects), src)
+    return records[: src.limit] if src.limit is not None else records
