@@ -54,6 +54,11 @@ COMMANDS: dict[str, Command] = {
         _lazy("medtune.model_info", "model_info"),
         "Resolve a model spec (converting GGUF once), print its architecture and size, optionally generate.",
     ),
+    "demo": Command(
+        _lazy("medtune.demo", "DemoConfig"),
+        _lazy("medtune.demo", "run_demo"),
+        "Run the demo end to end on the embedded model and the bundled demo sample.",
+    ),
 }
 """Command name (with group) -> stage. ``medtune --help`` lists these."""
 
