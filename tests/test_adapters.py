@@ -64,9 +64,11 @@ def test_registry_names_and_kinds() -> None:
 
 
 def test_unknown_adapter_lists_valid_names_sorted() -> None:
+    from medtune.config import validate
+
     with pytest.raises(ConfigError) as exc:
-        load(adapter="pubmed", path="pubmedqa/ori_pqal.json")
-    assert "'pubmed'" in str(exc.value)
+        validate(SourceConfig, {"adapter": "pubmed", "path": "pubmedqa/ori_pqal.json"}, "test.yaml")
+    assert "adapter: unknown adapter 'pubmed'" in str(exc.value)
     assert ", ".join(sorted(ADAPTERS)) in str(exc.value)
 
 

@@ -34,6 +34,8 @@ def format_validation_error(err: ValidationError, source: str) -> str:
             parent = _model_at(err, e["loc"][:-1])
             if parent is not None:
                 msg += f" (allowed keys: {', '.join(parent)})"
+        elif e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
         elif e["type"] == "literal_error":
             expected = e.get("ctx", {}).get("expected")
             msg = f"invalid value {e.get('input')!r} (allowed: {expected})"

@@ -21,7 +21,7 @@ from medtune.data.mixing import Doc, MixResult, mix
 from medtune.data.packing import PackResult, pack
 from medtune.data.prompts import get_train_template, training_text
 from medtune.data.records import QARecord, TextDoc
-from medtune.data.registry import ADAPTERS, QA_ADAPTERS, TEXT_ADAPTERS, load_source
+from medtune.data.registry import QA_ADAPTERS, TEXT_ADAPTERS, load_source
 from medtune.data.rejects import Rejects
 from medtune.data.spec import SourceConfig
 
@@ -68,9 +68,8 @@ class DataConfig(StrictModel):
     def _qa_only(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
         for i, src in enumerate(sources):
             if src.adapter in TEXT_ADAPTERS:
-                raise ValueError(f"[{i}].adapter '{src.adapter}' reads plain text; use it under 'replay' (QA adapters: {', '.join(sorted(QA_ADAPTERS))})")
-            if src.adapter not in ADAPTERS:
-                raise ValueError(f"[{i}].adapter '{src.adapter}' is unknown (valid: {', '.join(sorted(ADAPTERS))})")
+                raise ValueError(f"source {i}: adapter {src.adapter!r} reads plain text; use it under 'replay' "
+                                 f"(QA adapters: {', '.join(sorted(QA_ADAPTERS))})")
         return sources
 
     @field_validator("replay")
@@ -78,7 +77,8 @@ class DataConfig(StrictModel):
     def _text_only(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
         for i, src in enumerate(sources):
             if src.adapter not in TEXT_ADAPTERS:
-                raise ValueError(f"[{i}].adapter '{src.adapter}' is not a text adapter (valid: {', '.join(sorted(TEXT_ADAPTERS))})")
+                raise ValueError(f"source {i}: adapter {src.adapter!r} is not a text adapter "
+                                 f"(valid: {', '.join(sorted(TEXT_ADAPTERS))})")
         return sources
 
     def root(self) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 
 from medtune.config import StrictModel
 
@@ -34,6 +34,15 @@ class SourceConfig(StrictModel):
     """MMLU: drop these subjects; 'medical' drops the medical subjects for a general score."""
     limit: int | None = None
     """Keep only the first N records (after filtering), for quick runs."""
+
+    @field_validator("adapter")
+    @classmethod
+    def _known_adapter(cls, name: str) -> str:
+        from medtune.data.registry import ADAPTERS  # the registry imports this module
+
+        if name not in ADAPTERS:
+            raise ValueError(f"unknown adapter {name!r} (valid: {', '.join(sorted(ADAPTERS))})")
+        return name
 
     @model_validator(mode="after")
     def _one_location(self) -> "SourceConfig":
