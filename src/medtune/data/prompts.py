@@ -50,6 +50,8 @@ class EvalPrompt:
     continuations: tuple[str, ...]
     """Each already prefixed by the target delimiter, as lm-eval scores them (e.g. " A")."""
     gold: int
+    choice_chars: tuple[int, ...] = ()
+    """Characters of each choice without the delimiter: lm-eval's ``acc_norm`` divides by these."""
 
 
 EVAL_TEMPLATES: dict[str, EvalTemplate] = {
@@ -151,7 +153,9 @@ def eval_prompt(record: QARecord, template: EvalTemplate | None = None, fewshot:
     parts = [render_question(ex, template) + continuations(ex, template)[ex.answer] for ex in fewshot]
     parts.append(render_question(record, template))
     context = description(record, template) + template.fewshot_delimiter.join(parts)
-    return EvalPrompt(record.id, context, continuations(record, template), record.answer)
+    conts = continuations(record, template)
+    chars = tuple(len(c) - len(template.target_delimiter) for c in conts)
+    return EvalPrompt(record.id, context, conts, record.answer, chars)
 
 
 @dataclass(frozen=True)

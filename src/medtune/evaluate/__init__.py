@@ -1,0 +1,1 @@
+"""Evaluation: lm-eval-exact multiple-choice log-likelihood scoring, perplexity, and metrics."""

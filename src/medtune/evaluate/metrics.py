@@ -1,0 +1,69 @@
+"""Pure metric functions: choice log-likelihoods -> predictions -> accuracy with intervals.
+
+Conventions follow lm-evaluation-harness: ``acc`` picks the choice with the highest summed
+log-likelihood, ``acc_norm`` divides it by the choice's length in characters; ties go to the lowest
+index (``numpy.argmax``); the standard error is the sample standard error of the mean (ddof=1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+
+def predict(logprobs: Sequence[float]) -> int:
+    """Index of the most likely choice; ties go to the lowest index, as in lm-eval."""
+    return int(np.argmax(np.asarray(logprobs, dtype=np.float64)))
+
+
+def predict_norm(logprobs: Sequence[float], choice_chars: Sequence[int]) -> int:
+    """``acc_norm``: log-likelihood per character of the choice text (lm-eval's ``acc_norm``)."""
+    return int(np.argmax(np.asarray(logprobs, dtype=np.float64) / np.asarray(choice_chars, dtype=np.float64)))
+
+
+def stderr(values: Sequence[float]) -> float:
+    """Sample standard error of the mean (lm-eval's ``mean_stderr``); 0 for fewer than 2 values."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    return float(np.std(np.asarray(values, dtype=np.float64), ddof=1) / math.sqrt(n))
+
+
+def bootstrap_ci(values: Sequence[float], *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean (resampling items with replacement)."""
+    x = np.asarray(values, dtype=np.float64)
+    if len(x) == 0:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def summarize(correct: Sequence[float], *, seed: int = 0) -> dict[str, float]:
+    """Mean, n, standard error and bootstrap 95 % interval of per-item scores (0/1 for accuracy)."""
+    lo, hi = bootstrap_ci(correct, seed=seed)
+    return {"value": float(np.mean(correct)) if len(correct) else math.nan, "n": len(correct),
+            "stderr": stderr(correct), "ci95": [lo, hi]}
+
+
+def by_group(correct: Sequence[float], groups: Sequence[str]) -> dict[str, dict[str, float]]:
+    """:func:`summarize` per group (e.g. MedMCQA subject), groups sorted by name."""
+    buckets: dict[str, list[float]] = {}
+    for c, g in zip(correct, groups):
+        buckets.setdefault(g, []).append(c)
+    return {g: summarize(v) for g, v in sorted(buckets.items())}
+
+
+def perplexity(nll_sum: float, n_tokens: int) -> float:
+    """exp(mean negative log-likelihood per token)."""
+    return math.exp(nll_sum / n_tokens) if n_tokens else math.nan
+
+
+def weighted_mean(values: Mapping[str, float], weights: Mapping[str, float] | None = None) -> float:
+    """Mean of task scores, optionally weighted (e.g. by item count)."""
+    keys = list(values)
+    w = np.asarray([1.0 if weights is None else weights[k] for k in keys])
+    return float(np.dot(w, [values[k] for k in keys]) / w.sum())
