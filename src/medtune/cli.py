@@ -54,6 +54,11 @@ COMMANDS: dict[str, Command] = {
         _lazy("medtune.model_info", "model_info"),
         "Resolve a model spec (converting GGUF once), print its architecture and size, optionally generate.",
     ),
+    "eval": Command(
+        _lazy("medtune.evaluate.run", "EvalConfig"),
+        _lazy("medtune.evaluate.run", "evaluate"),
+        "Score a model (optionally with a LoRA adapter) on medical and general tasks; writes results.json.",
+    ),
     "demo": Command(
         _lazy("medtune.demo", "DemoConfig"),
         _lazy("medtune.demo", "run_demo"),

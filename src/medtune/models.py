@@ -230,3 +230,45 @@ def load_model(
         model.to(device)
     model.eval()
     return model
+
+
+def check_adapter(model: Any, adapter_dir: str | Path) -> None:
+    """Refuse a LoRA adapter whose tensors do not fit the model, naming the first tensor that does not.
+
+    Checked before any scoring or training: every ``lora_A`` (r, in) / ``lora_B`` (out, r) pair must
+    sit on a module of the model with those input/output sizes.
+    """
+    from safetensors import safe_open
+
+    adapter_dir = Path(adapter_dir)
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not (adapter_dir / "adapter_config.json").is_file() or not weights.is_file():
+        raise ModelError(f"{adapter_dir}: not a PEFT adapter directory (needs adapter_config.json and adapter_model.safetensors)")
+    modules = dict(model.named_modules())
+    with safe_open(str(weights), framework="pt") as fh:
+        for key in fh.keys():
+            if ".lora_A." not in key and ".lora_B." not in key:
+                continue
+            module_name = key.split(".lora_")[0].removeprefix("base_model.model.")
+            module = modules.get(module_name)
+            shape = tuple(fh.get_slice(key).get_shape())
+            if module is None or not hasattr(module, "in_features"):
+                raise ModelError(f"{adapter_dir}: adapter tensor {key} targets '{module_name}', which the model "
+                                 f"({type(model).__name__}) does not have: the adapter was trained on another architecture")
+            expected = module.in_features if ".lora_A." in key else module.out_features
+            got = shape[1] if ".lora_A." in key else shape[0]
+            if got != expected:
+                raise ModelError(f"{adapter_dir}: adapter tensor {key} has shape {shape}, but '{module_name}' has "
+                                 f"in={module.in_features}, out={module.out_features}: the adapter belongs to another model size")
+
+
+def load_with_adapter(model: Any, adapter_dir: str | Path | None) -> Any:
+    """Wrap ``model`` with a LoRA adapter (after :func:`check_adapter`); returns ``model`` unchanged for None."""
+    if adapter_dir is None:
+        return model
+    from peft import PeftModel
+
+    check_adapter(model, adapter_dir)
+    wrapped = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    wrapped.eval()
+    return wrapped

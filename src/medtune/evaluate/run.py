@@ -1,0 +1,208 @@
+"""``medtune eval``: score a model (base, base + adapter, or merged) on the registered tasks.
+
+Writes ``results.json`` (per task: accuracy with n, standard error and a bootstrap 95 % interval,
+per-subject breakdowns, timings) and ``predictions.jsonl`` (per item: id, gold, predicted, the
+choice log-likelihoods), plus the resolved config and the prompt templates used.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from medtune.config import ModelConfig, StrictModel
+from medtune.data.spec import SourceConfig
+from medtune.evaluate.tasks import TASKS, Task, get_task
+
+
+class EvalConfig(StrictModel):
+    """What to evaluate, on which tasks, and how."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """The model to score."""
+    adapter: str | None = None
+    """A LoRA adapter directory to apply on top of the model (checked against it before scoring)."""
+    tasks: str = "pubmedqa,medmcqa,medqa4"
+    """Comma-separated task names: pubmedqa, medmcqa, medqa4, arc_challenge, arc_easy, mmlu_general, ppl_general."""
+    data_root: str = "../shared/data"
+    """Directory the tasks' data paths are relative to (the official files' layout)."""
+    task_sources: dict[str, SourceConfig] = Field(default_factory=dict)
+    """Per task, a different source for the evaluated split (e.g. a Hub dataset)."""
+    limit: int | None = Field(None, ge=1)
+    """Score only the first N items of each task (deterministic; the full split when unset)."""
+    fewshot: int = Field(0, ge=0)
+    """Few-shot exemplars per prompt: the first k items of the task's exemplar split, the same for every question."""
+    token_budget: int = Field(4096, ge=64)
+    """Tokens per scoring batch (padded context length x choices x items)."""
+    ppl_window: int = Field(1024, ge=16)
+    """Perplexity: tokens per sliding window."""
+    ppl_stride: int = Field(512, ge=1)
+    """Perplexity: tokens the window advances by (each token is scored once)."""
+    ppl_max_tokens: int | None = Field(50_000, ge=16)
+    """Perplexity: score only the first N tokens of the text (None: all)."""
+    out: str = "runs/eval"
+    """Output directory for results.json and predictions.jsonl."""
+    progress: bool = True
+    """Show progress bars."""
+    base_dir: str | None = Field(None, json_schema_extra={"cli": False})
+    """Directory of the config file (set automatically); data_root is relative to the working directory."""
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, value: str) -> str:
+        names = [t.strip() for t in value.split(",") if t.strip()]
+        if not names:
+            raise ValueError(f"no task given (valid: {', '.join(TASKS)})")
+        for n in names:
+            if n not in TASKS:
+                raise ValueError(f"unknown task {n!r} (valid: {', '.join(TASKS)})")
+        return ",".join(names)
+
+    @property
+    def task_names(self) -> list[str]:
+        return self.tasks.split(",")
+
+
+def _load(task: Task, cfg: EvalConfig, fewshot: bool = False) -> list[Any]:
+    from medtune.data.registry import load_source
+    from medtune.data.rejects import Rejects
+    from medtune.errors import ConfigError
+
+    spec = task.fewshot_source if fewshot else task.source
+    if fewshot and spec is None:
+        raise ConfigError(f"task {task.name} has no few-shot exemplar split here; use fewshot: 0")
+    src = cfg.task_sources.get(task.name) if not fewshot else None
+    src = src or SourceConfig.model_validate(spec)
+    return load_source(src, Path(cfg.data_root), Rejects())
+
+
+def _mc_task(task: Task, cfg: EvalConfig, tokenizer: Any, scorer: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from medtune.data.prompts import eval_prompt
+    from medtune.evaluate import metrics
+    from medtune.evaluate.requests import build_request
+
+    records = _load(task, cfg)[: cfg.limit]
+    shots = _load(task, cfg, fewshot=True) if cfg.fewshot else []
+
+    def exemplars(r: Any) -> list[Any]:
+        if not shots:
+            return []
+        if task.group_by:  # per-subject exemplars, as lm-eval's per-subject MMLU tasks
+            return [s for s in shots if s.meta.get(task.group_by) == r.meta.get(task.group_by)][: cfg.fewshot]
+        return shots[: cfg.fewshot]
+
+    groups = [str(r.meta.get(task.group_by, "")) if task.group_by else "" for r in records]
+    requests = [build_request(tokenizer, eval_prompt(r, fewshot=exemplars(r)), g) for r, g in zip(records, groups)]
+    started = time.perf_counter()
+    if cfg.fewshot and task.group_by:  # each group shares its own exemplar prefix
+        lls: list[list[float]] = [[] for _ in requests]
+        for g in sorted(set(groups)):
+            idx = [i for i, x in enumerate(groups) if x == g]
+            for i, v in zip(idx, scorer.loglikelihoods([requests[i] for i in idx], progress=cfg.progress, desc=f"{task.name}/{g}")):
+                lls[i] = v
+    else:
+        lls = scorer.loglikelihoods(requests, progress=cfg.progress, desc=task.name)
+    seconds = time.perf_counter() - started
+    preds = [metrics.predict(ll) for ll in lls]
+    preds_norm = [metrics.predict_norm(ll, r.choice_chars) for ll, r in zip(lls, requests)]
+    acc = [float(p == r.gold) for p, r in zip(preds, requests)]
+    result: dict[str, Any] = {"acc": metrics.summarize(acc)}
+    if "acc_norm" in task.metrics:
+        result["acc_norm"] = metrics.summarize([float(p == r.gold) for p, r in zip(preds_norm, requests)])
+    if task.group_by:
+        result[f"acc_by_{task.group_by}"] = metrics.by_group(acc, groups)
+    result.update({"n": len(requests), "fewshot": cfg.fewshot, "seconds": round(seconds, 2),
+                   "items_per_s": round(len(requests) / seconds, 2) if seconds else None, "domain": task.domain})
+    rows = [{"task": task.name, "id": r.id, "gold": r.gold, "pred": p, "pred_norm": pn, "loglikelihoods": ll,
+             **({task.group_by: r.group} if task.group_by else {})}
+            for r, p, pn, ll in zip(requests, preds, preds_norm, lls)]
+    return result, rows
+
+
+def _ppl_task(task: Task, cfg: EvalConfig, tokenizer: Any, model: Any) -> dict[str, Any]:
+    import numpy as np
+
+    from medtune.evaluate import metrics
+    from medtune.evaluate.perplexity import sliding_window_nll, token_stream
+
+    docs = _load(task, cfg)[: cfg.limit]
+    ids = token_stream(tokenizer, [d.text for d in docs], cfg.ppl_max_tokens)
+    window = min(cfg.ppl_window, getattr(model.config, "max_position_embeddings", cfg.ppl_window))
+    started = time.perf_counter()
+    res = sliding_window_nll(model, ids, window=window, stride=min(cfg.ppl_stride, window), progress=cfg.progress)
+    seconds = time.perf_counter() - started
+    # Bootstrap over windows: resample windows, recompute exp(total nll / total tokens).
+    rng = np.random.default_rng(0)
+    nll, cnt = np.asarray(res.window_nll), np.asarray(res.window_tokens)
+    idx = rng.integers(0, len(nll), size=(2000, len(nll)))
+    boots = np.exp(nll[idx].sum(1) / cnt[idx].sum(1))
+    lo, hi = np.quantile(boots, [0.025, 0.975])
+    return {"perplexity": {"value": metrics.perplexity(res.nll_sum, res.tokens), "n": res.tokens, "ci95": [float(lo), float(hi)]},
+            "tokens": res.tokens, "window": window, "stride": min(cfg.ppl_stride, window), "seconds": round(seconds, 2),
+            "tokens_per_s": round(res.tokens / seconds, 1) if seconds else None, "domain": task.domain}
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    """Score every task; write results.json and predictions.jsonl atomically; return the results."""
+    from rich.console import Console
+
+    from medtune import atomic, models
+    from medtune.config import dump_config
+    from medtune.data.prompts import EVAL_TEMPLATES, template_provenance
+    from medtune.evaluate.scorer import Scorer
+
+    tasks = [get_task(n) for n in cfg.task_names]
+    resolved = models.resolve(cfg.model.spec, allow_pickle=cfg.model.allow_pickle)
+    model = models.load_model(resolved, trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle)
+    model = models.load_with_adapter(model, cfg.adapter)
+    tokenizer = models.load_tokenizer(resolved, trust_remote_code=cfg.model.trust_remote_code)
+    scorer = Scorer(model, token_budget=cfg.token_budget)
+    results: dict[str, Any] = {}
+    predictions: list[dict[str, Any]] = []
+    for task in tasks:
+        if task.kind == "ppl":
+            results[task.name] = _ppl_task(task, cfg, tokenizer, model)
+        else:
+            results[task.name], rows = _mc_task(task, cfg, tokenizer, scorer)
+            predictions.extend(rows)
+    out = Path(cfg.out)
+    report = {"model": cfg.model.spec, "adapter": cfg.adapter, "tasks": results, **_provenance(model)}
+    atomic.write_json(out / "results.json", report)
+    atomic.write_jsonl(out / "predictions.jsonl", predictions)
+    atomic.write_text(out / "config.yaml", dump_config(cfg))
+    atomic.write_json(out / "templates.json", template_provenance(*EVAL_TEMPLATES.values()))
+    _print(Console(), results, out)
+    return report
+
+
+def _provenance(model: Any) -> dict[str, Any]:
+    import platform
+    from importlib.metadata import version
+
+    import torch
+
+    return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(next(model.parameters()).device),
+            "dtype": str(next(model.parameters()).dtype), "threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "packages": {p: version(p) for p in ("medtune", "torch", "transformers", "peft")}}
+
+
+def _print(console: Any, results: dict[str, Any], out: Path) -> None:
+    from rich.table import Table
+
+    table = Table(title="Results", title_justify="left")
+    for col in ("task", "metric", "value", "95% CI", "n", "items/s"):
+        table.add_column(col, justify="left" if col in ("task", "metric") else "right")
+    for name, r in results.items():
+        for metric in ("acc", "acc_norm", "perplexity"):
+            if metric in r:
+                m = r[metric]
+                pct = metric != "perplexity"
+                fmt = (lambda v: f"{100 * v:.1f}") if pct else (lambda v: f"{v:.2f}")
+                table.add_row(name, metric, fmt(m["value"]), f"{fmt(m['ci95'][0])}–{fmt(m['ci95'][1])}", str(m["n"]),
+                              str(r.get("items_per_s") or r.get("tokens_per_s", "")))
+    console.print(table)
+    console.print(f"results: {out / 'results.json'}  predictions: {out / 'predictions.jsonl'}")
