@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, field_validator
 
@@ -33,6 +34,15 @@ class EvalConfig(StrictModel):
     """Per task, a different source for the evaluated split (e.g. a Hub dataset)."""
     limit: int | None = Field(None, ge=1)
     """Score only the first N items of each task (deterministic; the full split when unset)."""
+    mode: Literal["loglikelihood", "generate"] = "loglikelihood"
+    """loglikelihood: lm-eval's multiple-choice scoring (comparable to leaderboards); generate: greedy
+    decoding plus answer extraction (comparable to LMFlow's medical numbers; unparsed outputs are counted)."""
+    max_new_tokens: int = Field(16, ge=1)
+    """generate mode: tokens to decode per item."""
+    gen_batch_size: int = Field(8, ge=1)
+    """generate mode: prompts decoded together."""
+    chat_template: bool = False
+    """generate mode: wrap each prompt as a user turn in the tokenizer's chat template (instruction-tuned models)."""
     fewshot: int = Field(0, ge=0)
     """Few-shot exemplars per prompt: the first k items of the task's exemplar split, the same for every question."""
     token_budget: int = Field(4096, ge=64)
@@ -64,6 +74,29 @@ class EvalConfig(StrictModel):
     @property
     def task_names(self) -> list[str]:
         return self.tasks.split(",")
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def parallel_map(items: Sequence[T], fn: Callable[[Sequence[T]], list[R]]) -> list[R]:
+    """Run ``fn`` on this process's shard of ``items`` and gather every shard, in order.
+
+    One process: ``fn(items)``. Under ``accelerate launch`` with N processes, rank k takes items
+    k, k+N, ...; the results are gathered on every rank with accelerate's ``gather_object``.
+    """
+    from medtune.distributed import state as dist_state
+
+    state = dist_state()
+    if state.num_processes == 1:
+        return fn(items)
+    from accelerate.utils import gather_object
+
+    idx = list(range(state.process_index, len(items), state.num_processes))
+    part = fn([items[i] for i in idx])
+    pairs = gather_object(list(zip(idx, part)))
+    return [v for _, v in sorted(pairs, key=lambda p: p[0])]
 
 
 def _load(task: Task, cfg: EvalConfig, fewshot: bool = False) -> list[Any]:
@@ -101,10 +134,12 @@ def _mc_task(task: Task, cfg: EvalConfig, tokenizer: Any, scorer: Any) -> tuple[
         lls: list[list[float]] = [[] for _ in requests]
         for g in sorted(set(groups)):
             idx = [i for i, x in enumerate(groups) if x == g]
-            for i, v in zip(idx, scorer.loglikelihoods([requests[i] for i in idx], progress=cfg.progress, desc=f"{task.name}/{g}")):
+            sub = parallel_map([requests[i] for i in idx],
+                               lambda rs, g=g: scorer.loglikelihoods(rs, progress=cfg.progress, desc=f"{task.name}/{g}"))
+            for i, v in zip(idx, sub):
                 lls[i] = v
     else:
-        lls = scorer.loglikelihoods(requests, progress=cfg.progress, desc=task.name)
+        lls = parallel_map(requests, lambda rs: scorer.loglikelihoods(rs, progress=cfg.progress, desc=task.name))
     seconds = time.perf_counter() - started
     preds = [metrics.predict(ll) for ll in lls]
     preds_norm = [metrics.predict_norm(ll, r.choice_chars) for ll, r in zip(lls, requests)]
@@ -119,6 +154,33 @@ def _mc_task(task: Task, cfg: EvalConfig, tokenizer: Any, scorer: Any) -> tuple[
     rows = [{"task": task.name, "id": r.id, "gold": r.gold, "pred": p, "pred_norm": pn, "loglikelihoods": ll,
              **({task.group_by: r.group} if task.group_by else {})}
             for r, p, pn, ll in zip(requests, preds, preds_norm, lls)]
+    return result, rows
+
+
+def _gen_task(task: Task, cfg: EvalConfig, tokenizer: Any, model: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from medtune.data.prompts import eval_prompt, template_for
+    from medtune.evaluate import metrics
+    from medtune.evaluate.generate import extract_answer, greedy_outputs
+
+    records = _load(task, cfg)[: cfg.limit]
+    shots = _load(task, cfg, fewshot=True)[: cfg.fewshot] if cfg.fewshot else []
+    contexts = [eval_prompt(r, fewshot=shots).context for r in records]
+    if cfg.chat_template:
+        contexts = [tokenizer.apply_chat_template([{"role": "user", "content": c}], add_generation_prompt=True, tokenize=False)
+                    for c in contexts]
+    started = time.perf_counter()
+    outputs = parallel_map(contexts, lambda cs: greedy_outputs(model, tokenizer, cs, max_new_tokens=cfg.max_new_tokens,
+                                                               batch_size=cfg.gen_batch_size, progress=cfg.progress, desc=task.name))
+    seconds = time.perf_counter() - started
+    preds = [extract_answer(o, r, template_for(r).choices == "labels") for o, r in zip(outputs, records)]
+    correct = [float(p == r.answer) for p, r in zip(preds, records)]
+    parsed = [c for c, p in zip(correct, preds) if p is not None]
+    result = {"acc": metrics.summarize(correct), "unparsed": sum(p is None for p in preds),
+              "acc_parsed": metrics.summarize(parsed) if parsed else None, "n": len(records), "mode": "generate",
+              "max_new_tokens": cfg.max_new_tokens, "fewshot": cfg.fewshot, "seconds": round(seconds, 2),
+              "items_per_s": round(len(records) / seconds, 2) if seconds else None, "domain": task.domain}
+    rows = [{"task": task.name, "id": r.id, "gold": r.answer, "pred": p, "output": o}
+            for r, p, o in zip(records, preds, outputs)]
     return result, rows
 
 
@@ -158,6 +220,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     resolved = models.resolve(cfg.model.spec, allow_pickle=cfg.model.allow_pickle)
     model = models.load_model(resolved, trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle)
     model = models.load_with_adapter(model, cfg.adapter)
+    from medtune.distributed import state as dist_state
+
+    if dist_state().num_processes > 1 or torch_cuda_available():
+        model.to(dist_state().device)
     tokenizer = models.load_tokenizer(resolved, trust_remote_code=cfg.model.trust_remote_code)
     scorer = Scorer(model, token_budget=cfg.token_budget)
     results: dict[str, Any] = {}
@@ -165,17 +231,32 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     for task in tasks:
         if task.kind == "ppl":
             results[task.name] = _ppl_task(task, cfg, tokenizer, model)
+        elif cfg.mode == "generate":
+            results[task.name], rows = _gen_task(task, cfg, tokenizer, model)
+            predictions.extend(rows)
         else:
             results[task.name], rows = _mc_task(task, cfg, tokenizer, scorer)
             predictions.extend(rows)
+    from medtune.distributed import state as dist_state
+
+    state = dist_state()
     out = Path(cfg.out)
-    report = {"model": cfg.model.spec, "adapter": cfg.adapter, "tasks": results, **_provenance(model)}
+    report = {"model": cfg.model.spec, "adapter": cfg.adapter, "mode": cfg.mode, "tasks": results,
+              "processes": state.num_processes, **_provenance(model)}
+    if not state.is_main_process:
+        return report
     atomic.write_json(out / "results.json", report)
     atomic.write_jsonl(out / "predictions.jsonl", predictions)
     atomic.write_text(out / "config.yaml", dump_config(cfg))
     atomic.write_json(out / "templates.json", template_provenance(*EVAL_TEMPLATES.values()))
     _print(Console(), results, out)
     return report
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _provenance(model: Any) -> dict[str, Any]:
@@ -194,7 +275,7 @@ def _print(console: Any, results: dict[str, Any], out: Path) -> None:
     from rich.table import Table
 
     table = Table(title="Results", title_justify="left")
-    for col in ("task", "metric", "value", "95% CI", "n", "items/s"):
+    for col in ("task", "metric", "value", "95% CI", "n", "items/s", "note"):
         table.add_column(col, justify="left" if col in ("task", "metric") else "right")
     for name, r in results.items():
         for metric in ("acc", "acc_norm", "perplexity"):
@@ -202,7 +283,8 @@ def _print(console: Any, results: dict[str, Any], out: Path) -> None:
                 m = r[metric]
                 pct = metric != "perplexity"
                 fmt = (lambda v: f"{100 * v:.1f}") if pct else (lambda v: f"{v:.2f}")
+                note = f"unparsed {r['unparsed']}" if "unparsed" in r else ""
                 table.add_row(name, metric, fmt(m["value"]), f"{fmt(m['ci95'][0])}–{fmt(m['ci95'][1])}", str(m["n"]),
-                              str(r.get("items_per_s") or r.get("tokens_per_s", "")))
+                              str(r.get("items_per_s") or r.get("tokens_per_s", "")), note)
     console.print(table)
     console.print(f"results: {out / 'results.json'}  predictions: {out / 'predictions.jsonl'}")
