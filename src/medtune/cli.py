@@ -59,6 +59,11 @@ COMMANDS: dict[str, Command] = {
         _lazy("medtune.evaluate.run", "evaluate"),
         "Score a model (optionally with a LoRA adapter) on medical and general tasks; writes results.json.",
     ),
+    "train": Command(
+        _lazy("medtune.train.config", "TrainConfig"),
+        _lazy("medtune.train.run", "train"),
+        "Continued pretraining (LoRA or full) on medical text with optional replay; resumable.",
+    ),
     "demo": Command(
         _lazy("medtune.demo", "DemoConfig"),
         _lazy("medtune.demo", "run_demo"),

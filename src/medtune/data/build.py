@@ -178,10 +178,15 @@ def prepare(cfg: DataConfig, tokenizer: Any | None = None, *, mix_and_pack: bool
     groups: dict[str, str] = {}
     for src in cfg.train:
         recs = [r for r in train_by_source[src.label] if id(r) in kept_ids]
-        toks = _tokenize(tokenizer, [training_text(r, template).text for r in recs])
-        docs[src.label] = [Doc(src.label, "domain", t, r.id) for r, t in zip(recs, toks)]
+        texts = [training_text(r, template) for r in recs]
+        # Prompt and answer are tokenized apart (the answer starts with a space, a natural token
+        # boundary) so answer-only loss knows where the answer begins.
+        prompts = _tokenize(tokenizer, [t.prompt for t in texts])
+        answers = _tokenize(tokenizer, [t.answer for t in texts])
+        docs[src.label] = [Doc(src.label, "domain", p + a, r.id, answer_start=len(p))
+                           for r, p, a in zip(recs, prompts, answers)]
         groups[src.label] = "domain"
-        describe("train", src, recs, sum(map(len, toks)))
+        describe("train", src, recs, sum(len(d.tokens) for d in docs[src.label]))
     for src in cfg.replay:
         texts = load_source(src, root, rejects)
         toks = _tokenize(tokenizer, [d.text for d in texts])
@@ -195,6 +200,23 @@ def prepare(cfg: DataConfig, tokenizer: Any | None = None, *, mix_and_pack: bool
         packed = pack(mixed.docs, cfg.block_size, tokenizer.eos_token_id, drop_tail=cfg.drop_tail,
                       pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
     return Prepared(stats, report, mixed, packed, rejects, tokenizer.eos_token_id)
+
+
+def answer_mask(docs: Sequence[Doc], packed: PackResult) -> Any:
+    """(n_blocks, block_size) uint8: 1 on the tokens answer-only loss trains on (each document's
+    answer and its EOS; every token of general text), 0 elsewhere and on padding."""
+    import numpy as np
+
+    parts = []
+    for d in docs:
+        start = min(d.answer_start, len(d.tokens))
+        parts.append(np.concatenate([np.zeros(start, np.uint8), np.ones(len(d.tokens) - start + 1, np.uint8)]))
+    stream = np.concatenate(parts) if parts else np.zeros(0, np.uint8)
+    n, width = packed.input_ids.shape
+    out = np.zeros(n * width, np.uint8)
+    keep = min(len(stream), n * width)
+    out[:keep] = stream[:keep]
+    return out.reshape(n, width) & (packed.attention_mask == 1)
 
 
 def _fmt_labels(labels: dict[str, int]) -> str:
@@ -278,7 +300,8 @@ def build_command(cfg: DataConfig) -> Path:
     out = Path(cfg.out)
     with atomic.staging_dir(out) as tmp:
         p = prep.packed
-        save_file({"input_ids": p.input_ids, "attention_mask": p.attention_mask, "token_source": p.token_source},
+        save_file({"input_ids": p.input_ids, "attention_mask": p.attention_mask, "token_source": p.token_source,
+                   "answer_mask": answer_mask(prep.mix.docs, p)},
                   str(tmp / "blocks.safetensors"), metadata={"sources": json.dumps(p.sources)})
         atomic.write_json(tmp / "manifest.json", {**summary(cfg, prep), **_provenance()})
         atomic.write_text(tmp / "config.yaml", dump_config(cfg))

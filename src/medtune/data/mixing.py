@@ -45,6 +45,9 @@ class Doc:
     tokens: list[int]
     """Token ids, no BOS/EOS (packing adds the EOS)."""
     id: str = ""
+    answer_start: int = 0
+    """Index of the first answer token (answer-only loss trains on tokens from here on, plus the EOS);
+    0 for general text, where every token counts."""
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Continued pretraining (LoRA or full) on packed blocks, through accelerate."""

@@ -1,0 +1,80 @@
+"""What a training run leaves behind: the model, its provenance, curves and a model card."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from medtune import atomic
+from medtune.config import dump_config
+from medtune.train.config import TrainConfig
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tokens = [h["tokens"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax1.plot(tokens, [h["loss"] for h in history], color="#1f77b4", lw=1.5)
+    ax1.set_xlabel("training tokens")
+    ax1.set_ylabel("loss (nats / token)")
+    ax1.set_title("training loss")
+    ax1.grid(alpha=0.3)
+    ax2.plot(tokens, [h["lr"] for h in history], color="#ff7f0e", lw=1.5)
+    ax2.set_xlabel("training tokens")
+    ax2.set_ylabel("learning rate")
+    ax2.set_title("schedule")
+    ax2.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def model_card(cfg: TrainConfig, state: dict[str, Any], run: dict[str, Any], manifest: dict[str, Any]) -> str:
+    hist = state["history"]
+    mix = manifest.get("mix") or {}
+    sources = "\n".join(f"| {s['role']} | {s['name']} | {s['items']:,} | {s['tokens']:,} |" for s in manifest.get("sources", []))
+    what = "a LoRA adapter (peft, safetensors)" if cfg.method == "lora" else "full weights (safetensors)"
+    return f"""# medtune training run
+
+`model/` holds {what} for **{cfg.model.spec}**, continued-pretrained on medical QA text
+{f"with {100 * cfg.data.general_share:.0f} % general replay tokens" if cfg.data.general_share else "without replay"}.
+
+| | |
+|---|---|
+| method | {cfg.method}{f" (r={cfg.lora.r}, alpha={cfg.lora.alpha}, dropout={cfg.lora.dropout}, targets={cfg.lora.target_modules})" if cfg.method == "lora" else ""} |
+| loss | {cfg.loss} |
+| steps | {run['steps']} x global batch {run['global_batch']} blocks of {run['block_size']} tokens |
+| tokens | {state['tokens']:,} |
+| loss first / last step | {hist[0]['loss']:.4f} / {hist[-1]['loss']:.4f} |
+| time | {state['seconds']:.0f} s on {run['processes']} process(es), {run['device']} |
+| realised general share | {100 * (manifest.get('packing') or {}).get('general_share', 0):.1f} % (target {100 * mix.get('general_share_target', 0):.1f} %) |
+
+| role | source | items | tokens |
+|---|---|---|---|
+{sources}
+
+Files: `config.yaml` (the resolved config), `data/manifest.json` (sources with sha256, leakage
+guard, realised mix), `curves.json` / `curves.png` (loss and learning rate per step).
+Intended use: research on domain adaptation; not for clinical decisions.
+"""
+
+
+def write_outputs(cfg: TrainConfig, out: Path, model: Any, tokenizer: Any, state: dict[str, Any], run: dict[str, Any]) -> None:
+    with atomic.staging_dir(out / "model") as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+    atomic.write_text(out / "config.yaml", dump_config(cfg))
+    atomic.write_json(out / "curves.json", {"run": run, "history": state["history"], "seconds": state["seconds"]})
+    plot_curves(state["history"], out / "curves.png", f"{cfg.model.spec} · {cfg.method} · {cfg.loss}")
+    manifest = json.loads((out / "data" / "manifest.json").read_text())
+    atomic.write_text(out / "README.md", model_card(cfg, state, run, manifest))
+    shutil.rmtree(out / "checkpoints" / ".staging", ignore_errors=True)

@@ -1,0 +1,83 @@
+"""Cross-entropy on the LM head without materialising (batch, seq, vocab) logits.
+
+:class:`ChunkedLinearCE` computes the summed token loss chunk by chunk; each chunk's logits exist
+only while its gradient (softmax - one-hot) is formed, in the forward pass, so backward needs no
+logits at all and none are recomputed. Peak extra memory is one chunk of fp32 logits
+(``chunk x vocab``) instead of the full ``batch x seq x vocab`` tensor (plus its fp32 copy and
+softmax) that a plain ``CrossEntropyLoss`` on the model's logits keeps for backward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+IGNORE_INDEX = -100
+
+
+class ChunkedLinearCE(torch.autograd.Function):
+    """``sum_i CE(hidden_i @ weight.T, labels_i) * scale`` with gradients formed in the forward pass."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int, scale: float) -> torch.Tensor:
+        # hidden (N, H), weight (V, H), labels (N,) with IGNORE_INDEX where no loss is taken.
+        need_dw = weight.requires_grad
+        grad_h = torch.zeros_like(hidden)
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_dw else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk):
+            h = hidden[start : start + chunk]
+            y = labels[start : start + chunk]
+            valid = y != IGNORE_INDEX
+            if not bool(valid.any()):
+                continue
+            logits = (h @ weight.T).float()  # (chunk, vocab)
+            lse = torch.logsumexp(logits, dim=-1)
+            target = y.clamp(min=0)
+            total += ((lse - logits.gather(1, target[:, None])[:, 0]) * valid).sum()
+            # d(sum CE)/d logits = softmax - one_hot, zero on ignored rows.
+            probs = torch.exp(logits - lse[:, None])
+            probs[torch.arange(len(y), device=y.device), target] -= 1.0
+            probs *= valid[:, None]
+            grad_h[start : start + chunk] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
+            if grad_w is not None:
+                grad_w += probs.T @ h.float()
+        ctx.save_for_backward(grad_h, grad_w if grad_w is not None else torch.empty(0))
+        ctx.need_dw = need_dw
+        ctx.scale = scale
+        return total * scale
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
+        grad_h, grad_w = ctx.saved_tensors
+        g = grad_out * ctx.scale
+        dh = grad_h * g.to(grad_h.dtype)
+        dw = (grad_w * g).to(grad_w.dtype) if ctx.need_dw else None
+        return dh, dw, None, None, None
+
+
+def chunked_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *, chunk: int = 1024, scale: float = 1.0) -> torch.Tensor:
+    """Summed next-token loss; ``hidden`` (..., H) and ``labels`` (...) already shifted and aligned."""
+    return ChunkedLinearCE.apply(hidden.reshape(-1, hidden.shape[-1]), weight, labels.reshape(-1), chunk, scale)
+
+
+class CausalLMLoss(nn.Module):
+    """Wraps a causal LM so one ``forward`` returns the scaled summed token loss.
+
+    Distributed wrappers (DDP, FSDP) wrap this module, so gradient synchronisation sees the whole
+    computation, the chunked loss included.
+    """
+
+    def __init__(self, model: nn.Module, chunk: int = 1024):
+        super().__init__()
+        self.model = model
+        self.chunk = chunk
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor, scale: float) -> torch.Tensor:
+        # input_ids, attention_mask, loss_mask: (batch, seq). Position t predicts token t+1.
+        hidden = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        labels = torch.where(loss_mask[:, 1:].bool(), input_ids[:, 1:], IGNORE_INDEX)
+        weight = self.model.get_output_embeddings().weight
+        return chunked_ce_sum(hidden[:, :-1], weight, labels, chunk=self.chunk, scale=scale)

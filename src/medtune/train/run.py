@@ -1,0 +1,175 @@
+"""``medtune train``: LoRA or full continued pretraining through accelerate.
+
+The loop is ours (it is short): accelerate does the launching, device placement, mixed precision
+and gradient synchronisation; peft adds the adapters; the loss is the chunked LM-head cross-entropy
+of :mod:`medtune.train.loss`. The token loss of every optimizer step is normalised by the number of
+loss tokens in the whole global batch, so 1 process and N processes with the same global batch
+follow the same loss curve.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medtune.errors import MedtuneError
+from medtune.train import checkpoint
+from medtune.train.config import TrainConfig
+
+
+class TrainError(MedtuneError):
+    """Training stopped (non-finite loss, bad resume)."""
+
+
+def _data(cfg: TrainConfig, out: Path, is_main: bool, barrier: Any) -> dict[str, torch.Tensor]:
+    """Packed blocks from OUT/data, built there first if missing (the data stage is deterministic)."""
+    from safetensors.torch import load_file
+
+    from medtune.data.build import build_command
+
+    data_dir = out / "data"
+    if is_main and not (data_dir / "manifest.json").is_file():
+        build_command(cfg.data.model_copy(update={"out": str(data_dir), "tokenizer": cfg.data.tokenizer}))
+    barrier()
+    return load_file(str(data_dir / "blocks.safetensors"))
+
+
+def sample_order(n: int, seed: int, total: int) -> np.ndarray:
+    """Block indices for ``total`` samples: a fresh seeded permutation of the n blocks per epoch."""
+    epochs = math.ceil(total / n)
+    return np.concatenate([np.random.default_rng(seed + e).permutation(n) for e in range(epochs)])[:total]
+
+
+def _model(cfg: TrainConfig) -> tuple[Any, Any]:
+    from medtune import models
+
+    resolved = models.resolve(cfg.model.spec, allow_pickle=cfg.model.allow_pickle)
+    torch.manual_seed(cfg.seed)
+    model = models.load_model(resolved, dtype=torch.float32, trust_remote_code=cfg.model.trust_remote_code,
+                              allow_pickle=cfg.model.allow_pickle)
+    tokenizer = models.load_tokenizer(resolved, trust_remote_code=cfg.model.trust_remote_code)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    if cfg.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lc = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                        target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+        model = get_peft_model(model, lc)
+    model.train()
+    return model, tokenizer
+
+
+def _schedule(cfg: TrainConfig, opt: torch.optim.Optimizer, total_steps: int) -> Any:
+    from transformers import get_scheduler
+
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.scheduler]
+    return get_scheduler(name, opt, num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps)
+
+
+def plan(cfg: TrainConfig, n_blocks: int, block: int, world: int) -> tuple[int, int]:
+    """(global batch in blocks, optimizer steps) under the epochs / max_steps / max_tokens budgets."""
+    global_batch = cfg.micro_batch_size * cfg.grad_accum * world
+    steps = max(1, math.ceil(cfg.epochs * n_blocks / global_batch))
+    if cfg.max_steps:
+        steps = min(steps, cfg.max_steps)
+    if cfg.max_tokens:
+        steps = min(steps, max(1, math.ceil(cfg.max_tokens / (global_batch * block))))
+    return global_batch, steps
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train, checkpoint, and write the final model with its provenance; returns OUT."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    from medtune.train.loss import CausalLMLoss
+
+    cuda = torch.cuda.is_available()
+    acc = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and torch.cuda.is_bf16_supported() else "no")
+    out = Path(cfg.out)
+    if acc.is_main_process and not cfg.resume and checkpoint.latest(out):
+        raise TrainError(f"{out} already has checkpoints: pass --resume to continue, or choose another --out")
+    acc.wait_for_everyone()
+    set_seed(cfg.seed)
+    blocks = _data(cfg, out, acc.is_main_process, acc.wait_for_everyone)
+    ids, attn = blocks["input_ids"].long(), blocks["attention_mask"].long()
+    loss_mask = blocks["answer_mask"].long() if cfg.loss == "answer_only" else attn
+    n_blocks, block = ids.shape
+    global_batch, total_steps = plan(cfg, n_blocks, block, acc.num_processes)
+    order = sample_order(n_blocks, cfg.seed, total_steps * global_batch)
+
+    model, tokenizer = _model(cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    # The scheduler is not handed to accelerate: its wrapper steps it once per process per call
+    # (it assumes a sharded dataloader shortens the epoch), and our steps are already global.
+    wrapped, opt = acc.prepare(CausalLMLoss(model, cfg.loss_chunk_tokens), opt)
+    sched = _schedule(cfg, opt, total_steps)
+
+    state: dict[str, Any] = {"history": [], "tokens": 0, "seconds": 0.0}
+    start_step = 0
+    resume_from = checkpoint.latest(out) if cfg.resume else None
+    if resume_from is not None:
+        state = checkpoint.load(resume_from, model, opt, sched, acc.process_index, acc.num_processes)
+        start_step = state["step"]
+    bar = tqdm(total=total_steps, initial=start_step, desc=f"train ({cfg.method})", unit="step",
+               disable=not (cfg.progress and acc.is_main_process), dynamic_ncols=True)
+    last_good = resume_from
+    started = time.perf_counter() - state["seconds"]
+    run_started = time.perf_counter()
+    for step in range(start_step, total_steps):
+        batch_idx = order[step * global_batch : (step + 1) * global_batch]
+        # Normalise by the loss tokens of the whole global batch (known to every rank from the data).
+        n_loss = int(loss_mask[torch.from_numpy(batch_idx)][:, 1:].sum())
+        scale = acc.num_processes / max(n_loss, 1)
+        local_sum = torch.zeros((), device=acc.device)
+        for micro in range(cfg.grad_accum):
+            first = (micro * acc.num_processes + acc.process_index) * cfg.micro_batch_size
+            sel = torch.from_numpy(batch_idx[first : first + cfg.micro_batch_size])
+            inputs = [t[sel].to(acc.device) for t in (ids, attn, loss_mask)]
+            ctx = acc.no_sync(wrapped) if micro < cfg.grad_accum - 1 else contextlib.nullcontext()
+            with ctx, acc.autocast():
+                loss = wrapped(*inputs, scale=scale)
+                acc.backward(loss)
+            local_sum += loss.detach() / scale
+        if cfg.max_grad_norm:
+            acc.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step_loss = float(acc.reduce(local_sum, reduction="sum")) / max(n_loss, 1)
+        if not math.isfinite(step_loss):
+            raise TrainError(f"non-finite loss ({step_loss}) at step {step + 1}; training stopped. "
+                             f"The last good checkpoint is {last_good or 'none (no checkpoint written yet)'}; "
+                             "lower the learning rate and resume with --resume.")
+        state["tokens"] += global_batch * block
+        state["history"].append({"step": step + 1, "loss": step_loss, "lr": sched.get_last_lr()[0], "tokens": state["tokens"]})
+        elapsed = time.perf_counter() - started
+        run_tokens = (step + 1 - start_step) * global_batch * block
+        bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{run_tokens / max(time.perf_counter() - run_started, 1e-9):.0f}")
+        bar.update(1)
+        done = step + 1
+        if cfg.save_every and done % cfg.save_every == 0 and done < total_steps:
+            state["seconds"] = elapsed
+            last_good = checkpoint.save(out, done, model, opt, sched, state, acc.process_index, acc.num_processes,
+                                        cfg.keep_checkpoints, acc.wait_for_everyone)
+    bar.close()
+    state["seconds"] = time.perf_counter() - started
+    if acc.is_main_process:
+        from medtune.train.artifacts import write_outputs
+
+        write_outputs(cfg, out, acc.unwrap_model(wrapped).model, tokenizer, state,
+                      {"global_batch": global_batch, "steps": total_steps, "block_size": block, "blocks": n_blocks,
+                       "processes": acc.num_processes, "device": str(acc.device)})
+    acc.wait_for_everyone()
+    return out
