@@ -109,6 +109,11 @@ def train(cfg: TrainConfig) -> Path:
     order = sample_order(n_blocks, cfg.seed, total_steps * global_batch)
 
     model, tokenizer = _model(cfg)
+    deepspeed = acc.distributed_type.name == "DEEPSPEED"
+    if deepspeed:  # DeepSpeed needs the batch geometry up front, as it sees no dataloader here
+        ds = acc.state.deepspeed_plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
+        ds["gradient_accumulation_steps"] = cfg.grad_accum
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     # The scheduler is not handed to accelerate: its wrapper steps it once per process per call
@@ -131,7 +136,8 @@ def train(cfg: TrainConfig) -> Path:
         batch_idx = order[step * global_batch : (step + 1) * global_batch]
         # Normalise by the loss tokens of the whole global batch (known to every rank from the data).
         n_loss = int(loss_mask[torch.from_numpy(batch_idx)][:, 1:].sum())
-        scale = acc.num_processes / max(n_loss, 1)
+        # DeepSpeed divides each micro-batch loss by the accumulation steps itself.
+        scale = acc.num_processes * (cfg.grad_accum if deepspeed else 1) / max(n_loss, 1)
         local_sum = torch.zeros((), device=acc.device)
         for micro in range(cfg.grad_accum):
             first = (micro * acc.num_processes + acc.process_index) * cfg.micro_batch_size
