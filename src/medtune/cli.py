@@ -64,6 +64,11 @@ COMMANDS: dict[str, Command] = {
         _lazy("medtune.train.run", "train"),
         "Continued pretraining (LoRA or full) on medical text with optional replay; resumable.",
     ),
+    "merge": Command(
+        _lazy("medtune.merge.run", "MergeConfig"),
+        _lazy("medtune.merge.run", "merge"),
+        "Average a base model with tuned models (WiSE-FT interpolation, HMA, model soups); writes mergekit YAML too.",
+    ),
     "demo": Command(
         _lazy("medtune.demo", "DemoConfig"),
         _lazy("medtune.demo", "run_demo"),

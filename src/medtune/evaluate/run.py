@@ -207,24 +207,11 @@ def _ppl_task(task: Task, cfg: EvalConfig, tokenizer: Any, model: Any) -> dict[s
             "tokens_per_s": round(res.tokens / seconds, 1) if seconds else None, "domain": task.domain}
 
 
-def evaluate(cfg: EvalConfig) -> dict[str, Any]:
-    """Score every task; write results.json and predictions.jsonl atomically; return the results."""
-    from rich.console import Console
-
-    from medtune import atomic, models
-    from medtune.config import dump_config
-    from medtune.data.prompts import EVAL_TEMPLATES, template_provenance
+def score_model(model: Any, tokenizer: Any, cfg: EvalConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Score an already loaded model on ``cfg``'s tasks: (results per task, per-item predictions)."""
     from medtune.evaluate.scorer import Scorer
 
     tasks = [get_task(n) for n in cfg.task_names]
-    resolved = models.resolve(cfg.model.spec, allow_pickle=cfg.model.allow_pickle)
-    model = models.load_model(resolved, trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle)
-    model = models.load_with_adapter(model, cfg.adapter)
-    from medtune.distributed import state as dist_state
-
-    if dist_state().num_processes > 1 or torch_cuda_available():
-        model.to(dist_state().device)
-    tokenizer = models.load_tokenizer(resolved, trust_remote_code=cfg.model.trust_remote_code)
     scorer = Scorer(model, token_budget=cfg.token_budget)
     results: dict[str, Any] = {}
     predictions: list[dict[str, Any]] = []
@@ -237,8 +224,25 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         else:
             results[task.name], rows = _mc_task(task, cfg, tokenizer, scorer)
             predictions.extend(rows)
+    return results, predictions
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    """Score every task; write results.json and predictions.jsonl atomically; return the results."""
+    from rich.console import Console
+
+    from medtune import atomic, models
+    from medtune.config import dump_config
+    from medtune.data.prompts import EVAL_TEMPLATES, template_provenance
     from medtune.distributed import state as dist_state
 
+    resolved = models.resolve(cfg.model.spec, allow_pickle=cfg.model.allow_pickle)
+    model = models.load_model(resolved, trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle)
+    model = models.load_with_adapter(model, cfg.adapter)
+    if dist_state().num_processes > 1 or torch_cuda_available():
+        model.to(dist_state().device)
+    tokenizer = models.load_tokenizer(resolved, trust_remote_code=cfg.model.trust_remote_code)
+    results, predictions = score_model(model, tokenizer, cfg)
     state = dist_state()
     out = Path(cfg.out)
     report = {"model": cfg.model.spec, "adapter": cfg.adapter, "mode": cfg.mode, "tasks": results,

@@ -1,0 +1,1 @@
+"""Weight averaging against forgetting: interpolation (WiSE-FT), model soups, heterogeneous averaging."""
