@@ -69,6 +69,11 @@ COMMANDS: dict[str, Command] = {
         _lazy("medtune.merge.run", "merge"),
         "Average a base model with tuned models (WiSE-FT interpolation, HMA, model soups); writes mergekit YAML too.",
     ),
+    "sweep": Command(
+        _lazy("medtune.merge.sweep", "SweepConfig"),
+        _lazy("medtune.merge.sweep", "sweep"),
+        "Evaluate an α grid (and HMA ratios) between base and tuned; mark the Pareto front, select, plot.",
+    ),
     "demo": Command(
         _lazy("medtune.demo", "DemoConfig"),
         _lazy("medtune.demo", "run_demo"),

@@ -77,13 +77,16 @@ def shared_prefix_length(contexts: Sequence[Sequence[int]]) -> int:
 def _batches(units: list[_Unit], order: list[int], budget: int) -> list[list[int]]:
     batches: list[list[int]] = []
     cur: list[int] = []
-    width = 0
+    width = cur_rows = 0
     for u in order:
+        # Rows a unit adds: its context, plus one row per multi-token choice in the continuation pass.
+        rows = 1 + sum(1 for c in units[u].choices if len(c) > 1)
         cost = len(units[u].context) + max(len(c) for c in units[u].choices)
-        if cur and max(width, cost) * (len(cur) + 1) * max(1, len(units[u].choices)) > budget:
+        if cur and max(width, cost) * (cur_rows + rows) > budget:
             batches.append(cur)
-            cur, width = [], 0
+            cur, width, cur_rows = [], 0, 0
         cur.append(u)
+        cur_rows += rows
         width = max(width, cost)
     if cur:
         batches.append(cur)
