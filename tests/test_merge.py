@@ -17,6 +17,8 @@ from medtune.merge import methods
 from medtune.merge.lora import LoraInterpolator
 from medtune.merge.run import MergeConfig, merge
 
+from conftest import make_random_adapter
+
 
 def test_interpolation_endpoints_are_exact():
     a, b = torch.randn(5, 3), torch.randn(5, 3)
@@ -64,18 +66,7 @@ def test_pareto_and_selection_rules():
 @pytest.fixture()
 def tuned_adapter(tiny_llama, tmp_path):
     """A LoRA adapter on the tiny model with non-zero B (so it changes the model)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import LlamaForCausalLM
-
-    torch.manual_seed(1)
-    model = get_peft_model(LlamaForCausalLM.from_pretrained(str(tiny_llama)),
-                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
-    model.save_pretrained(str(tmp_path / "adapter"))
-    return tmp_path / "adapter"
+    return make_random_adapter(tiny_llama, tmp_path / "adapter", seed=1, std=0.05)
 
 
 def merged_weights(base: Path, adapter: Path) -> dict[str, torch.Tensor]:

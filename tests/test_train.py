@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -74,29 +73,51 @@ def run_cli(cfg_path: Path, *extra: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def test_sigkill_and_resume_gives_the_same_weights(tiny_llama, tmp_path):
+# Runs `medtune train CONFIG` and SIGKILLs itself at a chosen point, so the test does not race a
+# fast tiny run: "after" = right after checkpoint KILL_STEP is complete, "during" = while its files
+# are being written (the staging directory is half full and the checkpoint name does not exist yet).
+KILLER = """
+import os, signal, sys
+from medtune.train import checkpoint
+when, step = sys.argv[1], int(sys.argv[2])
+real_save, real_save_file = checkpoint.save, checkpoint.save_file
+def save(root, s, *a, **k):
+    path = real_save(root, s, *a, **k)
+    if when == "after" and s == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return path
+def save_file(tensors, filename, *a, **k):
+    real_save_file(tensors, filename, *a, **k)
+    if when == "during" and f"step-{step:06d}" in filename and filename.endswith("trainable.safetensors"):
+        os.kill(os.getpid(), signal.SIGKILL)
+checkpoint.save, checkpoint.save_file = save, save_file
+from medtune.cli import main
+sys.argv = ["medtune", "train", sys.argv[3]]
+main()
+"""
+
+
+@pytest.mark.parametrize(("when", "kill_step", "resumes_from"), [("after", 6, 6), ("during", 6, 3)])
+def test_sigkill_and_resume_gives_the_same_weights(tiny_llama, tmp_path, when, kill_step, resumes_from):
     """Killed with SIGKILL mid-run, then resumed: the final adapter equals an uninterrupted run's, bit for bit."""
     ref_cfg = write_yaml(config(tiny_llama, tmp_path / "ref"), tmp_path / "ref.yaml")
     assert run_cli(ref_cfg).wait(timeout=300) == 0
     cfg = write_yaml(config(tiny_llama, tmp_path / "killed"), tmp_path / "killed.yaml")
-    proc = run_cli(cfg)
-    ckpt = tmp_path / "killed" / "checkpoints" / "step-000006"
-    deadline = time.time() + 240
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert ckpt.exists(), "the run reached its step-6 checkpoint"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "killed" / "model").exists(), "killed before the end"
+    killed = subprocess.run([sys.executable, "-c", KILLER, when, str(kill_step), str(cfg)],
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    out = tmp_path / "killed"
+    assert not (out / "model").exists(), "killed before the end"
+    assert [p.name for p in sorted((out / "checkpoints").glob("step-*"))][-1] == f"step-{resumes_from:06d}"
     resumed = run_cli(cfg, "--resume")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
     ref = load_file(str(tmp_path / "ref" / "model" / "adapter_model.safetensors"))
-    got = load_file(str(tmp_path / "killed" / "model" / "adapter_model.safetensors"))
+    got = load_file(str(out / "model" / "adapter_model.safetensors"))
     assert ref.keys() == got.keys()
     for k in ref:
         assert torch.equal(ref[k], got[k]), k
     loss = lambda d: [h["loss"] for h in json.loads((d / "curves.json").read_text())["history"]]
-    assert loss(tmp_path / "ref") == loss(tmp_path / "killed")
+    assert loss(tmp_path / "ref") == loss(out)
 
 
 def test_existing_checkpoints_need_resume(tiny_llama, tmp_path):

@@ -30,6 +30,13 @@ def interpolate(base: torch.Tensor, tuned: torch.Tensor, alpha: float) -> torch.
     return torch.lerp(base.float(), tuned.float(), alpha).to(base.dtype)
 
 
+def interpolate_(base: torch.Tensor, tuned: torch.Tensor, alpha: float) -> torch.Tensor:
+    """:func:`interpolate` written into ``base`` when it is fp32 (no third tensor): for streaming."""
+    if alpha in (0, 1) or base.dtype != torch.float32 or base.shape != tuned.shape:
+        return interpolate(base, tuned, alpha)
+    return base.lerp_(tuned.float(), alpha)
+
+
 def uniform_soup(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """Mean of several tuned models' tensors (a uniform model soup)."""
     if not tensors:

@@ -120,8 +120,8 @@ def merge(cfg: MergeConfig) -> Path:
                 tuned = full_dir(cfg.tuned[0])
                 info["stream"] = merge_streaming(
                     [Path(base.path), tuned], tmp,
-                    lambda name, ts: methods.interpolate(ts[0], ts[1], methods.tensor_ratio(name, n_layers, ratios, cfg.alpha)
-                                                         if ratios else cfg.alpha))
+                    lambda name, ts: methods.interpolate_(ts[0], ts[1], methods.tensor_ratio(name, n_layers, ratios, cfg.alpha)
+                                                          if ratios else cfg.alpha))
                 kit_tuned = str(tuned)
             atomic.write_text(tmp / "mergekit.yaml", interpolation_yaml(base.path, kit_tuned, cfg.alpha, n_layers, ratios))
         else:

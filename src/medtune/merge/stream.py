@@ -87,6 +87,7 @@ def merge_streaming(dirs: Sequence[Path], out: Path, combine: Combine, *, max_sh
                 raise ModelError(f"{d}: tensor '{name}' is {t.dtype} {tuple(t.shape)}, expected "
                                  f"{inputs[0].dtype} {tuple(inputs[0].shape)}")
         merged = combine(name, inputs)
+        del inputs  # before the shard grows: at most the merged tensor and one input stay alive
         if not torch.isfinite(merged).all():
             raise MedtuneError(f"merged tensor '{name}' has non-finite values")
         size = merged.numel() * merged.element_size()
@@ -95,7 +96,6 @@ def merge_streaming(dirs: Sequence[Path], out: Path, combine: Combine, *, max_sh
         shard[name] = merged.contiguous()
         shard_bytes += size
         total += size
-        del inputs
     flush()
     if shard_no == 1:
         (out / "model-00001.safetensors").rename(out / "model.safetensors")
