@@ -93,6 +93,7 @@ DEFAULT_EVAL_TEMPLATE: dict[str, str] = {
     "medqa5": "medqa",
     "arc_easy": "arc",
     "arc_challenge": "arc",
+    "arc": "arc",  # an ARC file whose name says neither Easy nor Challenge (same lm-eval prompt)
     "mmlu": "mmlu",
 }
 """Which evaluation template a dataset uses by default."""

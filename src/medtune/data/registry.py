@@ -89,8 +89,41 @@ def filter_subjects(records: Records, src: SourceConfig) -> Records:
     return [r for r in records if r.meta.get("subject") in keep - drop]  # type: ignore[return-value]
 
 
+def fold_mask(ids: list[str], strata: list[str], share: float, salt: str) -> list[bool]:
+    """True for the items in the held-out fold: per stratum, the round(share x n) smallest sha256(salt:id)."""
+    import hashlib
+
+    held = [False] * len(ids)
+    by_stratum: dict[str, list[int]] = {}
+    for i, s in enumerate(strata):
+        by_stratum.setdefault(s, []).append(i)
+    for members in by_stratum.values():
+        ranked = sorted(members, key=lambda i: hashlib.sha256(f"{salt}:{ids[i]}".encode()).hexdigest())
+        for i in ranked[: round(share * len(members))]:
+            held[i] = True
+    return held
+
+
+def apply_fold(records: Records, src: SourceConfig) -> Records:
+    """Keep the held-out fold or the rest of it, as ``src.fold`` says (records keep their order)."""
+    fold = src.fold
+    if fold is None:
+        return records
+    if len({r.id for r in records}) != len(records):
+        raise ConfigError(f"fold: source {src.label} has repeated item ids, so a fold by id is not well defined")
+    if fold.stratify == "subject":
+        strata = [str(r.meta.get("subject", "")) for r in records]
+    elif fold.stratify == "answer":
+        strata = [str(getattr(r, "answer", "")) for r in records]
+    else:
+        strata = [""] * len(records)
+    held = fold_mask([r.id for r in records], strata, fold.share, fold.salt)
+    want = fold.take == "held_out"
+    return [r for r, h in zip(records, held) if h == want]  # type: ignore[return-value]
+
+
 def load_source(src: SourceConfig, data_root: Path | None, rejects: Rejects) -> Records:
-    """Read one source with its adapter, then apply subject filters and ``limit``."""
+    """Read one source with its adapter, then apply subject filters, the fold and ``limit``."""
     adapter = get_adapter(src.adapter)
-    records = filter_subjects(adapter(src, resolve_path(src, data_root), rejects), src)
+    records = apply_fold(filter_subjects(adapter(src, resolve_path(src, data_root), rejects), src), src)
     return records[: src.limit] if src.limit is not None else records

@@ -4,9 +4,26 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from medtune.config import StrictModel
+
+
+class FoldConfig(StrictModel):
+    """A deterministic held-out fold of a source, for validation splits that no test item enters.
+
+    Items are ranked by sha256(salt + id) inside each stratum; the first round(share x n) of each
+    stratum are the held-out fold. The same salt and share always give the same fold, whatever the
+    file order, and ``take: rest`` is exactly the complement of ``take: held_out``."""
+
+    share: float = Field(gt=0, lt=1)
+    """Share of the items (per stratum) in the held-out fold."""
+    take: Literal["held_out", "rest"]
+    """held_out: only the fold (validation / evaluation); rest: every other item (training)."""
+    stratify: Literal["subject", "answer"] | None = None
+    """Split each subject (MedMCQA, MMLU) or each answer label separately, keeping their proportions."""
+    salt: str = "medtune-fold"
+    """Changes which items fall in the fold."""
 
 
 class SourceConfig(StrictModel):
@@ -32,8 +49,10 @@ class SourceConfig(StrictModel):
     """MMLU / MedMCQA: keep only these subjects."""
     exclude_subjects: list[str] | Literal["medical"] | None = None
     """MMLU: drop these subjects; 'medical' drops the medical subjects for a general score."""
+    fold: FoldConfig | None = None
+    """Keep only a deterministic held-out fold of the source, or only the rest (see FoldConfig)."""
     limit: int | None = None
-    """Keep only the first N records (after filtering), for quick runs."""
+    """Keep only the first N records (after filtering and folding), for quick runs."""
 
     @field_validator("adapter")
     @classmethod
