@@ -11,12 +11,15 @@ from medtune.data.build import DataConfig
 from medtune.errors import ConfigError
 from medtune.evaluate.run import EvalConfig
 from medtune.model_info import ModelInfoConfig
+from medtune.study.run import StudyRunConfig
 from medtune.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
-CONFIG_DIRS = {"data": DataConfig, "model": ModelInfoConfig, "train": TrainConfig, "eval": EvalConfig}
-"""configs/<dir>/*.yaml -> the model that validates it. A YAML outside these dirs fails the test below."""
+CONFIG_DIRS = {"data": DataConfig, "model": ModelInfoConfig, "train": TrainConfig, "eval": EvalConfig,
+               "study": StudyRunConfig, "demo.yaml": StudyRunConfig}
+"""configs/<dir>/*.yaml (or a top-level configs/<file>) -> the model that validates it. A YAML outside
+these fails the test below."""
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -71,9 +74,9 @@ def test_nested_unknown_key_in_model_section(tmp_path):
 
 
 def test_demo_data_config_validates():
-    from medtune.demo import DEMO_DATA_CONFIG, demo_data_dir
+    from medtune.demo import demo_data_dir
 
-    cfg = load_config(DataConfig, demo_data_dir() / DEMO_DATA_CONFIG)
+    cfg = load_config(DataConfig, demo_data_dir() / "demo-data.yaml")
     assert cfg.general_share == 0.2 and cfg.drop_leaked
 
 

@@ -74,6 +74,16 @@ COMMANDS: dict[str, Command] = {
         _lazy("medtune.merge.sweep", "sweep"),
         "Evaluate an α grid (and HMA ratios) between base and tuned; mark the Pareto front, select, plot.",
     ),
+    "study": Command(
+        _lazy("medtune.study.run", "StudyRunConfig"),
+        _lazy("medtune.study.run", "study"),
+        "Run a whole study from one YAML (base eval, training variants, eval, averaging sweeps, report); resumable.",
+    ),
+    "chat": Command(
+        _lazy("medtune.chat", "ChatConfig"),
+        _lazy("medtune.chat", "chat"),
+        "Ask a base, tuned (--adapter) or averaged (--alpha) model questions; the answer streams as it is generated.",
+    ),
     "demo": Command(
         _lazy("medtune.demo", "DemoConfig"),
         _lazy("medtune.demo", "run_demo"),
@@ -160,6 +170,10 @@ def app() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    import warnings
+
+    # peft reads a property that transformers 5 deprecated; nothing a medtune user can act on.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
     try:
         app.main(args=argv, prog_name="medtune", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -1,0 +1,180 @@
+"""The study report's numbers, gathered from the step directories (no model is loaded here).
+
+:func:`collect` reads every step's results into one JSON-ready dict (written as ``report.json``),
+:mod:`medtune.report.render` turns that dict into Markdown and HTML, and
+:mod:`medtune.report.plots` draws the figures. Every number in the report is read from a results
+file of the study; none is computed from scratch except the averages and their intervals.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from medtune import atomic
+from medtune.evaluate.tasks import TASKS
+from medtune.merge import methods
+from medtune.study.config import StudyConfig
+
+DISPLAY = {"pubmedqa": "PubMedQA", "medmcqa": "MedMCQA", "medqa4": "MedQA-USMLE", "arc_easy": "ARC-Easy",
+           "arc_challenge": "ARC-Challenge", "mmlu_general": "MMLU (non-medical)", "ppl_general": "Perplexity"}
+"""Column titles of the report's tables."""
+
+
+def mean_with_ci(parts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Mean of task accuracies with a normal 95 % interval, the tasks' items taken as independent.
+
+    stderr(mean of k tasks) = sqrt(sum of stderr_i^2) / k; the interval is clipped to [0, 1]."""
+    if not parts:
+        return None
+    k = len(parts)
+    value = sum(p["value"] for p in parts) / k
+    se = math.sqrt(sum(p["stderr"] ** 2 for p in parts)) / k
+    return {"value": value, "stderr": se, "ci95": [max(0.0, value - 1.96 * se), min(1.0, value + 1.96 * se)], "n": sum(p["n"] for p in parts)}
+
+
+def columns(cfg: StudyConfig) -> dict[str, list[str]]:
+    """The study's tasks by role: medical in-domain, medical out-of-domain, general accuracy, perplexity."""
+    tasks = cfg.evaluation.tasks
+    return {"medical_in": [t for t in tasks if TASKS[t].domain == "medical_in"],
+            "medical_ood": [t for t in tasks if TASKS[t].domain == "medical_ood"],
+            "general": [t for t in tasks if TASKS[t].domain == "general" and TASKS[t].kind == "mc"],
+            "ppl": [t for t in tasks if TASKS[t].kind == "ppl"]}
+
+
+def model_row(label: str, kind: str, step: str, results: dict[str, Any], cols: dict[str, list[str]]) -> dict[str, Any]:
+    """One table row: each task's headline metric, the medical and general averages."""
+    tasks = results["tasks"]
+    row: dict[str, Any] = {"label": label, "kind": kind, "step": step,
+                           "tasks": {t: (r.get("acc") or r.get("perplexity")) for t, r in tasks.items()}}
+    medical = [tasks[t]["acc"] for t in cols["medical_in"] + cols["medical_ood"] if t in tasks]
+    row["medical_avg"] = mean_with_ci(medical)
+    row["general_avg"] = mean_with_ci([tasks[t]["acc"] for t in cols["general"] if t in tasks])
+    row["unparsed"] = {t: r["unparsed"] for t, r in tasks.items() if "unparsed" in r}
+    return row
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _model_rows(cfg: StudyConfig, out: Path, prefix: str, cols: dict[str, list[str]]) -> list[dict[str, Any]]:
+    rows = []
+    base = _read(out / prefix / "base" / "results.json")
+    if base:
+        rows.append(model_row("base", "base", f"{prefix}/base", base, cols))
+    for v in cfg.variants:
+        tuned = _read(out / prefix / v.name / "results.json")
+        if tuned:
+            rows.append({**model_row(v.name, "tuned", f"{prefix}/{v.name}", tuned, cols), "variant": v.name})
+        point = _read(out / "sweep" / v.name / "results.json")
+        if not point or "selected" not in point:
+            continue
+        sel = point["points"][point["selected"]]
+        avg = _read(out / prefix / f"{v.name}-averaged" / "results.json")
+        same = {0.0: rows[0] if rows and rows[0]["kind"] == "base" else None, 1.0: rows[-1] if tuned else None}
+        if avg is None and not sel["ratios"] and sel["alpha"] in same and same[sel["alpha"]] is not None:
+            src = same[sel["alpha"]]
+            avg_row = {**src, "note": f"= {'base' if sel['alpha'] == 0 else v.name}: the sweep selected α={sel['alpha']:g}"}
+        elif avg is not None:
+            avg_row = model_row("", "averaged", f"{prefix}/{v.name}-averaged", avg, cols)
+        else:
+            continue
+        rows.append({**avg_row, "label": f"{v.name} · {sel['label']}", "kind": "averaged", "variant": v.name,
+                     "alpha": sel["alpha"], "ratios": sel["ratios"]})
+    return rows
+
+
+def shipped(cfg: StudyConfig, out: Path) -> dict[str, Any] | None:
+    """The model to ship: the selection rule applied, on validation scores, to the base and every
+    variant's selected averaged model (alpha = 1 being the tuned model itself)."""
+    cands: list[dict[str, Any]] = []
+    base_general = None
+    for v in cfg.variants:
+        res = _read(out / "sweep" / v.name / "results.json")
+        if not res or "selected" not in res:
+            return None
+        base_pt = next(p for p in res["points"] if p["alpha"] == 0 and not p["ratios"])
+        if base_general is None:
+            base_general = res["base_general"]
+            cands.append({"label": "base", "variant": None, **_scores(base_pt)})
+        cands.append({"label": f"{v.name} · {res['points'][res['selected']]['label']}", "variant": v.name,
+                      **_scores(res["points"][res["selected"]])})
+    if base_general is None:
+        return None
+    av = cfg.averaging
+    idx = methods.select([methods.Point(c["label"], c["medical"], c["general"]) for c in cands], base_general,
+                         rule=av.rule, retain=av.retain, weight=av.weight)
+    rule = (f"best validation medical score whose validation general score is at least {av.retain:.0%} of the base "
+            f"model's" if av.rule == "retain" else f"best {av.weight:g} x medical + {1 - av.weight:g} x general (validation)")
+    return {"candidates": cands, "selected": idx, "rule": rule, "rule_name": av.rule, "retain": av.retain,
+            "base_general": base_general}
+
+
+def _scores(point: dict[str, Any]) -> dict[str, Any]:
+    return {"alpha": point["alpha"], "ratios": point["ratios"], "medical": point["medical"], "general": point["general"]}
+
+
+def collect(cfg: StudyConfig, out: Path) -> dict[str, Any]:
+    """Everything the report shows, as one JSON-ready dict."""
+    cols = columns(cfg)
+    data: dict[str, Any] = {"name": cfg.name, "model": cfg.model.spec, "columns": cols,
+                            "display": {t: DISPLAY.get(t, t) for t in cfg.evaluation.tasks},
+                            "rows": _model_rows(cfg, out, "eval", cols), "gen_rows": _model_rows(cfg, out, "eval-gen", cols),
+                            "ship": shipped(cfg, out), "sweeps": {}, "curves": {}, "mix": {}, "train": {},
+                            "validation": {"medical": cfg.averaging.medical_tasks, "general": cfg.averaging.general_tasks,
+                                           "sources": {t: s.model_dump(mode="json", exclude_none=True)
+                                                       for t, s in cfg.evaluation.validation_sources.items()},
+                                           "limit": cfg.averaging.limit}}
+    for v in cfg.variants:
+        sweep = _read(out / "sweep" / v.name / "results.json")
+        if sweep:
+            data["sweeps"][v.name] = {"points": sweep["points"], "selected": sweep.get("selected")}
+        curves = _read(out / "train" / v.name / "curves.json")
+        if curves:
+            data["curves"][v.name] = [[h["step"], h["loss"]] for h in curves["history"]]
+            data["train"][v.name] = {**curves["run"], "seconds": round(curves["seconds"], 1),
+                                     "tokens": curves["history"][-1]["tokens"] if curves["history"] else 0,
+                                     "method": cfg.train_config(v, out).method}
+        manifest = _read(out / "train" / v.name / "data" / "manifest.json")
+        if manifest:
+            data["mix"][v.name] = {"general_share_target": (manifest["mix"] or {}).get("general_share_target", 0.0),
+                                   "general_share_realised": manifest["packing"]["general_share"],
+                                   "source_tokens": manifest["packing"]["source_tokens"],
+                                   "blocks": manifest["packing"]["blocks"], "block_size": manifest["packing"]["block_size"],
+                                   "leakage_dropped": manifest["leakage"]["dropped_items"]}
+    if data["ship"] is not None:
+        pick = data["ship"]["candidates"][data["ship"]["selected"]]
+        data["ship"]["row"] = next((r["label"] for r in data["rows"]
+                                    if (pick["variant"] is None and r["kind"] == "base")
+                                    or (r.get("variant") == pick["variant"] and r["kind"] == "averaged")), None)
+    return data
+
+
+def write_report(cfg: StudyConfig, out: Path) -> Path:
+    """Write report/report.json, report.md, report.html and the figures; returns the report directory."""
+    from medtune.report import plots, render
+
+    data = collect(cfg, out)
+    data["commands"] = render.commands(cfg, out)
+    rdir = out / "report"
+    images = {"frontier.png": plots.frontier(data, rdir / "frontier.png"),
+              "curves.png": plots.curves(data, rdir / "curves.png")}
+    images = {k: v for k, v in images.items() if v is not None}
+    atomic.write_json(rdir / "report.json", data)
+    atomic.write_text(rdir / "report.md", render.markdown(data, sorted(images)))
+    atomic.write_text(rdir / "report.html", render.html(data, images))
+    return rdir
+
+
+def adapter_of(row: dict[str, Any], out: Path) -> Path | None:
+    """The LoRA adapter that makes a report row's model: none for the base, the merged (rescaled)
+    adapter for an averaged model, the trained one for a tuned model or an averaged one at alpha 1."""
+    variant = row.get("variant")
+    if not variant or (row["kind"] == "averaged" and row.get("alpha") == 0.0 and not row.get("ratios")):
+        return None
+    if row["kind"] == "averaged" and (row.get("ratios") or row.get("alpha") not in (0.0, 1.0)):
+        return out / "merge" / variant
+    return out / "train" / variant / "model"

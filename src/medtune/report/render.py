@@ -1,0 +1,207 @@
+"""The report as a list of blocks (headings, paragraphs, tables, images, code), written out twice:
+as Markdown and as one self-contained HTML file with the images embedded."""
+
+from __future__ import annotations
+
+import base64
+import html as H
+import shlex
+from pathlib import Path
+from typing import Any
+
+from medtune.study.config import StudyConfig
+
+Block = tuple[Any, ...]
+"""("h1"|"h2"|"p"|"note", text) · ("table", headers, rows) · ("img", file name, alt) · ("code", text)."""
+
+
+def pct(m: dict[str, Any] | None, ci: bool = True) -> str:
+    if not m:
+        return "–"
+    text = f"{100 * m['value']:.1f}"
+    return f"{text} [{100 * m['ci95'][0]:.1f}, {100 * m['ci95'][1]:.1f}]" if ci else text
+
+
+def ppl(m: dict[str, Any] | None) -> str:
+    return f"{m['value']:.2f} [{m['ci95'][0]:.2f}, {m['ci95'][1]:.2f}]" if m else "–"
+
+
+def delta(m: dict[str, Any] | None, ref: dict[str, Any] | None) -> str:
+    if not m or not ref:
+        return ""
+    return f"{100 * (m['value'] - ref['value']):+.1f} points vs base"
+
+
+def results_table(data: dict[str, Any], rows: list[dict[str, Any]]) -> Block:
+    cols, show = data["columns"], data["display"]
+    med = cols["medical_in"] + cols["medical_ood"]
+    headers = ["model"] + [show[t] + (" (OOD)" if t in cols["medical_ood"] else "") for t in med] + ["Medical avg"]
+    headers += [show[t] for t in cols["general"]] + (["General avg"] if cols["general"] else [])
+    headers += [f"{show[t]} ↓" for t in cols["ppl"]]
+    body = []
+    for r in rows:
+        name = r["label"] + (" ★ shipped" if r["label"] == (data.get("ship") or {}).get("row") else "")
+        name += f" ({r['note']})" if r.get("note") else ""
+        cells = [name] + [pct(r["tasks"].get(t)) for t in med] + [pct(r["medical_avg"])]
+        cells += [pct(r["tasks"].get(t)) for t in cols["general"]] + ([pct(r["general_avg"])] if cols["general"] else [])
+        cells += [ppl(r["tasks"].get(t)) for t in cols["ppl"]]
+        body.append(cells)
+    return ("table", headers, body)
+
+
+def _headline(data: dict[str, Any]) -> list[Block]:
+    rows = data["rows"]
+    base = next((r for r in rows if r["kind"] == "base"), None)
+    ship = data.get("ship")
+    if not ship or not ship.get("row"):
+        return [("p", "The study is not complete: no model is selected yet.")]
+    row = next(r for r in rows if r["label"] == ship["row"])
+    if row["kind"] == "base":
+        return [("p", f"**Ship: the base model.** No tuned or averaged model beat it on the validation splits under "
+                      f"the rule: {ship['rule']}. The tables below show what tuning did on the test splits.")]
+    text = (f"**Ship: {row['label']}.** On the test splits its medical average is {pct(row['medical_avg'], False)} % "
+            f"({delta(row['medical_avg'], base['medical_avg']) if base else ''})")
+    if row["general_avg"]:
+        text += f" and its general average {pct(row['general_avg'], False)} % ({delta(row['general_avg'], base['general_avg'])})"
+    text += f". It was chosen on validation splits by the rule: {ship['rule']}; the test splits were only scored to report."
+    return [("p", text)]
+
+
+def blocks(data: dict[str, Any], images: list[str]) -> list[Block]:
+    out: list[Block] = [("h1", f"{data['name']} — medical adaptation of {data['model']}")]
+    out += _headline(data)
+    n = {t: m["n"] for r in data["rows"][:1] for t, m in r["tasks"].items() if m}
+    out += [("h2", "Results on the test splits"), results_table(data, data["rows"]),
+            ("note", "Accuracy in %, with 95 % bootstrap intervals per task; averages are unweighted means of the task "
+                     "accuracies with normal intervals (tasks independent). Perplexity: lower is better. Items per task: "
+                     + ", ".join(f"{data['display'].get(t, t)} {k}" + (" tokens" if t in data["columns"]["ppl"] else "")
+                               for t, k in n.items()) + ".")]
+    if data["gen_rows"]:
+        out += [("h2", "Generation-based medical scores (greedy decoding + answer extraction, LMFlow-comparable)"),
+                results_table({**data, "columns": {**data["columns"], "general": [], "ppl": []}}, data["gen_rows"])]
+        unparsed = [f"{r['label']}: " + ", ".join(f"{data['display'].get(t, t)} {k}" for t, k in r["unparsed"].items())
+                    for r in data["gen_rows"] if r["unparsed"]]
+        out.append(("note", "Unparsed outputs count as wrong. " + ("; ".join(unparsed) if unparsed else "")))
+    if "frontier.png" in images:
+        out += [("h2", "Medical vs general ability"), ("img", "frontier.png", "frontier of medical vs general ability")]
+    out += _selection(data)
+    if "curves.png" in images or data["train"]:
+        out.append(("h2", "Training"))
+        if "curves.png" in images:
+            out.append(("img", "curves.png", "training loss curves"))
+        out.append(("table", ["variant", "method", "steps", "processes", "global batch (blocks)", "tokens", "seconds",
+                              "tokens/s", "final loss"],
+                    [[v, t["method"], t["steps"], t["processes"], t["global_batch"], f"{t['tokens']:,}", t["seconds"],
+                      f"{t['tokens'] / t['seconds']:.0f}" if t["seconds"] else "–",
+                      f"{data['curves'][v][-1][1]:.3f}" if data["curves"].get(v) else "–"]
+                     for v, t in data["train"].items()]))
+    if data["mix"]:
+        out += [("h2", "Training data actually used"),
+                ("table", ["variant", "general share asked", "general share realised", "blocks x tokens",
+                           "tokens per source", "leaked items dropped"],
+                 [[v, f"{m['general_share_target']:.1%}", f"{m['general_share_realised']:.1%}",
+                   f"{m['blocks']} x {m['block_size']}", ", ".join(f"{s} {k:,}" for s, k in m["source_tokens"].items()),
+                   m["leakage_dropped"]] for v, m in data["mix"].items()])]
+    out += [("h2", "Reproduce"), ("code", "\n".join(data.get("commands", [])))]
+    return out
+
+
+def _selection(data: dict[str, Any]) -> list[Block]:
+    out: list[Block] = []
+    ship, val = data.get("ship"), data["validation"]
+    if ship:
+        out += [("h2", "How the model was chosen (validation splits)"),
+                ("p", f"Medical score: mean accuracy on {', '.join(val['medical'])}; general score: mean accuracy on "
+                      f"{', '.join(val['general'])}; up to {val['limit'] or 'all'} items per task. Rule: {ship['rule']}."),
+                ("table", ["candidate", "validation medical", "validation general", "chosen"],
+                 [[c["label"], f"{100 * c['medical']:.1f}", f"{100 * c['general']:.1f}", "✓" if i == ship["selected"] else ""]
+                  for i, c in enumerate(ship["candidates"])]),
+                ("note", "Validation sources: " + "; ".join(f"{t}: {s.get('path') or s.get('hub')}"
+                                                           + (f" (fold {s['fold']['take']} {s['fold']['share']:g})" if s.get("fold") else "")
+                                                           for t, s in val["sources"].items()))]
+    for v, sw in data["sweeps"].items():
+        out += [("h2", f"Averaging sweep: {v}"),
+                ("table", ["point", "validation medical", "validation general", "Pareto", "selected"],
+                 [[p["label"], f"{100 * p['medical']:.1f}", f"{100 * p['general']:.1f}", "●" if p.get("pareto") else "",
+                   "★" if i == sw["selected"] else ""] for i, p in enumerate(sw["points"])])]
+    return out
+
+
+def commands(cfg: StudyConfig, out: Path) -> list[str]:
+    """The command that reproduces the study, then each step's own command with its saved config."""
+    study_file = out / "study.yaml"
+    lines = ["# the whole study (finished steps are skipped):", f"medtune study {shlex.quote(str(study_file))}",
+             "# or step by step, from the configs each step saved:"]
+    for v in cfg.variants:
+        lines.append(f"medtune train {shlex.quote(str(out / 'train' / v.name / 'config.yaml'))}")
+    for d in sorted((out / "eval").glob("*/config.yaml")) + sorted((out / "eval-gen").glob("*/config.yaml")):
+        lines.append(f"medtune eval {shlex.quote(str(d))}")
+    for kind in ("sweep", "merge"):
+        for d in sorted((out / kind).glob("*/config.yaml")):
+            lines.append(f"medtune {kind} {shlex.quote(str(d))}")
+    return lines
+
+
+# --- serialisation -----------------------------------------------------------------------------------
+
+def markdown(data: dict[str, Any], images: list[str]) -> str:
+    parts = []
+    for b in blocks(data, images):
+        kind = b[0]
+        if kind == "h1":
+            parts.append(f"# {b[1]}")
+        elif kind == "h2":
+            parts.append(f"## {b[1]}")
+        elif kind == "p":
+            parts.append(b[1])
+        elif kind == "note":
+            parts.append(f"<sub>{b[1]}</sub>")
+        elif kind == "img":
+            parts.append(f"![{b[2]}]({b[1]})")
+        elif kind == "code":
+            parts.append(f"```bash\n{b[1]}\n```")
+        elif kind == "table":
+            head, rows = b[1], b[2]
+            esc = lambda c: str(c).replace("|", "\\|")
+            parts.append("\n".join([f"| {' | '.join(map(esc, head))} |", f"|{'---|' * len(head)}"]
+                                   + [f"| {' | '.join(map(esc, r))} |" for r in rows]))
+    return "\n\n".join(parts) + "\n"
+
+
+_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}tr.ship td{background:#fff6d5;font-weight:600}
+.note{color:#666;font-size:13px}.ship{background:#fff6d5;border-left:4px solid #e0a800;padding:.6em 1em}
+pre{background:#f6f8fa;padding:1em;overflow-x:auto}img{max-width:100%;border:1px solid #eee}"""
+
+
+def _inline(text: str) -> str:
+    """Escape, then turn **bold** into <strong>."""
+    parts = H.escape(text).split("**")
+    return "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def html(data: dict[str, Any], images: dict[str, Path]) -> str:
+    body = []
+    first_p = True
+    for b in blocks(data, sorted(images)):
+        kind = b[0]
+        if kind in ("h1", "h2"):
+            body.append(f"<{kind}>{H.escape(b[1])}</{kind}>")
+        elif kind == "p":
+            body.append(f"<p{' class=ship' if first_p else ''}>{_inline(b[1])}</p>")
+            first_p = False
+        elif kind == "note":
+            body.append(f"<p class=note>{H.escape(b[1])}</p>")
+        elif kind == "img":
+            b64 = base64.b64encode(Path(images[b[1]]).read_bytes()).decode()
+            body.append(f'<img alt="{H.escape(b[2])}" src="data:image/png;base64,{b64}">')
+        elif kind == "code":
+            body.append(f"<pre><code>{H.escape(b[1])}</code></pre>")
+        elif kind == "table":
+            head = "".join(f"<th>{H.escape(str(h))}</th>" for h in b[1])
+            rows = "".join(f"<tr{' class=ship' if '★ shipped' in str(r[0]) else ''}>"
+                           + "".join(f"<td>{H.escape(str(c))}</td>" for c in r) + "</tr>" for r in b[2])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{H.escape(data['name'])}</title>"
+            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

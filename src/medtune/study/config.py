@@ -1,0 +1,209 @@
+"""The study file: one YAML that describes the whole medical-adaptation study.
+
+Everything below is validated once, when the file is read: each variant's training settings are
+built into a full :class:`~medtune.train.config.TrainConfig` here, so a bad learning rate in the
+third variant is reported as ``variants.2.train.learning_rate`` before anything runs.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from medtune.config import ModelConfig, StrictModel, format_validation_error
+from medtune.data.build import DataConfig
+from medtune.data.spec import SourceConfig
+from medtune.evaluate.tasks import TASKS
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+_STUDY_OWNED = ("model", "data", "out", "resume", "progress", "base_dir")
+"""TrainConfig fields the study sets itself (a variant's ``train`` may not)."""
+
+
+class VariantConfig(StrictModel):
+    """One trained model of the study: the shared training settings plus this variant's changes."""
+
+    name: str
+    """Directory-safe name (lower case, digits, '_', '-', '.'), e.g. lora_replay20."""
+    general_share: float | None = Field(None, ge=0.0, lt=1.0)
+    """Share of general replay tokens for this variant (default: data.general_share)."""
+    train: dict[str, Any] = Field(default_factory=dict)
+    """Training settings that differ from the study's `train` (e.g. {method: full, learning_rate: 2e-5})."""
+
+    @field_validator("name")
+    @classmethod
+    def _dir_safe(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"invalid variant name {value!r}: use lower case letters, digits, '_', '-', '.'")
+        return value
+
+
+class StudyEvalConfig(StrictModel):
+    """Which tasks report the study's numbers (test splits) and which select among models (validation)."""
+
+    tasks: list[str] = Field(default_factory=lambda: ["pubmedqa", "medmcqa", "medqa4", "arc_easy", "arc_challenge",
+                                                      "mmlu_general", "ppl_general"])
+    """Tasks scored for every model on their test splits; a task's domain (medical in-domain, medical
+    out-of-domain, general) comes from the task registry."""
+    data_root: str = "../shared/data"
+    """Directory the task sources are relative to (itself relative to the study file)."""
+    test_sources: dict[str, SourceConfig] = Field(default_factory=dict)
+    """Per task, the reported split when it is not the task's default (e.g. a held-out fold)."""
+    validation_sources: dict[str, SourceConfig] = Field(default_factory=dict)
+    """Per task, the validation split that averaging selects on (never a test split)."""
+    limit: int | None = Field(None, ge=1)
+    """Items per task on test splits (None: all; keep the PubMedQA test whole when publishing)."""
+    generate: bool = False
+    """Also score the medical tasks by greedy generation + answer extraction (LMFlow-comparable)."""
+    max_new_tokens: int = Field(16, ge=1)
+    """generate: tokens decoded per item."""
+    ppl_max_tokens: int | None = Field(50_000, ge=16)
+    """Perplexity tasks: tokens scored (None: all)."""
+    token_budget: int = Field(4096, ge=64)
+    """Tokens per scoring batch."""
+
+    @field_validator("tasks")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        for n in names:
+            if n not in TASKS:
+                raise ValueError(f"unknown task {n!r} (valid: {', '.join(TASKS)})")
+        if not names:
+            raise ValueError(f"give at least one task (valid: {', '.join(TASKS)})")
+        return names
+
+    @model_validator(mode="after")
+    def _sources_name_tasks(self) -> "StudyEvalConfig":
+        for field in ("test_sources", "validation_sources"):
+            for name in getattr(self, field):
+                if name not in TASKS:
+                    raise ValueError(f"{field}: unknown task {name!r} (valid: {', '.join(TASKS)})")
+        return self
+
+
+class AveragingConfig(StrictModel):
+    """The averaging sweep between the base model and each tuned variant, and how the winner is chosen."""
+
+    variants: list[str] | None = None
+    """Variants to sweep (default: all). Every variant is still scored at alpha 0 and 1 for selection."""
+    alphas: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    """Weights on the tuned model to evaluate (0 = base, 1 = tuned)."""
+    hma_alphas: list[float] = Field(default_factory=list)
+    """Alphas at which to search heterogeneous per-block ratios (empty: no HMA)."""
+    hma_blocks: int = Field(3, ge=2)
+    """Layer blocks for HMA (input, middle, output)."""
+    hma_grid: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    """Candidate per-block ratios of the HMA grid search."""
+    medical_tasks: list[str] = Field(default_factory=lambda: ["pubmedqa", "medqa4"])
+    """Tasks whose mean validation accuracy is the medical score (each needs a validation source)."""
+    general_tasks: list[str] = Field(default_factory=lambda: ["arc_easy"])
+    """Tasks whose mean validation accuracy is the general score (each needs a validation source)."""
+    limit: int | None = Field(200, ge=1)
+    """Validation items per task per sweep point."""
+    rule: Literal["retain", "weighted"] = "retain"
+    """retain: best medical score whose general score keeps `retain` x the base's; weighted: best
+    weight x medical + (1 - weight) x general."""
+    retain: float = Field(0.98, gt=0, le=1)
+    """retain rule: share of the base model's general score to keep."""
+    weight: float = Field(0.5, ge=0, le=1)
+    """weighted rule: weight of the medical score."""
+
+    @field_validator("alphas", "hma_alphas", "hma_grid")
+    @classmethod
+    def _unit(cls, values: list[float]) -> list[float]:
+        bad = [v for v in values if not 0 <= v <= 1]
+        if bad:
+            raise ValueError(f"values must lie in [0, 1], got {bad}")
+        return values
+
+
+class StudyConfig(StrictModel):
+    """A whole study: base model, training variants, evaluation, averaging, report."""
+
+    name: str = "study"
+    """Title of the report."""
+    out: str = "runs/study"
+    """Study directory (relative to the current directory): one sub-directory per step."""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """The base model every variant starts from."""
+    data: DataConfig = Field(default_factory=DataConfig)
+    """Training data shared by the variants (a variant may change general_share). The study adds
+    every evaluation and validation split to the leakage guard."""
+    train: dict[str, Any] = Field(default_factory=dict)
+    """Training settings shared by the variants (any `medtune train` field but model, data, out)."""
+    variants: list[VariantConfig] = Field(default_factory=lambda: [VariantConfig(name="lora")])
+    """The trained models to compare."""
+    evaluation: StudyEvalConfig = Field(default_factory=StudyEvalConfig)
+    """Reported (test) and selecting (validation) evaluation."""
+    averaging: AveragingConfig = Field(default_factory=AveragingConfig)
+    """Weight averaging between the base and each variant."""
+    train_launcher: list[str] | None = None
+    """Run training steps as `LAUNCHER -m medtune train CONFIG`, e.g. [accelerate, launch, --config_file,
+    configs/accelerate/ddp.yaml] for several GPUs; default: in this process."""
+    progress: bool = True
+    """Show progress bars."""
+    base_dir: str | None = Field(None, json_schema_extra={"cli": False})
+    """Directory of the study file (set automatically); data roots are relative to it."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "StudyConfig":
+        names = [v.name for v in self.variants]
+        if not names:
+            raise ValueError("variants: give at least one variant")
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"variants: repeated names {dup}")
+        for owned in _STUDY_OWNED:
+            if owned in self.train:
+                raise ValueError(f"train.{owned}: set by the study (use the study's `{owned}` section instead)")
+        for i, v in enumerate(self.variants):
+            for owned in _STUDY_OWNED:
+                if owned in v.train:
+                    raise ValueError(f"variants.{i}.train.{owned}: set by the study")
+            self.train_config(v, Path("."))  # validates the merged training settings now
+        for name in self.averaging.variants or []:
+            if name not in names:
+                raise ValueError(f"averaging.variants: unknown variant {name!r} (variants: {', '.join(names)})")
+        ev = self.evaluation
+        for field in ("medical_tasks", "general_tasks"):
+            tasks = getattr(self.averaging, field)
+            if not tasks:
+                raise ValueError(f"averaging.{field}: give at least one task")
+            for t in tasks:
+                if t not in TASKS or TASKS[t].kind != "mc":
+                    raise ValueError(f"averaging.{field}: {t!r} is not a multiple-choice task "
+                                     f"(valid: {', '.join(n for n, k in TASKS.items() if k.kind == 'mc')})")
+                if t not in ev.validation_sources:
+                    raise ValueError(f"averaging.{field}: task {t!r} has no entry in evaluation.validation_sources; "
+                                     "the study selects on validation splits only, never on a test split")
+        return self
+
+    def train_config(self, variant: VariantConfig, out: Path) -> Any:
+        """The full training config of ``variant`` (shared settings, then the variant's), writing to ``out``."""
+        from medtune.train.config import TrainConfig
+
+        merged: dict[str, Any] = {**self.train, **variant.train}
+        data = self.data.model_copy(deep=True)
+        if "tokenizer" not in self.data.model_fields_set:  # count and pack tokens with the model's own tokenizer
+            data.tokenizer = self.model.spec
+        if variant.general_share is not None:
+            data.general_share = variant.general_share
+        merged.update({"model": self.model.model_dump(), "data": data.model_dump(), "out": str(out),
+                       "progress": self.progress, "base_dir": self.base_dir})
+        i = self.variants.index(variant)
+        try:
+            return TrainConfig.model_validate(merged)
+        except ValidationError as err:
+            text = format_validation_error(err, "study").replace("study: ", f"variants.{i}.train.")
+            raise ValueError(text) from None
+
+    def root(self, relative: str) -> Path:
+        """``relative`` resolved against the study file's directory."""
+        return (Path(self.base_dir or ".") / relative).resolve()
+
+    @property
+    def swept(self) -> list[str]:
+        return self.averaging.variants if self.averaging.variants is not None else [v.name for v in self.variants]

@@ -1,0 +1,213 @@
+"""``medtune study STUDY.yaml``: base evaluation, training variants, their evaluation, the averaging
+sweeps, the selected averaged models, and the report, resumably.
+
+Each step writes into its own directory under the study directory and, next to its outputs, a
+``.medtune-step.json`` with its fingerprint and state. A re-run skips every step whose state is
+``done`` with the same fingerprint; a training step that was interrupted resumes from its newest
+checkpoint; a step whose fingerprint changed (a setting it depends on changed) is run again. The
+report is written anew on every run (it reads the other steps' results and takes under a second).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from medtune import atomic
+from medtune.config import dump_config
+from medtune.errors import MedtuneError
+from medtune.study import steps as S
+from medtune.study.config import StudyConfig
+
+STATE = ".medtune-step.json"
+
+
+class StudyRunConfig(StudyConfig):
+    """A study file plus how to run it."""
+
+    dry_run: bool = False
+    """List every step with its state (done, to run, resume, stale) and run nothing."""
+
+
+def _state(step_dir: Path) -> dict[str, Any] | None:
+    path = step_dir / STATE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def status(step: S.Step, out: Path, fp: str) -> str:
+    """done | run | resume | stale (its inputs or settings changed since it ran)."""
+    st = _state(out / step.name)
+    if st is None:
+        return "run"
+    if st["fingerprint"] != fp:
+        return "stale"
+    if st["state"] == "done":
+        return "done"
+    return "resume" if step.kind in ("train", "sweep") else "run"
+
+
+def _run_train(step: S.Step, out: Path, cfg: StudyConfig, resume: bool) -> None:
+    tcfg = step.config.model_copy(update={"resume": resume})
+    if cfg.train_launcher:
+        path = out / step.name / "train.yaml"
+        atomic.write_text(path, dump_config(tcfg))
+        cmd = [*cfg.train_launcher, "-m", "medtune", "train", str(path)] + (["--resume"] if resume else [])
+        print("+", " ".join(cmd), flush=True)
+        if subprocess.run(cmd).returncode != 0:
+            raise MedtuneError(f"{step.name}: the training command failed: {' '.join(cmd)}")
+        return
+    from medtune.train.run import train
+
+    train(tcfg)
+
+
+def _execute(step: S.Step, out: Path, cfg: StudyConfig, fp: str, state: str) -> None:
+    step_dir = out / step.name
+    if state == "stale" and step.kind != "sweep":  # a sweep reuses the points its new config still asks for
+        shutil.rmtree(step_dir)
+    started = time.time()
+    atomic.write_json(step_dir / STATE, {"step": step.name, "fingerprint": fp, "state": "started",
+                                         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    if step.kind == "train":
+        from medtune.train import checkpoint
+
+        _run_train(step, out, cfg, resume=state == "resume" and checkpoint.latest(step_dir) is not None)
+    elif step.kind == "eval":
+        from medtune.evaluate.run import evaluate
+
+        evaluate(step.config)
+    elif step.kind == "sweep":
+        from medtune.merge.sweep import sweep
+
+        atomic.write_text(step_dir / "config.yaml", dump_config(step.config))
+        sweep(step.config)
+    elif step.kind == "merge":
+        from medtune.merge.run import merge
+
+        merge(step.config)
+        atomic.write_text(step_dir / "config.yaml", dump_config(step.config))
+    else:
+        from medtune.report.build import write_report
+
+        write_report(cfg, out)
+    atomic.write_json(step_dir / STATE, {"step": step.name, "fingerprint": fp, "state": "done",
+                                         "seconds": round(time.time() - started, 1),
+                                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+def _steps(cfg: StudyConfig, out: Path) -> list[S.Step | str]:
+    """The whole plan as far as it is known: steps, and for unknown ones a line saying what they wait for."""
+    plan: list[S.Step | str] = []
+    for step in S.static_plan(cfg, out):
+        plan.append(step)
+        if step.kind == "sweep":
+            variant = next(v for v in cfg.variants if f"sweep/{v.name}" == step.name)
+            point = S.selected_point(out, variant.name)
+            if point is None:
+                plan.append(f"merge/{variant.name}, eval/{variant.name}-averaged: wait for {step.name}'s selected alpha")
+            else:
+                plan += S.averaged_plan(cfg, out, variant, point)
+    report_deps = [s.name for s in plan if isinstance(s, S.Step)]
+    plan.append(S.Step("report", "report", None, report_deps))
+    return plan
+
+
+def study(cfg: StudyRunConfig) -> Path:
+    from rich.console import Console
+    from rich.rule import Rule
+
+    console = Console()
+    out = Path(cfg.out)
+    if cfg.dry_run:
+        _print_plan(console, cfg, out)
+        return out
+    atomic.write_text(out / "study.yaml", dump_config(StudyConfig.model_validate(cfg.model_dump(exclude={"dry_run"}))))
+    fps: dict[str, str] = {}
+    done: set[str] = set()
+    timings: list[tuple[str, str, float]] = []
+    while True:  # the plan grows as sweeps select their alphas
+        pending = [s for s in _steps(cfg, out) if isinstance(s, S.Step) and s.name not in done]
+        if not pending:
+            break
+        step = pending[0]
+        fp = step.fingerprint(fps)
+        state = status(step, out, fp)
+        if step.kind == "report" and state == "done":
+            state = "run"  # under a second, and it picks up the newest report layout
+        if state == "done":
+            console.print(f"[green]✓[/] {step.name} [dim](done, skipped)[/]")
+        else:
+            what = {"run": "running", "resume": "resuming", "stale": "settings or inputs changed: running again"}[state]
+            console.print(Rule(f"{step.name} — {what}" + (f" · {step.note}" if step.note else ""), align="left"))
+            t0 = time.perf_counter()
+            try:
+                _execute(step, out, cfg, fp, state)
+            except KeyboardInterrupt:
+                console.print(f"\n[yellow]interrupted during {step.name}[/]: run the same command again to resume "
+                              "(finished steps are kept; training continues from its last checkpoint)")
+                raise SystemExit(130) from None
+            timings.append((step.name, state, time.perf_counter() - t0))
+        fps[step.name] = fp
+        done.add(step.name)
+    for name, state, secs in timings:
+        console.print(f"  {name:<32} {state:<7} {secs:8.1f} s")
+    _print_outcome(console, cfg, out)
+    return out
+
+
+def _print_outcome(console: Any, cfg: StudyConfig, out: Path) -> None:
+    """Which model to ship, how to talk to it, and where the report is."""
+    import shlex
+
+    from medtune.report.build import adapter_of
+
+    report = json.loads((out / "report" / "report.json").read_text())
+    ship = report.get("ship") or {}
+    row = next((r for r in report["rows"] if r["label"] == ship.get("row")), None)
+    if row is not None:
+        med, gen = row["medical_avg"], row["general_avg"]
+        console.print(f"[bold]ship:[/] {row['label']} — test medical avg {100 * med['value']:.1f}"
+                      + (f", general avg {100 * gen['value']:.1f}" if gen else "") + f" (chosen on validation: {ship['rule']})")
+        chat = f"medtune chat --model.spec {shlex.quote(cfg.model.spec)}"
+        adapter = adapter_of(row, out)
+        if adapter is not None and (adapter / "adapter_config.json").is_file():
+            chat += f" --adapter {shlex.quote(str(adapter))}"
+        elif adapter is not None:  # full fine-tuning: the directory is the whole model
+            chat = f"medtune chat --model.spec {shlex.quote(str(adapter))}"
+        console.print(f"[bold]ask it something:[/] {chat}")
+    console.print(f"[bold]report:[/] {(out / 'report' / 'report.html').resolve()}  (and report.md beside it)")
+
+
+def _print_plan(console: Any, cfg: StudyConfig, out: Path) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"study {cfg.name} → {out}", title_justify="left")
+    for col in ("step", "state", "note"):
+        table.add_column(col)
+    fps: dict[str, str] = {}
+    colors = {"done": "green", "run": "yellow", "resume": "cyan", "stale": "magenta", "wait": "dim"}
+    plan = _steps(cfg, out)
+    waiting = any(isinstance(i, str) for i in plan)
+    for item in plan:
+        if isinstance(item, str):
+            table.add_row(item.split(":")[0], f"[{colors['wait']}]wait[/]", item.split(": ", 1)[1])
+            continue
+        if item.kind == "report" and waiting:  # its inputs are not all known yet
+            table.add_row(item.name, f"[{colors['wait']}]wait[/]", "after the steps above")
+            continue
+        fps[item.name] = item.fingerprint(fps)
+        state = status(item, out, fps[item.name])
+        note = item.note
+        if state == "resume" and item.kind == "train":
+            from medtune.train import checkpoint
+
+            latest = checkpoint.latest(out / item.name)
+            note = f"from {latest.name}" if latest else "no checkpoint yet: from the start"
+        table.add_row(item.name, f"[{colors[state]}]{state}[/]", note)
+    console.print(table)

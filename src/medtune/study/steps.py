@@ -1,0 +1,160 @@
+"""The study's steps: what each one runs, where it writes, and what it depends on.
+
+A step is a stage config plus a directory. Its fingerprint is a hash of that config (without
+fields that do not change the result, such as progress bars) and of the fingerprints of the steps
+it reads from, so changing one setting changes the fingerprints of exactly the steps downstream
+of it. Steps whose config depends on an earlier result (the merge at the alpha a sweep selected)
+are built once that result exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from medtune.config import ModelConfig
+from medtune.data.spec import SourceConfig
+from medtune.evaluate.tasks import TASKS
+from medtune.study.config import StudyConfig, VariantConfig
+
+Kind = Literal["eval", "train", "sweep", "merge", "report"]
+_VOLATILE = {"progress", "resume"}
+"""Config fields that do not change a step's result."""
+
+
+@dataclass
+class Step:
+    name: str
+    """Also the step's directory under the study directory, e.g. ``train/lora``."""
+    kind: Kind
+    config: BaseModel | None
+    """The stage's config (None for the report, whose inputs are the other steps)."""
+    deps: list[str] = field(default_factory=list)
+    note: str = ""
+
+    def fingerprint(self, upstream: dict[str, str]) -> str:
+        cfg = self.config.model_dump(mode="json", exclude=_VOLATILE) if self.config is not None else None
+        basis = json.dumps({"kind": self.kind, "config": cfg, "deps": [upstream[d] for d in self.deps]}, sort_keys=True)
+        return hashlib.sha256(basis.encode()).hexdigest()[:16]
+
+
+def _absolute(src: SourceConfig, root: Path) -> SourceConfig:
+    """``src`` with its path made absolute against ``root`` (so it means the same from any config)."""
+    if src.path is None or Path(src.path).expanduser().is_absolute():
+        return src
+    return src.model_copy(update={"path": str(root / src.path)})
+
+
+def test_source(cfg: StudyConfig, task: str) -> SourceConfig:
+    src = cfg.evaluation.test_sources.get(task) or SourceConfig.model_validate(TASKS[task].source)
+    return _absolute(src, cfg.root(cfg.evaluation.data_root))
+
+
+def guarded_data(cfg: StudyConfig) -> StudyConfig:
+    """The study with every QA test and validation split added to the training data's leakage guard."""
+    from medtune.data.registry import TEXT_ADAPTERS
+
+    root = cfg.root(cfg.evaluation.data_root)
+    extra = [test_source(cfg, t) for t in cfg.evaluation.tasks if TASKS[t].kind == "mc"]
+    extra += [_absolute(s, root) for s in cfg.evaluation.validation_sources.values()]
+    have = {json.dumps(s.model_dump(mode="json"), sort_keys=True) for s in cfg.data.eval}
+    added = []
+    for s in extra:
+        key = json.dumps(s.model_dump(mode="json"), sort_keys=True)
+        if s.adapter not in TEXT_ADAPTERS and key not in have:
+            have.add(key)
+            added.append(s)
+    data = cfg.data.model_copy(update={"eval": [*cfg.data.eval, *added]})
+    return cfg.model_copy(update={"data": data})
+
+
+def eval_step(cfg: StudyConfig, out: Path, label: str, model: ModelConfig, adapter: str | None, deps: list[str],
+              generate: bool = False) -> Step:
+    from medtune.evaluate.run import EvalConfig
+
+    ev = cfg.evaluation
+    tasks = [t for t in ev.tasks if not generate or TASKS[t].domain != "general"]
+    name = f"{'eval-gen' if generate else 'eval'}/{label}"
+    ecfg = EvalConfig(model=model, adapter=adapter, tasks=",".join(tasks), data_root=str(cfg.root(ev.data_root)),
+                      task_sources={t: test_source(cfg, t) for t in tasks}, limit=ev.limit,
+                      mode="generate" if generate else "loglikelihood", max_new_tokens=ev.max_new_tokens,
+                      ppl_max_tokens=ev.ppl_max_tokens, token_budget=ev.token_budget, out=str(out / name),
+                      progress=cfg.progress)
+    return Step(name, "eval", ecfg, deps)
+
+
+def model_evals(cfg: StudyConfig, out: Path, label: str, model: ModelConfig, adapter: str | None,
+                deps: list[str]) -> list[Step]:
+    steps = [eval_step(cfg, out, label, model, adapter, deps)]
+    if cfg.evaluation.generate and any(TASKS[t].domain != "general" for t in cfg.evaluation.tasks):
+        steps.append(eval_step(cfg, out, label, model, adapter, deps, generate=True))
+    return steps
+
+
+def trained_model(cfg: StudyConfig, out: Path, variant: VariantConfig) -> tuple[ModelConfig, str | None]:
+    """(model, adapter) that load a trained variant: base + adapter for LoRA, the weights for full."""
+    model_dir = out / "train" / variant.name / "model"
+    if cfg.train_config(variant, out).method == "lora":
+        return cfg.model, str(model_dir)
+    return cfg.model.model_copy(update={"spec": str(model_dir)}), None
+
+
+def sweep_step(cfg: StudyConfig, out: Path, variant: VariantConfig) -> Step:
+    from medtune.merge.sweep import SweepConfig
+
+    av, ev = cfg.averaging, cfg.evaluation
+    full = variant.name in cfg.swept
+    root = cfg.root(ev.data_root)
+    scfg = SweepConfig(base=cfg.model, tuned=str(out / "train" / variant.name / "model"),
+                       alphas=av.alphas if full else [0.0, 1.0], hma_alphas=av.hma_alphas if full else [],
+                       hma_blocks=av.hma_blocks, hma_grid=av.hma_grid, medical_tasks=",".join(av.medical_tasks),
+                       general_tasks=",".join(av.general_tasks),
+                       task_sources={t: _absolute(ev.validation_sources[t], root) for t in av.medical_tasks + av.general_tasks},
+                       data_root=str(root), limit=av.limit, rule=av.rule, retain=av.retain, weight=av.weight,
+                       out=str(out / "sweep" / variant.name), progress=cfg.progress)
+    return Step(f"sweep/{variant.name}", "sweep", scfg, [f"train/{variant.name}"],
+                note="" if full else "alpha 0 and 1 only (not in averaging.variants)")
+
+
+def static_plan(cfg: StudyConfig, out: Path) -> list[Step]:
+    """Every step whose config is known before anything runs, in run order."""
+    gcfg = guarded_data(cfg)
+    steps = model_evals(cfg, out, "base", cfg.model, None, [])
+    for v in cfg.variants:
+        steps.append(Step(f"train/{v.name}", "train", gcfg.train_config(v, out / "train" / v.name)))
+        model, adapter = trained_model(cfg, out, v)
+        steps += model_evals(cfg, out, v.name, model, adapter, [f"train/{v.name}"])
+        steps.append(sweep_step(cfg, out, v))
+    return steps
+
+
+def selected_point(out: Path, variant: str) -> dict[str, Any] | None:
+    """The sweep's selected point for ``variant`` (None while the sweep is not complete)."""
+    path = out / "sweep" / variant / "results.json"
+    if not path.is_file():
+        return None
+    res = json.loads(path.read_text())
+    return res["points"][res["selected"]] if "selected" in res else None
+
+
+def averaged_plan(cfg: StudyConfig, out: Path, variant: VariantConfig, point: dict[str, Any]) -> list[Step]:
+    """The merge at the selected point and its evaluation; none when the point is the base or the tuned model."""
+    from medtune.merge.run import MergeConfig
+
+    alpha, ratios = point["alpha"], point["ratios"]
+    if not ratios and alpha in (0.0, 1.0):
+        return []
+    mcfg = MergeConfig(base=cfg.model, tuned=[str(out / "train" / variant.name / "model")],
+                       method="hma" if ratios else "linear", alpha=alpha, ratios=ratios,
+                       out=str(out / "merge" / variant.name))
+    merge = Step(f"merge/{variant.name}", "merge", mcfg, [f"sweep/{variant.name}"], note=point["label"])
+    merged = out / "merge" / variant.name
+    lora = cfg.train_config(variant, out).method == "lora"
+    model = cfg.model if lora else cfg.model.model_copy(update={"spec": str(merged)})
+    return [merge, *model_evals(cfg, out, f"{variant.name}-averaged", model, str(merged) if lora else None,
+                                [merge.name])]

@@ -1,0 +1,167 @@
+"""The study: end to end on a tiny model, resumable, re-running only what a changed setting touches."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medtune.config import load_config
+from medtune.demo import demo_data_dir
+from medtune.errors import ConfigError
+from medtune.report.build import mean_with_ci
+from medtune.study import run as study_run
+from medtune.study.run import StudyRunConfig, study
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_study(tiny_llama: Path, out: Path, **changes) -> StudyRunConfig:
+    """The packaged demo study on the tiny random model (same splits, fewer steps)."""
+    cfg = load_config(StudyRunConfig, demo_data_dir() / "demo-study.yaml",
+                      {"model.spec": str(tiny_llama), "out": str(out), "progress": False, "train.max_steps": 4,
+                       "train.save_every": 1, **changes})
+    cfg.base_dir = str(demo_data_dir())
+    return cfg
+
+
+def executed(monkeypatch) -> list[str]:
+    calls: list[str] = []
+    real = study_run._execute
+    monkeypatch.setattr(study_run, "_execute", lambda step, *a, **k: calls.append(step.name) or real(step, *a, **k))
+    return calls
+
+
+@pytest.fixture(scope="module")
+def done_study(tiny_llama, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "s"
+    study(tiny_study(tiny_llama, out))
+    return out
+
+
+def test_study_writes_a_report_whose_numbers_are_the_results_files(done_study):
+    out = done_study
+    rdir = out / "report"
+    for name in ("report.md", "report.html", "report.json", "frontier.png", "curves.png"):
+        assert (rdir / name).is_file() and (rdir / name).stat().st_size > 500, name
+    data = json.loads((rdir / "report.json").read_text())
+    labels = [r["label"] for r in data["rows"]]
+    assert labels[:3] == ["base", "lora", "lora-replay30"] or labels[:2] == ["base", "lora"]
+    assert {r["kind"] for r in data["rows"]} == {"base", "tuned", "averaged"}
+    assert sum(r["kind"] == "averaged" for r in data["rows"]) == 2  # one selected averaged model per variant
+    md = (rdir / "report.md").read_text()
+    html = (rdir / "report.html").read_text()
+    for row in data["rows"]:
+        results = json.loads((out / row["step"] / "results.json").read_text())["tasks"]
+        for task, metric in row["tasks"].items():
+            want = results[task].get("acc") or results[task]["perplexity"]
+            assert metric == want, (row["label"], task)
+        # the row in the Markdown table shows each task's value as printed from the results file
+        line = next(l for l in md.splitlines() if l.startswith(f"| {row['label']}"))
+        for task in ("pubmedqa", "medmcqa", "medqa4", "arc_easy"):
+            assert f"{100 * results[task]['acc']['value']:.1f} [" in line, (row["label"], task, line)
+        assert f"{results['ppl_general']['perplexity']['value']:.2f} [" in line
+        assert row["label"] in html
+    # the shipped model is one of the rows, chosen on validation scores
+    ship = data["ship"]
+    assert ship["row"] in labels and "★ shipped" in md
+    sweep = json.loads((out / "sweep" / "lora" / "results.json").read_text())
+    assert ship["candidates"][0]["label"] == "base"
+    assert ship["candidates"][1]["medical"] == sweep["points"][sweep["selected"]]["medical"]
+    assert 'src="data:image/png;base64,' in html and "<img" in html  # self-contained
+    assert "medtune study" in md and "medtune train" in md  # commands to reproduce
+    # the realised data mix of each variant
+    assert data["mix"]["lora"]["general_share_realised"] == 0.0
+    assert abs(data["mix"]["lora-replay30"]["general_share_realised"] - 0.3) < 0.05
+
+
+def test_rerun_runs_nothing_and_a_changed_setting_reruns_only_what_depends_on_it(done_study, tiny_llama, monkeypatch):
+    calls = executed(monkeypatch)
+    study(tiny_study(tiny_llama, done_study))
+    assert calls == ["report"]  # only the report is written anew
+    # A new alpha: the sweeps run again (reusing their scored points), then what follows them.
+    study(tiny_study(tiny_llama, done_study, **{"averaging.alphas": [0.0, 0.25, 0.5, 1.0]}))
+    assert not any(c.startswith(("train/", "eval/base", "eval/lora")) and not c.endswith("-averaged") for c in calls), calls
+    assert "sweep/lora" in calls and "report" in calls
+    sweep = json.loads((done_study / "sweep" / "lora" / "results.json").read_text())
+    assert [p["alpha"] for p in sweep["points"] if not p["ratios"]] == [0.0, 0.5, 1.0, 0.25]
+
+
+def test_dry_run_lists_states(done_study, tiny_llama, capsys):
+    cfg = tiny_study(tiny_llama, done_study, **{"train.learning_rate": 0.002})
+    cfg.dry_run = True
+    study(cfg)
+    text = capsys.readouterr().out
+    assert re.search(r"eval/base\s+│ done", text)
+    assert re.search(r"train/lora\s+│ stale", text) and re.search(r"report\s+│ (stale|wait)", text)
+
+
+KILLER = """
+import os, signal, sys
+from medtune.train import checkpoint
+real = checkpoint.save
+def save(root, step, *a, **k):
+    path = real(root, step, *a, **k)
+    if step == 2 and root.name == "lora":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return path
+checkpoint.save = save
+from medtune.cli import main
+main(["study", *sys.argv[1:]])
+"""
+
+
+def test_killed_during_training_resumes_without_redoing_finished_steps(tiny_llama, tmp_path):
+    cfg = yaml.safe_load((demo_data_dir() / "demo-study.yaml").read_text())
+    cfg["data"]["data_root"] = cfg["evaluation"]["data_root"] = str(demo_data_dir())
+    cfg.update({"model": {"spec": str(tiny_llama)}, "out": str(tmp_path / "s"), "progress": False,
+                "variants": [{"name": "lora"}], "averaging": {**cfg["averaging"], "alphas": [0.0, 1.0]}})
+    cfg["train"].update({"max_steps": 4, "save_every": 1})
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    killed = subprocess.run([sys.executable, "-c", KILLER, str(path)], capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    base_state = json.loads((tmp_path / "s" / "eval" / "base" / ".medtune-step.json").read_text())
+    assert base_state["state"] == "done"
+    assert (tmp_path / "s" / "train" / "lora" / "checkpoints" / "step-000002").is_dir()
+    dry = subprocess.run([sys.executable, "-m", "medtune", "study", str(path), "--dry-run"], capture_output=True, text=True)
+    assert re.search(r"train/lora\s+│ resume\s+│ from step-000002", dry.stdout), dry.stdout
+    again = subprocess.run([sys.executable, "-m", "medtune", "study", str(path)], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "eval/base (done, skipped)" in again.stdout and "train/lora — resuming" in again.stdout
+    assert json.loads((tmp_path / "s" / "eval" / "base" / ".medtune-step.json").read_text()) == base_state
+    curves = json.loads((tmp_path / "s" / "train" / "lora" / "curves.json").read_text())
+    assert [h["step"] for h in curves["history"]] == [1, 2, 3, 4]
+    assert (tmp_path / "s" / "report" / "report.html").is_file()
+
+
+def test_selection_must_use_validation_splits(tiny_llama, tmp_path):
+    with pytest.raises(ConfigError, match=r"averaging.medical_tasks: task 'medqa4' has no entry in evaluation.validation_sources"):
+        tiny_study(tiny_llama, tmp_path, **{"averaging.medical_tasks": ["medqa4"]})
+
+
+def test_bad_variant_settings_name_the_variant(tiny_llama, tmp_path):
+    with pytest.raises(ConfigError, match=r"variants.1.train.learning_rate"):
+        load_config(StudyRunConfig, demo_data_dir() / "demo-study.yaml",
+                    {"variants": [{"name": "a"}, {"name": "b", "train": {"learning_rate": -1}}]})
+
+
+def test_mean_with_ci_by_hand():
+    m = mean_with_ci([{"value": 0.5, "stderr": 0.03, "n": 100}, {"value": 0.7, "stderr": 0.04, "n": 50}])
+    assert m["value"] == pytest.approx(0.6) and m["stderr"] == pytest.approx(0.025) and m["n"] == 150
+    assert m["ci95"] == pytest.approx([0.6 - 1.96 * 0.025, 0.6 + 1.96 * 0.025])
+
+
+def test_shipped_demo_study_files_are_the_same_study():
+    packaged = yaml.safe_load((demo_data_dir() / "demo-study.yaml").read_text())
+    checkout = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    for cfg in (packaged, checkout):
+        cfg["data"].pop("data_root")
+        cfg["evaluation"].pop("data_root")
+    assert packaged == checkout
