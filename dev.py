@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Set everything up and run the demo or the tests. Needs only Python 3.11.
 
-    python3.11 dev.py demo    # create .venv, install medtune + the embedded model, run the demo
+    python3.11 dev.py demo    # create .venv, install medtune + the embedded model, run the demo study
     python3.11 dev.py test    # the same setup, then the test suite
 
 The setup is idempotent: it creates ``.venv`` once and re-installs only when pyproject.toml or
@@ -58,7 +58,7 @@ def main() -> None:
         result = subprocess.run([str(PY), "-m", "pytest", *sys.argv[2:]], cwd=ROOT)
         sys.exit(result.returncode)
     if what == "demo":
-        result = subprocess.run([str(VENV / "bin" / "medtune"), "demo", *sys.argv[2:]], cwd=ROOT)
+        result = subprocess.run([str(VENV / "bin" / "medtune"), "study", "configs/demo.yaml", *sys.argv[2:]], cwd=ROOT)
         sys.exit(result.returncode)
 
 

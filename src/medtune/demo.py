@@ -1,9 +1,10 @@
-"""``medtune demo``: the smallest end-to-end run on the embedded model and the bundled demo sample.
+"""``medtune demo``: the demo study on the embedded model and the bundled demo sample.
 
-It reads the demo sample (written by the medtune authors, not a benchmark), guards it against its
-own test split, mixes in general replay text, packs the training blocks, and asks the embedded
-SmolLM2-135M one demo question. Training, evaluation, averaging and the report join this command
-as those stages land.
+It runs ``demo_data/demo-study.yaml`` (the same study as ``configs/demo.yaml`` in a checkout): the
+base model is evaluated, two LoRA variants (without replay and with 30 % general replay) are
+trained briefly, each is swept against the base with a few alphas, and the report is written.
+The demo sample was written by the medtune authors: it is not a benchmark, and its scores say
+nothing about real medical ability. Interrupted, the same command resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -15,16 +16,16 @@ from pydantic import Field
 
 from medtune.config import ModelConfig, StrictModel
 
-DEMO_DATA_CONFIG = "demo-data.yaml"
+DEMO_STUDY = "demo-study.yaml"
 
 
 class DemoConfig(StrictModel):
     out: str = "runs/demo"
-    """Where the demo writes its artifacts."""
+    """Where the demo study writes its steps and report."""
     model: ModelConfig = Field(default_factory=ModelConfig)
     """The model the demo uses (the embedded SmolLM2-135M by default)."""
-    max_new_tokens: int = 24
-    """Tokens the model may generate for the demo question."""
+    dry_run: bool = False
+    """List the demo study's steps and their state, run nothing."""
 
 
 def demo_data_dir() -> Path:
@@ -33,32 +34,14 @@ def demo_data_dir() -> Path:
 
 def run_demo(cfg: DemoConfig) -> Path:
     from rich.console import Console
-    from rich.rule import Rule
 
     from medtune.config import load_config
-    from medtune.data.build import DataConfig, build_command, stats_command
-    from medtune.data.prompts import eval_prompt
-    from medtune.data.registry import load_source
-    from medtune.data.rejects import Rejects
-    from medtune.model_info import ModelInfoConfig, model_info
+    from medtune.study.run import StudyRunConfig, study
 
     console = Console()
-    out = Path(cfg.out)
-    data_cfg = load_config(DataConfig, demo_data_dir() / DEMO_DATA_CONFIG,
-                           {"out": str(out / "data"), "tokenizer": cfg.model.spec})
-    data_cfg.base_dir = str(demo_data_dir())
-
-    console.print(Rule("1. the demo data (a sample written by the medtune authors, not a benchmark)"))
-    stats_command(data_cfg)
-    console.print(Rule("2. packed training blocks"))
-    build_command(data_cfg)
-
-    console.print(Rule("3. the embedded model on one demo test question"))
-    test = load_source(data_cfg.eval[0], data_cfg.root(), Rejects())[0]
-    prompt = eval_prompt(test).context
-    model_info(ModelInfoConfig(model=cfg.model, prompt=prompt, max_new_tokens=cfg.max_new_tokens))
-    console.print(f"[bold]{'gold answer':>13}[/]: {test.answer_text}")
-    console.print(Rule())
-    console.print(f"done: training blocks and their manifest are in {out / 'data'}")
-    console.print("next: `medtune data stats configs/data/shared.yaml` shows the real benchmark data beside the repo")
-    return out
+    scfg = load_config(StudyRunConfig, demo_data_dir() / DEMO_STUDY,
+                       {"out": cfg.out, "model": cfg.model.model_dump(), "dry_run": cfg.dry_run})
+    scfg.base_dir = str(demo_data_dir())
+    console.print("[bold]medtune demo[/]: the demo study on the bundled demo sample (written by the medtune authors, "
+                  f"[bold]not a benchmark[/]); study file {demo_data_dir() / DEMO_STUDY}")
+    return study(scfg)
