@@ -102,6 +102,8 @@ def test_dry_run_lists_states(done_study, tiny_llama, capsys):
     assert re.search(r"train/lora\s+│ stale", text) and re.search(r"report\s+│ (stale|wait)", text)
 
 
+# `medtune study` that signals itself right after training checkpoint 2 (Ctrl-C or SIGKILL), so
+# the test does not race the fast tiny run.
 KILLER = """
 import os, signal, sys
 from medtune.train import checkpoint
@@ -109,15 +111,16 @@ real = checkpoint.save
 def save(root, step, *a, **k):
     path = real(root, step, *a, **k)
     if step == 2 and root.name == "lora":
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, sys.argv[1]))
     return path
 checkpoint.save = save
 from medtune.cli import main
-main(["study", *sys.argv[1:]])
+main(["study", *sys.argv[2:]])
 """
 
 
-def test_killed_during_training_resumes_without_redoing_finished_steps(tiny_llama, tmp_path):
+@pytest.mark.parametrize(("sig", "code"), [("SIGINT", 130), ("SIGKILL", -signal.SIGKILL)])
+def test_interrupted_during_training_resumes_without_redoing_finished_steps(tiny_llama, tmp_path, sig, code):
     cfg = yaml.safe_load((demo_data_dir() / "demo-study.yaml").read_text())
     cfg["data"]["data_root"] = cfg["evaluation"]["data_root"] = str(demo_data_dir())
     cfg.update({"model": {"spec": str(tiny_llama)}, "out": str(tmp_path / "s"), "progress": False,
@@ -125,8 +128,10 @@ def test_killed_during_training_resumes_without_redoing_finished_steps(tiny_llam
     cfg["train"].update({"max_steps": 4, "save_every": 1})
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    killed = subprocess.run([sys.executable, "-c", KILLER, str(path)], capture_output=True, text=True, timeout=600)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    killed = subprocess.run([sys.executable, "-c", KILLER, sig, str(path)], capture_output=True, text=True, timeout=600)
+    assert killed.returncode == code, killed.stderr[-2000:]
+    if sig == "SIGINT":
+        assert "interrupted during train/lora" in killed.stdout and "run the same command again" in killed.stdout
     base_state = json.loads((tmp_path / "s" / "eval" / "base" / ".medtune-step.json").read_text())
     assert base_state["state"] == "done"
     assert (tmp_path / "s" / "train" / "lora" / "checkpoints" / "step-000002").is_dir()

@@ -128,6 +128,9 @@ def study(cfg: StudyRunConfig) -> Path:
         _print_plan(console, cfg, out)
         return out
     atomic.write_text(out / "study.yaml", dump_config(StudyConfig.model_validate(cfg.model_dump(exclude={"dry_run"}))))
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per model load says nothing in a study
     fps: dict[str, str] = {}
     done: set[str] = set()
     timings: list[tuple[str, str, float]] = []
