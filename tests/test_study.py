@@ -170,3 +170,34 @@ def test_shipped_demo_study_files_are_the_same_study():
         cfg["data"].pop("data_root")
         cfg["evaluation"].pop("data_root")
     assert packaged == checkout
+
+
+def test_selected_averaged_models_are_merged_and_evaluated(tiny_llama, tmp_path, monkeypatch):
+    """When a sweep selects an inner point, the study merges it (LoRA: rescaled adapter with HMA ratios;
+    full: streamed weights) and reports its test scores."""
+    from medtune.merge import methods
+
+    def pick_half(points, *a, **k):  # stands in for the rule: the first α=0.5 point (HMA first when there is one)
+        labels = [p.label for p in points]
+        return next((i for i, l in enumerate(labels) if "α=0.5 HMA" in l),
+                    next((i for i, l in enumerate(labels) if "α=0.5" in l), 0))
+
+    monkeypatch.setattr(methods, "select", pick_half)
+    cfg = tiny_study(tiny_llama, tmp_path / "s", **{
+        "variants": [{"name": "lora"}, {"name": "full", "train": {"method": "full"}}],
+        "averaging.alphas": [0.0, 0.5, 1.0], "averaging.hma_alphas": [0.5], "averaging.hma_blocks": 2,
+        "averaging.hma_grid": [0.0, 0.5, 1.0]})
+    out = study(cfg)
+    lora_merge = json.loads((out / "merge" / "lora" / "merge_provenance.json").read_text())
+    assert lora_merge["method"] == "hma" and lora_merge["ratios"] == [0.0, 1.0] and lora_merge["inputs"] == "lora"
+    assert (out / "merge" / "lora" / "adapter_model.safetensors").is_file()
+    full_merge = json.loads((out / "merge" / "full" / "merge_provenance.json").read_text())
+    assert full_merge["method"] == "hma" and full_merge["alpha"] == 0.5 and full_merge["inputs"] == "full"
+    assert (out / "merge" / "full" / "model.safetensors").is_file()
+    data = json.loads((out / "report" / "report.json").read_text())
+    averaged = {r["label"]: r for r in data["rows"] if r["kind"] == "averaged"}
+    assert set(averaged) == {"lora · α=0.5 HMA [0.0, 1.0]", "full · α=0.5 HMA [0.0, 1.0]"}
+    got = json.loads((out / "eval" / "full-averaged" / "results.json").read_text())
+    assert averaged["full · α=0.5 HMA [0.0, 1.0]"]["tasks"]["pubmedqa"] == got["tasks"]["pubmedqa"]["acc"]
+    assert got["model"] == str(out / "merge" / "full")  # scored the merged weights, not the base
+    assert data["ship"]["row"] == "lora · α=0.5 HMA [0.0, 1.0]"
