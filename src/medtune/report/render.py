@@ -79,9 +79,11 @@ def blocks(data: dict[str, Any], images: list[str]) -> list[Block]:
     if data["gen_rows"]:
         out += [("h2", "Generation-based medical scores (greedy decoding + answer extraction, LMFlow-comparable)"),
                 results_table({**data, "columns": {**data["columns"], "general": [], "ppl": []}}, data["gen_rows"])]
-        unparsed = [f"{r['label']}: " + ", ".join(f"{data['display'].get(t, t)} {k}" for t, k in r["unparsed"].items())
-                    for r in data["gen_rows"] if r["unparsed"]]
-        out.append(("note", "Unparsed outputs count as wrong. " + ("; ".join(unparsed) if unparsed else "")))
+        unparsed = [f"{r['label']}: " + ", ".join(f"{data['display'].get(t, t)} {k} of {r['tasks'][t]['n']}"
+                                                  for t, k in r["unparsed"].items() if k)
+                    for r in data["gen_rows"] if any(r["unparsed"].values())]
+        out.append(("note", "Outputs that name no option count as wrong. Unparsed outputs: "
+                            + ("; ".join(unparsed) if unparsed else "none") + "."))
     if "frontier.png" in images:
         out += [("h2", "Medical vs general ability"), ("img", "frontier.png", "frontier of medical vs general ability")]
     out += _selection(data)
