@@ -135,19 +135,23 @@ def study(cfg: StudyRunConfig) -> Path:
     done: set[str] = set()
     timings: list[tuple[str, str, float]] = []
     while True:  # the plan grows as sweeps select their alphas
-        pending = [s for s in _steps(cfg, out) if isinstance(s, S.Step) and s.name not in done]
+        plan = _steps(cfg, out)
+        pending = [s for s in plan if isinstance(s, S.Step) and s.name not in done]
         if not pending:
             break
         step = pending[0]
+        # steps still unknown (a merge and its eval per unfinished sweep) count as two each
+        total = sum(1 if isinstance(s, S.Step) else 2 for s in plan)
+        counter = f"[{len(done) + 1}/{total}]"
         fp = step.fingerprint(fps)
         state = status(step, out, fp)
         if step.kind == "report" and state == "done":
             state = "run"  # under a second, and it picks up the newest report layout
         if state == "done":
-            console.print(f"[green]✓[/] {step.name} [dim](done, skipped)[/]")
+            console.print(f"[green]✓[/] {counter} {step.name} [dim](done, skipped)[/]")
         else:
             what = {"run": "running", "resume": "resuming", "stale": "settings or inputs changed: running again"}[state]
-            console.print(Rule(f"{step.name} — {what}" + (f" · {step.note}" if step.note else ""), align="left"))
+            console.print(Rule(f"{counter} {step.name} — {what}" + (f" · {step.note}" if step.note else ""), align="left"))
             t0 = time.perf_counter()
             try:
                 _execute(step, out, cfg, fp, state)
