@@ -61,7 +61,7 @@ def run_hf(steps: int, out: Path) -> dict:
     model = get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                                              target_modules="all-linear", task_type="CAUSAL_LM"))
     args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=GLOBAL_BATCH, max_steps=steps,
-                             learning_rate=2e-4, lr_scheduler_type="cosine", warmup_ratio=0.03, logging_steps=1,
+                             learning_rate=2e-4, lr_scheduler_type="cosine", warmup_steps=0.03, logging_steps=1,
                              save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0, seed=0)
     trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=default_data_collator)
     started = time.perf_counter()
