@@ -90,7 +90,6 @@ def sweep_cost(adapter: Path) -> dict[str, float]:
 
 def make_shards(work: Path) -> tuple[Path, Path, int]:
     """Two sharded copies of the model (the second with every weight x 1.01), shards of <= 150 MB."""
-    import torch
     from safetensors.torch import load_file, save_file
 
     from medtune import models
@@ -123,7 +122,6 @@ def make_shards(work: Path) -> tuple[Path, Path, int]:
             size += b
         flush()
         (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": wmap}))
-        del torch
     return work / "a", work / "b", largest
 
 
