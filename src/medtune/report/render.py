@@ -171,7 +171,7 @@ def markdown(data: dict[str, Any], images: list[str]) -> str:
 
 
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right;white-space:nowrap}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}tr.ship td{background:#fff6d5;font-weight:600}
 .note{color:#666;font-size:13px}.ship{background:#fff6d5;border-left:4px solid #e0a800;padding:.6em 1em}
 pre{background:#f6f8fa;padding:1em;overflow-x:auto}img{max-width:100%;border:1px solid #eee}"""
