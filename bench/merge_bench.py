@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -140,26 +141,40 @@ def child_merge(a: str, b: str, out: str, shard_bytes: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--adapter", help="a trained LoRA adapter of smollm2-135m (default: train one for 3 steps)")
+    ap.add_argument("--only", choices=["sweep", "memory"], help="run only one of the two measurements")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child_merge(args.child[0], args.child[1], args.child[2], int(args.child[3]))
     work = Path(tempfile.mkdtemp(prefix="medtune-merge-bench-"))
-    adapter = Path(args.adapter) if args.adapter else make_adapter(work)
-    cost = sweep_cost(adapter)
+    try:
+        run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # two sharded model copies and the merge: over 1 GB
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
+    print("| measure | value | reference | ratio / target |")
+    print("|---|---|---|---|")
+    if args.only != "memory":
+        adapter = Path(args.adapter) if args.adapter else make_adapter(work)
+        print_cost(sweep_cost(adapter))
+    if args.only == "sweep":
+        return
     a, b, largest = make_shards(work)
     out = subprocess.run([sys.executable, __file__, "--child", str(a), str(b), str(work / "merged"), str(largest)],
                          check=True, capture_output=True, text=True)
     mem = json.loads(out.stdout.strip().splitlines()[-1])
     extra = (mem["peak_kb"] - mem["rss_before_kb"]) * 1024
-    print("| measure | value | reference | ratio / target |")
-    print("|---|---|---|---|")
+    print(f"| streamed merge, peak extra RSS | {extra / 2**20:.0f} MiB | largest shard {largest / 2**20:.0f} MiB | "
+          f"{extra / largest:.2f} x shard (target ≤ 1.5) |")
+
+
+def print_cost(cost: dict[str, float]) -> None:
     print(f"| α-sweep point, LoRA scaling (no reload) | {1000 * cost['lora_scaling_s']:.2f} ms | reload + merge: "
           f"{cost['reload_and_merge_s']:.2f} s | {cost['reload_and_merge_s'] / cost['lora_scaling_s']:.0f}x faster (target < 2 s) |")
     print(f"| α-sweep point, full weights in memory | {cost['full_in_memory_s']:.2f} s | reload + merge: "
           f"{cost['reload_and_merge_s']:.2f} s | {cost['reload_and_merge_s'] / cost['full_in_memory_s']:.1f}x faster (target < 2 s) |")
-    print(f"| streamed merge, peak extra RSS | {extra / 2**20:.0f} MiB | largest shard {largest / 2**20:.0f} MiB | "
-          f"{extra / largest:.2f} x shard (target ≤ 1.5) |")
 
 
 if __name__ == "__main__":

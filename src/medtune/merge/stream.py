@@ -1,20 +1,23 @@
 """Merge full checkpoints tensor by tensor from (sharded) safetensors files.
 
 Only one output shard is held in memory while it fills, plus the input tensors of the tensor being
-merged (read through safetensors' memory map), so peak memory stays near one shard plus one tensor
-whatever the model size.
+merged, so peak memory stays near one shard plus one tensor whatever the model size. Input tensors
+are read with plain file reads from the offsets in the safetensors header, not through a memory
+map: a mapped file keeps every page it has touched resident (and an in-place write into a mapped
+tensor turns its pages into private memory) until the file is closed, which made the peak grow
+with the whole model (bench/merge_bench.py measured 7x a shard before this).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from medtune.errors import MedtuneError, ModelError
 
@@ -48,61 +51,122 @@ def _check(dirs: Sequence[Path], maps: Sequence[dict[str, Path]]) -> None:
             raise ModelError(f"{d}: tensor '{missing[0]}' is in one model but not the other ({len(missing)} differ)")
 
 
-def merge_streaming(dirs: Sequence[Path], out: Path, combine: Combine, *, max_shard_bytes: int = 2 << 30) -> dict[str, object]:
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+
+
+class TensorReader:
+    """Reads one tensor at a time from a safetensors file into fresh memory, with ``readinto``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            self.header = json.loads(fh.read(n))
+        self.data_start = 8 + n
+
+    def meta(self, name: str) -> tuple[torch.dtype, tuple[int, ...]]:
+        info = self.header[name]
+        if info["dtype"] not in _DTYPES:
+            raise ModelError(f"{self.path}: tensor '{name}' has dtype {info['dtype']}, which the streamed merge cannot read")
+        return _DTYPES[info["dtype"]], tuple(info["shape"])
+
+    def rows(self, name: str, first: int, last: int) -> torch.Tensor:
+        """Rows ``first:last`` of the tensor (its first dimension; a 0-d tensor is one row)."""
+        dtype, shape = self.meta(name)
+        start, end = self.header[name]["data_offsets"]
+        n_rows = shape[0] if shape else 1
+        row_bytes = (end - start) // max(n_rows, 1)
+        part = torch.empty((last - first, *shape[1:]) if shape else (), dtype=dtype)
+        raw = part.reshape(-1).view(torch.uint8).numpy()  # the part's own bytes (little-endian, as the file)
+        if raw.nbytes != (last - first) * row_bytes:
+            raise ModelError(f"{self.path}: tensor '{name}' has {end - start} bytes, not what its shape and dtype say")
+        with open(self.path, "rb", buffering=0) as fh:
+            fh.seek(self.data_start + start + first * row_bytes)
+            if fh.readinto(memoryview(raw)) != raw.nbytes:
+                raise ModelError(f"{self.path}: file ends inside tensor '{name}'")
+        return part
+
+    def get(self, name: str) -> torch.Tensor:
+        _, shape = self.meta(name)
+        return self.rows(name, 0, shape[0] if shape else 1)
+
+
+def merge_streaming(dirs: Sequence[Path], out: Path, combine: Combine, *, max_shard_bytes: int | None = None,
+                    chunk_bytes: int = 4 << 20) -> dict[str, object]:
     """Write ``combine`` of the models in ``dirs`` to ``out`` as sharded safetensors (+ index).
 
-    Shapes and dtypes are checked per tensor and every merged tensor is checked for non-finite
-    values; a mismatch names the tensor."""
+    ``combine`` must be elementwise (interpolation, averaging) and keep the dtype: every tensor is
+    merged in row chunks of about ``chunk_bytes`` that are written straight into the output file
+    (its header is known from the inputs' headers), so only one chunk of each input is in memory,
+    whatever the model or shard size. Output shards hold at most ``max_shard_bytes`` (default: the
+    largest input shard, so the output is sharded like the input). Shapes and dtypes are checked
+    before anything is merged, and every merged chunk for non-finite values; errors name the tensor."""
     maps = [tensor_files(Path(d)) for d in dirs]
     _check([Path(d) for d in dirs], maps)
-    out.mkdir(parents=True, exist_ok=True)
-    handles: dict[Path, object] = {}
+    if max_shard_bytes is None:
+        max_shard_bytes = max(os.path.getsize(f) for m in maps for f in set(m.values()))
+    readers: dict[Path, TensorReader] = {}
 
-    def get(path: Path, name: str) -> torch.Tensor:
-        if path not in handles:
-            handles[path] = safe_open(str(path), framework="pt")
-        return handles[path].get_tensor(name)  # type: ignore[attr-defined]
+    def reader(path: Path) -> TensorReader:
+        if path not in readers:
+            readers[path] = TensorReader(path)
+        return readers[path]
 
-    weight_map: dict[str, str] = {}
-    shard: dict[str, torch.Tensor] = {}
-    shard_bytes, shard_no, total = 0, 0, 0
-    shards: list[list[str]] = []
-
-    def flush() -> None:
-        nonlocal shard, shard_bytes, shard_no
-        if not shard:
-            return
-        shard_no += 1
-        fname = f"model-{shard_no:05d}.safetensors"
-        save_file(shard, str(out / fname), metadata={"format": "pt"})
-        shards.append([fname])
-        for n in shard:
-            weight_map[n] = fname
-        shard, shard_bytes = {}, 0
-
+    groups: list[list[tuple[str, torch.dtype, tuple[int, ...], int]]] = [[]]
+    group_bytes, total = 0, 0
     for name in maps[0]:
-        inputs = [get(m[name], name) for m in maps]
-        for d, t in zip(dirs[1:], inputs[1:]):
-            if t.shape != inputs[0].shape or t.dtype != inputs[0].dtype:
-                raise ModelError(f"{d}: tensor '{name}' is {t.dtype} {tuple(t.shape)}, expected "
-                                 f"{inputs[0].dtype} {tuple(inputs[0].shape)}")
-        merged = combine(name, inputs)
-        del inputs  # before the shard grows: at most the merged tensor and one input stay alive
-        if not torch.isfinite(merged).all():
-            raise MedtuneError(f"merged tensor '{name}' has non-finite values")
-        size = merged.numel() * merged.element_size()
-        if shard and shard_bytes + size > max_shard_bytes:
-            flush()
-        shard[name] = merged.contiguous()
-        shard_bytes += size
+        srcs = [reader(m[name]) for m in maps]
+        dtype, shape = srcs[0].meta(name)
+        for d, r in zip(dirs[1:], srcs[1:]):
+            if r.meta(name) != (dtype, shape):
+                other_dtype, other_shape = r.meta(name)
+                raise ModelError(f"{d}: tensor '{name}' is {other_dtype} {other_shape}, expected {dtype} {shape}")
+        size = torch.empty((), dtype=dtype).element_size() * torch.Size(shape).numel()
+        if groups[-1] and group_bytes + size > max_shard_bytes:
+            groups.append([])
+            group_bytes = 0
+        groups[-1].append((name, dtype, shape, size))
+        group_bytes += size
         total += size
-    flush()
-    if shard_no == 1:
-        (out / "model-00001.safetensors").rename(out / "model.safetensors")
-    else:
+    out.mkdir(parents=True, exist_ok=True)
+    weight_map: dict[str, str] = {}
+    for k, group in enumerate(groups, 1):
+        fname = "model.safetensors" if len(groups) == 1 else f"model-{k:05d}-of-{len(groups):05d}.safetensors"
+        _write_shard(out / fname, group, maps, reader, combine, chunk_bytes)
+        weight_map.update({name: fname for name, *_ in group})
+    if len(groups) > 1:
         (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     for f in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
               "chat_template.jinja"):
         if (Path(dirs[0]) / f).is_file():
             shutil.copy(Path(dirs[0]) / f, out / f)
-    return {"tensors": len(maps[0]), "bytes": total, "shards": shard_no}
+    return {"tensors": len(maps[0]), "bytes": total, "shards": len(groups)}
+
+
+def _write_shard(path: Path, group: list[tuple[str, torch.dtype, tuple[int, ...], int]], maps: Sequence[dict[str, Path]],
+                 reader: Callable[[Path], TensorReader], combine: Combine, chunk_bytes: int) -> None:
+    """One safetensors file: the header first (offsets from the sizes), then each tensor chunk by chunk."""
+    codes = {v: k for k, v in _DTYPES.items()}
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, dtype, shape, size in group:
+        header[name] = {"dtype": codes[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    with open(path, "wb") as fh:
+        fh.write(len(raw).to_bytes(8, "little"))
+        fh.write(raw)
+        for name, dtype, shape, size in group:
+            srcs = [reader(m[name]) for m in maps]
+            n_rows = shape[0] if shape else 1
+            step = max(1, chunk_bytes * n_rows // max(size, 1))
+            for first in range(0, n_rows, step):
+                part = combine(name, [r.rows(name, first, min(first + step, n_rows)) for r in srcs])  # (rows, ...)
+                if not torch.isfinite(part).all():
+                    raise MedtuneError(f"merged tensor '{name}' has non-finite values")
+                if part.dtype != dtype:
+                    raise MedtuneError(f"merging '{name}' changed its dtype from {dtype} to {part.dtype}")
+                fh.write(memoryview(part.contiguous().reshape(-1).view(torch.uint8).numpy()))
