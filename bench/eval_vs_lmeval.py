@@ -114,9 +114,10 @@ def run_lmeval(name: str, tdir: Path, model_dir: str, batch_size: int) -> dict:
     seconds = time.perf_counter() - started
     samples = sorted(out["samples"][f"bench_{name}"], key=lambda s: s["doc_id"])
     preds = [max(range(len(s["filtered_resps"])), key=lambda j: (s["filtered_resps"][j][0], -j)) for s in samples]
+    lls = [[float(r[0]) for r in s["filtered_resps"]] for s in samples]
     contexts = [s["arguments"][0][0] if isinstance(s["arguments"][0], (list, tuple)) else s["arguments"]["gen_args_0"]["arg_0"] for s in samples]
     # Gold answers come from the medtune side: the items are the same (the prompts are compared).
-    return {"seconds": seconds, "preds": preds, "contexts": contexts}
+    return {"seconds": seconds, "preds": preds, "contexts": contexts, "lls": lls}
 
 
 def run_medtune(name: str, model_dir: str, scale: float, budget: int) -> dict:
@@ -136,7 +137,7 @@ def run_medtune(name: str, model_dir: str, scale: float, budget: int) -> dict:
     lls = Scorer(model, token_budget=budget).loglikelihoods([build_request(tok, p) for p in prompts], progress=False)
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "preds": [predict(x) for x in lls], "gold": [r.answer for r in recs],
-            "contexts": [p.context for p in prompts]}
+            "contexts": [p.context for p in prompts], "lls": [list(map(float, x)) for x in lls]}
 
 
 def child(args: argparse.Namespace) -> None:
@@ -173,6 +174,7 @@ def main() -> None:
     model_dir = models.resolve("smollm2-135m").path
     work = Path(tempfile.mkdtemp(prefix="medtune-bench-"))
     rows = []
+    lldiff = []
     for name in args.tasks.split(","):
         tdir = write_lmeval_task(name, work, args.scale)
         res = {}
@@ -190,12 +192,18 @@ def main() -> None:
         acc_b = sum(p == g for p, g in zip(b["preds"], b["gold"])) / n
         rows.append((name, KIND[name], n, n / a["seconds"], n / b["seconds"], a["seconds"] / b["seconds"], agree, acc_a, acc_b,
                      a["peak_rss_mb"], b["peak_rss_mb"], same_prompts))
+        diffs = [abs(x - y) for ra, rb in zip(a["lls"], b["lls"]) for x, y in zip(ra, rb)]
+        margins = [sorted(r, reverse=True)[0] - sorted(r, reverse=True)[1] for r in b["lls"] if len(r) > 1]
+        lldiff.append((name, max(diffs), sum(diffs) / len(diffs), min(margins)))
         print(f"{name}: done ({a['seconds']:.0f} s lm-eval, {b['seconds']:.0f} s medtune)", file=sys.stderr, flush=True)
     print("| task | choices | n | lm-eval items/s | medtune items/s | speed ratio (target) | agreement | lm-eval acc | medtune acc | peak RSS lm-eval / medtune (MB) | prompts identical |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for (name, kind, n, ia, ib, ratio, agree, acc_a, acc_b, ma, mb, same) in rows:
         print(f"| {name} | {kind} | {n} | {ia:.2f} | {ib:.2f} | {ratio:.2f} (≥ {TARGET[kind]}) | {100 * agree:.1f} % | "
               f"{100 * acc_a:.1f} | {100 * acc_b:.1f} | {ma:.0f} / {mb:.0f} | {'yes' if same else 'NO'} |")
+    print("\nPer-choice log-likelihoods, medtune vs lm-eval (the predictions alone can agree by chance when a model\npicks the same letter for every item):")
+    for name, mx, mean, margin in lldiff:
+        print(f"  {name}: max |Δ| {mx:.2e}, mean |Δ| {mean:.2e} nats; smallest top-2 margin (medtune) {margin:.2e}")
     shutil.rmtree(work, ignore_errors=True)
 
 
