@@ -57,7 +57,7 @@ _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF
 
 
 class TensorReader:
-    """Reads one tensor at a time from a safetensors file into fresh memory, with ``readinto``."""
+    """Reads row ranges of a safetensors file's tensors into fresh memory, with ``readinto``."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -87,10 +87,6 @@ class TensorReader:
             if fh.readinto(memoryview(raw)) != raw.nbytes:
                 raise ModelError(f"{self.path}: file ends inside tensor '{name}'")
         return part
-
-    def get(self, name: str) -> torch.Tensor:
-        _, shape = self.meta(name)
-        return self.rows(name, 0, shape[0] if shape else 1)
 
 
 def merge_streaming(dirs: Sequence[Path], out: Path, combine: Combine, *, max_shard_bytes: int | None = None,
