@@ -58,6 +58,9 @@ class StudyEvalConfig(StrictModel):
     """Items per task on test splits (None: all; keep the PubMedQA test whole when publishing)."""
     generate: bool = False
     """Also score the medical tasks by greedy generation + answer extraction (LMFlow-comparable)."""
+    generate_sources: dict[str, SourceConfig] = Field(default_factory=dict)
+    """Per task, the split scored by generation when it is not the task's test source (e.g. a smaller
+    fold of it where decoding every item would not fit the time budget)."""
     max_new_tokens: int = Field(16, ge=1)
     """generate: tokens decoded per item."""
     ppl_max_tokens: int | None = Field(50_000, ge=16)
@@ -77,7 +80,7 @@ class StudyEvalConfig(StrictModel):
 
     @model_validator(mode="after")
     def _sources_name_tasks(self) -> "StudyEvalConfig":
-        for field in ("test_sources", "validation_sources"):
+        for field in ("test_sources", "validation_sources", "generate_sources"):
             for name in getattr(self, field):
                 if name not in TASKS:
                     raise ValueError(f"{field}: unknown task {name!r} (valid: {', '.join(TASKS)})")

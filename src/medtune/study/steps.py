@@ -50,8 +50,12 @@ def _absolute(src: SourceConfig, root: Path) -> SourceConfig:
     return src.model_copy(update={"path": str(root / src.path)})
 
 
-def test_source(cfg: StudyConfig, task: str) -> SourceConfig:
-    src = cfg.evaluation.test_sources.get(task) or SourceConfig.model_validate(TASKS[task].source)
+def test_source(cfg: StudyConfig, task: str, generate: bool = False) -> SourceConfig:
+    """The split a task reports on: its generation source when ``generate`` and one is set, else its
+    test source, else the task's default."""
+    ev = cfg.evaluation
+    src = (generate and ev.generate_sources.get(task)) or ev.test_sources.get(task) \
+        or SourceConfig.model_validate(TASKS[task].source)
     return _absolute(src, cfg.root(cfg.evaluation.data_root))
 
 
@@ -61,6 +65,9 @@ def guarded_data(cfg: StudyConfig) -> StudyConfig:
 
     root = cfg.root(cfg.evaluation.data_root)
     extra = [test_source(cfg, t) for t in cfg.evaluation.tasks if TASKS[t].kind == "mc"]
+    if cfg.evaluation.generate:
+        extra += [test_source(cfg, t, generate=True) for t in cfg.evaluation.tasks
+                  if TASKS[t].kind == "mc" and TASKS[t].domain != "general"]
     extra += [_absolute(s, root) for s in cfg.evaluation.validation_sources.values()]
     have = {json.dumps(s.model_dump(mode="json"), sort_keys=True) for s in cfg.data.eval}
     added = []
@@ -81,7 +88,7 @@ def eval_step(cfg: StudyConfig, out: Path, label: str, model: ModelConfig, adapt
     tasks = [t for t in ev.tasks if not generate or TASKS[t].domain != "general"]
     name = f"{'eval-gen' if generate else 'eval'}/{label}"
     ecfg = EvalConfig(model=model, adapter=adapter, tasks=",".join(tasks), data_root=str(cfg.root(ev.data_root)),
-                      task_sources={t: test_source(cfg, t) for t in tasks}, limit=ev.limit,
+                      task_sources={t: test_source(cfg, t, generate) for t in tasks}, limit=ev.limit,
                       mode="generate" if generate else "loglikelihood", max_new_tokens=ev.max_new_tokens,
                       ppl_max_tokens=ev.ppl_max_tokens, token_budget=ev.token_budget, out=str(out / name),
                       progress=cfg.progress)
