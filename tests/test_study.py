@@ -76,6 +76,11 @@ def test_study_writes_a_report_whose_numbers_are_the_results_files(done_study):
     assert ship["candidates"][1]["medical"] == sweep["points"][sweep["selected"]]["medical"]
     assert 'src="data:image/png;base64,' in html and "<img" in html  # self-contained
     assert "medtune study" in md and "medtune train" in md  # commands to reproduce
+    # the wall time of every finished step, read from its state file
+    times = {t["step"]: t["seconds"] for t in data["steps"]}
+    assert {"eval/base", "train/lora", "sweep/lora"} <= set(times) and "report" not in times
+    assert times["train/lora"] == json.loads((out / "train" / "lora" / ".medtune-step.json").read_text())["seconds"]
+    assert "## Run time" in md and "| all steps |" in md
     # the realised data mix of each variant
     assert data["mix"]["lora"]["general_share_realised"] == 0.0
     assert abs(data["mix"]["lora-replay30"]["general_share_realised"] - 0.3) < 0.05

@@ -117,6 +117,16 @@ def _scores(point: dict[str, Any]) -> dict[str, Any]:
     return {"alpha": point["alpha"], "ratios": point["ratios"], "medical": point["medical"], "general": point["general"]}
 
 
+def step_times(out: Path) -> list[dict[str, Any]]:
+    """Wall time of every finished step (from its ``.medtune-step.json``), in the order they finished."""
+    times = []
+    for path in out.glob("*/*/.medtune-step.json"):
+        state = _read(path)
+        if state and state.get("state") == "done" and "seconds" in state and state.get("step") != "report":
+            times.append({"step": state["step"], "seconds": state["seconds"], "finished": state.get("finished", "")})
+    return sorted(times, key=lambda t: (t["finished"], t["step"]))
+
+
 def collect(cfg: StudyConfig, out: Path) -> dict[str, Any]:
     """Everything the report shows, as one JSON-ready dict."""
     cols = columns(cfg)
@@ -145,6 +155,7 @@ def collect(cfg: StudyConfig, out: Path) -> dict[str, Any]:
                                    "source_tokens": manifest["packing"]["source_tokens"],
                                    "blocks": manifest["packing"]["blocks"], "block_size": manifest["packing"]["block_size"],
                                    "leakage_dropped": manifest["leakage"]["dropped_items"]}
+    data["steps"] = step_times(out)
     if data["ship"] is not None:
         pick = data["ship"]["candidates"][data["ship"]["selected"]]
         data["ship"]["row"] = next((r["label"] for r in data["rows"]

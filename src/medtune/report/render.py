@@ -82,7 +82,9 @@ def blocks(data: dict[str, Any], images: list[str]) -> list[Block]:
         unparsed = [f"{r['label']}: " + ", ".join(f"{data['display'].get(t, t)} {k} of {r['tasks'][t]['n']}"
                                                   for t, k in r["unparsed"].items() if k)
                     for r in data["gen_rows"] if any(r["unparsed"].values())]
-        out.append(("note", "Outputs that name no option count as wrong. Unparsed outputs: "
+        gen_n = {t: m["n"] for r in data["gen_rows"][:1] for t, m in r["tasks"].items() if m}
+        out.append(("note", "Items per task: " + ", ".join(f"{data['display'].get(t, t)} {k}" for t, k in gen_n.items())
+                            + ". Outputs that name no option count as wrong. Unparsed outputs: "
                             + ("; ".join(unparsed) if unparsed else "none") + "."))
     if "frontier.png" in images:
         out += [("h2", "Medical vs general ability"), ("img", "frontier.png", "frontier of medical vs general ability")]
@@ -104,6 +106,14 @@ def blocks(data: dict[str, Any], images: list[str]) -> list[Block]:
                  [[v, f"{m['general_share_target']:.1%}", f"{m['general_share_realised']:.1%}",
                    f"{m['blocks']} x {m['block_size']}", ", ".join(f"{s} {k:,}" for s, k in m["source_tokens"].items()),
                    m["leakage_dropped"]] for v, m in data["mix"].items()])]
+    if data.get("steps"):
+        total = sum(t["seconds"] for t in data["steps"])
+        out += [("h2", "Run time"),
+                ("table", ["step", "seconds", "minutes"],
+                 [[t["step"], f"{t['seconds']:.0f}", f"{t['seconds'] / 60:.1f}"] for t in data["steps"]]
+                 + [["all steps", f"{total:.0f}", f"{total / 60:.1f}"]]),
+                ("note", "Wall time of each step's last run, as recorded in its .medtune-step.json; a step that was "
+                         "interrupted and resumed counts only the run that finished it.")]
     out += [("h2", "Reproduce"), ("code", "\n".join(data.get("commands", [])))]
     return out
 
