@@ -191,7 +191,7 @@ def test_selected_averaged_models_are_merged_and_evaluated(tiny_llama, tmp_path,
     cfg = tiny_study(tiny_llama, tmp_path / "s", **{
         "variants": [{"name": "lora"}, {"name": "full", "train": {"method": "full"}}],
         "averaging.alphas": [0.0, 0.5, 1.0], "averaging.hma_alphas": [0.5], "averaging.hma_blocks": 2,
-        "averaging.hma_grid": [0.0, 0.5, 1.0]})
+        "averaging.hma_grid": [0.0, 0.5, 1.0], "averaging.test_best_of": ["uniform", "hma"]})
     out = study(cfg)
     lora_merge = json.loads((out / "merge" / "lora" / "merge_provenance.json").read_text())
     assert lora_merge["method"] == "hma" and lora_merge["ratios"] == [0.0, 1.0] and lora_merge["inputs"] == "lora"
@@ -206,6 +206,14 @@ def test_selected_averaged_models_are_merged_and_evaluated(tiny_llama, tmp_path,
     assert averaged["full · α=0.5 HMA [0.0, 1.0]"]["tasks"]["pubmedqa"] == got["tasks"]["pubmedqa"]["acc"]
     assert got["model"] == str(out / "merge" / "full")  # scored the merged weights, not the base
     assert data["ship"]["row"] == "lora · α=0.5 HMA [0.0, 1.0]"
+    # test_best_of: the best uniform point is merged and reported too; the best HMA point is the selected one
+    uniform = json.loads((out / "merge" / "lora-uniform" / "merge_provenance.json").read_text())
+    assert uniform["method"] == "linear" and uniform["alpha"] == 0.5
+    assert not (out / "merge" / "lora-hma").exists() and not (out / "eval" / "lora-hma").exists()
+    compared = {r["label"]: r for r in data["rows"] if r["kind"] == "compared"}
+    assert set(compared) == {"lora · α=0.5", "full · α=0.5"}
+    got = json.loads((out / "eval" / "lora-uniform" / "results.json").read_text())
+    assert compared["lora · α=0.5"]["tasks"]["pubmedqa"] == got["tasks"]["pubmedqa"]["acc"]
 
 
 def test_generation_can_score_a_smaller_split_than_log_likelihood(tiny_llama, tmp_path):

@@ -17,6 +17,7 @@ from medtune import atomic
 from medtune.evaluate.tasks import TASKS
 from medtune.merge import methods
 from medtune.study.config import StudyConfig
+from medtune.study.steps import best_of_kind
 
 DISPLAY = {"pubmedqa": "PubMedQA", "medmcqa": "MedMCQA", "medqa4": "MedQA-USMLE", "arc_easy": "ARC-Easy",
            "arc_challenge": "ARC-Challenge", "mmlu_general": "MMLU (non-medical)", "ppl_general": "Perplexity"}
@@ -84,6 +85,13 @@ def _model_rows(cfg: StudyConfig, out: Path, prefix: str, cols: dict[str, list[s
             continue
         rows.append({**avg_row, "label": f"{v.name} · {sel['label']}", "kind": "averaged", "variant": v.name,
                      "alpha": sel["alpha"], "ratios": sel["ratios"]})
+        for kind in cfg.averaging.test_best_of:  # reported for comparison, never shipped
+            pt = best_of_kind(cfg, out, v.name, kind)
+            res = _read(out / prefix / f"{v.name}-{kind}" / "results.json")
+            if pt is not None and res is not None and pt["label"] != sel["label"]:
+                rows.append({**model_row(f"{v.name} · {pt['label']}", "compared", f"{prefix}/{v.name}-{kind}", res, cols),
+                             "variant": v.name, "alpha": pt["alpha"], "ratios": pt["ratios"],
+                             "note": f"best {'HMA' if kind == 'hma' else 'uniform α'} point on validation, for comparison"})
     return rows
 
 

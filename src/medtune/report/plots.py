@@ -57,7 +57,7 @@ def frontier(data: dict[str, Any], path: Path) -> Path | None:
         retain = data["ship"]["retain"]
         val.axvline(100 * base_general * retain, color="grey", ls="--", lw=1, label=f"keeps {retain:.0%} of base general")
     val.set_title("validation: the averaging sweep (selects)")
-    markers = {"base": ("o", 90), "tuned": ("s", 70), "averaged": ("*", 220)}
+    markers = {"base": ("o", 90), "tuned": ("s", 70), "averaged": ("*", 220), "compared": ("D", 60)}
     ship_label = (data.get("ship") or {}).get("row")
     for r in rows:
         m, size = markers[r["kind"]]

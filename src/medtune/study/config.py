@@ -94,6 +94,10 @@ class AveragingConfig(StrictModel):
     """Variants to sweep (default: all). Every variant is still scored at alpha 0 and 1 for selection."""
     alphas: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     """Weights on the tuned model to evaluate (0 = base, 1 = tuned)."""
+    test_best_of: list[Literal["uniform", "hma"]] = Field(default_factory=list)
+    """Also score on the test splits, for each swept variant, the best uniform-alpha point (0 < alpha < 1)
+    and/or the best HMA point, each picked by the rule on validation among points of its kind, when it is
+    not the selected point already. They are reported next to the selected model, never shipped."""
     hma_alphas: list[float] = Field(default_factory=list)
     """Alphas at which to search heterogeneous per-block ratios (empty: no HMA)."""
     hma_blocks: int = Field(3, ge=2)

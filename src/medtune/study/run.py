@@ -112,7 +112,7 @@ def _steps(cfg: StudyConfig, out: Path) -> list[S.Step | str]:
             if point is None:
                 plan.append(f"merge/{variant.name}, eval/{variant.name}-averaged: wait for {step.name}'s selected alpha")
             else:
-                plan += S.averaged_plan(cfg, out, variant, point)
+                plan += S.averaged_plan(cfg, out, variant, point) + S.compared_plan(cfg, out, variant, point)
     report_deps = [s.name for s in plan if isinstance(s, S.Step)]
     plan.append(S.Step("report", "report", None, report_deps))
     return plan

@@ -149,19 +149,53 @@ def selected_point(out: Path, variant: str) -> dict[str, Any] | None:
     return res["points"][res["selected"]] if "selected" in res else None
 
 
-def averaged_plan(cfg: StudyConfig, out: Path, variant: VariantConfig, point: dict[str, Any]) -> list[Step]:
-    """The merge at the selected point and its evaluation; none when the point is the base or the tuned model."""
+def best_of_kind(cfg: StudyConfig, out: Path, variant: str, kind: str) -> dict[str, Any] | None:
+    """The sweep point of ``kind`` ("uniform": 0 < alpha < 1 without ratios; "hma": with ratios) that the
+    averaging rule picks on validation among points of that kind (None when the sweep has none)."""
+    from medtune.merge import methods
+
+    path = out / "sweep" / variant / "results.json"
+    if not path.is_file():
+        return None
+    res = json.loads(path.read_text())
+    if "selected" not in res:
+        return None
+    pts = [p for p in res["points"] if (p["ratios"] if kind == "hma" else not p["ratios"] and 0 < p["alpha"] < 1)]
+    if not pts:
+        return None
+    av = cfg.averaging
+    idx = methods.select([methods.Point(p["label"], p["medical"], p["general"]) for p in pts], res["base_general"],
+                         rule=av.rule, retain=av.retain, weight=av.weight)
+    return pts[idx]
+
+
+def averaged_plan(cfg: StudyConfig, out: Path, variant: VariantConfig, point: dict[str, Any],
+                  suffix: str = "averaged") -> list[Step]:
+    """The merge at a sweep point and its evaluation; none when the point is the base or the tuned model.
+    ``suffix`` "averaged" is the selected point (``merge/V``, ``eval/V-averaged``); another suffix is a
+    point reported for comparison (``merge/V-SUFFIX``, ``eval/V-SUFFIX``)."""
     from medtune.merge.run import MergeConfig
 
     alpha, ratios = point["alpha"], point["ratios"]
     if not ratios and alpha in (0.0, 1.0):
         return []
+    merged = out / "merge" / (variant.name if suffix == "averaged" else f"{variant.name}-{suffix}")
     mcfg = MergeConfig(base=cfg.model, tuned=[str(out / "train" / variant.name / "model")],
-                       method="hma" if ratios else "linear", alpha=alpha, ratios=ratios,
-                       out=str(out / "merge" / variant.name))
-    merge = Step(f"merge/{variant.name}", "merge", mcfg, [f"sweep/{variant.name}"], note=point["label"])
-    merged = out / "merge" / variant.name
+                       method="hma" if ratios else "linear", alpha=alpha, ratios=ratios, out=str(merged))
+    merge = Step(f"merge/{merged.name}", "merge", mcfg, [f"sweep/{variant.name}"], note=point["label"])
     lora = cfg.train_config(variant, out).method == "lora"
     model = cfg.model if lora else cfg.model.model_copy(update={"spec": str(merged)})
-    return [merge, *model_evals(cfg, out, f"{variant.name}-averaged", model, str(merged) if lora else None,
+    return [merge, *model_evals(cfg, out, f"{variant.name}-{suffix}", model, str(merged) if lora else None,
                                 [merge.name])]
+
+
+def compared_plan(cfg: StudyConfig, out: Path, variant: VariantConfig, selected: dict[str, Any]) -> list[Step]:
+    """Merges and test evaluations of ``averaging.test_best_of`` points that differ from the selected one."""
+    steps: list[Step] = []
+    if variant.name not in cfg.swept:
+        return steps
+    for kind in cfg.averaging.test_best_of:
+        point = best_of_kind(cfg, out, variant.name, kind)
+        if point is not None and point["label"] != selected["label"]:
+            steps += averaged_plan(cfg, out, variant, point, suffix=kind)
+    return steps
