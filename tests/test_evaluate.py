@@ -142,3 +142,19 @@ def test_adapter_for_another_architecture_is_refused(tiny_llama, tmp_path):
     from peft import PeftModel
 
     assert isinstance(wrapped, PeftModel)
+
+
+@pytest.mark.parametrize("output,letters,want", [
+    ("B", True, 1), ("(C) text", True, 2), ("Answer: D", True, 3), ("D. Cross-linking\n\nThe correct answer is: D", True, 3),
+    ("The correct answer is: B", True, 1), ("The answer is (A).", True, 0), ("", True, None), ("I am not sure", True, None),
+    ("The answer is E", True, None),  # a letter that is not an option
+    ("Yes.\nThe study", False, 0), ("no, it is not", False, 1), ("The answer is no.\nThe answer is no.", False, 1),
+    ("Maybe", False, 2), ("The results are unclear", False, None),
+])
+def test_generated_answers_are_extracted(output, letters, want):
+    from medtune.data.records import QARecord
+    from medtune.evaluate.generate import extract_answer
+
+    options = ("A text", "B text", "C text", "D text") if letters else ("yes", "no", "maybe")
+    rec = QARecord(id="x", dataset="t", question="q?", context=None, options=options, answer=0)
+    assert extract_answer(output, rec, letters) == want

@@ -15,6 +15,8 @@ import torch
 from medtune.data.records import QARecord
 
 _LETTER = re.compile(r"^\W*(?:answer\s*(?:is)?\s*:?\s*)?\(?([A-J])\b\)?", re.IGNORECASE)
+_STATED = re.compile(r"\banswer\s*(?:is|would be|:)\s*:?\s*\(?([A-Za-z]+)\b", re.IGNORECASE)
+"""A stated answer anywhere in the output: "The answer is no", "The correct answer is: D"."""
 _WORD = re.compile(r"[a-z]+")
 
 
@@ -23,9 +25,11 @@ def extract_answer(output: str, record: QARecord, scores_letters: bool) -> int |
 
     Letter tasks: the first standalone letter at the start ("B", "(B)", "B. text", "Answer: B").
     Word tasks (PubMedQA, ARC): the first word if it is an option (yes/no/maybe), else the option
-    text the output starts with.
+    text the output starts with. Either kind, when the start names nothing: the first stated answer
+    ("The answer is no.", "The correct answer is: D").
     """
     text = output.strip()
+    options = [o.lower() for o in record.options]
     if scores_letters:
         m = _LETTER.match(text)
         if m:
@@ -33,14 +37,20 @@ def extract_answer(output: str, record: QARecord, scores_letters: bool) -> int |
             return idx if 0 <= idx < len(record.options) else None
     lowered = text.lower()
     words = _WORD.findall(lowered)
-    options = [o.lower() for o in record.options]
     if words and words[0] in options:
         return options.index(words[0])
     starts = [i for i, o in enumerate(options) if o and lowered.startswith(o)]
-    if len(starts) == 1:
-        return starts[0]
-    longest = max(starts, key=lambda i: len(options[i]), default=None)
-    return longest
+    if starts:
+        return max(starts, key=lambda i: len(options[i]))
+    m = _STATED.search(text)
+    if m:
+        said = m.group(1)
+        if scores_letters and len(said) == 1:
+            idx = "ABCDEFGHIJ".find(said.upper())
+            return idx if 0 <= idx < len(record.options) else None
+        if said.lower() in options:
+            return options.index(said.lower())
+    return None
 
 
 @torch.inference_mode()

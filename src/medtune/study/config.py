@@ -63,6 +63,9 @@ class StudyEvalConfig(StrictModel):
     fold of it where decoding every item would not fit the time budget)."""
     max_new_tokens: int = Field(16, ge=1)
     """generate: tokens decoded per item."""
+    chat_template: bool = False
+    """generate: wrap each prompt as a user turn in the tokenizer's chat template. Instruction-tuned
+    models (SmolLM2-Instruct) often end their turn right after a bare "Answer:" prompt."""
     ppl_max_tokens: int | None = Field(50_000, ge=16)
     """Perplexity tasks: tokens scored (None: all)."""
     token_budget: int = Field(4096, ge=64)

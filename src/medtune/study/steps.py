@@ -90,6 +90,7 @@ def eval_step(cfg: StudyConfig, out: Path, label: str, model: ModelConfig, adapt
     ecfg = EvalConfig(model=model, adapter=adapter, tasks=",".join(tasks), data_root=str(cfg.root(ev.data_root)),
                       task_sources={t: test_source(cfg, t, generate) for t in tasks}, limit=ev.limit,
                       mode="generate" if generate else "loglikelihood", max_new_tokens=ev.max_new_tokens,
+                      chat_template=generate and ev.chat_template,
                       ppl_max_tokens=ev.ppl_max_tokens, token_budget=ev.token_budget, out=str(out / name),
                       progress=cfg.progress)
     return Step(name, "eval", ecfg, deps)
