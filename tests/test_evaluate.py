@@ -148,7 +148,7 @@ def test_adapter_for_another_architecture_is_refused(tiny_llama, tmp_path):
     ("B", True, 1), ("(C) text", True, 2), ("Answer: D", True, 3), ("D. Cross-linking\n\nThe correct answer is: D", True, 3),
     ("The correct answer is: B", True, 1), ("The answer is (A).", True, 0), ("", True, None), ("I am not sure", True, None),
     ("The answer is E", True, None),  # a letter that is not an option
-    ("Yes.\nThe study", False, 0), ("no, it is not", False, 1), ("The answer is no.\nThe answer is no.", False, 1),
+    ("Yes.\nThe study", False, 0), ("The answer to the question is yes. A", False, 0), ("no, it is not", False, 1), ("The answer is no.\nThe answer is no.", False, 1),
     ("Maybe", False, 2), ("The results are unclear", False, None),
 ])
 def test_generated_answers_are_extracted(output, letters, want):

@@ -221,13 +221,15 @@ def test_generation_can_score_a_smaller_split_than_log_likelihood(tiny_llama, tm
     from medtune.study.steps import guarded_data, static_plan
 
     gen_src = {"adapter": "pubmedqa", "path": "pubmedqa/demo_pqal.json", "split": "test", "limit": 3}
-    cfg = tiny_study(tiny_llama, tmp_path / "s", **{"evaluation.generate": True, "evaluation.chat_template": True,
+    cfg = tiny_study(tiny_llama, tmp_path / "s", **{"evaluation.generate": True, "evaluation.chat_template": ["medmcqa"],
                                                     "evaluation.generate_sources": {"pubmedqa": gen_src}})
     steps = {s.name: s for s in static_plan(cfg, tmp_path / "s")}
     gen = steps["eval-gen/base"].config.task_sources["pubmedqa"]
     assert gen.limit == 3 and gen.path.endswith("pubmedqa/demo_pqal.json")
     assert steps["eval/base"].config.task_sources["pubmedqa"].limit is None
-    assert steps["eval-gen/base"].config.chat_template and not steps["eval/base"].config.chat_template
+    assert steps["eval-gen/base"].config.chat_template == ["medmcqa"] and not steps["eval/base"].config.chat_template
+    with pytest.raises(ConfigError, match=r"chat_template: 'arc_challenge' is not one of the study's tasks"):
+        tiny_study(tiny_llama, tmp_path / "u", **{"evaluation.chat_template": ["arc_challenge"]})
     assert any(s.limit == 3 for s in guarded_data(cfg).data.eval)
     with pytest.raises(ConfigError, match=r"generate_sources: unknown task 'pubmed'"):
         tiny_study(tiny_llama, tmp_path / "t", **{"evaluation.generate_sources": {"pubmed": gen_src}})

@@ -15,8 +15,9 @@ import torch
 from medtune.data.records import QARecord
 
 _LETTER = re.compile(r"^\W*(?:answer\s*(?:is)?\s*:?\s*)?\(?([A-J])\b\)?", re.IGNORECASE)
-_STATED = re.compile(r"\banswer\s*(?:is|would be|:)\s*:?\s*\(?([A-Za-z]+)\b", re.IGNORECASE)
-"""A stated answer anywhere in the output: "The answer is no", "The correct answer is: D"."""
+_STATED = re.compile(r"\banswer\b[^.\n]{0,40}?\b(?:is|would be|:)\s*:?\s*\(?([A-Za-z]+)\b", re.IGNORECASE)
+"""A stated answer anywhere in the output: "The answer is no", "The correct answer is: D", "The answer
+to the question is yes"."""
 _WORD = re.compile(r"[a-z]+")
 
 
@@ -26,7 +27,7 @@ def extract_answer(output: str, record: QARecord, scores_letters: bool) -> int |
     Letter tasks: the first standalone letter at the start ("B", "(B)", "B. text", "Answer: B").
     Word tasks (PubMedQA, ARC): the first word if it is an option (yes/no/maybe), else the option
     text the output starts with. Either kind, when the start names nothing: the first stated answer
-    ("The answer is no.", "The correct answer is: D").
+    ("The answer is no.", "The correct answer is: D", "The answer to this question is yes").
     """
     text = output.strip()
     options = [o.lower() for o in record.options]

@@ -41,8 +41,9 @@ class EvalConfig(StrictModel):
     """generate mode: tokens to decode per item."""
     gen_batch_size: int = Field(8, ge=1)
     """generate mode: prompts decoded together."""
-    chat_template: bool = False
-    """generate mode: wrap each prompt as a user turn in the tokenizer's chat template (instruction-tuned models)."""
+    chat_template: bool | list[str] = False
+    """generate mode: wrap each prompt as a user turn in the tokenizer's chat template (instruction-tuned
+    models): true for every task, or a list of the tasks that need it."""
     fewshot: int = Field(0, ge=0)
     """Few-shot exemplars per prompt: the first k items of the task's exemplar split, the same for every question."""
     token_budget: int = Field(4096, ge=64)
@@ -165,7 +166,7 @@ def _gen_task(task: Task, cfg: EvalConfig, tokenizer: Any, model: Any) -> tuple[
     records = _load(task, cfg)[: cfg.limit]
     shots = _load(task, cfg, fewshot=True)[: cfg.fewshot] if cfg.fewshot else []
     contexts = [eval_prompt(r, fewshot=shots).context for r in records]
-    if cfg.chat_template:
+    if cfg.chat_template is True or (isinstance(cfg.chat_template, list) and task.name in cfg.chat_template):
         contexts = [tokenizer.apply_chat_template([{"role": "user", "content": c}], add_generation_prompt=True, tokenize=False)
                     for c in contexts]
     started = time.perf_counter()

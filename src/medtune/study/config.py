@@ -63,9 +63,10 @@ class StudyEvalConfig(StrictModel):
     fold of it where decoding every item would not fit the time budget)."""
     max_new_tokens: int = Field(16, ge=1)
     """generate: tokens decoded per item."""
-    chat_template: bool = False
-    """generate: wrap each prompt as a user turn in the tokenizer's chat template. Instruction-tuned
-    models (SmolLM2-Instruct) often end their turn right after a bare "Answer:" prompt."""
+    chat_template: bool | list[str] = False
+    """generate: wrap each prompt as a user turn in the tokenizer's chat template, for every task (true)
+    or the listed ones. Instruction-tuned models (SmolLM2-Instruct) may end their turn right after a
+    bare "Answer:" prompt on some tasks and ramble inside a chat turn on others."""
     ppl_max_tokens: int | None = Field(50_000, ge=16)
     """Perplexity tasks: tokens scored (None: all)."""
     token_budget: int = Field(4096, ge=64)
@@ -83,6 +84,9 @@ class StudyEvalConfig(StrictModel):
 
     @model_validator(mode="after")
     def _sources_name_tasks(self) -> "StudyEvalConfig":
+        for name in self.chat_template if isinstance(self.chat_template, list) else []:
+            if name not in self.tasks:
+                raise ValueError(f"chat_template: {name!r} is not one of the study's tasks ({', '.join(self.tasks)})")
         for field in ("test_sources", "validation_sources", "generate_sources"):
             for name in getattr(self, field):
                 if name not in TASKS:
