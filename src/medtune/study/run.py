@@ -104,6 +104,7 @@ def _execute(step: S.Step, out: Path, cfg: StudyConfig, fp: str, state: str) -> 
 def _steps(cfg: StudyConfig, out: Path) -> list[S.Step | str]:
     """The whole plan as far as it is known: steps, and for unknown ones a line saying what they wait for."""
     plan: list[S.Step | str] = []
+    compared: list[S.Step] = []  # points reported for comparison only: after everything else
     for step in S.static_plan(cfg, out):
         plan.append(step)
         if step.kind == "sweep":
@@ -112,7 +113,9 @@ def _steps(cfg: StudyConfig, out: Path) -> list[S.Step | str]:
             if point is None:
                 plan.append(f"merge/{variant.name}, eval/{variant.name}-averaged: wait for {step.name}'s selected alpha")
             else:
-                plan += S.averaged_plan(cfg, out, variant, point) + S.compared_plan(cfg, out, variant, point)
+                plan += S.averaged_plan(cfg, out, variant, point)
+                compared += S.compared_plan(cfg, out, variant, point)
+    plan += compared
     report_deps = [s.name for s in plan if isinstance(s, S.Step)]
     plan.append(S.Step("report", "report", None, report_deps))
     return plan
