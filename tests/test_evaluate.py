@@ -158,3 +158,32 @@ def test_generated_answers_are_extracted(output, letters, want):
     options = ("A text", "B text", "C text", "D text") if letters else ("yes", "no", "maybe")
     rec = QARecord(id="x", dataset="t", question="q?", context=None, options=options, answer=0)
     assert extract_answer(output, rec, letters) == want
+
+
+def test_an_adapter_is_scored_merged_with_the_same_log_likelihoods(tiny_llama, tmp_path, monkeypatch):
+    """`medtune eval --adapter` merges the LoRA weights before scoring: same scores as the unmerged model."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    from medtune.evaluate.run import EvalConfig, evaluate, score_model
+
+    torch.manual_seed(0)
+    lora = get_peft_model(LlamaForCausalLM.from_pretrained(str(tiny_llama)),
+                          LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False))
+    lora.save_pretrained(str(tmp_path / "adapter"))
+    cfg = EvalConfig.model_validate({"model": {"spec": str(tiny_llama)}, "adapter": str(tmp_path / "adapter"),
+                                     "tasks": "pubmedqa,medmcqa", "data_root": str(FIXTURES),
+                                     "out": str(tmp_path / "ev"), "progress": False})
+    merges: list[int] = []
+    real_merge = PeftModel.merge_and_unload
+    monkeypatch.setattr(PeftModel, "merge_and_unload", lambda self, *a, **k: merges.append(1) or real_merge(self, *a, **k))
+    evaluate(cfg)
+    assert merges == [1]
+    merged = [json.loads(l) for l in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    unmerged_model = models.load_with_adapter(models.load_model(str(tiny_llama)), tmp_path / "adapter")
+    base_preds = score_model(models.load_model(str(tiny_llama)), models.load_tokenizer(str(tiny_llama)), cfg)[1]
+    _, unmerged = score_model(unmerged_model, models.load_tokenizer(str(tiny_llama)), cfg)
+    assert [p["pred"] for p in merged] == [p["pred"] for p in unmerged]
+    for m, u, b in zip(merged, unmerged, base_preds):
+        assert m["loglikelihoods"] == pytest.approx(u["loglikelihoods"], abs=1e-4)
+    assert any(u["loglikelihoods"] != pytest.approx(b["loglikelihoods"], abs=1e-3) for u, b in zip(unmerged, base_preds))

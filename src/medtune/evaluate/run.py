@@ -25,7 +25,8 @@ class EvalConfig(StrictModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     """The model to score."""
     adapter: str | None = None
-    """A LoRA adapter directory to apply on top of the model (checked against it before scoring)."""
+    """A LoRA adapter directory to apply on top of the model (checked against it before scoring, then merged
+    into the weights: the same model up to float rounding, scored faster)."""
     tasks: str = "pubmedqa,medmcqa,medqa4"
     """Comma-separated task names: pubmedqa, medmcqa, medqa4, arc_challenge, arc_easy, mmlu_general, ppl_general."""
     data_root: str = "../shared/data"
@@ -240,6 +241,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     resolved = models.resolve(cfg.model.spec, allow_pickle=cfg.model.allow_pickle)
     model = models.load_model(resolved, trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle)
     model = models.load_with_adapter(model, cfg.adapter)
+    if cfg.adapter is not None:  # scoring through the unmerged LoRA layers is about 35 % slower on CPU
+        model = model.merge_and_unload()
     if dist_state().num_processes > 1 or torch_cuda_available():
         model.to(dist_state().device)
     tokenizer = models.load_tokenizer(resolved, trust_remote_code=cfg.model.trust_remote_code)
