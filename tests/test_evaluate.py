@@ -162,7 +162,8 @@ def test_generated_answers_are_extracted(output, letters, want):
 
 def test_an_adapter_is_scored_merged_with_the_same_log_likelihoods(tiny_llama, tmp_path, monkeypatch):
     """`medtune eval --adapter` merges the LoRA weights before scoring: same scores as the unmerged model."""
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraModel
     from transformers import LlamaForCausalLM
 
     from medtune.evaluate.run import EvalConfig, evaluate, score_model
@@ -175,8 +176,8 @@ def test_an_adapter_is_scored_merged_with_the_same_log_likelihoods(tiny_llama, t
                                      "tasks": "pubmedqa,medmcqa", "data_root": str(FIXTURES),
                                      "out": str(tmp_path / "ev"), "progress": False})
     merges: list[int] = []
-    real_merge = PeftModel.merge_and_unload
-    monkeypatch.setattr(PeftModel, "merge_and_unload", lambda self, *a, **k: merges.append(1) or real_merge(self, *a, **k))
+    real_merge = LoraModel.merge_and_unload
+    monkeypatch.setattr(LoraModel, "merge_and_unload", lambda self, *a, **k: merges.append(1) or real_merge(self, *a, **k))
     evaluate(cfg)
     assert merges == [1]
     merged = [json.loads(l) for l in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
