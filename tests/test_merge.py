@@ -61,6 +61,10 @@ def test_pareto_and_selection_rules():
     assert methods.select(pts, base_general=0.60, retain=0.98) == 1  # 0.59 >= 0.588, best medical among those
     assert methods.select(pts, base_general=0.60, rule="weighted", weight=1.0) == 2
     assert methods.select(pts, base_general=0.99) == 0  # none retains: the best general score
+    # equal medical scores: the point with the better general score wins (it dominates), then the earlier one
+    tie = [methods.Point("a0", 0.39, 0.48), methods.Point("a5", 0.38, 0.48), methods.Point("a10", 0.39, 0.50)]
+    assert methods.select(tie, base_general=0.48) == 2
+    assert methods.select(tie[:2] + [methods.Point("a10", 0.39, 0.48)], base_general=0.48) == 0
 
 
 @pytest.fixture()

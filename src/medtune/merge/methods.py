@@ -134,7 +134,8 @@ def select(points: Sequence[Point], base_general: float, *, rule: str = "retain"
     ``retain``: the best medical score among points whose general score is at least ``retain`` x
     the base model's (falls back to the best general score if none qualifies).
     ``weighted``: the best ``weight * medical + (1 - weight) * general``.
-    Ties go to the earlier point (the smaller alpha in a sweep)."""
+    Ties: ``retain`` prefers the higher general score among equal medical scores (the point that
+    dominates), then the earlier point (the smaller alpha in a sweep); ``weighted`` the earlier point."""
     if not points:
         raise MedtuneError("nothing to select from")
     if rule == "weighted":
@@ -144,4 +145,4 @@ def select(points: Sequence[Point], base_general: float, *, rule: str = "retain"
     ok = [i for i, p in enumerate(points) if p.general >= retain * base_general]
     if not ok:
         return max(range(len(points)), key=lambda i: (points[i].general, -i))
-    return max(ok, key=lambda i: (points[i].medical, -i))
+    return max(ok, key=lambda i: (points[i].medical, points[i].general, -i))
