@@ -81,6 +81,17 @@ def test_study_writes_a_report_whose_numbers_are_the_results_files(done_study):
     assert {"eval/base", "train/lora", "sweep/lora"} <= set(times) and "report" not in times
     assert times["train/lora"] == json.loads((out / "train" / "lora" / ".medtune-step.json").read_text())["seconds"]
     assert "## Run time" in md and "| all steps |" in md
+    # paired change vs base: recomputed here from the two predictions files
+    lora_row = next(r for r in data["rows"] if r["label"] == "lora")
+    def correct(step):
+        rows = [json.loads(l) for l in (out / step / "predictions.jsonl").read_text().splitlines()]
+        return {r["id"]: float(r["pred"] == r["gold"]) for r in rows if r["task"] == "pubmedqa"}
+    base_c, lora_c = correct("eval/base"), correct(lora_row["step"])
+    d = data["deltas"]["lora"]["pubmedqa"]
+    assert d["n"] == len(base_c) and d["changed"] == sum(base_c[k] != lora_c[k] for k in base_c)
+    assert d["value"] == pytest.approx(sum(lora_c[k] - base_c[k] for k in base_c) / len(base_c))
+    assert d["ci95"][0] <= d["value"] <= d["ci95"][1]
+    assert "## Change vs the base model, paired on the same items" in md
     # the realised data mix of each variant
     assert data["mix"]["lora"]["general_share_realised"] == 0.0
     assert abs(data["mix"]["lora-replay30"]["general_share_realised"] - 0.3) < 0.05

@@ -95,6 +95,39 @@ def _model_rows(cfg: StudyConfig, out: Path, prefix: str, cols: dict[str, list[s
     return rows
 
 
+def _correct(path: Path) -> dict[tuple[str, str], float]:
+    """(task, item id) -> 1.0 if the prediction was right, from an eval step's predictions.jsonl."""
+    if not path.is_file():
+        return {}
+    rows = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return {(r["task"], str(r["id"])): float(r["pred"] == r["gold"]) for r in rows if "gold" in r}
+
+
+def paired_deltas(out: Path, rows: list[dict[str, Any]], tasks: list[str]) -> dict[str, dict[str, Any]]:
+    """Per row (by label) and task: accuracy minus the base model's on the same items, with a
+    percentile-bootstrap 95 % interval over items and the number of items whose correctness changed.
+    Paired, so much tighter than comparing the two rows' own intervals."""
+    from medtune.evaluate import metrics
+
+    base = next((r for r in rows if r["kind"] == "base"), None)
+    if base is None:
+        return {}
+    ref = _correct(out / base["step"] / "predictions.jsonl")
+    deltas: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r is base or r["step"] == base["step"]:
+            continue
+        mine = _correct(out / r["step"] / "predictions.jsonl")
+        per_task = {}
+        for t in tasks:
+            keys = [k for k in mine if k[0] == t and k in ref]
+            if keys:
+                d = [mine[k] - ref[k] for k in keys]
+                per_task[t] = {**metrics.summarize(d), "changed": sum(x != 0 for x in d)}
+        deltas[r["label"]] = per_task
+    return deltas
+
+
 def shipped(cfg: StudyConfig, out: Path) -> dict[str, Any] | None:
     """The model to ship: the selection rule applied, on validation scores, to the base and every
     variant's selected averaged model (alpha = 1 being the tuned model itself)."""
@@ -164,6 +197,9 @@ def collect(cfg: StudyConfig, out: Path) -> dict[str, Any]:
                                    "blocks": manifest["packing"]["blocks"], "block_size": manifest["packing"]["block_size"],
                                    "leakage_dropped": manifest["leakage"]["dropped_items"]}
     data["steps"] = step_times(out)
+    mc = cols["medical_in"] + cols["medical_ood"] + cols["general"]
+    data["deltas"] = paired_deltas(out, data["rows"], mc)
+    data["gen_deltas"] = paired_deltas(out, data["gen_rows"], cols["medical_in"] + cols["medical_ood"])
     if data["ship"] is not None:
         pick = data["ship"]["candidates"][data["ship"]["selected"]]
         data["ship"]["row"] = next((r["label"] for r in data["rows"]

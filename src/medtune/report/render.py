@@ -49,6 +49,20 @@ def results_table(data: dict[str, Any], rows: list[dict[str, Any]]) -> Block:
     return ("table", headers, body)
 
 
+def delta_table(data: dict[str, Any], deltas: dict[str, dict[str, Any]], tasks: list[str]) -> list[Block]:
+    """Accuracy change vs the base model on the same items, in points, with paired intervals."""
+    if not deltas:
+        return []
+    show = data["display"]
+    cell = lambda m: (f"{100 * m['value']:+.1f} [{100 * m['ci95'][0]:+.1f}, {100 * m['ci95'][1]:+.1f}] · {m['changed']}"
+                      if m else "–")
+    return [("table", ["model"] + [show.get(t, t) for t in tasks],
+             [[label] + [cell(per.get(t)) for t in tasks] for label, per in deltas.items()]),
+            ("note", "Change in accuracy vs the base model on the same items, in points, with a 95 % percentile-bootstrap "
+                     "interval of the per-item difference; after the dot, the number of items whose correctness "
+                     "changed. An interval that contains 0 is no evidence of a change.")]
+
+
 def _headline(data: dict[str, Any]) -> list[Block]:
     rows = data["rows"]
     base = next((r for r in rows if r["kind"] == "base"), None)
@@ -76,6 +90,10 @@ def blocks(data: dict[str, Any], images: list[str]) -> list[Block]:
                      "accuracies with normal intervals (tasks independent). Perplexity: lower is better. Items per task: "
                      + ", ".join(f"{data['display'].get(t, t)} {k}" + (" tokens" if t in data["columns"]["ppl"] else "")
                                for t, k in n.items()) + ".")]
+    cols = data["columns"]
+    if data.get("deltas"):
+        out += [("h2", "Change vs the base model, paired on the same items")]
+        out += delta_table(data, data["deltas"], cols["medical_in"] + cols["medical_ood"] + cols["general"])
     if data["gen_rows"]:
         out += [("h2", "Generation-based medical scores (greedy decoding + answer extraction, LMFlow-comparable)"),
                 results_table({**data, "columns": {**data["columns"], "general": [], "ppl": []}}, data["gen_rows"])]
@@ -86,6 +104,7 @@ def blocks(data: dict[str, Any], images: list[str]) -> list[Block]:
         out.append(("note", "Items per task: " + ", ".join(f"{data['display'].get(t, t)} {k}" for t, k in gen_n.items())
                             + ". Outputs that name no option count as wrong. Unparsed outputs: "
                             + ("; ".join(unparsed) if unparsed else "none") + "."))
+        out += delta_table(data, data.get("gen_deltas") or {}, cols["medical_in"] + cols["medical_ood"])
     if "frontier.png" in images:
         out += [("h2", "Medical vs general ability"), ("img", "frontier.png", "frontier of medical vs general ability")]
     out += _selection(data)
