@@ -31,7 +31,7 @@ def _pyplot() -> Any:
 def frontier(data: dict[str, Any], path: Path) -> Path | None:
     """Left: every sweep point on validation (what selection saw); right: test scores with 95 % intervals."""
     # rows that only repeat another model (an averaged model at alpha 0 or 1) are drawn once
-    rows = [r for r in data["rows"] if r["medical_avg"] and r["general_avg"] and not r.get("note")]
+    rows = [r for r in data["rows"] if r["medical_avg"] and r["general_avg"] and not (r.get("note") or "").startswith("= ")]
     if not rows and not data["sweeps"]:
         return None
     plt = _pyplot()
@@ -59,6 +59,7 @@ def frontier(data: dict[str, Any], path: Path) -> Path | None:
     val.set_title("validation: the averaging sweep (selects)")
     markers = {"base": ("o", 90), "tuned": ("s", 70), "averaged": ("*", 220), "compared": ("D", 60)}
     ship_label = (data.get("ship") or {}).get("row")
+    ship_step = next((r["step"] for r in data["rows"] if r["label"] == ship_label), None)  # a repeat is drawn as its model
     for r in rows:
         m, size = markers[r["kind"]]
         c = "black" if r["kind"] == "base" else color.get(r.get("variant"), "grey")
@@ -67,7 +68,7 @@ def frontier(data: dict[str, Any], path: Path) -> Path | None:
                       yerr=[[100 * (y["value"] - y["ci95"][0])], [100 * (y["ci95"][1] - y["value"])]], fmt="none",
                       ecolor=c, alpha=0.35, lw=1)
         test.scatter([100 * x["value"]], [100 * y["value"]], marker=m, s=size, color=c, zorder=3,
-                     edgecolors="gold" if r["label"] == ship_label else "none", linewidths=2.5, label=r["label"])
+                     edgecolors="gold" if r["step"] == ship_step else "none", linewidths=2.5, label=r["label"])
     test.set_title("test: reported scores with 95 % intervals (gold edge: shipped)")
     for ax in (val, test):
         ax.set_xlabel("general score (mean accuracy, %)")
