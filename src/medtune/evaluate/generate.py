@@ -21,6 +21,11 @@ to the question is yes"."""
 _WORD = re.compile(r"[a-z]+")
 
 
+def _letter_index(letter: str, record: QARecord) -> int | None:
+    idx = "ABCDEFGHIJ".find(letter.upper())
+    return idx if 0 <= idx < len(record.options) else None
+
+
 def extract_answer(output: str, record: QARecord, scores_letters: bool) -> int | None:
     """Option index named by a generated answer, or None if it names none (or several).
 
@@ -34,8 +39,7 @@ def extract_answer(output: str, record: QARecord, scores_letters: bool) -> int |
     if scores_letters:
         m = _LETTER.match(text)
         if m:
-            idx = "ABCDEFGHIJ".find(m.group(1).upper())
-            return idx if 0 <= idx < len(record.options) else None
+            return _letter_index(m.group(1), record)
     lowered = text.lower()
     words = _WORD.findall(lowered)
     if words and words[0] in options:
@@ -47,8 +51,7 @@ def extract_answer(output: str, record: QARecord, scores_letters: bool) -> int |
     if m:
         said = m.group(1)
         if scores_letters and len(said) == 1:
-            idx = "ABCDEFGHIJ".find(said.upper())
-            return idx if 0 <= idx < len(record.options) else None
+            return _letter_index(said, record)
         if said.lower() in options:
             return options.index(said.lower())
     return None

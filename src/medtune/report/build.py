@@ -113,18 +113,19 @@ def paired_deltas(out: Path, rows: list[dict[str, Any]], tasks: list[str]) -> di
     if base is None:
         return {}
     ref = _correct(out / base["step"] / "predictions.jsonl")
+    by_step: dict[str, dict[str, Any]] = {}  # a row that repeats another model reads its file once
     deltas: dict[str, dict[str, Any]] = {}
     for r in rows:
-        if r is base or r["step"] == base["step"]:
+        if r["step"] == base["step"]:
             continue
-        mine = _correct(out / r["step"] / "predictions.jsonl")
-        per_task = {}
-        for t in tasks:
-            keys = [k for k in mine if k[0] == t and k in ref]
-            if keys:
-                d = [mine[k] - ref[k] for k in keys]
-                per_task[t] = {**metrics.summarize(d), "changed": sum(x != 0 for x in d)}
-        deltas[r["label"]] = per_task
+        if r["step"] not in by_step:
+            diffs: dict[str, list[float]] = {}
+            for key, right in _correct(out / r["step"] / "predictions.jsonl").items():
+                if key[0] in tasks and key in ref:
+                    diffs.setdefault(key[0], []).append(right - ref[key])
+            by_step[r["step"]] = {t: {**metrics.summarize(d), "changed": sum(x != 0 for x in d)}
+                                  for t in tasks if (d := diffs.get(t))}
+        deltas[r["label"]] = by_step[r["step"]]
     return deltas
 
 
