@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from medtune import atomic
+from medtune.data.adapters.rows import iter_lines
 from medtune.evaluate.tasks import TASKS
 from medtune.merge import methods
 from medtune.study.config import StudyConfig
@@ -99,7 +100,7 @@ def _correct(path: Path) -> dict[tuple[str, str], float]:
     """(task, item id) -> 1.0 if the prediction was right, from an eval step's predictions.jsonl."""
     if not path.is_file():
         return {}
-    rows = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    rows = (json.loads(line) for _, line in iter_lines(path) if line.strip())
     return {(r["task"], str(r["id"])): float(r["pred"] == r["gold"]) for r in rows if "gold" in r}
 
 

@@ -22,10 +22,33 @@ Row = tuple[str, Any]
 
 
 def read_text(path: Path) -> str:
+    """The whole file as text; a leading UTF-8 byte-order mark (as Windows editors write) is dropped."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(path, None, None, f"cannot read file: {err}") from None
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Yield ``(line number from 1, line)`` lazily, split on ``\\n`` only, without ``\\n``/``\\r\\n``.
+
+    Hand-written rather than ``str.splitlines()``: that also splits on U+2028, U+0085, form feed and
+    other characters that are valid inside a JSON string or a document, so one line would become
+    several and line numbers would drift. The file is read as bytes (Python splits bytes on ``\\n``
+    only) and decoded per line, so an invalid UTF-8 byte names its own line. A UTF-8 byte-order
+    mark at the start is dropped.
+    """
+    try:
+        fh = path.open("rb")
+    except OSError as err:
+        raise DataError(path, None, None, f"cannot read file: {err}") from None
+    with fh:
+        for n, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(path, f"line {n}", None, f"not valid UTF-8 (byte {err.start + 1} of the line)") from None
+            yield n, line.removesuffix("\n").removesuffix("\r")
 
 
 def read_json_object(path: Path, what: str) -> dict[str, Any]:
@@ -41,7 +64,7 @@ def read_json_object(path: Path, what: str) -> dict[str, Any]:
 
 def jsonl_rows(path: Path, rejects: Rejects) -> Iterator[Row]:
     """Yield ``("line N", obj)`` for each non-blank line; invalid JSON or a non-object is rejected."""
-    for n, line in enumerate(read_text(path).splitlines(), start=1):
+    for n, line in iter_lines(path):
         if not line.strip():
             continue
         try:

@@ -39,9 +39,8 @@ def load_text(src: SourceConfig, path: Path | None, rejects: Rejects) -> list[Te
     dataset, p = src.name or path.stem, str(path)
     meta = {"source": p, "split": src.split}
     if path.suffix == ".txt":
-        lines = enumerate(rows.read_text(path).splitlines(), start=1)
         return [TextDoc(id=f"{path.stem}:{n}", dataset=dataset, text=line.strip(), meta=dict(meta))
-                for n, line in lines if line.strip()]
+                for n, line in rows.iter_lines(path) if line.strip()]
 
     def convert(where: str, row: dict[str, Any]) -> TextDoc:
         body = _body(row, src.text_field, p, where)
