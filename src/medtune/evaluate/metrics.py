@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -67,3 +68,31 @@ def weighted_mean(values: Mapping[str, float], weights: Mapping[str, float] | No
     keys = list(values)
     w = np.asarray([1.0 if weights is None else weights[k] for k in keys])
     return float(np.dot(w, [values[k] for k in keys]) / w.sum())
+
+
+def group_summary(parts: Sequence[Sequence[float]], *, weight_by_size: bool, n_boot: int = 2000,
+                  seed: int = 0) -> dict[str, Any]:
+    """A group's accuracy from its tasks' per-item scores, as lm-eval aggregates a group.
+
+    ``weight_by_size``: the mean over all items (lm-eval ``aggregate_subtask_metrics`` with sizes), with
+    lm-eval's ``pooled_sample_stderr``; otherwise the mean of the task means, with
+    ``unweighted_mean_stderr`` (sqrt(sum se_i^2) / k). The 95 % interval is a stratified percentile
+    bootstrap: each task's items are resampled on their own, so every replicate keeps the task sizes."""
+    arrays = [np.asarray(p, dtype=np.float64) for p in parts]
+    if not arrays or any(len(a) == 0 for a in arrays):
+        raise ValueError("a group needs at least one item in every task")
+    sizes = np.asarray([len(a) for a in arrays], dtype=np.float64)
+    means = np.asarray([a.mean() for a in arrays])
+    ses = np.asarray([stderr(a) for a in arrays])
+    w = sizes if weight_by_size else np.ones_like(sizes)
+    value = float(np.dot(w, means) / w.sum())
+    if weight_by_size:  # lm_eval.api.metrics.pooled_sample_stderr
+        se = math.sqrt(float(np.sum((sizes - 1) * ses**2 * sizes) / (sizes.sum() - len(sizes))) / sizes.sum()) \
+            if sizes.sum() > len(sizes) else 0.0
+    else:  # lm_eval.api.metrics.unweighted_mean_stderr
+        se = float(math.sqrt(np.sum(ses**2)) / len(ses))
+    rng = np.random.default_rng(seed)
+    boots = np.stack([a[rng.integers(0, len(a), size=(n_boot, len(a)))].mean(axis=1) for a in arrays], axis=1)
+    lo, hi = np.quantile(boots @ w / w.sum(), [0.025, 0.975])  # boots: (n_boot, tasks)
+    return {"value": value, "n": int(sizes.sum()), "stderr": se, "ci95": [float(lo), float(hi)],
+            "weight_by_size": weight_by_size, "tasks": len(arrays)}

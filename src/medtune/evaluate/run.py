@@ -16,7 +16,7 @@ from pydantic import Field, field_validator
 
 from medtune.config import ModelConfig, StrictModel
 from medtune.data.spec import SourceConfig
-from medtune.evaluate.tasks import TASKS, Task, get_task
+from medtune.evaluate.tasks import GROUPS, TASKS, Task, expand, get_task
 
 
 class EvalConfig(StrictModel):
@@ -28,7 +28,8 @@ class EvalConfig(StrictModel):
     """A LoRA adapter directory to apply on top of the model (checked against it before scoring, then merged
     into the weights: the same model up to float rounding, scored faster)."""
     tasks: str = "pubmedqa,medmcqa,medqa4"
-    """Comma-separated task names: pubmedqa, medmcqa, medqa4, arc_challenge, arc_easy, mmlu_general, ppl_general."""
+    """Comma-separated task or group names (medtune.evaluate.tasks.TASKS and GROUPS); a group (multimedqa, mmlu_medical) scores
+    its tasks and adds its aggregate line."""
     data_root: str = "../shared/data"
     """Directory the tasks' data paths are relative to (the official files' layout)."""
     task_sources: dict[str, SourceConfig] = Field(default_factory=dict)
@@ -67,15 +68,22 @@ class EvalConfig(StrictModel):
     def _known_tasks(cls, value: str) -> str:
         names = [t.strip() for t in value.split(",") if t.strip()]
         if not names:
-            raise ValueError(f"no task given (valid: {', '.join(TASKS)})")
-        for n in names:
-            if n not in TASKS:
-                raise ValueError(f"unknown task {n!r} (valid: {', '.join(TASKS)})")
+            raise ValueError(f"no task given (tasks: {', '.join(TASKS)}; groups: {', '.join(GROUPS)})")
+        try:
+            expand(names)
+        except Exception as err:  # ConfigError -> the validation error that names the field
+            raise ValueError(str(err)) from None
         return ",".join(names)
 
     @property
     def task_names(self) -> list[str]:
-        return self.tasks.split(",")
+        """The tasks to score, groups expanded, each once."""
+        return expand(self.tasks.split(","))[0]
+
+    @property
+    def group_names(self) -> list[str]:
+        """The groups asked for, whose aggregate lines are added."""
+        return expand(self.tasks.split(","))[1]
 
 
 T = TypeVar("T")
@@ -229,6 +237,27 @@ def score_model(model: Any, tokenizer: Any, cfg: EvalConfig) -> tuple[dict[str, 
     return results, predictions
 
 
+def group_results(groups: Sequence[str], results: dict[str, Any], predictions: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per group: its accuracy aggregated as lm-eval does (see :class:`~medtune.evaluate.tasks.TaskGroup`),
+    from the per-item predictions of its tasks, plus each task's accuracy."""
+    from medtune.evaluate import metrics
+
+    correct: dict[str, list[float]] = {}
+    for row in predictions:
+        correct.setdefault(row["task"], []).append(float(row["pred"] == row["gold"]))
+    out: dict[str, Any] = {}
+    for name in groups:
+        group = GROUPS[name]
+        missing = [t for t in group.tasks if t not in correct]
+        if missing:
+            raise ValueError(f"group {name}: no predictions for {', '.join(missing)}")
+        out[name] = {"acc": metrics.group_summary([correct[t] for t in group.tasks], weight_by_size=group.weight_by_size),
+                     "tasks": {t: results[t]["acc"]["value"] for t in group.tasks},
+                     "aggregation": "size-weighted (mean over items)" if group.weight_by_size else "mean of tasks",
+                     "seconds": round(sum(results[t].get("seconds", 0.0) for t in group.tasks), 2)}
+    return out
+
+
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Score every task; write results.json and predictions.jsonl atomically; return the results."""
     from rich.console import Console
@@ -247,17 +276,18 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         model.to(dist_state().device)
     tokenizer = models.load_tokenizer(resolved, trust_remote_code=cfg.model.trust_remote_code)
     results, predictions = score_model(model, tokenizer, cfg)
+    groups = group_results(cfg.group_names, results, predictions)
     state = dist_state()
     out = Path(cfg.out)
     report = {"model": cfg.model.spec, "adapter": cfg.adapter, "mode": cfg.mode, "tasks": results,
-              "processes": state.num_processes, **_provenance(model)}
+              **({"groups": groups} if groups else {}), "processes": state.num_processes, **_provenance(model)}
     if not state.is_main_process:
         return report
     atomic.write_json(out / "results.json", report)
     atomic.write_jsonl(out / "predictions.jsonl", predictions)
     atomic.write_text(out / "config.yaml", dump_config(cfg))
     atomic.write_json(out / "templates.json", template_provenance(*EVAL_TEMPLATES.values()))
-    _print(Console(), results, out)
+    _print(Console(), results, out, groups)
     return report
 
 
@@ -279,7 +309,7 @@ def _provenance(model: Any) -> dict[str, Any]:
             "packages": {p: version(p) for p in ("medtune", "torch", "transformers", "peft")}}
 
 
-def _print(console: Any, results: dict[str, Any], out: Path) -> None:
+def _print(console: Any, results: dict[str, Any], out: Path, groups: dict[str, Any] | None = None) -> None:
     from rich.table import Table
 
     table = Table(title="Results", title_justify="left")
@@ -294,5 +324,10 @@ def _print(console: Any, results: dict[str, Any], out: Path) -> None:
                 note = f"unparsed {r['unparsed']}" if "unparsed" in r else ""
                 table.add_row(name, metric, fmt(m["value"]), f"{fmt(m['ci95'][0])}–{fmt(m['ci95'][1])}", str(m["n"]),
                               str(r.get("items_per_s") or r.get("tokens_per_s", "")), note)
+    for name, g in (groups or {}).items():
+        m = g["acc"]
+        table.add_row(f"[bold]{name}[/] (group)", "acc", f"{100 * m['value']:.1f}",
+                      f"{100 * m['ci95'][0]:.1f}–{100 * m['ci95'][1]:.1f}", str(m["n"]), "",
+                      f"{len(g['tasks'])} tasks, {g['aggregation']}")
     console.print(table)
     console.print(f"results: {out / 'results.json'}  predictions: {out / 'predictions.jsonl'}")

@@ -28,6 +28,21 @@ class Task:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+MMLU_MEDICAL = ("anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics",
+                "professional_medicine")
+"""The six MMLU subjects of MultiMedQA and the Open Medical-LLM Leaderboard."""
+
+
+def _mmlu_subject(subject: str) -> Task:
+    """One MMLU subject as lm-eval's ``mmlu_<subject>`` task: test split scored, dev split (5 items) for few-shot."""
+    return Task(
+        f"mmlu_{subject}", "mc", "medical_ood",
+        {"adapter": "mmlu", "path": "general/mmlu/test", "subjects": [subject]},
+        {"adapter": "mmlu", "path": "general/mmlu/dev", "split": "dev", "subjects": [subject]},
+        note=f"MMLU {subject.replace('_', ' ')} test; lm-eval task mmlu_{subject} (subject description, letter choices)",
+    )
+
+
 TASKS: dict[str, Task] = {
     "pubmedqa": Task(
         "pubmedqa", "mc", "medical_in",
@@ -40,6 +55,14 @@ TASKS: dict[str, Task] = {
         {"adapter": "medmcqa", "path": "medmcqa/dev.json"},
         None, group_by="subject", metrics=("acc", "acc_norm"),
         note="official dev split (= Hub validation, 4183); lm-eval task medmcqa",
+    ),
+    "medqa5": Task(
+        "medqa5", "mc", "medical_ood",
+        {"adapter": "medqa", "path": "medqa_usmle/5_options/test.jsonl"},
+        {"adapter": "medqa", "path": "medqa_usmle/5_options/dev.jsonl"},
+        metrics=("acc", "acc_norm"),
+        note="MedQA-USMLE US 5-option test (1273); lm-eval's medqa_4options prompt with options A-E "
+             "(bench/lmeval_tasks/medqa_5options.yaml)",
     ),
     "medqa4": Task(
         "medqa4", "mc", "medical_ood",
@@ -66,6 +89,7 @@ TASKS: dict[str, Task] = {
         {"adapter": "mmlu", "path": "general/mmlu/dev", "split": "dev", "exclude_subjects": "medical"},
         group_by="subject", note="MMLU test without its medical subjects; lm-eval mmlu prompt",
     ),
+    **{f"mmlu_{s}": _mmlu_subject(s) for s in MMLU_MEDICAL},
     "ppl_general": Task(
         "ppl_general", "ppl", "general",
         {"adapter": "text", "path": "general/replay/wikitext-2_test.tokens.txt"},
@@ -75,14 +99,63 @@ TASKS: dict[str, Task] = {
 """Task name -> task. ``medtune eval --tasks`` takes a comma-separated list of these names."""
 
 
-def get_task(name: str) -> Task:
+@dataclass(frozen=True)
+class TaskGroup:
+    """Several tasks scored together, with one aggregate accuracy, as an lm-eval group."""
+
+    name: str
+    tasks: tuple[str, ...]
+    weight_by_size: bool
+    """True: the group accuracy is the mean over all items of its tasks (lm-eval ``weight_by_size: True``);
+    False: the unweighted mean of the task accuracies."""
+    note: str = ""
+
+
+GROUPS: dict[str, TaskGroup] = {
+    "multimedqa": TaskGroup(
+        "multimedqa", ("pubmedqa", "medmcqa", "medqa4", "mmlu_anatomy", "mmlu_clinical_knowledge",
+                       "mmlu_college_medicine", "mmlu_medical_genetics", "mmlu_professional_medicine",
+                       "mmlu_college_biology"), weight_by_size=True,
+        note="lm-eval 0.4.13 lm_eval/tasks/benchmarks/multimedqa/multimedqa.yaml: the nine tasks, acc aggregated "
+             "with weight_by_size: True (the Open Medical-LLM Leaderboard's suite)"),
+    "mmlu_medical": TaskGroup(
+        "mmlu_medical", tuple(f"mmlu_{s}" for s in MMLU_MEDICAL), weight_by_size=True,
+        note="the six MMLU medical subjects; size-weighted as lm-eval aggregates its mmlu groups "
+             "(lm_eval/tasks/mmlu/default/_mmlu.yaml: weight_by_size: True)"),
+}
+"""Group name -> group. A group name in ``--tasks`` (or a study's task list) stands for its tasks and adds
+its aggregate line."""
+
+
+def _unknown(name: str) -> Exception:
+    import difflib
+
     from medtune.errors import ConfigError
 
+    names = [*TASKS, *GROUPS]
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"unknown task '{name}' (tasks: {', '.join(TASKS)}; groups: {', '.join(GROUPS)}).{hint}")
+
+
+def expand(names: list[str]) -> tuple[list[str], list[str]]:
+    """(tasks, groups) that ``names`` ask for: each group replaced by its tasks, every task once, in order."""
+    tasks: list[str] = []
+    groups: list[str] = []
+    for name in names:
+        if name in GROUPS:
+            groups += [name] if name not in groups else []
+            members = GROUPS[name].tasks
+        elif name in TASKS:
+            members = (name,)
+        else:
+            raise _unknown(name)
+        tasks += [t for t in members if t not in tasks]
+    return tasks, groups
+
+
+def get_task(name: str) -> Task:
     try:
         return TASKS[name]
     except KeyError:
-        import difflib
-
-        close = difflib.get_close_matches(name, TASKS, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"unknown task '{name}' (valid: {', '.join(TASKS)}).{hint}") from None
+        raise _unknown(name) from None
