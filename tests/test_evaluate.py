@@ -110,7 +110,10 @@ def test_eval_stage_on_fixtures(tiny_llama, tmp_path):
     med = on_disk["tasks"]["medmcqa"]
     assert med["n"] == 4 and 0 <= med["acc"]["value"] <= 1 and "acc_by_subject" in med
     preds = [json.loads(l) for l in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
-    assert len(preds) == 3 + 4 + 4 + 4
+    assert sum("gold" in p for p in preds) == 3 + 4 + 4 + 4
+    docs = [p for p in preds if p["task"] == "ppl_general"]  # per-document sums, for paired comparisons
+    assert sum(d["tokens"] for d in docs) == on_disk["tasks"]["ppl_general"]["tokens"]
+    preds = [p for p in preds if "gold" in p]
     # acc equals the mean of the per-item predictions written next to it
     pub = [p for p in preds if p["task"] == "pubmedqa"]
     assert report["tasks"]["pubmedqa"]["acc"]["value"] == pytest.approx(sum(p["pred"] == p["gold"] for p in pub) / len(pub))

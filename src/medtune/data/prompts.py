@@ -77,6 +77,13 @@ EVAL_TEMPLATES: dict[str, EvalTemplate] = {
         choices="options",
         source="lm_eval/tasks/arc/arc_easy.yaml (lm-eval 0.4.13)",
     ),
+    "cloze": EvalTemplate(
+        name="cloze",
+        text="Question: {question}\nAnswer:",
+        choices="options",
+        source="OLMES cloze formulation (Gu et al. 2024, arXiv:2406.08446): no options shown, each answer text "
+               "scored after the question; the same strings as lm-eval's arc_easy.yaml",
+    ),
     "mmlu": EvalTemplate(
         name="mmlu",
         text="{question_stripped}\n{options_block}Answer:",

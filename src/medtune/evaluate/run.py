@@ -7,6 +7,7 @@ choice log-likelihoods), plus the resolved config and the prompt templates used.
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 from collections.abc import Callable, Sequence
@@ -122,11 +123,38 @@ def _load(task: Task, cfg: EvalConfig, fewshot: bool = False) -> list[Any]:
     return load_source(src, Path(cfg.data_root), Rejects())
 
 
+def _ppl_docs(task: Task, cfg: EvalConfig) -> list[tuple[str, str]]:
+    """(id, text) of a perplexity task's documents: its sources' documents interleaved (one of each in turn), so
+    a token limit keeps every source; a ``task_sources`` entry replaces all of them. A QA record's text is its
+    own prose: the context (PubMedQA abstract) and the long answer or explanation, where it has them."""
+    from medtune.data.registry import load_source
+    from medtune.data.rejects import Rejects
+
+    if task.name in cfg.task_sources:
+        sources = [cfg.task_sources[task.name]]
+    else:
+        sources = [SourceConfig.model_validate(s) for s in (task.source, *task.extra_sources)]
+    per_source = []
+    for src in sources:
+        docs = []
+        for d in load_source(src, Path(cfg.data_root), Rejects()):
+            if hasattr(d, "text"):  # a text document as it is
+                text = d.text
+            else:
+                parts = [d.context, d.meta.get("long_answer") or d.meta.get("exp")]
+                text = "\n".join(p.strip() for p in parts if isinstance(p, str) and p.strip())
+            if text:
+                docs.append((f"{src.label}:{d.id}", text))
+        per_source.append(docs)
+    return [d for round_ in itertools.zip_longest(*per_source) for d in round_ if d is not None]
+
+
 def _mc_task(task: Task, cfg: EvalConfig, tokenizer: Any, scorer: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from medtune.data.prompts import eval_prompt
+    from medtune.data.prompts import eval_prompt, get_eval_template
     from medtune.evaluate import metrics
     from medtune.evaluate.requests import build_request
 
+    template = get_eval_template(task.template) if task.template else None
     records = _load(task, cfg)[: cfg.limit]
     shots = _load(task, cfg, fewshot=True) if cfg.fewshot else []
 
@@ -138,7 +166,7 @@ def _mc_task(task: Task, cfg: EvalConfig, tokenizer: Any, scorer: Any) -> tuple[
         return shots[: cfg.fewshot]
 
     groups = [str(r.meta.get(task.group_by, "")) if task.group_by else "" for r in records]
-    requests = [build_request(tokenizer, eval_prompt(r, fewshot=exemplars(r)), g) for r, g in zip(records, groups)]
+    requests = [build_request(tokenizer, eval_prompt(r, template, fewshot=exemplars(r)), g) for r, g in zip(records, groups)]
     started = time.perf_counter()
     if cfg.fewshot and task.group_by:  # each group shares its own exemplar prefix
         lls: list[list[float]] = [[] for _ in requests]
@@ -168,13 +196,14 @@ def _mc_task(task: Task, cfg: EvalConfig, tokenizer: Any, scorer: Any) -> tuple[
 
 
 def _gen_task(task: Task, cfg: EvalConfig, tokenizer: Any, model: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from medtune.data.prompts import eval_prompt, template_for
+    from medtune.data.prompts import eval_prompt, get_eval_template, template_for
     from medtune.evaluate import metrics
     from medtune.evaluate.generate import extract_answer, greedy_outputs
 
+    template = get_eval_template(task.template) if task.template else None
     records = _load(task, cfg)[: cfg.limit]
     shots = _load(task, cfg, fewshot=True)[: cfg.fewshot] if cfg.fewshot else []
-    contexts = [eval_prompt(r, fewshot=shots).context for r in records]
+    contexts = [eval_prompt(r, template, fewshot=shots).context for r in records]
     if cfg.chat_template is True or (isinstance(cfg.chat_template, list) and task.name in cfg.chat_template):
         contexts = [tokenizer.apply_chat_template([{"role": "user", "content": c}], add_generation_prompt=True, tokenize=False)
                     for c in contexts]
@@ -182,7 +211,7 @@ def _gen_task(task: Task, cfg: EvalConfig, tokenizer: Any, model: Any) -> tuple[
     outputs = parallel_map(contexts, lambda cs: greedy_outputs(model, tokenizer, cs, max_new_tokens=cfg.max_new_tokens,
                                                                batch_size=cfg.gen_batch_size, progress=cfg.progress, desc=task.name))
     seconds = time.perf_counter() - started
-    preds = [extract_answer(o, r, template_for(r).choices == "labels") for o, r in zip(outputs, records)]
+    preds = [extract_answer(o, r, (template or template_for(r)).choices == "labels") for o, r in zip(outputs, records)]
     correct = [float(p == r.answer) for p, r in zip(preds, records)]
     parsed = [c for c, p in zip(correct, preds) if p is not None]
     result = {"acc": metrics.summarize(correct), "unparsed": sum(p is None for p in preds),
@@ -194,14 +223,17 @@ def _gen_task(task: Task, cfg: EvalConfig, tokenizer: Any, model: Any) -> tuple[
     return result, rows
 
 
-def _ppl_task(task: Task, cfg: EvalConfig, tokenizer: Any, model: Any) -> dict[str, Any]:
+def _ppl_task(task: Task, cfg: EvalConfig, tokenizer: Any, model: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Perplexity over the task's documents as one token stream; per-document sums go to the predictions, for
+    paired comparisons between models over documents."""
     import numpy as np
 
     from medtune.evaluate import metrics
-    from medtune.evaluate.perplexity import sliding_window_nll, token_stream
+    from medtune.evaluate.perplexity import document_nll, sliding_window_nll, token_documents, token_stream
 
-    docs = _load(task, cfg)[: cfg.limit]
-    ids = token_stream(tokenizer, [d.text for d in docs], cfg.ppl_max_tokens)
+    docs = _ppl_docs(task, cfg)[: cfg.limit]
+    texts = [t for _, t in docs]
+    ids = token_stream(tokenizer, texts, cfg.ppl_max_tokens)
     window = min(cfg.ppl_window, getattr(model.config, "max_position_embeddings", cfg.ppl_window))
     started = time.perf_counter()
     res = sliding_window_nll(model, ids, window=window, stride=min(cfg.ppl_stride, window), progress=cfg.progress)
@@ -212,9 +244,14 @@ def _ppl_task(task: Task, cfg: EvalConfig, tokenizer: Any, model: Any) -> dict[s
     idx = rng.integers(0, len(nll), size=(2000, len(nll)))
     boots = np.exp(nll[idx].sum(1) / cnt[idx].sum(1))
     lo, hi = np.quantile(boots, [0.025, 0.975])
-    return {"perplexity": {"value": metrics.perplexity(res.nll_sum, res.tokens), "n": res.tokens, "ci95": [float(lo), float(hi)]},
-            "tokens": res.tokens, "window": window, "stride": min(cfg.ppl_stride, window), "seconds": round(seconds, 2),
-            "tokens_per_s": round(res.tokens / seconds, 1) if seconds else None, "domain": task.domain}
+    doc_nll, doc_tokens = document_nll(res, token_documents(tokenizer, texts, len(ids)), len(docs))
+    rows = [{"task": task.name, "id": doc_id, "nll": v, "tokens": n}
+            for (doc_id, _), v, n in zip(docs, doc_nll, doc_tokens) if n]
+    result = {"perplexity": {"value": metrics.perplexity(res.nll_sum, res.tokens), "n": res.tokens, "ci95": [float(lo), float(hi)]},
+              "tokens": res.tokens, "documents": len(rows), "window": window, "stride": min(cfg.ppl_stride, window),
+              "seconds": round(seconds, 2), "tokens_per_s": round(res.tokens / seconds, 1) if seconds else None,
+              "domain": task.domain}
+    return result, rows
 
 
 def score_model(model: Any, tokenizer: Any, cfg: EvalConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -227,7 +264,8 @@ def score_model(model: Any, tokenizer: Any, cfg: EvalConfig) -> tuple[dict[str, 
     predictions: list[dict[str, Any]] = []
     for task in tasks:
         if task.kind == "ppl":
-            results[task.name] = _ppl_task(task, cfg, tokenizer, model)
+            results[task.name], rows = _ppl_task(task, cfg, tokenizer, model)
+            predictions.extend(rows)
         elif cfg.mode == "generate":
             results[task.name], rows = _gen_task(task, cfg, tokenizer, model)
             predictions.extend(rows)
@@ -244,7 +282,8 @@ def group_results(groups: Sequence[str], results: dict[str, Any], predictions: S
 
     correct: dict[str, list[float]] = {}
     for row in predictions:
-        correct.setdefault(row["task"], []).append(float(row["pred"] == row["gold"]))
+        if "gold" in row:  # multiple-choice rows (perplexity rows hold per-document sums)
+            correct.setdefault(row["task"], []).append(float(row["pred"] == row["gold"]))
     out: dict[str, Any] = {}
     for name in groups:
         group = GROUPS[name]

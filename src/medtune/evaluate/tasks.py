@@ -7,7 +7,7 @@ source, a Hub dataset included, with ``task_sources``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 
@@ -24,6 +24,10 @@ class Task:
     group_by: str | None = None
     """Record meta key for a per-group breakdown (and per-group few-shot exemplars)."""
     metrics: tuple[str, ...] = ("acc",)
+    template: str | None = None
+    """Evaluation template (``EVAL_TEMPLATES``) used instead of the dataset's lm-eval one, e.g. ``cloze``."""
+    extra_sources: tuple[dict[str, Any], ...] = ()
+    """Perplexity tasks: further sources whose documents are interleaved with the first one's."""
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -90,6 +94,15 @@ TASKS: dict[str, Task] = {
         group_by="subject", note="MMLU test without its medical subjects; lm-eval mmlu prompt",
     ),
     **{f"mmlu_{s}": _mmlu_subject(s) for s in MMLU_MEDICAL},
+    "ppl_medical": Task(
+        "ppl_medical", "ppl", "medical_in",
+        {"adapter": "pubmedqa", "path": "pubmedqa/test_set.json"},
+        extra_sources=({"adapter": "medmcqa", "path": "medmcqa/dev.json",
+                        "fold": {"share": 0.5, "take": "held_out", "stratify": "subject"}},),
+        note="token-level perplexity on held-out medical prose: the PubMedQA test abstracts (with their long answers) "
+             "and the explanations of the MedMCQA dev half that studies hold out (fold share 0.5, stratified by subject, "
+             "default salt; the studies train on the other half), documents interleaved; lower is better",
+    ),
     "ppl_general": Task(
         "ppl_general", "ppl", "general",
         {"adapter": "text", "path": "general/replay/wikitext-2_test.tokens.txt"},
@@ -97,6 +110,18 @@ TASKS: dict[str, Task] = {
     ),
 }
 """Task name -> task. ``medtune eval --tasks`` takes a comma-separated list of these names."""
+
+
+def _cloze(letter: Task) -> Task:
+    """The OLMES cloze formulation of a letter task: same items, each option's text scored after the question."""
+    return replace(letter, name=f"{letter.name}_cloze", metrics=("acc", "acc_norm"), template="cloze",
+                   note=f"{letter.note.split(';')[0]}, cloze formulation (OLMES): each option text scored after "
+                        "'Question: ...\\nAnswer:'; acc_norm per character")
+
+
+# What a small model's score can show; the letter tasks stay the leaderboard-comparable numbers.
+# PubMedQA already scores its answer words (yes/no/maybe).
+TASKS |= {f"{name}_cloze": _cloze(TASKS[name]) for name in ("medmcqa", "medqa4")}
 
 
 @dataclass(frozen=True)
