@@ -15,6 +15,7 @@ unless asked for.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -226,49 +227,58 @@ def load_model(
         if not allow_pickle and "safetensors" in str(err).lower():
             hint = " (medtune loads only safetensors weights unless --allow-pickle is given)"
         raise ModelError(f"{resolved.spec}: cannot load model: {err}{hint}") from None
+    check_weights_finite(model, resolved)
     if device:
         model.to(device)
     model.eval()
     return model
 
 
-def check_adapter(model: Any, adapter_dir: str | Path) -> None:
-    """Refuse a LoRA adapter whose tensors do not fit the model, naming the first tensor that does not.
+def check_weights_finite(model: Any, resolved: ResolvedModel) -> None:
+    """Refuse a model with a NaN or inf weight, naming the tensor and (for local models) its file."""
+    from medtune.finite import check_finite
 
-    Checked before any scoring or training: every ``lora_A`` (r, in) / ``lora_B`` (out, r) pair must
-    sit on a module of the model with those input/output sizes.
+    files: dict[str, str] = {}
+    index = Path(resolved.path) / "model.safetensors.index.json"
+    if resolved.kind != "hub" and index.is_file():
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            files = {k: str(Path(resolved.path) / f) for k, f in json.loads(index.read_text())["weight_map"].items()}
+    default = str(Path(resolved.path) / "model.safetensors") if resolved.kind != "hub" else resolved.spec
+    check_finite(model.named_parameters(), lambda name: files.get(name, default))
+
+
+def meta_model(resolved: ResolvedModel, *, trust_remote_code: bool = False) -> Any:
+    """The model's module tree on the meta device (no weights read): enough to check an adapter's shapes."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelError(f"{resolved.spec}: cannot read the model's config: {err}") from None
+
+
+def check_adapter(model: Any, adapter_dir: str | Path, *, allow_pickle: bool = False) -> None:
+    """Refuse a LoRA adapter that is broken or does not fit the model, naming the file and tensor.
+
+    Checked before any scoring, merging or training: the config, the weights file, ranks, targets and
+    finite values (:func:`medtune.lora_adapter.read_adapter`), then that every ``lora_A`` (r, in) /
+    ``lora_B`` (out, r) pair sits on a module of the model with those sizes.
     """
-    from safetensors import safe_open
+    from medtune import lora_adapter
 
-    adapter_dir = Path(adapter_dir)
-    weights = adapter_dir / "adapter_model.safetensors"
-    if not (adapter_dir / "adapter_config.json").is_file() or not weights.is_file():
-        raise ModelError(f"{adapter_dir}: not a PEFT adapter directory (needs adapter_config.json and adapter_model.safetensors)")
-    modules = dict(model.named_modules())
-    with safe_open(str(weights), framework="pt") as fh:
-        for key in fh.keys():
-            if ".lora_A." not in key and ".lora_B." not in key:
-                continue
-            module_name = key.split(".lora_")[0].removeprefix("base_model.model.")
-            module = modules.get(module_name)
-            shape = tuple(fh.get_slice(key).get_shape())
-            if module is None or not hasattr(module, "in_features"):
-                raise ModelError(f"{adapter_dir}: adapter tensor {key} targets '{module_name}', which the model "
-                                 f"({type(model).__name__}) does not have: the adapter was trained on another architecture")
-            expected = module.in_features if ".lora_A." in key else module.out_features
-            got = shape[1] if ".lora_A." in key else shape[0]
-            if got != expected:
-                raise ModelError(f"{adapter_dir}: adapter tensor {key} has shape {shape}, but '{module_name}' has "
-                                 f"in={module.in_features}, out={module.out_features}: the adapter belongs to another model size")
+    lora_adapter.check_fits(lora_adapter.read_adapter(adapter_dir, allow_pickle=allow_pickle), model)
 
 
-def load_with_adapter(model: Any, adapter_dir: str | Path | None) -> Any:
+def load_with_adapter(model: Any, adapter_dir: str | Path | None, *, allow_pickle: bool = False) -> Any:
     """Wrap ``model`` with a LoRA adapter (after :func:`check_adapter`); returns ``model`` unchanged for None."""
     if adapter_dir is None:
         return model
     from peft import PeftModel
 
-    check_adapter(model, adapter_dir)
+    check_adapter(model, adapter_dir, allow_pickle=allow_pickle)
     wrapped = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
     wrapped.eval()
     return wrapped

@@ -14,6 +14,22 @@ from typing import Any
 import numpy as np
 
 
+def check_loglikelihoods(lls: Sequence[Sequence[float]], ids: Sequence[str], task: str) -> None:
+    """Refuse a non-finite choice log-likelihood, naming the task and item.
+
+    ``argmax`` over NaNs returns 0, so a model with broken weights would otherwise score as if it
+    always chose option A. Log-softmax of finite logits is finite, so -inf is refused too.
+    """
+    from medtune.errors import MedtuneError
+
+    for item, row in zip(ids, lls):
+        bad = [j for j, v in enumerate(row) if not math.isfinite(v)]
+        if bad:
+            raise MedtuneError(f"task {task}, item {item}: choice {bad[0]} has log-likelihood {row[bad[0]]} "
+                               f"({len(bad)} of {len(row)} choices non-finite): the model's outputs are broken "
+                               "(check its weights for NaN/inf); the item is not scored")
+
+
 def predict(logprobs: Sequence[float]) -> int:
     """Index of the most likely choice; ties go to the lowest index, as in lm-eval."""
     return int(np.argmax(np.asarray(logprobs, dtype=np.float64)))

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from medtune.evaluate.metrics import check_loglikelihoods
 from medtune.evaluate.requests import McRequest
 
 MIN_SHARED_PREFIX = 16
@@ -106,7 +107,7 @@ class Scorer:
 
     @torch.inference_mode()
     def loglikelihoods(self, requests: Sequence[McRequest], *, progress: bool = True, desc: str = "scoring") -> list[list[float]]:
-        """Per request, the summed log-likelihood of each choice."""
+        """Per request, the summed log-likelihood of each choice (all finite: ``desc``, the task, names a bad one)."""
         from tqdm.auto import tqdm
 
         units = _units(requests, self.max_length)
@@ -127,6 +128,7 @@ class Scorer:
                     done_reqs.add(units[u].req)
                     bar.update(1)
         bar.close()
+        check_loglikelihoods(out, [r.id for r in requests], desc)
         return out
 
     def _prefix_cache(self, prefix: Sequence[int]) -> Any:

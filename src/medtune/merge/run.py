@@ -77,19 +77,24 @@ def full_dir(path: str | Path) -> Path:
     raise ModelError(f"{path}: neither a LoRA adapter nor a model directory (config.json)")
 
 
-def scale_adapter(src: Path, out: Path, alpha: float, ratios: list[float] | None, n_layers: int) -> None:
+def scale_adapter(src: Path, out: Path, alpha: float, ratios: list[float] | None, n_layers: int,
+                  allow_pickle: bool = False) -> None:
     """Copy an adapter with every lora_B multiplied by its tensor's ratio (exact WiSE-FT / HMA for LoRA)."""
     import shutil
 
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
-    weights = load_file(str(src / "adapter_model.safetensors"))
+    from medtune.finite import check_finite
+    from medtune.lora_adapter import PICKLED_FILE, WEIGHTS_FILE, read_adapter
+
+    weights = read_adapter(src, allow_pickle=allow_pickle).tensors
     scaled = {k: (v * methods.tensor_ratio(k, n_layers, ratios, alpha) if ratios else v * alpha) if ".lora_B." in k else v
               for k, v in weights.items()}
+    check_finite(scaled, f"merged adapter from {src}")
     out.mkdir(parents=True, exist_ok=True)
-    save_file(scaled, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    save_file(scaled, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
     for f in src.iterdir():
-        if f.name != "adapter_model.safetensors" and f.is_file():
+        if f.name not in (WEIGHTS_FILE, PICKLED_FILE) and f.is_file():
             shutil.copy(f, out / f.name)
 
 
@@ -104,6 +109,10 @@ def merge(cfg: MergeConfig) -> Path:
     lora = all(a is not None for a in adapters)
     if any(a is not None for a in adapters) and not lora:
         raise ConfigError("tuned: mix of LoRA adapters and full checkpoints; merge adapters into their base first")
+    if lora:  # validate every adapter against the base's architecture before any output is written
+        skeleton = models.meta_model(base)
+        for a in adapters:
+            models.check_adapter(skeleton, a, allow_pickle=cfg.base.allow_pickle)  # type: ignore[arg-type]
     out = Path(cfg.out)
     info: dict[str, Any] = {"method": cfg.method, "alpha": cfg.alpha, "ratios": cfg.ratios, "base": cfg.base.spec,
                             "tuned": cfg.tuned, "inputs": "lora" if lora else "full",
@@ -112,7 +121,7 @@ def merge(cfg: MergeConfig) -> Path:
         if cfg.method in ("linear", "hma"):
             ratios = cfg.ratios if cfg.method == "hma" else None
             if lora:
-                scale_adapter(adapters[0], tmp, cfg.alpha, ratios, n_layers)
+                scale_adapter(adapters[0], tmp, cfg.alpha, ratios, n_layers, cfg.base.allow_pickle)
                 kit_tuned = f"{cfg.tuned[0]} (merged into the base with peft merge_and_unload)"
             else:
                 from medtune.merge.stream import merge_streaming

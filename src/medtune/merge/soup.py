@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from medtune.finite import check_finite
 from medtune.merge import methods
 
 
@@ -40,6 +41,9 @@ def write_soup(base: Any, tuned: list[str], out: Path, lora: bool) -> None:
     if lora:
         peft, names = _lora_model(base, [adapter_dir(t) for t in tuned])  # type: ignore[misc]
         _set_soup(peft, names)
+        from peft.utils import get_peft_model_state_dict
+
+        check_finite(get_peft_model_state_dict(peft, adapter_name="soup"), f"soup of {', '.join(tuned)}")
         peft.save_pretrained(str(out), selected_adapters=["soup"], safe_serialization=True)
         nested = out / "soup"
         if nested.is_dir():  # peft saves a non-default adapter in a subdirectory
@@ -77,6 +81,8 @@ def greedy_soup(cfg: Any, base: Any, adapters: list[Path] | None) -> tuple[list[
         model = models.load_model(base)
         states = {t: {k: v for f in sorted(full_dir(t).glob("*.safetensors")) for k, v in load_file(str(f)).items()}
                   for t in cfg.tuned}
+        for t, state in states.items():
+            check_finite(state, str(full_dir(t)))
 
         def score(ingredients: list[str]) -> float:
             with torch.no_grad():

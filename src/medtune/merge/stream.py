@@ -20,6 +20,7 @@ import torch
 from safetensors import safe_open
 
 from medtune.errors import MedtuneError, ModelError
+from medtune.finite import check_finite
 
 Combine = Callable[[str, Sequence[torch.Tensor]], torch.Tensor]
 """(tensor name, the tensor from each input model) -> merged tensor."""
@@ -160,9 +161,11 @@ def _write_shard(path: Path, group: list[tuple[str, torch.dtype, tuple[int, ...]
             n_rows = shape[0] if shape else 1
             step = max(1, chunk_bytes * n_rows // max(size, 1))
             for first in range(0, n_rows, step):
-                part = combine(name, [r.rows(name, first, min(first + step, n_rows)) for r in srcs])  # (rows, ...)
-                if not torch.isfinite(part).all():
-                    raise MedtuneError(f"merged tensor '{name}' has non-finite values")
+                parts = [r.rows(name, first, min(first + step, n_rows)) for r in srcs]  # (rows, ...) each
+                for r, p in zip(srcs, parts):
+                    check_finite([(name, p)], str(r.path))
+                part = combine(name, parts)
+                check_finite([(name, part)], f"merged output {path}")
                 if part.dtype != dtype:
                     raise MedtuneError(f"merging '{name}' changed its dtype from {dtype} to {part.dtype}")
                 fh.write(memoryview(part.contiguous().reshape(-1).view(torch.uint8).numpy()))

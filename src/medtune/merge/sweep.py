@@ -102,10 +102,13 @@ class _Averager:
         else:
             from safetensors.torch import load_file
 
+            from medtune.finite import check_finite
+
             self.model, self.interp = model, None
             self.base_state = {k: v.clone() for k, v in model.state_dict().items()}
             tuned = full_dir(cfg.tuned)
             self.tuned_state = {k: v for f in sorted(tuned.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+            check_finite(self.tuned_state, str(tuned))
 
     def set(self, alpha: float, ratios: list[float] | None) -> None:
         import torch
