@@ -25,6 +25,7 @@ def write_text(path: str | Path, text: str) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -51,9 +52,44 @@ def staging_dir(target: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
     try:
         yield tmp
+        fsync_tree(tmp)  # libraries (safetensors, save_pretrained) write without fsync
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
+        fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def fsync_file(path: str | Path) -> None:
+    """Flush a file written by someone else (safetensors, matplotlib) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a directory's entries, so a rename into it survives a power cut (POSIX needs this)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | Path) -> None:
+    """fsync every file and directory under ``root`` (files first), before it is renamed into place."""
+    for dirpath, _dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            fsync_file(Path(dirpath) / name)
+        fsync_dir(dirpath)
+
+
+def replace(tmp: str | Path, path: str | Path) -> None:
+    """Durably move a finished temporary file over ``path``: fsync it, rename, fsync the directory."""
+    fsync_file(tmp)
+    os.replace(tmp, path)
+    fsync_dir(Path(path).parent)

@@ -35,7 +35,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    tmp.replace(path)
+    atomic.replace(tmp, path)
 
 
 def model_card(cfg: TrainConfig, state: dict[str, Any], run: dict[str, Any], manifest: dict[str, Any]) -> str:

@@ -86,6 +86,15 @@ def plan(cfg: TrainConfig, n_blocks: int, block: int, world: int) -> tuple[int, 
     return global_batch, steps
 
 
+def _warner(is_main: bool) -> Any:
+    """Print a warning on stderr from the main process only (one line per event, not one per rank)."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console(stderr=True, soft_wrap=True)  # paths stay on one line
+    return lambda msg: console.print(f"[bold yellow]medtune[/]: {escape(msg)}", highlight=False) if is_main else None
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train, checkpoint, and write the final model with its provenance; returns OUT."""
     from accelerate import Accelerator
@@ -123,9 +132,11 @@ def train(cfg: TrainConfig) -> Path:
 
     state: dict[str, Any] = {"history": [], "tokens": 0, "seconds": 0.0}
     start_step = 0
-    resume_from = checkpoint.latest(out) if cfg.resume else None
-    if resume_from is not None:
-        state = checkpoint.load(resume_from, model, opt, sched, acc.process_index, acc.num_processes)
+    resume_from = None
+    resumed = checkpoint.resume(out, model, opt, sched, acc.process_index, acc.num_processes, acc.wait_for_everyone,
+                                _warner(acc.is_main_process)) if cfg.resume else None
+    if resumed is not None:
+        resume_from, state = resumed
         start_step = state["step"]
     bar = tqdm(total=total_steps, initial=start_step, desc=f"train ({cfg.method})", unit="step",
                disable=not (cfg.progress and acc.is_main_process), dynamic_ncols=True)
