@@ -50,5 +50,5 @@ def test_fold_with_repeated_ids_is_refused(tmp_path):
     line = Path(demo_data_dir() / "medmcqa_demo.jsonl").read_text().splitlines()[0]
     (tmp_path / "dup.jsonl").write_text(line + "\n" + line + "\n")
     bad = SourceConfig.model_validate({"adapter": "medmcqa", "path": "dup.jsonl", "fold": {"share": 0.5, "take": "rest"}})
-    with pytest.raises(Exception, match="repeated item ids"):
+    with pytest.raises(Exception, match="duplicate id .*, first seen at line 1"):
         load_source(bad, tmp_path, Rejects())

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from medtune import atomic
+from medtune import atomic, hub_access
 from medtune.errors import ModelError
 
 EMBEDDED_MODELS: dict[str, dict[str, str]] = {
@@ -96,6 +96,9 @@ def resolve(spec: str, *, allow_pickle: bool = False) -> ResolvedModel:
     if path.exists():
         raise ModelError(f"{spec}: is a file but not a .gguf; give a model directory, a .gguf file or a Hub id")
     if _looks_like_hub_id(spec):
+        problem = hub_access.unavailable("model", spec)
+        if problem:
+            raise ModelError(problem)
         return ResolvedModel(spec, "hub", spec)
     valid = ", ".join(EMBEDDED_MODELS)
     raise ModelError(

@@ -123,7 +123,25 @@ def apply_fold(records: Records, src: SourceConfig) -> Records:
 
 
 def load_source(src: SourceConfig, data_root: Path | None, rejects: Rejects) -> Records:
-    """Read one source with its adapter, then apply subject filters, the fold and ``limit``."""
-    adapter = get_adapter(src.adapter)
-    records = apply_fold(filter_subjects(adapter(src, resolve_path(src, data_root), rejects), src), src)
+    """Read one source with its adapter, then apply subject filters, the fold and ``limit``.
+
+    A source that yields no items is an error naming it, and so is a filter or fold that empties it:
+    an empty task would score NaN, an empty training source would silently train on the others.
+    """
+    adapter, path, before = get_adapter(src.adapter), resolve_path(src, data_root), len(rejects)
+    records = adapter(src, path, rejects)
+    if not records:
+        rejected = len(rejects) - before
+        why = f"all {rejected} rows were invalid (see the rejects)" if rejected else "the source is empty"
+        raise DataError(path if path is not None else str(src.hub), None, None, f"no items in source {src.label}: {why}")
+    n = len(records)
+    records = filter_subjects(records, src)
+    if not records:
+        raise ConfigError(f"subjects/exclude_subjects: selected 0 of {n} items of source {src.label} ({path or src.hub})")
+    n = len(records)
+    records = apply_fold(records, src)
+    if not records:
+        assert src.fold is not None
+        raise ConfigError(f"fold (share {src.fold.share}, take {src.fold.take}): selected 0 of {n} items of source "
+                          f"{src.label} ({path or src.hub}); use a larger share or a larger source")
     return records[: src.limit] if src.limit is not None else records

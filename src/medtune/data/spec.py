@@ -51,7 +51,7 @@ class SourceConfig(StrictModel):
     """MMLU: drop these subjects; 'medical' drops the medical subjects for a general score."""
     fold: FoldConfig | None = None
     """Keep only a deterministic held-out fold of the source, or only the rest (see FoldConfig)."""
-    limit: int | None = None
+    limit: int | None = Field(None, ge=1)
     """Keep only the first N records (after filtering and folding), for quick runs."""
 
     @field_validator("adapter")

@@ -50,7 +50,7 @@ def load_arc(src: SourceConfig, path: Path | None, rejects: Rejects) -> list[QAR
         key = rows.get_field(row, "answerKey", p, where)
         return _record(rows.get_field(row, "id", p, where), stem, labels, texts, key, where, p, dataset, dict(meta))
 
-    return rows.convert_rows(rows.jsonl_rows(path, rejects), convert, rejects)
+    return rows.convert_rows(rows.jsonl_rows(path, rejects), convert, rejects, path)
 
 
 def load_arc_hub(src: SourceConfig, path: Path | None, rejects: Rejects) -> list[QARecord]:
@@ -68,4 +68,4 @@ def load_arc_hub(src: SourceConfig, path: Path | None, rejects: Rejects) -> list
         stem = rows.text(row, "question", label, where)
         return _record(row["id"], stem, labels, texts, row["answerKey"], where, label, dataset, dict(meta))
 
-    return rows.convert_rows(hub.hub_rows(ds), convert, rejects)
+    return rows.convert_rows(hub.hub_rows(ds), convert, rejects, label)

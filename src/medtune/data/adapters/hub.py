@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+from medtune import hub_access
 from medtune.data.spec import SourceConfig
 from medtune.errors import DataError
 
@@ -19,10 +21,15 @@ def hub_split(src: SourceConfig, default: str) -> str:
 
 
 def load_hub(src: SourceConfig, default_split: str) -> Any:
-    """``datasets.load_dataset(src.hub, src.hub_config, split=...)``; any failure names id/config/split."""
+    """``datasets.load_dataset(src.hub, src.hub_config, split=...)``; any failure names id/config/split.
+
+    A Hub id that is not cached fails at once when the Hub cannot be reached (see :mod:`medtune.hub_access`)."""
     import datasets  # imported here: it is slow to import and only Hub sources need it
 
     split = hub_split(src, default_split)
+    problem = None if Path(str(src.hub)).expanduser().exists() else hub_access.unavailable("dataset", str(src.hub))
+    if problem:
+        raise DataError(hub_label(src, split), None, None, problem)
     try:
         return datasets.load_dataset(src.hub, src.hub_config, split=split)
     except Exception as err:  # datasets raises many types (not found, offline, bad split); report them all alike

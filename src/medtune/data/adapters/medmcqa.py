@@ -38,7 +38,7 @@ def load_medmcqa(src: SourceConfig, path: Path | None, rejects: Rejects) -> list
     split = src.split or rows.split_from_name(path)
     meta = {"source": str(path), "split": split}
     return rows.convert_rows(rows.jsonl_rows(path, rejects),
-                             lambda where, row: _record(row, where, str(path), 1, dict(meta)), rejects)
+                             lambda where, row: _record(row, where, str(path), 1, dict(meta)), rejects, path)
 
 
 def load_medmcqa_hub(src: SourceConfig, path: Path | None, rejects: Rejects) -> list[QARecord]:
@@ -48,4 +48,4 @@ def load_medmcqa_hub(src: SourceConfig, path: Path | None, rejects: Rejects) -> 
     label = hub.hub_label(src, split)
     hub.require_columns(ds, ["id", "question", *OPTION_KEYS, "cop"], label)
     meta = {"source": src.hub, "split": split}
-    return rows.convert_rows(hub.hub_rows(ds), lambda where, row: _record(row, where, label, 0, dict(meta)), rejects)
+    return rows.convert_rows(hub.hub_rows(ds), lambda where, row: _record(row, where, label, 0, dict(meta)), rejects, label)

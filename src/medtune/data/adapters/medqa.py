@@ -46,7 +46,7 @@ def load_medqa(src: SourceConfig, path: Path | None, rejects: Rejects) -> list[Q
     def convert(where: str, row: dict[str, Any]) -> QARecord:
         return _record(row, where, str(path), f"{path.stem}:{where.removeprefix('line ')}", dict(meta))
 
-    return rows.convert_rows(rows.jsonl_rows(path, rejects), convert, rejects)
+    return rows.convert_rows(rows.jsonl_rows(path, rejects), convert, rejects, path)
 
 
 def load_medqa_hub(src: SourceConfig, path: Path | None, rejects: Rejects) -> list[QARecord]:
@@ -60,4 +60,4 @@ def load_medqa_hub(src: SourceConfig, path: Path | None, rejects: Rejects) -> li
     def convert(where: str, row: dict[str, Any]) -> QARecord:
         return _record(row, where, label, f"{split}:{where.removeprefix('index ')}", dict(meta))
 
-    return rows.convert_rows(hub.hub_rows(ds), convert, rejects)
+    return rows.convert_rows(hub.hub_rows(ds), convert, rejects, label)

@@ -52,15 +52,68 @@ def _record(cells: list[str], where: str, path: str, header: bool, subject: str,
                     options=options, answer=answer, option_labels=LABELS, meta=meta | {"subject": subject})
 
 
+def _csv_records(file: Path) -> list[tuple[int, int, list[str]]]:
+    """``(first line, last line, cells)`` of each CSV record, lines counted on ``\\n`` from 1.
+
+    ``strict=True`` turns a quote that is never closed (or text right after a closing quote) into an
+    error; it names the line where that record starts, which is where the stray quote is.
+    """
+    reader = csv.reader(io.StringIO(rows.read_text(file), newline="\n"), strict=True)
+    out: list[tuple[int, int, list[str]]] = []
+    start = 1
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return out
+        except csv.Error as err:
+            raise DataError(file, f"line {start}", None, f"malformed CSV ({err}, at line {reader.line_num}): "
+                            "probably a quote opened here and never closed") from None
+        out.append((start, reader.line_num, cells))
+        start = reader.line_num + 1
+
+
+def _swallowed_row(cells: list[str], header: bool) -> bool:
+    """True if a cell holds a line that is itself a whole MMLU row (6+ cells ending in an answer).
+
+    That is what an unbalanced quote leaves behind when it happens to close at a cell boundary: the
+    next row merged into this one, with the right column count. Line breaks alone are normal (code,
+    passages: about 1 in 12 official rows has one); a whole row inside a cell is not (none in the
+    official 14,042 test + dev rows).
+    """
+    answers = ("0", "1", "2", "3") if header else LABELS
+    for cell in cells:
+        for segment in cell.split("\n") if "\n" in cell else ():
+            parts = next(csv.reader([segment]), [])
+            if len(parts) >= 6 and parts[-1].strip() in answers:
+                return True
+    return False
+
+
 def _read_file(file: Path, split: str, rejects: Rejects) -> list[QARecord]:
-    table = list(csv.reader(io.StringIO(rows.read_text(file), newline="")))
-    header = bool(table) and [c.strip() for c in table[0]] == HEADER
-    body = table[1:] if header else table
+    table = _csv_records(file)
+    header = bool(table) and [c.strip() for c in table[0][2]] == HEADER
+    lines: dict[str, tuple[int, int]] = {}  # "row N" -> (first, last) line of the file
+    for n, (first, last, cells) in enumerate(table[1 if header else 0:], start=1):  # blank rows keep their number
+        if any(c.strip() for c in cells):
+            lines[f"row {n}"] = (first, last)
+    if not lines:
+        raise DataError(file, None, None, "no rows" + (" (only the header)" if header else " (empty file)"))
     meta = {"source": str(file), "split": split}
     subject = subject_of(file, split)
-    numbered = ((f"row {n}", cells) for n, cells in enumerate(body, start=1) if any(c.strip() for c in cells))
-    return rows.convert_rows(
-        numbered, lambda where, cells: _record(cells, where, str(file), header, subject, meta), rejects)
+
+    def convert(where: str, cells: list[str]) -> QARecord:
+        first, last = lines[where]
+        spans = f" (the row spans lines {first}-{last}: probably an unbalanced quote at line {first})"
+        if last > first and len(cells) != 6:
+            raise DataError(file, where, None, f"expected 6 columns, got {len(cells)}{spans}")
+        if last > first and _swallowed_row(cells, header):
+            raise DataError(file, where, None, f"a cell holds a whole row{spans}")
+        return _record(cells, where, str(file), header, subject, meta)
+
+    body = table[1 if header else 0:]
+    numbered = ((f"row {n}", cells) for n, (_, _, cells) in enumerate(body, start=1) if f"row {n}" in lines)
+    return rows.convert_rows(numbered, convert, rejects, file)
 
 
 def load_mmlu(src: SourceConfig, path: Path | None, rejects: Rejects) -> list[QARecord]:

@@ -71,7 +71,7 @@ def load_pubmedqa(src: SourceConfig, path: Path | None, rejects: Rejects) -> lis
         question = rows.text(item, "QUESTION", p, where)
         return _record(pmid, question, rows.get_field(item, "CONTEXTS", p, where), decision, where, p, meta)
 
-    return rows.convert_rows(((f"key {k}", data[k]) for k in wanted), convert, rejects)
+    return rows.convert_rows(((f"key {k}", data[k]) for k in wanted), convert, rejects, path)
 
 
 def load_pubmedqa_hub(src: SourceConfig, path: Path | None, rejects: Rejects) -> list[QARecord]:
@@ -89,4 +89,4 @@ def load_pubmedqa_hub(src: SourceConfig, path: Path | None, rejects: Rejects) ->
         decision = rows.get_field(row, "final_decision", label, where)
         return _record(str(row["pubid"]), question, contexts, decision, where, label, meta, "context.contexts")
 
-    return rows.convert_rows(hub.hub_rows(ds), convert, rejects)
+    return rows.convert_rows(hub.hub_rows(ds), convert, rejects, label)

@@ -11,12 +11,22 @@ import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
+from medtune.data.adapters import strict_json
 from medtune.data.rejects import Rejects
 from medtune.errors import DataError
 
-R = TypeVar("R")
+
+
+class HasId(Protocol):
+    """A record (:class:`QARecord`, :class:`TextDoc`): its id must be unique in its source."""
+
+    @property
+    def id(self) -> str: ...
+
+
+R = TypeVar("R", bound=HasId)
 Row = tuple[str, Any]
 """(location, raw row)."""
 
@@ -51,39 +61,84 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
             yield n, line.removesuffix("\n").removesuffix("\r")
 
 
-def read_json_object(path: Path, what: str) -> dict[str, Any]:
-    """Parse a whole-file JSON object (e.g. PubMedQA keyed by PMID); anything else names the file."""
+def _loads(path: Path, where: str | None, text: str) -> Any:
+    """Parse strictly (see :mod:`strict_json`); ``where`` is the row's location, None for a whole file.
+
+    In a whole file a repeated top-level key (a PMID) names both of its lines."""
     try:
-        data = json.loads(read_text(path))
+        return strict_json.loads(text)
     except json.JSONDecodeError as err:
-        raise DataError(path, f"line {err.lineno}", None, f"invalid JSON: {err.msg}") from None
+        raise DataError(path, where or f"line {err.lineno}", None, f"invalid JSON: {err.msg}") from None
+    except strict_json.DuplicateKey as err:
+        lines = strict_json.top_level_key_lines(text).get(err.key, []) if where is None else []
+        if len(lines) > 1:
+            raise DataError(path, f"key {err.key}", None, f"duplicate key at lines {lines[0]} and {lines[1]}: JSON "
+                            "readers keep only the last, so one item would be lost silently") from None
+        raise DataError(path, where, err.key, "duplicate key in one object: JSON readers keep only the last "
+                        "value, so one would be lost silently") from None
+    except ValueError as err:
+        raise DataError(path, where, None, f"invalid JSON: {err}") from None
+
+
+def _surrogate_message(escape: str) -> str:
+    return (f"lone surrogate escape {escape}: valid JSON, but half of a UTF-16 pair, which is not text "
+            "(no tokenizer can encode it); replace it (e.g. with U+FFFD) in the source")
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """Parse a whole-file JSON object (e.g. PubMedQA keyed by PMID); anything else names the file.
+
+    Strict: a repeated top-level key names both lines, a lone surrogate names the key and field."""
+    text = read_text(path)
+    data = _loads(path, None, text)
     if not isinstance(data, dict):
         raise DataError(path, None, None, f"expected a JSON object {what}, got a JSON {type(data).__name__}")
+    for key, item in data.items():
+        hit = strict_json.surrogate_field(text, {key: item})
+        if hit:
+            field = hit[0].removeprefix(key).lstrip(".") or None
+            raise DataError(path, f"key {key}", field, _surrogate_message(hit[1]))
     return data
 
 
+def _parse_line(path: Path, n: int, line: str) -> Any:
+    """One JSON-lines row, strictly; raises the :class:`DataError` that names line and field."""
+    obj = _loads(path, f"line {n}", line)
+    if not isinstance(obj, dict):
+        raise DataError(path, f"line {n}", None, f"expected a JSON object, got {type(obj).__name__}")
+    hit = strict_json.surrogate_field(line, obj)
+    if hit:
+        raise DataError(path, f"line {n}", hit[0], _surrogate_message(hit[1]))
+    return obj
+
+
 def jsonl_rows(path: Path, rejects: Rejects) -> Iterator[Row]:
-    """Yield ``("line N", obj)`` for each non-blank line; invalid JSON or a non-object is rejected."""
+    """Yield ``("line N", obj)`` for each non-blank line; a line that is not a strict JSON object is rejected."""
     for n, line in iter_lines(path):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            rejects.reject(DataError(path, f"line {n}", None, f"invalid JSON: {err.msg}"), line)
-            continue
-        if not isinstance(obj, dict):
-            rejects.reject(DataError(path, f"line {n}", None, f"expected a JSON object, got {type(obj).__name__}"), obj)
-            continue
-        yield f"line {n}", obj
+            yield f"line {n}", _parse_line(path, n, line)
+        except DataError as err:
+            rejects.reject(err, line)
 
 
-def convert_rows(rows: Iterable[Row], convert: Callable[[str, Any], R], rejects: Rejects) -> list[R]:
-    """Apply ``convert(location, raw)`` to each row; a :class:`DataError` rejects that row only."""
+def convert_rows(rows: Iterable[Row], convert: Callable[[str, Any], R], rejects: Rejects, source: str | Path) -> list[R]:
+    """Apply ``convert(location, raw)`` to each row; a :class:`DataError` rejects that row only.
+
+    An id seen before is rejected too, naming both locations: a repeated row would be trained on or
+    scored twice, and two different items under one id break folds, leakage checks and paired deltas.
+    """
     out: list[R] = []
+    first: dict[str, str] = {}  # id -> location of its first row
     for where, raw in rows:
         try:
-            out.append(convert(where, raw))
+            rec = convert(where, raw)
+            rec_id = rec.id
+            if rec_id in first:
+                raise DataError(source, where, "id", f"duplicate id {rec_id!r}, first seen at {first[rec_id]}")
+            first[rec_id] = where
+            out.append(rec)
         except DataError as err:
             rejects.reject(err, raw)
     return out

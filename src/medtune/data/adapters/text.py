@@ -46,7 +46,7 @@ def load_text(src: SourceConfig, path: Path | None, rejects: Rejects) -> list[Te
         body = _body(row, src.text_field, p, where)
         return TextDoc(id=f"{path.stem}:{where.removeprefix('line ')}", dataset=dataset, text=body, meta=dict(meta))
 
-    return _non_empty(rows.convert_rows(rows.jsonl_rows(path, rejects), convert, rejects))
+    return _non_empty(rows.convert_rows(rows.jsonl_rows(path, rejects), convert, rejects, path))
 
 
 def load_text_hub(src: SourceConfig, path: Path | None, rejects: Rejects) -> list[TextDoc]:
@@ -62,4 +62,4 @@ def load_text_hub(src: SourceConfig, path: Path | None, rejects: Rejects) -> lis
         body = _body(row, src.text_field, label, where)
         return TextDoc(id=f"{split}:{where.removeprefix('index ')}", dataset=dataset, text=body, meta=dict(meta))
 
-    return _non_empty(rows.convert_rows(hub.hub_rows(ds), convert, rejects))
+    return _non_empty(rows.convert_rows(hub.hub_rows(ds), convert, rejects, label))
