@@ -18,7 +18,6 @@ from medtune.data.rejects import Rejects
 from medtune.errors import DataError
 
 
-
 class HasId(Protocol):
     """A record (:class:`QARecord`, :class:`TextDoc`): its id must be unique in its source."""
 
