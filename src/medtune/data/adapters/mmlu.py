@@ -93,8 +93,9 @@ def _swallowed_row(cells: list[str], header: bool) -> bool:
 def _read_file(file: Path, split: str, rejects: Rejects) -> list[QARecord]:
     table = _csv_records(file)
     header = bool(table) and [c.strip() for c in table[0][2]] == HEADER
+    body = table[1:] if header else table
     lines: dict[str, tuple[int, int]] = {}  # "row N" -> (first, last) line of the file
-    for n, (first, last, cells) in enumerate(table[1 if header else 0:], start=1):  # blank rows keep their number
+    for n, (first, last, cells) in enumerate(body, start=1):  # blank rows keep their number
         if any(c.strip() for c in cells):
             lines[f"row {n}"] = (first, last)
     if not lines:
@@ -111,7 +112,6 @@ def _read_file(file: Path, split: str, rejects: Rejects) -> list[QARecord]:
             raise DataError(file, where, None, f"a cell holds a whole row{spans}")
         return _record(cells, where, str(file), header, subject, meta)
 
-    body = table[1 if header else 0:]
     numbered = ((f"row {n}", cells) for n, (_, _, cells) in enumerate(body, start=1) if f"row {n}" in lines)
     return rows.convert_rows(numbered, convert, rejects, file)
 
