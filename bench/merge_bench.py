@@ -56,14 +56,14 @@ def sweep_cost(adapter: Path) -> dict[str, float]:
 
     from medtune import models
     from medtune.merge import methods
-    from medtune.merge.lora import LoraInterpolator
+    from medtune.merge.sources import LoraScaler, lora_layers
 
     base = models.resolve("smollm2-135m")
     peft = PeftModel.from_pretrained(models.load_model(base), str(adapter))
-    interp = LoraInterpolator(peft)
+    interp = LoraScaler(peft)
     t = time.perf_counter()
     for a in ALPHAS:
-        interp.set(a)
+        interp.set_alpha(a)
     lora_point = (time.perf_counter() - t) / len(ALPHAS)
 
     # Full checkpoints in memory: tuned = base + merged adapter.
@@ -80,7 +80,7 @@ def sweep_cost(adapter: Path) -> dict[str, float]:
     t = time.perf_counter()
     for a in ALPHAS:  # the reference: reload and merge for every point
         ref = PeftModel.from_pretrained(models.load_model(base), str(adapter))
-        for _, m in LoraInterpolator(ref).layers:
+        for _, m in lora_layers(ref):
             for k in m.scaling:
                 m.scaling[k] *= a
         ref.merge_and_unload()

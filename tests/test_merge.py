@@ -1,4 +1,4 @@
-"""Weight averaging: exact endpoints, LoRA scaling = full interpolation, soups, HMA, streaming, selection."""
+"""Weight averaging on models: exact endpoints, LoRA scaling = full-weight merging, soups, HMA, streaming, selection."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from safetensors.torch import load_file, save_file
 from medtune import models
 from medtune.errors import MedtuneError, ModelError
 from medtune.merge import methods
-from medtune.merge.lora import LoraInterpolator
+from medtune.merge import selection
 from medtune.merge.run import MergeConfig, merge
+from medtune.merge.sources import LoraScaler
 
 from conftest import make_random_adapter
 
@@ -55,16 +56,16 @@ def test_hma_ratios_blocks_and_tensor_ratios():
 
 
 def test_pareto_and_selection_rules():
-    pts = [methods.Point("a0", 0.40, 0.60), methods.Point("a5", 0.50, 0.59), methods.Point("a10", 0.55, 0.50),
-           methods.Point("bad", 0.45, 0.55)]
-    assert methods.pareto_front(pts) == [True, True, True, False]
-    assert methods.select(pts, base_general=0.60, retain=0.98) == 1  # 0.59 >= 0.588, best medical among those
-    assert methods.select(pts, base_general=0.60, rule="weighted", weight=1.0) == 2
-    assert methods.select(pts, base_general=0.99) == 0  # none retains: the best general score
+    pts = [selection.Point("a0", 0.40, 0.60), selection.Point("a5", 0.50, 0.59), selection.Point("a10", 0.55, 0.50),
+           selection.Point("bad", 0.45, 0.55)]
+    assert selection.pareto_front(pts) == [True, True, True, False]
+    assert selection.select(pts, base_general=0.60, retain=0.98) == 1  # 0.59 >= 0.588, best medical among those
+    assert selection.select(pts, base_general=0.60, rule="weighted", weight=1.0) == 2
+    assert selection.select(pts, base_general=0.99) == 0  # none retains: the best general score
     # equal medical scores: the point with the better general score wins (it dominates), then the earlier one
-    tie = [methods.Point("a0", 0.39, 0.48), methods.Point("a5", 0.38, 0.48), methods.Point("a10", 0.39, 0.50)]
-    assert methods.select(tie, base_general=0.48) == 2
-    assert methods.select(tie[:2] + [methods.Point("a10", 0.39, 0.48)], base_general=0.48) == 0
+    tie = [selection.Point("a0", 0.39, 0.48), selection.Point("a5", 0.38, 0.48), selection.Point("a10", 0.39, 0.50)]
+    assert selection.select(tie, base_general=0.48) == 2
+    assert selection.select(tie[:2] + [selection.Point("a10", 0.39, 0.48)], base_general=0.48) == 0
 
 
 @pytest.fixture()
@@ -93,7 +94,7 @@ def test_lora_scaling_equals_full_weight_interpolation(tiny_llama, tuned_adapter
         want = methods.interpolate(b, tuned[name], r)
         assert (got[name] - want).norm() <= 1e-5 * max(want.norm(), 1e-12), name
     prov = json.loads((out / "merge_provenance.json").read_text())
-    assert prov["alpha"] == alpha and "weight on the tuned model" in prov["convention"]
+    assert prov["params"]["alpha"] == alpha and "weight on the tuned model" in prov["convention"]
     kit = yaml.safe_load((out / "mergekit.yaml").read_text())
     assert kit["merge_method"] == "linear"
 
@@ -109,12 +110,12 @@ def test_interpolator_changes_scaling_in_place(tiny_llama, tuned_adapter):
 
     peft = PeftModel.from_pretrained(models.load_model(str(tiny_llama)), str(tuned_adapter))
     ids = torch.tensor([[5, 6, 7, 8, 9]])
-    interp = LoraInterpolator(peft)
+    interp = LoraScaler(peft)
     with torch.no_grad():
         full = peft(ids).logits
-        interp.set(0.0)
+        interp.set_alpha(0.0)
         base = peft(ids).logits
-        interp.set(0.3)
+        interp.set_alpha(0.3)
         mid = peft(ids).logits
         interp.reset()
         again = peft(ids).logits
@@ -190,21 +191,83 @@ def test_non_finite_merge_is_refused(tiny_llama, tmp_path):
         merge(MergeConfig(base=models_cfg(a), tuned=[str(b)], out=str(tmp_path / "x")))
 
 
-def test_hma_mergekit_export_has_per_layer_filters():
-    from medtune.merge.mergekit import interpolation_yaml
-
-    doc = yaml.safe_load(interpolation_yaml("base", "tuned", 0.5, 6, [0.2, 0.5, 0.8]))
-    tuned_w = doc["models"][1]["parameters"]["weight"]
-    base_w = doc["models"][0]["parameters"]["weight"]
-    assert tuned_w[0] == {"filter": "model.layers.0.", "value": 0.2}
-    assert tuned_w[5] == {"filter": "model.layers.5.", "value": 0.8}
-    assert tuned_w[-1] == {"value": 0.5} and base_w[0]["value"] == 0.8
-
-
 def test_config_rules():
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match="exactly one tuned"):
+    with pytest.raises(ValidationError, match="exactly 1 tuned"):
         MergeConfig(tuned=["a", "b"], method="linear")
+    with pytest.raises(ValidationError, match="valid: linear, hma, task_arithmetic"):
+        MergeConfig(tuned=["a"], method="lerp")
+    with pytest.raises(ValidationError, match="no parameter 'alpha'"):
+        MergeConfig(tuned=["a"], method="ties", alpha=0.5)
     with pytest.raises(ValidationError, match="average"):
         MergeConfig(tuned=["a"], method="hma", alpha=0.5, ratios=[0.1, 0.1, 0.1])
+
+
+@pytest.mark.parametrize("method,params", [("task_arithmetic", {"weight": 0.6}), ("soup_uniform", {})])
+def test_lora_exact_methods_on_two_adapters_equal_merged_space(tiny_llama, tmp_path, method, params):
+    """A LoRA-exact method on two adapters (one combined adapter, no full copy) equals the method
+    applied to the two merged full models, tensor by tensor."""
+    a1 = make_random_adapter(tiny_llama, tmp_path / "a1", seed=1, std=0.05)
+    a2 = make_random_adapter(tiny_llama, tmp_path / "a2", seed=2, std=0.05)
+    base = load_file(str(tiny_llama / "model.safetensors"))
+    t1, t2 = merged_weights(tiny_llama, a1), merged_weights(tiny_llama, a2)
+    out = merge(MergeConfig(base=models_cfg(tiny_llama), tuned=[str(a1), str(a2)], method=method, params=params,
+                            out=str(tmp_path / "m")))
+    assert (out / "adapter_config.json").is_file(), "exact in LoRA space: the output is an adapter"
+    got = merged_weights(tiny_llama, out)
+    p = methods.resolve_params(method, params)
+    for name, b in base.items():
+        want = methods.merge_tensor(method, p, name, 2, b, [t1[name], t2[name]])
+        assert (got[name] - want).norm() <= 1e-5 * max(want.norm(), 1e-12), name
+
+
+@pytest.mark.parametrize("method", ["ties", "slerp", "dare_linear"])
+def test_non_exact_methods_on_lora_merge_the_merged_delta(tiny_llama, tuned_adapter, tmp_path, method):
+    """TIES / SLERP / DARE on a LoRA adapter: a full model whose tensors are the method applied to
+    base and base + s * B @ A."""
+    base = load_file(str(tiny_llama / "model.safetensors"))
+    tuned = merged_weights(tiny_llama, tuned_adapter)
+    out = merge(MergeConfig(base=models_cfg(tiny_llama), tuned=[str(tuned_adapter)], method=method,
+                            out=str(tmp_path / "m")))
+    assert (out / "config.json").is_file() and not (out / "adapter_config.json").exists()
+    got = models.load_model(str(out)).state_dict()
+    p = methods.resolve_params(method)
+    changed = 0
+    for name, b in base.items():
+        want = methods.merge_tensor(method, p, name, 2, b, [tuned[name]])
+        assert torch.allclose(got[name], want, atol=1e-6), name
+        changed += not torch.equal(got[name], b)
+    assert changed >= 7 * 2  # every adapted projection of both layers moved
+    kit = yaml.safe_load((out / "mergekit.yaml").read_text())
+    assert kit["merge_method"] == method and kit["models"][-1]["model"].endswith(f"+{tuned_adapter}")
+
+
+def test_streamed_ties_reads_whole_tensors(tiny_llama, tmp_path):
+    """TIES's top-k is over the whole tensor: the streamed merge of sharded checkpoints equals the
+    in-memory merge even when row chunks would be tiny (it reads whole tensors for TIES)."""
+    from medtune.merge.stream import merge_streaming
+
+    a = shard(tiny_llama, tmp_path / "a")
+    torch.manual_seed(3)
+    w = load_file(str(tiny_llama / "model.safetensors"))
+    noisy = {k: v + 0.1 * torch.randn_like(v) for k, v in w.items()}
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    for f in b.glob("*.safetensors"):
+        part = load_file(str(f))
+        save_file({k: noisy[k] for k in part}, str(f))
+    p = methods.resolve_params("ties", {"density": 0.3})
+    combine = lambda name, ts: methods.merge_tensor("ties", p, name, 2, ts[0], list(ts[1:]))
+    info = merge_streaming([a, b], tmp_path / "out", combine, chunk_bytes=64, whole_tensor=True)
+    merged = {k: v for f in sorted((tmp_path / "out").glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+    for k, v in w.items():
+        assert torch.equal(merged[k], methods.ties(v, [noisy[k]], density=0.3, weight=1.0)), k
+    assert info["read"] == "whole tensors" and info["largest_tensor_bytes"] == max(v.numel() * 4 for v in w.values())
+    chunked = merge_streaming([a, b], tmp_path / "chunked", combine, chunk_bytes=64)
+    assert chunked["read"].startswith("row chunks")
+    rows = {k: v for f in sorted((tmp_path / "chunked").glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+    assert any(not torch.equal(rows[k], merged[k]) for k in w), "row chunks would change TIES's result"
+    out = merge(MergeConfig(base=models_cfg(a), tuned=[str(b)], method="ties", params={"density": 0.3},
+                            out=str(tmp_path / "cli")))
+    assert json.loads((out / "merge_provenance.json").read_text())["stream"]["read"] == "whole tensors"

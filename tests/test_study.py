@@ -106,7 +106,7 @@ def test_rerun_runs_nothing_and_a_changed_setting_reruns_only_what_depends_on_it
     assert not any(c.startswith(("train/", "eval/base", "eval/lora")) and not c.endswith("-averaged") for c in calls), calls
     assert "sweep/lora" in calls and "report" in calls
     sweep = json.loads((done_study / "sweep" / "lora" / "results.json").read_text())
-    assert [p["alpha"] for p in sweep["points"] if not p["ratios"]] == [0.0, 0.5, 1.0, 0.25]
+    assert [p["params"]["alpha"] for p in sweep["points"] if p["method"] == "linear"] == [0.0, 0.5, 1.0, 0.25]
 
 
 def test_dry_run_lists_states(done_study, tiny_llama, capsys):
@@ -191,24 +191,24 @@ def test_shipped_demo_study_files_are_the_same_study():
 def test_selected_averaged_models_are_merged_and_evaluated(tiny_llama, tmp_path, monkeypatch):
     """When a sweep selects an inner point, the study merges it (LoRA: rescaled adapter with HMA ratios;
     full: streamed weights) and reports its test scores."""
-    from medtune.merge import methods
+    from medtune.merge import selection
 
     def pick_half(points, *a, **k):  # stands in for the rule: the first α=0.5 point (HMA first when there is one)
         labels = [p.label for p in points]
         return next((i for i, l in enumerate(labels) if "α=0.5 HMA" in l),
                     next((i for i, l in enumerate(labels) if "α=0.5" in l), 0))
 
-    monkeypatch.setattr(methods, "select", pick_half)
+    monkeypatch.setattr(selection, "select", pick_half)
     cfg = tiny_study(tiny_llama, tmp_path / "s", **{
         "variants": [{"name": "lora"}, {"name": "full", "train": {"method": "full"}}],
         "averaging.alphas": [0.0, 0.5, 1.0], "averaging.hma_alphas": [0.5], "averaging.hma_blocks": 2,
         "averaging.hma_grid": [0.0, 0.5, 1.0], "averaging.test_best_of": ["uniform", "hma"]})
     out = study(cfg)
     lora_merge = json.loads((out / "merge" / "lora" / "merge_provenance.json").read_text())
-    assert lora_merge["method"] == "hma" and lora_merge["ratios"] == [0.0, 1.0] and lora_merge["inputs"] == "lora"
+    assert lora_merge["method"] == "hma" and lora_merge["params"]["ratios"] == [0.0, 1.0] and lora_merge["inputs"] == "lora"
     assert (out / "merge" / "lora" / "adapter_model.safetensors").is_file()
     full_merge = json.loads((out / "merge" / "full" / "merge_provenance.json").read_text())
-    assert full_merge["method"] == "hma" and full_merge["alpha"] == 0.5 and full_merge["inputs"] == "full"
+    assert full_merge["method"] == "hma" and full_merge["params"]["alpha"] == 0.5 and full_merge["inputs"] == "full"
     assert (out / "merge" / "full" / "model.safetensors").is_file()
     data = json.loads((out / "report" / "report.json").read_text())
     averaged = {r["label"]: r for r in data["rows"] if r["kind"] == "averaged"}
@@ -219,7 +219,7 @@ def test_selected_averaged_models_are_merged_and_evaluated(tiny_llama, tmp_path,
     assert data["ship"]["row"] == "lora · α=0.5 HMA [0.0, 1.0]"
     # test_best_of: the best uniform point is merged and reported too; the best HMA point is the selected one
     uniform = json.loads((out / "merge" / "lora-uniform" / "merge_provenance.json").read_text())
-    assert uniform["method"] == "linear" and uniform["alpha"] == 0.5
+    assert uniform["method"] == "linear" and uniform["params"]["alpha"] == 0.5
     assert not (out / "merge" / "lora-hma").exists() and not (out / "eval" / "lora-hma").exists()
     compared = {r["label"]: r for r in data["rows"] if r["kind"] == "compared"}
     assert set(compared) == {"lora · α=0.5", "full · α=0.5"}

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from medtune.merge import sweep as sweep_mod
+from medtune.merge.records import SweepResult
 from medtune.merge.sweep import SweepConfig, hma_candidates, sweep
 
 from conftest import make_random_adapter
@@ -35,25 +36,25 @@ def test_sweep_points_reuse_and_selection(tiny_llama, adapter, tmp_path, monkeyp
         "data_root": str(FIXTURES), "limit": None, "out": str(tmp_path / "sweep"), "progress": False,
     })
     report = sweep(cfg)
-    points = report["points"]
-    assert [p["label"] for p in points] == ["α=0", "α=0.5", "α=1", "α=0.5 HMA [0.0, 1.0]", "α=0.5 HMA [1.0, 0.0]"]
-    assert all(0 <= p["medical"] <= 1 and 0 <= p["general"] <= 1 for p in points)
-    assert any(p["pareto"] for p in points)
-    on_disk = json.loads((tmp_path / "sweep" / "results.json").read_text())
-    assert on_disk["selected"] == report["selected"] and (tmp_path / "sweep" / "frontier.png").stat().st_size > 10_000
+    points = report.points
+    assert [p.label for p in points] == ["α=0", "α=0.5", "α=1", "α=0.5 HMA [0.0, 1.0]", "α=0.5 HMA [1.0, 0.0]"]
+    assert all(0 <= p.medical <= 1 and 0 <= p.general <= 1 for p in points)
+    assert any(p.pareto for p in points)
+    on_disk = SweepResult.load(tmp_path / "sweep" / "results.json")
+    assert on_disk == report and (tmp_path / "sweep" / "frontier.png").stat().st_size > 10_000
     # The selection follows the documented rule on the saved numbers.
-    base_general = points[0]["general"]
-    ok = [i for i, p in enumerate(points) if p["general"] >= 0.98 * base_general]
-    assert report["selected"] == max(ok, key=lambda i: (points[i]["medical"], -i))
+    base_general = points[0].general
+    ok = [i for i, p in enumerate(points) if p.general >= 0.98 * base_general]
+    assert report.selected == max(ok, key=lambda i: (points[i].medical, points[i].general, -i))
 
     # A second run scores nothing again; a new alpha is scored alone.
     calls = []
     real = sweep_mod._score
-    monkeypatch.setattr(sweep_mod, "_score", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    monkeypatch.setattr(sweep_mod, "_score", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
     sweep(cfg)
     assert calls == []
     sweep(cfg.model_copy(update={"alphas": [0.0, 0.25, 0.5, 1.0]}))
-    assert calls == [0.25]
+    assert calls == [{"alpha": 0.25}]
 
 
 def test_sweep_base_point_equals_the_base_model(tiny_llama, adapter, tmp_path):
@@ -67,6 +68,51 @@ def test_sweep_base_point_equals_the_base_model(tiny_llama, adapter, tmp_path):
     report = sweep(SweepConfig.model_validate({
         "base": {"spec": str(tiny_llama)}, "tuned": str(adapter), "alphas": [0.0, 1.0], "medical_tasks": "pubmedqa",
         "general_tasks": "medmcqa", "data_root": str(FIXTURES), "limit": None, "out": str(tmp_path / "s"), "progress": False}))
-    by_alpha = {p["alpha"]: p for p in report["points"]}
-    assert by_alpha[0.0]["medical"] == base["tasks"]["pubmedqa"]["acc"]["value"]
-    assert by_alpha[1.0]["general"] == tuned["tasks"]["medmcqa"]["acc"]["value"]
+    by_alpha = {p.alpha: p for p in report.points}
+    assert by_alpha[0.0].medical == base["tasks"]["pubmedqa"]["acc"]["value"]
+    assert by_alpha[1.0].general == tuned["tasks"]["medmcqa"]["acc"]["value"]
+
+
+def test_sweep_over_method_grids_scores_what_medtune_merge_writes(tiny_llama, adapter, tmp_path):
+    """Points of TIES / SLERP grids on a LoRA adapter are labelled by method and parameters, marked and
+    selectable, and each scores exactly like the model `medtune merge` writes for it."""
+    from medtune.evaluate.run import EvalConfig, evaluate
+    from medtune.merge.run import MergeConfig, merge
+
+    common = {"medical_tasks": "pubmedqa", "general_tasks": "medmcqa", "data_root": str(FIXTURES), "limit": None,
+              "progress": False}
+    cfg = SweepConfig.model_validate({
+        "base": {"spec": str(tiny_llama)}, "tuned": str(adapter), "alphas": [0.0, 1.0], **common,
+        "methods": {"ties": {"density": [0.3, 0.7]}, "slerp": {"alpha": [0.5]}}, "out": str(tmp_path / "s")})
+    report = sweep(cfg)
+    labels = [p.label for p in report.points]
+    assert labels == ["α=0", "α=1", "ties density=0.3 weight=1", "ties density=0.7 weight=1", "slerp alpha=0.5"]
+    assert report.selected is not None and any(p.pareto for p in report.points)
+    ties = report.find("ties", {"density": 0.3, "weight": 1.0})
+    merged = merge(MergeConfig(base={"spec": str(tiny_llama)}, tuned=[str(adapter)], method="ties",
+                               params={"density": 0.3}, out=str(tmp_path / "m")))
+    got = evaluate(EvalConfig.model_validate({"tasks": "pubmedqa,medmcqa", "data_root": str(FIXTURES), "progress": False,
+                                              "model": {"spec": str(merged)}, "out": str(tmp_path / "e")}))
+    assert ties.medical == got["tasks"]["pubmedqa"]["acc"]["value"]
+    assert ties.general == got["tasks"]["medmcqa"]["acc"]["value"]
+    with pytest.raises(Exception, match="unknown parameter 'alpha'"):
+        SweepConfig.model_validate({**common, "tuned": "x", "methods": {"ties": {"alpha": [0.5]}}})
+
+
+def test_averager_restores_the_base_after_a_non_exact_point(tiny_llama, adapter):
+    from medtune import models
+    from medtune.merge.sources import Averager
+
+    peft = models.load_with_adapter(models.load_model(str(tiny_llama)), adapter)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        tuned = peft(ids).logits.clone()
+        avg = Averager(peft, 2)
+        avg.set("ties", {"density": 0.3, "weight": 1.0})
+        ties = peft(ids).logits.clone()
+        avg.set("linear", {"alpha": 1.0})
+        again = peft(ids).logits
+        avg.set("linear", {"alpha": 0.0})
+        base = peft(ids).logits
+    assert not torch.allclose(ties, tuned) and torch.equal(again, tuned)
+    assert torch.allclose(base, models.load_model(str(tiny_llama))(ids).logits, atol=1e-6)

@@ -58,9 +58,9 @@ def load(cfg: ChatConfig) -> tuple[Any, Any]:
     model = models.load_model(resolved, trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle)
     model = models.load_with_adapter(model, cfg.adapter, allow_pickle=cfg.model.allow_pickle)
     if cfg.adapter is not None and cfg.alpha != 1.0:
-        from medtune.merge.lora import LoraInterpolator
+        from medtune.merge.sources import LoraScaler
 
-        LoraInterpolator(model).set(cfg.alpha)
+        LoraScaler(model).set_alpha(cfg.alpha)
     model.eval()
     return model, models.load_tokenizer(resolved, trust_remote_code=cfg.model.trust_remote_code)
 

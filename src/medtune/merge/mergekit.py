@@ -1,50 +1,46 @@
-"""The same merge as a mergekit YAML, so it can be reproduced with mergekit.
+"""The same merge as a mergekit YAML, so it can be reproduced with ``mergekit-yaml``.
 
-Interpolation becomes ``merge_method: linear`` with weights ``1 - alpha`` (base) and ``alpha``
-(tuned); heterogeneous averaging adds one ``filter`` per transformer layer (mergekit's conditional
-parameters), with alpha for every other tensor; a uniform soup is ``linear`` with equal weights.
-mergekit works on full models: for a LoRA adapter, merge it into its base first
-(``peft``'s ``merge_and_unload``) and point the YAML at that directory.
+Written from the method's table entry (``MergeMethod.mergekit`` and ``MergeMethod.kit``): no method
+is named here. Interpolation is ``linear`` with weights ``1 - alpha`` (base) and ``alpha`` (tuned);
+HMA adds one ``filter`` per transformer layer (mergekit's conditional parameters); task arithmetic,
+TIES and DARE use ``base_model`` with per-model ``weight`` / ``density``; SLERP is ``slerp`` with
+``t = alpha``; a soup is ``linear`` with equal weights, normalized. mergekit works on full models:
+for a LoRA adapter, merge it into its base first (peft's ``merge_and_unload``) and point the YAML at
+that directory. DARE's drop mask is random in both tools, so mergekit reproduces a DARE merge in
+distribution, not bit for bit (and mergekit rescales to keep the delta's L1 norm, not by 1/density).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import yaml
 
-from medtune.merge.methods import block_of_layer
+from medtune.merge import methods as M
 
 
-def _weight(alpha: float, n_layers: int, ratios: Sequence[float] | None, of_tuned: bool) -> object:
-    side = (lambda r: r) if of_tuned else (lambda r: 1 - r)
-    if not ratios:
-        return round(side(alpha), 6)
-    conds: list[dict[str, object]] = [
-        {"filter": f"model.layers.{i}.", "value": round(side(ratios[block_of_layer(i, n_layers, len(ratios))]), 6)}
-        for i in range(n_layers)
-    ]
-    conds.append({"value": round(side(alpha), 6)})
-    return conds
+def mergekit_doc(method: str, params: M.Params, base: str, tuned: Sequence[str], n_layers: int,
+                 dtype: str = "float32") -> dict[str, Any]:
+    """The mergekit configuration (as a dict) that reproduces ``method`` with ``params``."""
+    entry = M.method(method)
+    kit = entry.kit(params, n_layers)
+    models: list[dict[str, Any]] = []
+    if kit["base"] is not None:
+        models.append({"model": base, **({"parameters": kit["base"]} if kit["base"] else {})})
+    models += [{"model": t, **({"parameters": kit["model"]} if kit["model"] else {})} for t in tuned]
+    doc: dict[str, Any] = {"merge_method": entry.mergekit}
+    if entry.uses_base and entry.mergekit != "linear":
+        doc["base_model"] = base
+    doc["models"] = models
+    if kit["parameters"]:
+        doc["parameters"] = kit["parameters"]
+    doc["dtype"] = dtype
+    return doc
 
 
-def interpolation_yaml(base: str, tuned: str, alpha: float, n_layers: int, ratios: Sequence[float] | None = None,
-                       dtype: str = "float32") -> str:
-    doc = {
-        "merge_method": "linear",
-        "models": [
-            {"model": base, "parameters": {"weight": _weight(alpha, n_layers, ratios, of_tuned=False)}},
-            {"model": tuned, "parameters": {"weight": _weight(alpha, n_layers, ratios, of_tuned=True)}},
-        ],
-        "parameters": {"normalize": False},
-        "dtype": dtype,
-    }
-    head = (f"# medtune merge, alpha = {alpha} (weight on the tuned model)"
-            + (f", HMA ratios {list(ratios)} over {len(ratios)} layer blocks" if ratios else "") + "\n")
-    return head + yaml.safe_dump(doc, sort_keys=False)
-
-
-def soup_yaml(models: Sequence[str], dtype: str = "float32") -> str:
-    doc = {"merge_method": "linear", "models": [{"model": m, "parameters": {"weight": 1.0}} for m in models],
-           "parameters": {"normalize": True}, "dtype": dtype}
-    return "# medtune uniform soup\n" + yaml.safe_dump(doc, sort_keys=False)
+def mergekit_yaml(method: str, params: M.Params, base: str, tuned: Sequence[str], n_layers: int,
+                  dtype: str = "float32") -> str:
+    """:func:`mergekit_doc` as YAML, headed by a comment naming the medtune point."""
+    head = f"# medtune merge: {M.label(method, params)} (alpha, where given, is the weight on the tuned model)\n"
+    return head + yaml.safe_dump(mergekit_doc(method, params, base, tuned, n_layers, dtype), sort_keys=False)

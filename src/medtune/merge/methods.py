@@ -1,28 +1,71 @@
-"""The averaging math, apart from any I/O.
+"""The averaging methods: one table, ``MERGE_METHODS``, of pure functions on tensors, apart from any I/O.
+
+Every method is ``fn(base, tuned: list[Tensor], **params) -> Tensor`` on one tensor (computed in
+fp32, returned in base's dtype), in the style of peft's ``utils/merge_utils.py``; TIES and DARE use
+peft's own ``prune`` / ``calculate_majority_sign_mask`` / ``disjoint_merge`` / ``dare_linear``.
+Each :class:`MergeMethod` entry also says
+
+* which parameters it takes (with defaults) and the allowed range of each;
+* whether it is **exact in LoRA space** (``lora``): a method whose result is
+  ``base + sum_i c_i * delta_i`` with coefficients that do not depend on the tensor values (linear
+  interpolation, HMA, task arithmetic, soups) is applied to a LoRA adapter by scaling its ``lora_B``
+  by ``c_i`` -- no full copy of the weights; TIES, DARE and SLERP look at the merged delta's values
+  and are applied to ``base + s * B @ A``;
+* whether it needs **whole-tensor statistics** (TIES's top-k, DARE's per-tensor seed, SLERP's
+  norms), so that a streamed merge must read whole tensors for it, not row chunks;
+* its **mergekit** ``merge_method`` name and parameters, from which ``mergekit.yaml`` is written.
+
+**Adding a method is one table entry plus its function**: write ``fn(base, tuned, **params)``, add
+``MERGE_METHODS["name"] = MergeMethod(fn, params=..., mergekit="...", kit=...)``. ``medtune merge``,
+``medtune sweep``, the study's ``averaging.methods`` grids, the report labels and the mergekit export
+all read the table; nothing else names a method.
 
 **Convention (used everywhere in medtune):** ``alpha`` is the weight on the *tuned* model,
 ``theta = (1 - alpha) * theta_base + alpha * theta_tuned``: alpha = 0 is the base model, alpha = 1
-the tuned one. (The code of Lin et al., "Mitigating the Alignment Tax of RLHF", uses the opposite
-convention: its ratio weighs the *base* model.)
+the tuned one (also SLERP's ``t``). (The code of Lin et al., "Mitigating the Alignment Tax of RLHF",
+uses the opposite convention: its ratio weighs the *base* model.)
 """
 
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+from peft.utils import merge_utils as peft_merge
 
 from medtune.errors import MedtuneError
 
+Params = dict[str, Any]
+Tensor = torch.Tensor
 
-def interpolate(base: torch.Tensor, tuned: torch.Tensor, alpha: float) -> torch.Tensor:
+
+def _delta(base: Tensor, tuned: Sequence[Tensor]) -> list[Tensor]:
+    """Task vectors ``tuned_i - base`` in fp32."""
+    b = base.float()
+    return [t.float() - b for t in tuned]
+
+
+def _out(base: Tensor, value: Tensor) -> Tensor:
+    return value.to(base.dtype)
+
+
+def _check(base: Tensor, tuned: Sequence[Tensor]) -> None:
+    if not tuned:
+        raise MedtuneError("averaging needs at least one tuned tensor")
+    for t in tuned:
+        if t.shape != base.shape:
+            raise MedtuneError(f"shape mismatch {tuple(base.shape)} vs {tuple(t.shape)}")
+
+
+def interpolate(base: Tensor, tuned: Tensor, alpha: float) -> Tensor:
     """WiSE-FT: ``(1 - alpha) * base + alpha * tuned``, computed in fp32 and returned in base's dtype.
 
     alpha = 0 and alpha = 1 return exact copies of the inputs."""
-    if base.shape != tuned.shape:
-        raise MedtuneError(f"shape mismatch {tuple(base.shape)} vs {tuple(tuned.shape)}")
+    _check(base, [tuned])
     if alpha == 0:
         return base.clone()
     if alpha == 1:
@@ -30,14 +73,85 @@ def interpolate(base: torch.Tensor, tuned: torch.Tensor, alpha: float) -> torch.
     return torch.lerp(base.float(), tuned.float(), alpha).to(base.dtype)
 
 
-def interpolate_(base: torch.Tensor, tuned: torch.Tensor, alpha: float) -> torch.Tensor:
+def interpolate_(base: Tensor, tuned: Tensor, alpha: float) -> Tensor:
     """:func:`interpolate` written into ``base`` when it is fp32 (no third tensor): for streaming."""
     if alpha in (0, 1) or base.dtype != torch.float32 or base.shape != tuned.shape:
         return interpolate(base, tuned, alpha)
     return base.lerp_(tuned.float(), alpha)
 
 
-def uniform_soup(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+def linear(base: Tensor, tuned: list[Tensor], *, alpha: float) -> Tensor:
+    """WiSE-FT interpolation with the one tuned model."""
+    return interpolate(base, tuned[0], alpha)
+
+
+def task_arithmetic(base: Tensor, tuned: list[Tensor], *, weight: float) -> Tensor:
+    """``base + weight * sum_i (tuned_i - base)`` (Ilharco et al.), peft's ``task_arithmetic``."""
+    _check(base, tuned)
+    deltas = _delta(base, tuned)
+    mixed = peft_merge.task_arithmetic(deltas, torch.full((len(deltas),), float(weight)))
+    return _out(base, base.float() + mixed)
+
+
+def ties(base: Tensor, tuned: list[Tensor], *, density: float, weight: float) -> Tensor:
+    """TIES (Yadav et al.): keep each delta's top ``density`` share by magnitude, elect each entry's
+    sign by the sum of the kept deltas, average the deltas that agree with it (disjoint mean), add
+    ``weight`` x that to base. peft's ``ties`` (weights are multiplied in after the sign election)."""
+    _check(base, tuned)
+    deltas = _delta(base, tuned)
+    mixed = peft_merge.ties(deltas, torch.full((len(deltas),), float(weight)), density)
+    return _out(base, base.float() + mixed)
+
+
+def _dare(peft_fn: Callable[..., Tensor], base: Tensor, tuned: list[Tensor], density: float, weight: float,
+          seed: int) -> Tensor:
+    """peft's DARE under a forked global RNG seeded with ``seed`` (peft's random pruning draws from
+    torch's global RNG; forking leaves the caller's RNG state as it was)."""
+    _check(base, tuned)
+    deltas = _delta(base, tuned)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        mixed = peft_fn(deltas, torch.full((len(deltas),), float(weight)), density)
+    return _out(base, base.float() + mixed)
+
+
+def dare_linear(base: Tensor, tuned: list[Tensor], *, density: float, weight: float, seed: int) -> Tensor:
+    """DARE (Yu et al.): drop each delta entry with probability ``1 - density`` (seeded), rescale the
+    kept ones by ``1 / density``, add ``weight`` x their sum to base. peft's ``dare_linear``."""
+    return _dare(peft_merge.dare_linear, base, tuned, density, weight, seed)
+
+
+def dare_ties(base: Tensor, tuned: list[Tensor], *, density: float, weight: float, seed: int) -> Tensor:
+    """DARE's seeded random drop and rescale, then TIES's sign election and disjoint mean (peft's ``dare_ties``)."""
+    return _dare(peft_merge.dare_ties, base, tuned, density, weight, seed)
+
+
+SLERP_DOT_THRESHOLD = 0.9995
+"""|cos angle| above which SLERP falls back to linear interpolation (mergekit's value)."""
+
+
+def slerp(base: Tensor, tuned: list[Tensor], *, alpha: float, eps: float = 1e-8) -> Tensor:
+    """Spherical interpolation of the whole tensor (flattened) from base (alpha 0) to tuned (alpha 1):
+    ``sin((1-a) theta)/sin theta * base + sin(a theta)/sin theta * tuned``, theta the angle between
+    them; nearly parallel (or antiparallel) tensors fall back to linear interpolation, as mergekit's
+    ``slerp`` does. peft has no SLERP; this follows mergekit's ``merge_methods/slerp.py``."""
+    _check(base, tuned)
+    if len(tuned) != 1:
+        raise MedtuneError(f"slerp interpolates with exactly one tuned model (got {len(tuned)})")
+    a, b = base.float().reshape(-1), tuned[0].float().reshape(-1)
+    na, nb = torch.linalg.vector_norm(a), torch.linalg.vector_norm(b)
+    na = na if na > eps else torch.ones_like(na)
+    nb = nb if nb > eps else torch.ones_like(nb)
+    dot = ((a / na) * (b / nb)).sum().clamp(-1, 1)
+    if dot.abs() > SLERP_DOT_THRESHOLD:
+        return _out(base, ((1 - alpha) * a + alpha * b).reshape(base.shape))
+    theta = torch.acos(dot)
+    s = torch.sin(theta)
+    mixed = torch.sin((1 - alpha) * theta) / s * a + torch.sin(alpha * theta) / s * b
+    return _out(base, mixed.reshape(base.shape))
+
+
+def uniform_soup(tensors: Sequence[Tensor]) -> Tensor:
     """Mean of several tuned models' tensors (a uniform model soup)."""
     if not tensors:
         raise MedtuneError("a soup needs at least one model")
@@ -47,25 +161,12 @@ def uniform_soup(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return (acc / len(tensors)).to(tensors[0].dtype)
 
 
-def greedy_soup(names: Sequence[str], score: Callable[[list[str]], float]) -> tuple[list[str], list[dict[str, object]]]:
-    """Greedy soup (Wortsman et al.): sort by held-out score, add a model only if the soup's held-out
-    score strictly improves. ``score(ingredients)`` evaluates the uniform soup of those models.
+def soup(base: Tensor, tuned: list[Tensor]) -> Tensor:
+    """The uniform soup of the tuned models (the base is not an ingredient)."""
+    return uniform_soup(tuned)
 
-    Returns the chosen ingredients and the log of every decision."""
-    singles = {n: score([n]) for n in names}
-    order = sorted(names, key=lambda n: -singles[n])
-    soup = [order[0]]
-    best = singles[order[0]]
-    log: list[dict[str, object]] = [{"model": order[0], "score": best, "kept": True}]
-    for n in order[1:]:
-        s = score(soup + [n])
-        kept = s > best
-        log.append({"model": n, "score": s, "kept": kept})
-        if kept:
-            soup.append(n)
-            best = s
-    return soup, log
 
+# --- heterogeneous averaging: per-tensor ratios --------------------------------------------------------
 
 def hma_ratios(alpha: float, k: int = 3, given: Sequence[float] | None = None) -> list[float]:
     """Per-block ratios for heterogeneous model averaging whose mean is ``alpha``.
@@ -108,41 +209,175 @@ def tensor_ratio(name: str, n_layers: int, ratios: Sequence[float], alpha: float
     return ratios[block_of_layer(int(m.group(1)), n_layers, len(ratios))]
 
 
+def hma(base: Tensor, tuned: list[Tensor], *, alpha: float, ratios: list[float] | None = None) -> Tensor:
+    """Linear interpolation at this tensor's ratio; :func:`merge_tensor` puts the tensor's block ratio
+    into ``alpha`` (see ``per_tensor`` of the table entry)."""
+    return linear(base, tuned, alpha=alpha)
+
+
+def _hma_tensor(name: str, n_layers: int, p: Params) -> Params:
+    return {"alpha": tensor_ratio(name, n_layers, p["ratios"], p["alpha"])}
+
+
+def _name_seed(name: str, n_layers: int, p: Params) -> Params:
+    """A per-tensor seed: the same tensor gets the same drop mask however the merge is ordered or streamed."""
+    return {**p, "seed": (int(p["seed"]) * 1_000_003 + zlib.crc32(name.encode())) % (2**63)}
+
+
+def greedy_soup(names: Sequence[str], score: Callable[[list[str]], float]) -> tuple[list[str], list[dict[str, object]]]:
+    """Greedy soup (Wortsman et al.): sort by held-out score, add a model only if the soup's held-out
+    score strictly improves. ``score(ingredients)`` evaluates the uniform soup of those models.
+
+    Returns the chosen ingredients and the log of every decision."""
+    singles = {n: score([n]) for n in names}
+    order = sorted(names, key=lambda n: -singles[n])
+    chosen = [order[0]]
+    best = singles[order[0]]
+    log: list[dict[str, object]] = [{"model": order[0], "score": best, "kept": True}]
+    for n in order[1:]:
+        s = score(chosen + [n])
+        kept = s > best
+        log.append({"model": n, "score": s, "kept": kept})
+        if kept:
+            chosen.append(n)
+            best = s
+    return chosen, log
+
+
+# --- the table ------------------------------------------------------------------------------------------
+
+Kit = dict[str, Any]
+"""mergekit parameters: ``base`` (the base model's own entry in ``models``, or None when the base is
+only ``base_model``), ``model`` (each tuned model's parameters), ``parameters`` (global)."""
+
+
 @dataclass(frozen=True)
-class Point:
-    """One averaged model's scores: higher is better on both axes."""
+class MergeMethod:
+    fn: Callable[..., Tensor]
+    """``(base, tuned: list[Tensor], **params) -> Tensor`` on one tensor."""
+    params: dict[str, Any]
+    """Parameter names and defaults (None: required)."""
+    mergekit: str
+    """mergekit's ``merge_method`` name."""
+    kit: Callable[[Params, int], Kit]
+    """(params, number of transformer layers) -> the mergekit parameters (see :data:`Kit`)."""
+    lora: Callable[[Params, int], list[float]] | None = None
+    """Exact in LoRA space: (params of one tensor, number of tuned models) -> coefficient of each
+    tuned model's delta. None: the method acts on the merged delta's values."""
+    whole_tensor: bool = False
+    """Needs whole-tensor statistics: a streamed merge reads whole tensors, not row chunks."""
+    n_tuned: int | None = None
+    """Exactly this many tuned models (None: one or more)."""
+    uses_base: bool = True
+    """False for soups: the result is made of the tuned models only."""
+    per_tensor: Callable[[str, int, Params], Params] | None = None
+    """(tensor name, number of layers, params) -> the params for that tensor (HMA's block ratios, DARE's seed)."""
+    search: str | None = None
+    """A search run on held-out scores before merging (``greedy``: the greedy soup)."""
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Allowed closed range of numeric parameters."""
 
-    label: str
-    medical: float
-    general: float
+
+def _hma_kit(p: Params, n_layers: int) -> Kit:
+    def weights(of_tuned: bool) -> list[dict[str, Any]]:
+        side = (lambda r: round(r, 6)) if of_tuned else (lambda r: round(1 - r, 6))
+        conds: list[dict[str, Any]] = [
+            {"filter": f"model.layers.{i}.", "value": side(p["ratios"][block_of_layer(i, n_layers, len(p["ratios"]))])}
+            for i in range(n_layers)]
+        return conds + [{"value": side(p["alpha"])}]
+
+    return {"base": {"weight": weights(False)}, "model": {"weight": weights(True)}, "parameters": {"normalize": False}}
 
 
-def pareto_front(points: Sequence[Point]) -> list[bool]:
-    """For each point: True if no other point is at least as good on both axes and better on one."""
-    flags = []
-    for p in points:
-        dominated = any((q.medical >= p.medical and q.general >= p.general) and (q.medical > p.medical or q.general > p.general)
-                        for q in points)
-        flags.append(not dominated)
-    return flags
+_UNIT = (0.0, 1.0)
+_SOUP_KIT = lambda p, n: {"base": None, "model": {"weight": 1.0}, "parameters": {"normalize": True}}  # noqa: E731
+
+MERGE_METHODS: dict[str, MergeMethod] = {
+    "linear": MergeMethod(
+        linear, {"alpha": 0.5}, "linear", n_tuned=1, ranges={"alpha": _UNIT},
+        kit=lambda p, n: {"base": {"weight": round(1 - p["alpha"], 6)}, "model": {"weight": round(p["alpha"], 6)},
+                          "parameters": {"normalize": False}},
+        lora=lambda p, k: [p["alpha"]]),
+    "hma": MergeMethod(
+        hma, {"alpha": 0.5, "ratios": None}, "linear", n_tuned=1, ranges={"alpha": _UNIT}, kit=_hma_kit,
+        lora=lambda p, k: [p["alpha"]], per_tensor=_hma_tensor),
+    "task_arithmetic": MergeMethod(
+        task_arithmetic, {"weight": 1.0}, "task_arithmetic", ranges={"weight": (0.0, 10.0)},
+        kit=lambda p, n: {"base": None, "model": {"weight": p["weight"]}, "parameters": {"normalize": False}},
+        lora=lambda p, k: [p["weight"]] * k),
+    # peft's TIES divides by the number of agreeing models and multiplies by the weight; mergekit's
+    # normalize divides by the agreeing weights' sum: equal for weight 1 per model and lambda = weight.
+    "ties": MergeMethod(
+        ties, {"density": 0.5, "weight": 1.0}, "ties", whole_tensor=True,
+        ranges={"density": (1e-6, 1.0), "weight": (0.0, 10.0)},
+        kit=lambda p, n: {"base": None, "model": {"weight": 1.0, "density": p["density"]},
+                          "parameters": {"normalize": True, "lambda": p["weight"]}}),
+    "dare_ties": MergeMethod(
+        dare_ties, {"density": 0.5, "weight": 1.0, "seed": 0}, "dare_ties", whole_tensor=True, per_tensor=_name_seed,
+        ranges={"density": (1e-6, 1.0), "weight": (0.0, 10.0)},
+        kit=lambda p, n: {"base": None, "model": {"weight": 1.0, "density": p["density"]},
+                          "parameters": {"normalize": True, "lambda": p["weight"], "rescale": True}}),
+    "dare_linear": MergeMethod(
+        dare_linear, {"density": 0.5, "weight": 1.0, "seed": 0}, "dare_linear", whole_tensor=True,
+        per_tensor=_name_seed, ranges={"density": (1e-6, 1.0), "weight": (0.0, 10.0)},
+        kit=lambda p, n: {"base": None, "model": {"weight": p["weight"], "density": p["density"]},
+                          "parameters": {"normalize": False, "rescale": True}}),
+    "slerp": MergeMethod(
+        slerp, {"alpha": 0.5}, "slerp", n_tuned=1, whole_tensor=True, ranges={"alpha": _UNIT},
+        kit=lambda p, n: {"base": {}, "model": {}, "parameters": {"t": p["alpha"]}}),
+    "soup_uniform": MergeMethod(soup, {}, "linear", uses_base=False, kit=_SOUP_KIT, lora=lambda p, k: [1.0 / k] * k),
+    "soup_greedy": MergeMethod(soup, {}, "linear", uses_base=False, kit=_SOUP_KIT, lora=lambda p, k: [1.0 / k] * k,
+                               search="greedy"),
+}
+"""Method name -> :class:`MergeMethod`. The one place a method is defined."""
 
 
-def select(points: Sequence[Point], base_general: float, *, rule: str = "retain", retain: float = 0.98,
-           weight: float = 0.5) -> int:
-    """Index of the chosen point.
+def method(name: str) -> MergeMethod:
+    if name not in MERGE_METHODS:
+        raise MedtuneError(f"unknown averaging method {name!r} (valid: {', '.join(MERGE_METHODS)})")
+    return MERGE_METHODS[name]
 
-    ``retain``: the best medical score among points whose general score is at least ``retain`` x
-    the base model's (falls back to the best general score if none qualifies).
-    ``weighted``: the best ``weight * medical + (1 - weight) * general``.
-    Ties: ``retain`` prefers the higher general score among equal medical scores (the point that
-    dominates), then the earlier point (the smaller alpha in a sweep); ``weighted`` the earlier point."""
-    if not points:
-        raise MedtuneError("nothing to select from")
-    if rule == "weighted":
-        return max(range(len(points)), key=lambda i: (weight * points[i].medical + (1 - weight) * points[i].general, -i))
-    if rule != "retain":
-        raise MedtuneError(f"unknown selection rule '{rule}' (valid: retain, weighted)")
-    ok = [i for i, p in enumerate(points) if p.general >= retain * base_general]
-    if not ok:
-        return max(range(len(points)), key=lambda i: (points[i].general, -i))
-    return max(ok, key=lambda i: (points[i].medical, points[i].general, -i))
+
+def resolve_params(name: str, params: Params | None = None, n_tuned: int | None = None) -> Params:
+    """``params`` checked against the method's table entry and completed with its defaults."""
+    m = method(name)
+    given = dict(params or {})
+    unknown = sorted(set(given) - set(m.params))
+    if unknown:
+        raise MedtuneError(f"method {name}: unknown parameter {unknown[0]!r} (valid: {', '.join(m.params) or 'none'})")
+    out = {**m.params, **given}
+    missing = [k for k, v in out.items() if v is None]
+    if missing:
+        raise MedtuneError(f"method {name}: parameter {missing[0]!r} is required")
+    for key, (lo, hi) in m.ranges.items():
+        if not lo <= float(out[key]) <= hi:
+            raise MedtuneError(f"method {name}: {key} = {out[key]} is outside [{lo:g}, {hi:g}]")
+    if name == "hma":
+        out["ratios"] = hma_ratios(out["alpha"], len(out["ratios"]), [float(r) for r in out["ratios"]])
+    if n_tuned is not None and m.n_tuned is not None and n_tuned != m.n_tuned:
+        raise MedtuneError(f"method {name} averages the base with exactly {m.n_tuned} tuned model (got {n_tuned})")
+    return out
+
+
+def tensor_params(name: str, params: Params, tensor: str, n_layers: int) -> Params:
+    """The parameters ``tensor`` is merged with (per-tensor ratios and seeds applied)."""
+    m = method(name)
+    return m.per_tensor(tensor, n_layers, params) if m.per_tensor else params
+
+
+def merge_tensor(name: str, params: Params, tensor: str, n_layers: int, base: Tensor, tuned: list[Tensor]) -> Tensor:
+    """One tensor merged by method ``name``; non-float tensors (integer buffers) are the base's."""
+    if not base.is_floating_point():
+        return base.clone()
+    return method(name).fn(base, tuned, **tensor_params(name, params, tensor, n_layers))
+
+
+def label(name: str, params: Params) -> str:
+    """How a point is named in sweeps and reports: ``α=0.5`` for linear, else ``ties density=0.5 weight=1``."""
+    p = {k: v for k, v in params.items() if k != "seed" or v != 0}
+    if name == "linear":
+        return f"α={p['alpha']:g}"
+    if name == "hma":
+        return f"α={p['alpha']:g} HMA {list(p['ratios'])}"
+    text = " ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in p.items())
+    return f"{name} {text}".strip()

@@ -1,9 +1,12 @@
 """``medtune merge``: an averaged model from a base model and one or more tuned models.
 
 Inputs are LoRA adapters (a training run's ``model/`` directory, or any PEFT adapter directory) or
-full checkpoints (safetensors, possibly sharded). The output directory holds the merged model —
-for LoRA inputs a rescaled adapter (apply it on the base; no second full copy is made), for full
-checkpoints streamed safetensors shards — plus ``merge_provenance.json`` and ``mergekit.yaml``.
+full checkpoints (safetensors, possibly sharded). The method comes from
+:data:`medtune.merge.methods.MERGE_METHODS`. The output directory holds the merged model -- for LoRA
+inputs and a method exact in LoRA space a rescaled (or combined) adapter, to apply on the base (no
+full copy is made); for LoRA inputs and TIES / DARE / SLERP a full model (they act on the merged
+delta's values); for full checkpoints streamed safetensors shards -- plus ``merge_provenance.json``
+and the ``mergekit.yaml`` that reproduces it.
 """
 
 from __future__ import annotations
@@ -11,14 +14,17 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field, model_validator
+import torch
+from pydantic import Field, field_validator, model_validator
 
 from medtune import atomic
 from medtune.config import ModelConfig, StrictModel
-from medtune.errors import ConfigError, MedtuneError, ModelError
-from medtune.merge import methods
+from medtune.errors import ConfigError, MedtuneError
+from medtune.finite import check_finite
+from medtune.merge import methods as M
+from medtune.merge.sources import LoraSource, adapter_dir, full_dir, merged_tensors, peft_base_params
 
 
 class MergeConfig(StrictModel):
@@ -28,13 +34,15 @@ class MergeConfig(StrictModel):
     """The base model (alpha = 0)."""
     tuned: list[str] = Field(default_factory=list)
     """Tuned models: LoRA adapter dirs, training output dirs (their model/), or full checkpoints."""
-    method: Literal["linear", "hma", "soup_uniform", "soup_greedy"] = "linear"
-    """linear: WiSE-FT interpolation; hma: per-block ratios averaging to alpha; soup_uniform: mean of the
-    tuned models; soup_greedy: add tuned models by held-out score while it strictly improves."""
-    alpha: float = Field(0.5, ge=0, le=1)
-    """Weight on the tuned model: 0 = base, 1 = tuned (the HMA paper's code uses the opposite convention)."""
+    method: str = "linear"
+    """Averaging method (linear: WiSE-FT, hma, task_arithmetic, ties, dare_ties, dare_linear, slerp,
+    soup_uniform, soup_greedy); see docs/averaging.md."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """The method's parameters, e.g. {density: 0.5, weight: 1.0} for ties (defaults from the method table)."""
+    alpha: float | None = Field(None, ge=0, le=1)
+    """linear / hma / slerp: weight on the tuned model, 0 = base, 1 = tuned (sets params.alpha)."""
     ratios: list[float] | None = None
-    """hma: one ratio per layer block (input .. output), averaging to alpha."""
+    """hma: one ratio per layer block (input .. output), averaging to alpha (sets params.ratios)."""
     heldout_tasks: str = "pubmedqa,arc_easy"
     """soup_greedy: tasks whose mean accuracy decides (use validation splits via heldout_sources)."""
     heldout_limit: int | None = Field(100, ge=1)
@@ -44,52 +52,56 @@ class MergeConfig(StrictModel):
     out: str = "runs/merge"
     """Output directory."""
 
+    @field_validator("method")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in M.MERGE_METHODS:
+            raise ValueError(f"unknown method {name!r} (valid: {', '.join(M.MERGE_METHODS)})")
+        return name
+
     @model_validator(mode="after")
     def _check(self) -> "MergeConfig":
         if not self.tuned:
             raise ValueError("tuned: give at least one tuned model")
-        if self.method in ("linear", "hma") and len(self.tuned) != 1:
-            raise ValueError(f"method {self.method} averages the base with exactly one tuned model (got {len(self.tuned)})")
-        if self.method == "hma":
-            if not self.ratios:
-                raise ValueError("method hma needs ratios (or use `medtune sweep` to search them)")
-            try:
-                methods.hma_ratios(self.alpha, len(self.ratios), self.ratios)
-            except MedtuneError as err:
-                raise ValueError(str(err)) from None
+        try:
+            self.resolved_params()
+        except MedtuneError as err:
+            raise ValueError(str(err)) from None
         return self
 
-
-def adapter_dir(path: str | Path) -> Path | None:
-    """The PEFT adapter directory at ``path`` (or its ``model/``), else None."""
-    p = Path(path)
-    for cand in (p, p / "model"):
-        if (cand / "adapter_config.json").is_file():
-            return cand
-    return None
-
-
-def full_dir(path: str | Path) -> Path:
-    p = Path(path)
-    for cand in (p, p / "model"):
-        if (cand / "config.json").is_file():
-            return cand
-    raise ModelError(f"{path}: neither a LoRA adapter nor a model directory (config.json)")
+    def resolved_params(self) -> M.Params:
+        """``params`` with ``alpha`` / ``ratios`` folded in, checked and completed from the method table."""
+        given = dict(self.params)
+        takes = M.method(self.method).params
+        for key in ("alpha", "ratios"):
+            value = getattr(self, key)
+            if value is not None:
+                if key not in takes:
+                    raise MedtuneError(f"method {self.method} has no parameter {key!r} (its parameters: "
+                                       f"{', '.join(takes) or 'none'})")
+                given[key] = value
+        if self.method == "hma" and given.get("ratios") is None:
+            raise MedtuneError("method hma needs ratios (or use `medtune sweep` to search them)")
+        return M.resolve_params(self.method, given, len(self.tuned))
 
 
-def scale_adapter(src: Path, out: Path, alpha: float, ratios: list[float] | None, n_layers: int,
-                  allow_pickle: bool = False) -> None:
-    """Copy an adapter with every lora_B multiplied by its tensor's ratio (exact WiSE-FT / HMA for LoRA)."""
+def _adapter_tensor(key: str) -> str:
+    """The base tensor an adapter key belongs to (``...q_proj.lora_B.weight`` -> ``model...q_proj.weight``)."""
+    return key.split(".lora_")[0].removeprefix("base_model.model.") + ".weight"
+
+
+def scale_adapter(src: Path, out: Path, method: str, params: M.Params, n_layers: int, allow_pickle: bool = False) -> None:
+    """Copy an adapter with every lora_B multiplied by its tensor's coefficient (exact for LoRA-exact methods)."""
     import shutil
 
     from safetensors.torch import save_file
 
-    from medtune.finite import check_finite
     from medtune.lora_adapter import PICKLED_FILE, WEIGHTS_FILE, read_adapter
 
+    entry = M.method(method)
     weights = read_adapter(src, allow_pickle=allow_pickle).tensors
-    scaled = {k: (v * methods.tensor_ratio(k, n_layers, ratios, alpha) if ratios else v * alpha) if ".lora_B." in k else v
-              for k, v in weights.items()}
+    coeff = lambda k: entry.lora(M.tensor_params(method, params, _adapter_tensor(k), n_layers), 1)[0]  # type: ignore[misc]  # noqa: E731
+    scaled = {k: v * coeff(k) if ".lora_B." in k else v for k, v in weights.items()}
     check_finite(scaled, f"merged adapter from {src}")
     out.mkdir(parents=True, exist_ok=True)
     save_file(scaled, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
@@ -98,10 +110,49 @@ def scale_adapter(src: Path, out: Path, alpha: float, ratios: list[float] | None
             shutil.copy(f, out / f.name)
 
 
+def _lora_exact(cfg: MergeConfig, params: M.Params, base: Any, adapters: list[Path], out: Path, n_layers: int) -> None:
+    entry = M.method(cfg.method)
+    if len(adapters) == 1:
+        scale_adapter(adapters[0], out, cfg.method, params, n_layers, cfg.base.allow_pickle)
+        return
+    from medtune.merge.soup import lora_model, write_combination
+
+    peft, names = lora_model(base, adapters)
+    write_combination(peft, names, entry.lora(params, len(adapters)), out)  # type: ignore[misc]
+
+
+def _lora_full(cfg: MergeConfig, params: M.Params, base: Any, adapters: list[Path], out: Path, n_layers: int) -> None:
+    """TIES / DARE / SLERP on LoRA inputs: the merged tensors written into the base model, saved whole.
+
+    Each adapted tensor is read (base + s * B @ A per adapter) before it is overwritten, and no
+    other tensor depends on it, so the merge is done in place: one copy of the model in memory."""
+    from medtune import models
+    from medtune.merge.soup import lora_model
+
+    peft, names = lora_model(base, adapters)
+    src = LoraSource(peft, names, n_layers)
+    live = peft_base_params(peft)
+    with torch.no_grad():
+        for name, t in merged_tensors(src, cfg.method, params, src.adapted(), f"merged output {out}"):
+            live[name].copy_(t)
+    plain = peft.unload()  # the base model with its original modules (and the merged weights) back
+    plain.save_pretrained(str(out), safe_serialization=True)
+    models.load_tokenizer(base).save_pretrained(str(out))
+
+
+def _stream(cfg: MergeConfig, params: M.Params, base_dir: Path, tuned: list[str], out: Path, n_layers: int) -> dict[str, Any]:
+    from medtune.merge.stream import merge_streaming
+
+    entry = M.method(cfg.method)
+    combine = lambda name, ts: M.merge_tensor(cfg.method, params, name, n_layers, ts[0], list(ts[1:]))  # noqa: E731
+    return merge_streaming([base_dir, *[full_dir(t) for t in tuned]], out, combine, whole_tensor=entry.whole_tensor)
+
+
 def merge(cfg: MergeConfig) -> Path:
     from medtune import models
-    from medtune.merge.mergekit import interpolation_yaml, soup_yaml
+    from medtune.merge.mergekit import mergekit_yaml
 
+    entry, params = M.method(cfg.method), cfg.resolved_params()
     base = models.resolve(cfg.base.spec, allow_pickle=cfg.base.allow_pickle)
     base_cfg = json.loads((Path(base.path) / "config.json").read_text()) if base.kind != "hub" else {}
     n_layers = int(base_cfg.get("num_hidden_layers", 0))
@@ -114,37 +165,36 @@ def merge(cfg: MergeConfig) -> Path:
         for a in adapters:
             models.check_adapter(skeleton, a, allow_pickle=cfg.base.allow_pickle)  # type: ignore[arg-type]
     out = Path(cfg.out)
-    info: dict[str, Any] = {"method": cfg.method, "alpha": cfg.alpha, "ratios": cfg.ratios, "base": cfg.base.spec,
-                            "tuned": cfg.tuned, "inputs": "lora" if lora else "full",
+    info: dict[str, Any] = {"method": cfg.method, "params": params, "label": M.label(cfg.method, params),
+                            "base": cfg.base.spec, "tuned": cfg.tuned, "inputs": "lora" if lora else "full",
+                            "lora_exact": entry.lora is not None,
                             "convention": "alpha is the weight on the tuned model: (1-alpha)*base + alpha*tuned"}
     with atomic.staging_dir(out) as tmp:
-        if cfg.method in ("linear", "hma"):
-            ratios = cfg.ratios if cfg.method == "hma" else None
-            if lora:
-                scale_adapter(adapters[0], tmp, cfg.alpha, ratios, n_layers, cfg.base.allow_pickle)
-                kit_tuned = f"{cfg.tuned[0]} (merged into the base with peft merge_and_unload)"
-            else:
-                from medtune.merge.stream import merge_streaming
+        chosen = list(cfg.tuned)
+        if entry.search == "greedy":
+            from medtune.merge.soup import greedy_soup
 
-                tuned = full_dir(cfg.tuned[0])
-                info["stream"] = merge_streaming(
-                    [Path(base.path), tuned], tmp,
-                    lambda name, ts: methods.interpolate_(ts[0], ts[1], methods.tensor_ratio(name, n_layers, ratios, cfg.alpha)
-                                                          if ratios else cfg.alpha))
-                kit_tuned = str(tuned)
-            atomic.write_text(tmp / "mergekit.yaml", interpolation_yaml(base.path, kit_tuned, cfg.alpha, n_layers, ratios))
-        else:
-            from medtune.merge.soup import greedy_soup, write_soup
-
-            chosen = list(cfg.tuned)
-            if cfg.method == "soup_greedy":
-                chosen, log = greedy_soup(cfg, base, adapters if lora else None)
-                info["greedy_log"] = log
+            chosen, info["greedy_log"] = greedy_soup(cfg, base, adapters if lora else None)  # type: ignore[arg-type]
             info["ingredients"] = chosen
-            write_soup(base, chosen, tmp, lora)
-            atomic.write_text(tmp / "mergekit.yaml", soup_yaml([str(full_dir(c)) if not lora else c for c in chosen]))
+        picked = [adapter_dir(t) for t in chosen] if lora else []
+        if lora and entry.lora is not None:
+            _lora_exact(cfg, params, base, picked, tmp, n_layers)  # type: ignore[arg-type]
+            info["output"] = "adapter"
+        elif lora:
+            _lora_full(cfg, params, base, picked, tmp, n_layers)  # type: ignore[arg-type]
+            info["output"] = "full"
+        else:
+            info["stream"] = _stream(cfg, params, Path(base.path), chosen, tmp, n_layers)
+            info["output"] = "full"
+        kit_tuned = [f"{base.path}+{a}" for a in picked] if lora else [str(full_dir(t)) for t in chosen]
+        atomic.write_text(tmp / "mergekit.yaml", mergekit_yaml(cfg.method, params, base.path, kit_tuned, n_layers))
         import medtune
 
         atomic.write_json(tmp / "merge_provenance.json", {**info, "medtune": medtune.__version__,
                                                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return out
+
+
+def output_is_adapter(out: str | Path) -> bool:
+    """Whether a merge directory holds an adapter (apply it on the base) rather than a full model."""
+    return adapter_dir(out) is not None

@@ -1,4 +1,10 @@
-"""Model soups: the uniform mean of several tuned models, and the greedy soup."""
+"""Several LoRA adapters on one base: a weighted combination of them as one adapter, and the greedy soup.
+
+A combination ``sum_i c_i * delta_i`` of adapters is peft's ``add_weighted_adapter`` with
+``combination_type="cat"`` (the adapters concatenated along the rank), which is exact: the combined
+update is the weighted sum of the adapters' updates. The coefficients come from the method's table
+entry (``MergeMethod.lora``): 1/n each for a uniform soup, ``weight`` each for task arithmetic.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from medtune.finite import check_finite
-from medtune.merge import methods
+from medtune.merge import methods as M
+from medtune.merge.sources import StateSource, full_dir, load_state, merged_tensors
 
 
-def _lora_model(base: Any, adapters: list[Path]) -> tuple[Any, list[str]]:
+def lora_model(base: Any, adapters: list[Path]) -> tuple[Any, list[str]]:
     """The base with every adapter loaded under its own name (m0, m1, ...)."""
     from peft import PeftModel
 
@@ -26,34 +32,28 @@ def _lora_model(base: Any, adapters: list[Path]) -> tuple[Any, list[str]]:
     return peft, names
 
 
-def _set_soup(peft: Any, names: list[str]) -> None:
-    """Activate the uniform soup of ``names``: adapters concatenated along the rank, each delta
-    weighted 1/n, so the combined update is exactly the mean of the adapters' updates."""
-    if "soup" in peft.peft_config:
-        peft.delete_adapter("soup")
-    peft.add_weighted_adapter(names, [1.0 / len(names)] * len(names), "soup", combination_type="cat")
-    peft.set_adapter("soup")
+def set_combination(peft: Any, names: list[str], coeffs: list[float]) -> None:
+    """Activate ``sum_i coeffs[i] * delta(names[i])`` as the adapter "combined"."""
+    if "combined" in peft.peft_config:
+        peft.delete_adapter("combined")
+    peft.add_weighted_adapter(names, coeffs, "combined", combination_type="cat")
+    peft.set_adapter("combined")
 
 
-def write_soup(base: Any, tuned: list[str], out: Path, lora: bool) -> None:
-    from medtune.merge.run import adapter_dir, full_dir
+def write_combination(peft: Any, names: list[str], coeffs: list[float], out: Path) -> None:
+    """Save the combination as a plain adapter directory at ``out``."""
+    from peft.utils import get_peft_model_state_dict
 
-    if lora:
-        peft, names = _lora_model(base, [adapter_dir(t) for t in tuned])  # type: ignore[misc]
-        _set_soup(peft, names)
-        from peft.utils import get_peft_model_state_dict
+    from medtune.finite import check_finite
 
-        check_finite(get_peft_model_state_dict(peft, adapter_name="soup"), f"soup of {', '.join(tuned)}")
-        peft.save_pretrained(str(out), selected_adapters=["soup"], safe_serialization=True)
-        nested = out / "soup"
-        if nested.is_dir():  # peft saves a non-default adapter in a subdirectory
-            for f in nested.iterdir():
-                shutil.move(str(f), out / f.name)
-            nested.rmdir()
-        return
-    from medtune.merge.stream import merge_streaming
-
-    merge_streaming([full_dir(t) for t in tuned], out, lambda name, ts: methods.uniform_soup(ts))
+    set_combination(peft, names, coeffs)
+    check_finite(get_peft_model_state_dict(peft, adapter_name="combined"), f"combination of adapters {', '.join(names)}")
+    peft.save_pretrained(str(out), selected_adapters=["combined"], safe_serialization=True)
+    nested = out / "combined"
+    if nested.is_dir():  # peft saves a non-default adapter in a subdirectory
+        for f in nested.iterdir():
+            shutil.move(str(f), out / f.name)
+        nested.rmdir()
 
 
 def greedy_soup(cfg: Any, base: Any, adapters: list[Path] | None) -> tuple[list[str], list[dict[str, object]]]:
@@ -66,29 +66,27 @@ def greedy_soup(cfg: Any, base: Any, adapters: list[Path] | None) -> tuple[list[
     ecfg = EvalConfig(tasks=cfg.heldout_tasks, limit=cfg.heldout_limit, data_root=cfg.data_root, progress=False)
     tok = models.load_tokenizer(base)
     by_name = dict(zip(cfg.tuned, range(len(cfg.tuned))))
+    soup = M.method("soup_uniform")
     if adapters is not None:
-        peft, names = _lora_model(base, adapters)
+        peft, names = lora_model(base, adapters)
 
         def score(ingredients: list[str]) -> float:
-            _set_soup(peft, [names[by_name[i]] for i in ingredients])
+            set_combination(peft, [names[by_name[i]] for i in ingredients], soup.lora({}, len(ingredients)))  # type: ignore[misc]
             res, _ = score_model(peft, tok, ecfg)
             return sum(r["acc"]["value"] for r in res.values()) / len(res)
     else:
-        from safetensors.torch import load_file
-
-        from medtune.merge.run import full_dir
-
         model = models.load_model(base)
-        states = {t: {k: v for f in sorted(full_dir(t).glob("*.safetensors")) for k, v in load_file(str(f)).items()}
-                  for t in cfg.tuned}
-        for t, state in states.items():
-            check_finite(state, str(full_dir(t)))
+        params = dict(model.named_parameters())
+        base_state = {k: v.detach().clone() for k, v in params.items()}
+        states = {t: load_state(full_dir(t)) for t in cfg.tuned}
+        n_layers = model.config.num_hidden_layers
 
         def score(ingredients: list[str]) -> float:
+            src = StateSource(base_state, [states[i] for i in ingredients], n_layers)
             with torch.no_grad():
-                for name, p in model.named_parameters():
-                    p.copy_(methods.uniform_soup([states[i][name] for i in ingredients]))
+                for name, merged in merged_tensors(src, "soup_uniform", {}):
+                    params[name].copy_(merged)
             res, _ = score_model(model, tok, ecfg)
             return sum(r["acc"]["value"] for r in res.values()) / len(res)
 
-    return methods.greedy_soup(list(cfg.tuned), score)
+    return M.greedy_soup(list(cfg.tuned), score)

@@ -1,7 +1,14 @@
 """Merge full checkpoints tensor by tensor from (sharded) safetensors files.
 
-Only one output shard is held in memory while it fills, plus the input tensors of the tensor being
-merged, so peak memory stays near one shard plus one tensor whatever the model size. Input tensors
+The output file's header is written first (offsets from the inputs' headers), then each tensor is
+merged and written straight after it. Element-wise methods (interpolation, task arithmetic, soups)
+read every input tensor in row chunks of about ``chunk_bytes``, so peak memory is a few chunks
+whatever the model size. Methods that need whole-tensor statistics (TIES's top-k by magnitude,
+DARE's per-tensor drop mask, SLERP's norms and angle: ``MergeMethod.whole_tensor``) read each tensor
+whole: peak memory is then the largest tensor times (the number of inputs + the method's fp32
+working copies) -- for TIES with k tuned models about 4k + 3 tensor-sized fp32 buffers at the top
+(k deltas, their pruned and stacked copies, the sign mask, the result) -- still independent of the
+model's size; ``merge_streaming`` returns ``largest_tensor_bytes`` so the provenance can say it. Input tensors
 are read with plain file reads from the offsets in the safetensors header, not through a memory
 map: a mapped file keeps every page it has touched resident (and an in-place write into a mapped
 tensor turns its pages into private memory) until the file is closed, which made the peak grow
@@ -91,10 +98,10 @@ class TensorReader:
 
 
 def merge_streaming(dirs: Sequence[Path], out: Path, combine: Combine, *, max_shard_bytes: int | None = None,
-                    chunk_bytes: int = 4 << 20) -> dict[str, object]:
+                    chunk_bytes: int = 4 << 20, whole_tensor: bool = False) -> dict[str, object]:
     """Write ``combine`` of the models in ``dirs`` to ``out`` as sharded safetensors (+ index).
 
-    ``combine`` must be elementwise (interpolation, averaging) and keep the dtype: every tensor is
+    ``combine`` must keep the dtype. Unless ``whole_tensor``, it must be element-wise: every tensor is
     merged in row chunks of about ``chunk_bytes`` that are written straight into the output file
     (its header is known from the inputs' headers), so only one chunk of each input is in memory,
     whatever the model or shard size. Output shards hold at most ``max_shard_bytes`` (default: the
@@ -131,7 +138,7 @@ def merge_streaming(dirs: Sequence[Path], out: Path, combine: Combine, *, max_sh
     weight_map: dict[str, str] = {}
     for k, group in enumerate(groups, 1):
         fname = "model.safetensors" if len(groups) == 1 else f"model-{k:05d}-of-{len(groups):05d}.safetensors"
-        _write_shard(out / fname, group, maps, reader, combine, chunk_bytes)
+        _write_shard(out / fname, group, maps, reader, combine, None if whole_tensor else chunk_bytes)
         weight_map.update({name: fname for name, *_ in group})
     if len(groups) > 1:
         (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
@@ -139,11 +146,13 @@ def merge_streaming(dirs: Sequence[Path], out: Path, combine: Combine, *, max_sh
               "chat_template.jinja"):
         if (Path(dirs[0]) / f).is_file():
             shutil.copy(Path(dirs[0]) / f, out / f)
-    return {"tensors": len(maps[0]), "bytes": total, "shards": len(groups)}
+    largest = max((size for g in groups for *_, size in g), default=0)
+    return {"tensors": len(maps[0]), "bytes": total, "shards": len(groups), "largest_tensor_bytes": largest,
+            "read": "whole tensors" if whole_tensor else f"row chunks of about {chunk_bytes} bytes"}
 
 
 def _write_shard(path: Path, group: list[tuple[str, torch.dtype, tuple[int, ...], int]], maps: Sequence[dict[str, Path]],
-                 reader: Callable[[Path], TensorReader], combine: Combine, chunk_bytes: int) -> None:
+                 reader: Callable[[Path], TensorReader], combine: Combine, chunk_bytes: int | None) -> None:
     """One safetensors file: the header first (offsets from the sizes), then each tensor chunk by chunk."""
     codes = {v: k for k, v in _DTYPES.items()}
     header: dict[str, object] = {"__metadata__": {"format": "pt"}}
@@ -159,7 +168,7 @@ def _write_shard(path: Path, group: list[tuple[str, torch.dtype, tuple[int, ...]
         for name, dtype, shape, size in group:
             srcs = [reader(m[name]) for m in maps]
             n_rows = shape[0] if shape else 1
-            step = max(1, chunk_bytes * n_rows // max(size, 1))
+            step = n_rows if chunk_bytes is None else max(1, chunk_bytes * n_rows // max(size, 1))
             for first in range(0, n_rows, step):
                 parts = [r.rows(name, first, min(first + step, n_rows)) for r in srcs]  # (rows, ...) each
                 for r, p in zip(srcs, parts):

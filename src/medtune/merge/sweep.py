@@ -1,7 +1,9 @@
 """``medtune sweep``: evaluate a grid of averaged models and pick the best trade-off.
 
-Every point (an alpha, optionally with HMA ratios) is scored on the medical and the general tasks;
-each point is appended to ``results.json`` as soon as it is scored, and a point already there (same
+Every point -- an alpha (WiSE-FT), HMA ratios, or any method of the table with one combination of
+its parameter grid (``methods: {ties: {density: [0.3, 0.5], weight: [1.0]}}``) -- is scored on the
+medical and the general tasks; each point is appended to ``results.json`` (a
+:class:`~medtune.merge.records.SweepResult`) as soon as it is scored, and a point already there (same
 tasks, limit and sources) is not scored again. The Pareto-optimal points are marked, one is
 selected by a documented rule, and the frontier is drawn to ``frontier.png``.
 
@@ -20,12 +22,17 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from medtune import atomic
 from medtune.config import ModelConfig, StrictModel
 from medtune.data.spec import SourceConfig
-from medtune.merge import methods
+from medtune.errors import MedtuneError
+from medtune.merge import methods as M
+from medtune.merge.records import SweepPoint, SweepResult
+from medtune.merge.selection import SelectionRule
+
+Grid = dict[str, dict[str, list[Any]]]
+"""Method name -> parameter name -> the values to try (every combination is one point)."""
 
 
 class SweepConfig(StrictModel):
@@ -43,6 +50,9 @@ class SweepConfig(StrictModel):
     """Layer blocks for HMA (input, middle, output)."""
     hma_grid: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     """Candidate per-block ratios for the HMA grid search."""
+    methods: Grid = Field(default_factory=dict)
+    """More averaging methods with parameter grids, e.g. {ties: {density: [0.3, 0.5, 0.7], weight: [0.5, 1.0]},
+    slerp: {alpha: [0.5]}}; a parameter left out takes the method's default."""
     medical_tasks: str = "pubmedqa,medqa4"
     """Tasks whose mean accuracy is the medical score."""
     general_tasks: str = "arc_easy,mmlu_general"
@@ -64,9 +74,37 @@ class SweepConfig(StrictModel):
     progress: bool = True
     """Show progress bars."""
 
+    @field_validator("methods")
+    @classmethod
+    def _grid(cls, grid: Grid) -> Grid:
+        try:
+            grid_points(grid, 1)
+        except MedtuneError as err:
+            raise ValueError(str(err)) from None
+        return grid
+
+    def selection_rule(self) -> SelectionRule:
+        return SelectionRule(self.rule, self.retain, self.weight)
+
+
+def grid_points(grid: Grid, n_tuned: int) -> list[tuple[str, M.Params]]:
+    """Every (method, resolved params) of the grid, in order; each checked against the method table."""
+    out = []
+    for name, values in grid.items():
+        entry = M.method(name)
+        if entry.search is not None:
+            raise MedtuneError(f"methods.{name}: a searched method cannot be swept (it is its own search)")
+        for key, vals in values.items():
+            if not isinstance(vals, list) or not vals:
+                raise MedtuneError(f"methods.{name}.{key}: give a non-empty list of values")
+        keys = list(values)
+        for combo in itertools.product(*(values[k] for k in keys)):
+            out.append((name, M.resolve_params(name, dict(zip(keys, combo)), n_tuned)))
+    return out
+
 
 def _key(cfg: SweepConfig) -> str:
-    """What a point's scores depend on besides alpha/ratios: reuse only scores made the same way."""
+    """What a point's scores depend on besides the point itself: reuse only scores made the same way."""
     basis = json.dumps([cfg.base.spec, cfg.tuned, cfg.medical_tasks, cfg.general_tasks, cfg.limit, cfg.data_root,
                         {k: v.model_dump() for k, v in sorted(cfg.task_sources.items())}], sort_keys=True)
     return hashlib.sha256(basis.encode()).hexdigest()[:16]
@@ -81,154 +119,128 @@ def hma_candidates(alpha: float, grid: list[float], blocks: int) -> list[list[fl
     return out
 
 
-class _Averager:
-    """Sets a loaded model to any averaging point without reloading it."""
-
-    def __init__(self, cfg: SweepConfig):
-        from medtune import models
-        from medtune.merge.run import adapter_dir, full_dir
-
-        self.resolved = models.resolve(cfg.base.spec, allow_pickle=cfg.base.allow_pickle)
-        model = models.load_model(self.resolved)
-        self.tokenizer = models.load_tokenizer(self.resolved)
-        adapter = adapter_dir(cfg.tuned)
-        self.n_layers = model.config.num_hidden_layers
-        if adapter is not None:
-            from medtune.merge.lora import LoraInterpolator
-
-            self.model = models.load_with_adapter(model, adapter)
-            self.interp = LoraInterpolator(self.model)
-            self.base_state = self.tuned_state = None
-        else:
-            from safetensors.torch import load_file
-
-            from medtune.finite import check_finite
-
-            self.model, self.interp = model, None
-            self.base_state = {k: v.clone() for k, v in model.state_dict().items()}
-            tuned = full_dir(cfg.tuned)
-            self.tuned_state = {k: v for f in sorted(tuned.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
-            check_finite(self.tuned_state, str(tuned))
-
-    def set(self, alpha: float, ratios: list[float] | None) -> None:
-        import torch
-
-        if self.interp is not None:
-            self.interp.set(alpha, ratios)
-            return
-        with torch.no_grad():
-            for name, p in self.model.named_parameters():
-                r = methods.tensor_ratio(name, self.n_layers, ratios, alpha) if ratios else alpha
-                p.copy_(methods.interpolate(self.base_state[name], self.tuned_state.get(name, self.base_state[name]), r))
+def plan(cfg: SweepConfig) -> list[tuple[str, M.Params]]:
+    """Every point of the sweep in order: the alphas, the base (alpha 0) if missing, HMA, the method grids."""
+    points: list[tuple[str, M.Params]] = [("linear", {"alpha": a}) for a in cfg.alphas]
+    if 0.0 not in cfg.alphas:
+        points.append(("linear", {"alpha": 0.0}))  # the base model: the selection rule needs its general score
+    for a in cfg.hma_alphas:
+        points += [("hma", M.resolve_params("hma", {"alpha": a, "ratios": r}))
+                   for r in hma_candidates(a, cfg.hma_grid, cfg.hma_blocks)]
+    points += grid_points(cfg.methods, 1)
+    seen: set[tuple[str, str]] = set()
+    unique = []
+    for name, p in points:
+        ident = (name, json.dumps(p, sort_keys=True))
+        if ident not in seen:
+            seen.add(ident)
+            unique.append((name, p))
+    return unique
 
 
-def _score(avg: _Averager, cfg: SweepConfig, alpha: float, ratios: list[float] | None) -> dict[str, Any]:
+def _averager(cfg: SweepConfig) -> tuple[Any, Any]:
+    """(Averager over the loaded model, tokenizer): base + adapter for LoRA, two state dicts for full."""
+    from medtune import models
+    from medtune.merge.sources import Averager, adapter_dir, full_dir, load_state
+
+    resolved = models.resolve(cfg.base.spec, allow_pickle=cfg.base.allow_pickle)
+    model = models.load_model(resolved)
+    tokenizer = models.load_tokenizer(resolved)
+    adapter = adapter_dir(cfg.tuned)
+    n_layers = model.config.num_hidden_layers
+    if adapter is not None:
+        return Averager(models.load_with_adapter(model, adapter), n_layers), tokenizer
+    return Averager(model, n_layers, [load_state(full_dir(cfg.tuned))]), tokenizer
+
+
+def _score(avg: Any, tokenizer: Any, cfg: SweepConfig, method: str, params: M.Params) -> SweepPoint:
     from medtune.evaluate.run import EvalConfig, score_model
 
-    avg.set(alpha, ratios)
+    avg.set(method, params)
     tasks = f"{cfg.medical_tasks},{cfg.general_tasks}"
     ecfg = EvalConfig(tasks=tasks, data_root=cfg.data_root, limit=cfg.limit, task_sources=cfg.task_sources,
                       progress=cfg.progress)
     started = time.perf_counter()
-    res, _ = score_model(avg.model, avg.tokenizer, ecfg)
+    res, _ = score_model(avg.model, tokenizer, ecfg)
     per = {t: r["acc"] for t, r in res.items() if "acc" in r}
-    mean = lambda names: sum(per[t]["value"] for t in names.split(",")) / len(names.split(","))
-    return {"alpha": alpha, "ratios": ratios, "medical": mean(cfg.medical_tasks), "general": mean(cfg.general_tasks),
-            "tasks": per, "seconds": round(time.perf_counter() - started, 1)}
+    mean = lambda names: sum(per[t]["value"] for t in names.split(",")) / len(names.split(","))  # noqa: E731
+    return SweepPoint(method=method, params=params, label=M.label(method, params), medical=mean(cfg.medical_tasks),
+                      general=mean(cfg.general_tasks), tasks=per, seconds=round(time.perf_counter() - started, 1),
+                      key=_key(cfg))
 
 
-def sweep(cfg: SweepConfig) -> dict[str, Any]:
+def sweep(cfg: SweepConfig) -> SweepResult:
     from rich.console import Console
 
     console = Console()
     out = Path(cfg.out)
     path = out / "results.json"
     key = _key(cfg)
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    points: list[dict[str, Any]] = [p for p in old.get("points", []) if p.get("key") == key]
-    have = {(p["alpha"], tuple(p["ratios"] or ())) for p in points}
-    avg: _Averager | None = None
-
-    def run(alpha: float, ratios: list[float] | None) -> dict[str, Any]:
-        nonlocal avg
-        found = next((p for p in points if (p["alpha"], tuple(p["ratios"] or ())) == (alpha, tuple(ratios or ()))), None)
-        if found is not None:
-            return found
-        avg = avg or _Averager(cfg)
-        point = {**_score(avg, cfg, alpha, ratios), "key": key,
-                 "label": f"α={alpha:g}" + (f" HMA {ratios}" if ratios else "")}
-        points.append(point)
-        _write(path, cfg, points, key)  # every point is saved as soon as it is scored
-        console.print(f"{point['label']}: medical {100 * point['medical']:.1f}, general {100 * point['general']:.1f}")
-        return point
-
-    for a in cfg.alphas:
-        run(a, None)
-    base_general = next((p["general"] for p in points if p["alpha"] == 0 and not p["ratios"]), None)
-    if base_general is None:
-        base_general = run(0.0, None)["general"]
-    for a in cfg.hma_alphas:
-        cands = hma_candidates(a, cfg.hma_grid, cfg.hma_blocks)
-        for ratios in cands:
-            run(a, ratios)
-    del have
-    report = _write(path, cfg, points, key, base_general)
-    plot_frontier(report, out / "frontier.png")
-    sel = report["points"][report["selected"]]
-    console.print(f"selected {sel['label']} by rule '{cfg.rule}': medical {100 * sel['medical']:.1f}, "
-                  f"general {100 * sel['general']:.1f} (base general {100 * base_general:.1f}); {path}")
-    return report
+    old = SweepResult.load(path)
+    result = SweepResult(config=cfg.model_dump(mode="json"), key=key,
+                         points=[p for p in (old.points if old else []) if p.key == key])
+    loaded: tuple[Any, Any] | None = None
+    for method, params in plan(cfg):
+        if result.find(method, params) is not None:
+            continue
+        loaded = loaded or _averager(cfg)
+        point = _score(*loaded, cfg, method, params)
+        result.points.append(point)
+        result.mark()
+        result.save(path)  # every point is saved as soon as it is scored
+        console.print(f"{point.label}: medical {100 * point.medical:.1f}, general {100 * point.general:.1f}")
+    base_general = result.find("linear", {"alpha": 0.0}).general  # type: ignore[union-attr]
+    result.mark(cfg.selection_rule(), base_general)
+    result.save(path)
+    plot_frontier(result, out / "frontier.png")
+    sel = result.selected_point
+    assert sel is not None
+    console.print(f"selected {sel.label} by rule '{cfg.rule}': medical {100 * sel.medical:.1f}, "
+                  f"general {100 * sel.general:.1f} (base general {100 * base_general:.1f}); {path}")
+    return result
 
 
-def _write(path: Path, cfg: SweepConfig, points: list[dict[str, Any]], key: str, base_general: float | None = None) -> dict[str, Any]:
-    pts = [methods.Point(p["label"], p["medical"], p["general"]) for p in points]
-    flags = methods.pareto_front(pts)
-    for p, f in zip(points, flags):
-        p["pareto"] = f
-    report: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "key": key, "points": points,
-                              "convention": "alpha is the weight on the tuned model"}
-    if base_general is not None:
-        report["selected"] = methods.select(pts, base_general, rule=cfg.rule, retain=cfg.retain, weight=cfg.weight)
-        report["base_general"] = base_general
-        report["rule"] = ({"rule": "retain", "retain": cfg.retain} if cfg.rule == "retain"
-                          else {"rule": "weighted", "weight": cfg.weight})
-    atomic.write_json(path, report)
-    return report
+MARKERS = {"hma": "^", "task_arithmetic": "s", "ties": "D", "dare_ties": "P", "dare_linear": "X", "slerp": "v"}
+"""Scatter marker of each method's points in the frontier plots (others: "o")."""
 
 
-def plot_frontier(report: dict[str, Any], path: Path, title: str = "medical vs general ability") -> None:
+def draw_points(ax: Any, result: SweepResult, color: str | None = None, prefix: str = "") -> None:
+    """The alpha sweep as a line with alpha labels, every other method's points as its own markers."""
+    plain = sorted([p for p in result.points if p.method == "linear"], key=lambda p: p.alpha or 0.0)
+    ax.plot([100 * p.general for p in plain], [100 * p.medical for p in plain], "-o", color=color or "#1f77b4",
+            ms=5, label=f"{prefix}α sweep (WiSE-FT)", zorder=2)
+    for p in plain:
+        ax.annotate(f"{p.alpha:g}", (100 * p.general, 100 * p.medical), textcoords="offset points",
+                    xytext=(4, 4), fontsize=7, color=color or "#1f77b4")
+    others = sorted({p.method for p in result.points} - {"linear"}, key=list(M.MERGE_METHODS).index)
+    for i, name in enumerate(others):
+        pts = [p for p in result.points if p.method == name]
+        ax.scatter([100 * p.general for p in pts], [100 * p.medical for p in pts], marker=MARKERS.get(name, "o"), s=30,
+                   color=color or f"C{i + 2}", alpha=0.7, label=f"{prefix}{name}", zorder=2)
+
+
+def plot_frontier(result: SweepResult, path: Path, title: str = "medical vs general ability") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = report["points"]
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    plain = sorted([p for p in pts if not p["ratios"]], key=lambda p: p["alpha"])
-    ax.plot([100 * p["general"] for p in plain], [100 * p["medical"] for p in plain], "-o", color="#1f77b4",
-            ms=5, label="α sweep (WiSE-FT)", zorder=2)
-    for p in plain:
-        ax.annotate(f"{p['alpha']:g}", (100 * p["general"], 100 * p["medical"]), textcoords="offset points",
-                    xytext=(4, 4), fontsize=8, color="#1f77b4")
-    hma = [p for p in pts if p["ratios"]]
-    if hma:
-        ax.scatter([100 * p["general"] for p in hma], [100 * p["medical"] for p in hma], marker="^", color="#2ca02c",
-                   s=30, label="HMA ratios", zorder=2)
-    front = sorted([p for p in pts if p.get("pareto")], key=lambda p: p["general"])
-    ax.plot([100 * p["general"] for p in front], [100 * p["medical"] for p in front], ":", color="grey", lw=1,
+    draw_points(ax, result)
+    front = sorted([p for p in result.points if p.pareto], key=lambda p: p.general)
+    ax.plot([100 * p.general for p in front], [100 * p.medical for p in front], ":", color="grey", lw=1,
             label="Pareto front", zorder=1)
     for alpha, name, color in ((0.0, "base", "black"), (1.0, "tuned", "#d62728")):
-        p = next((q for q in plain if q["alpha"] == alpha), None)
+        p = result.find("linear", {"alpha": alpha})
         if p:
-            ax.scatter([100 * p["general"]], [100 * p["medical"]], s=120, facecolors="none", edgecolors=color, lw=2,
+            ax.scatter([100 * p.general], [100 * p.medical], s=120, facecolors="none", edgecolors=color, lw=2,
                        label=name, zorder=3)
-    if "selected" in report:
-        s = pts[report["selected"]]
-        ax.scatter([100 * s["general"]], [100 * s["medical"]], marker="*", s=260, color="#ff7f0e", label=f"selected ({s['label']})",
+    s = result.selected_point
+    if s is not None:
+        ax.scatter([100 * s.general], [100 * s.medical], marker="*", s=260, color="#ff7f0e", label=f"selected ({s.label})",
                    zorder=4)
-        if report.get("rule", {}).get("rule") == "retain":
-            ax.axvline(100 * report["rule"]["retain"] * report["base_general"],
-                       color="#ff7f0e", ls="--", lw=1, alpha=0.6)
+        if result.rule is not None and result.rule.rule == "retain" and result.base_general is not None:
+            ax.axvline(100 * result.rule.retain * result.base_general, color="#ff7f0e", ls="--", lw=1, alpha=0.6)
     ax.set_xlabel("general score (mean accuracy, %)")
     ax.set_ylabel("medical score (mean accuracy, %)")
     ax.set_title(title)

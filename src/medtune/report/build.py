@@ -16,9 +16,10 @@ from typing import Any
 from medtune import atomic
 from medtune.data.adapters.rows import iter_lines
 from medtune.evaluate.tasks import TASKS
-from medtune.merge import methods
+from medtune.merge.records import SweepPoint, SweepResult
+from medtune.merge.selection import Point, SelectionRule
 from medtune.study.config import StudyConfig
-from medtune.study.steps import best_of_kind
+from medtune.study.steps import best_of_kind, sweep_result
 
 DISPLAY = {"pubmedqa": "PubMedQA", "medmcqa": "MedMCQA", "medqa4": "MedQA-USMLE", "arc_easy": "ARC-Easy",
            "arc_challenge": "ARC-Challenge", "mmlu_general": "MMLU (non-medical)", "ppl_general": "Perplexity"}
@@ -71,29 +72,35 @@ def _model_rows(cfg: StudyConfig, out: Path, prefix: str, cols: dict[str, list[s
         tuned = _read(out / prefix / v.name / "results.json")
         if tuned:
             rows.append({**model_row(v.name, "tuned", f"{prefix}/{v.name}", tuned, cols), "variant": v.name})
-        point = _read(out / "sweep" / v.name / "results.json")
-        if not point or "selected" not in point:
+        res = sweep_result(out, v.name)
+        sel = res.selected_point if res else None
+        if sel is None:
             continue
-        sel = point["points"][point["selected"]]
         avg = _read(out / prefix / f"{v.name}-averaged" / "results.json")
         same = {0.0: rows[0] if rows and rows[0]["kind"] == "base" else None, 1.0: rows[-1] if tuned else None}
-        if avg is None and not sel["ratios"] and sel["alpha"] in same and same[sel["alpha"]] is not None:
-            src = same[sel["alpha"]]
-            avg_row = {**src, "note": f"= {'base' if sel['alpha'] == 0 else v.name}: the sweep selected α={sel['alpha']:g}"}
+        end = sel.is_endpoint()
+        if avg is None and end is not None and same[end] is not None:
+            src = same[end]
+            avg_row = {**src, "note": f"= {'base' if end == 0 else v.name}: the sweep selected α={end:g}"}
         elif avg is not None:
             avg_row = model_row("", "averaged", f"{prefix}/{v.name}-averaged", avg, cols)
         else:
             continue
-        rows.append({**avg_row, "label": f"{v.name} · {sel['label']}", "kind": "averaged", "variant": v.name,
-                     "alpha": sel["alpha"], "ratios": sel["ratios"]})
+        rows.append({**avg_row, "label": f"{v.name} · {sel.label}", "kind": "averaged", "variant": v.name,
+                     **_point_fields(sel)})
         for kind in cfg.averaging.test_best_of:  # reported for comparison, never shipped
-            pt = best_of_kind(cfg, out, v.name, kind)
-            res = _read(out / prefix / f"{v.name}-{kind}" / "results.json")
-            if pt is not None and res is not None and pt["label"] != sel["label"]:
-                rows.append({**model_row(f"{v.name} · {pt['label']}", "compared", f"{prefix}/{v.name}-{kind}", res, cols),
-                             "variant": v.name, "alpha": pt["alpha"], "ratios": pt["ratios"],
-                             "note": f"best {'HMA' if kind == 'hma' else 'uniform α'} point on validation, for comparison"})
+            pt = best_of_kind(out, v.name, kind)
+            res_k = _read(out / prefix / f"{v.name}-{kind}" / "results.json")
+            if pt is not None and res_k is not None and pt.identity != sel.identity:
+                rows.append({**model_row(f"{v.name} · {pt.label}", "compared", f"{prefix}/{v.name}-{kind}", res_k, cols),
+                             "variant": v.name, **_point_fields(pt),
+                             "note": f"best {'uniform α' if kind == 'uniform' else kind} point on validation, for comparison"})
     return rows
+
+
+def _point_fields(p: SweepPoint) -> dict[str, Any]:
+    """What a report row says about the averaging point it is."""
+    return {"method": p.method, "params": p.params, "endpoint": p.is_endpoint()}
 
 
 def _correct(path: Path) -> dict[tuple[str, str], float]:
@@ -136,28 +143,23 @@ def shipped(cfg: StudyConfig, out: Path) -> dict[str, Any] | None:
     cands: list[dict[str, Any]] = []
     base_general = None
     for v in cfg.variants:
-        res = _read(out / "sweep" / v.name / "results.json")
-        if not res or "selected" not in res:
+        res = sweep_result(out, v.name)
+        sel = res.selected_point if res else None
+        if res is None or sel is None:
             return None
-        base_pt = next(p for p in res["points"] if p["alpha"] == 0 and not p["ratios"])
         if base_general is None:
-            base_general = res["base_general"]
-            cands.append({"label": "base", "variant": None, **_scores(base_pt)})
-        cands.append({"label": f"{v.name} · {res['points'][res['selected']]['label']}", "variant": v.name,
-                      **_scores(res["points"][res["selected"]])})
+            base_general = res.base_general
+            base_pt = res.find("linear", {"alpha": 0.0})
+            cands.append({"label": "base", "variant": None, "medical": base_pt.medical, "general": base_pt.general})  # type: ignore[union-attr]
+        cands.append({"label": f"{v.name} · {sel.label}", "variant": v.name, "medical": sel.medical,
+                      "general": sel.general, **_point_fields(sel)})
     if base_general is None:
         return None
     av = cfg.averaging
-    idx = methods.select([methods.Point(c["label"], c["medical"], c["general"]) for c in cands], base_general,
-                         rule=av.rule, retain=av.retain, weight=av.weight)
-    rule = (f"best validation medical score whose validation general score is at least {av.retain:.0%} of the base "
-            f"model's" if av.rule == "retain" else f"best {av.weight:g} x medical + {1 - av.weight:g} x general (validation)")
-    return {"candidates": cands, "selected": idx, "rule": rule, "rule_name": av.rule, "retain": av.retain,
+    rule = SelectionRule(av.rule, av.retain, av.weight)
+    idx = rule.pick([Point(c["label"], c["medical"], c["general"]) for c in cands], base_general)
+    return {"candidates": cands, "selected": idx, "rule": rule.describe(), "rule_name": av.rule, "retain": av.retain,
             "base_general": base_general}
-
-
-def _scores(point: dict[str, Any]) -> dict[str, Any]:
-    return {"alpha": point["alpha"], "ratios": point["ratios"], "medical": point["medical"], "general": point["general"]}
 
 
 def step_times(out: Path) -> list[dict[str, Any]]:
@@ -182,9 +184,10 @@ def collect(cfg: StudyConfig, out: Path) -> dict[str, Any]:
                                                        for t, s in cfg.evaluation.validation_sources.items()},
                                            "limit": cfg.averaging.limit}}
     for v in cfg.variants:
-        sweep = _read(out / "sweep" / v.name / "results.json")
+        sweep = sweep_result(out, v.name)
         if sweep:
-            data["sweeps"][v.name] = {"points": sweep["points"], "selected": sweep.get("selected")}
+            data["sweeps"][v.name] = {"points": [p.model_dump(mode="json") for p in sweep.points],
+                                      "selected": sweep.selected}
         curves = _read(out / "train" / v.name / "curves.json")
         if curves:
             data["curves"][v.name] = [[h["step"], h["loss"]] for h in curves["history"]]
@@ -227,11 +230,12 @@ def write_report(cfg: StudyConfig, out: Path) -> Path:
 
 
 def adapter_of(row: dict[str, Any], out: Path) -> Path | None:
-    """The LoRA adapter that makes a report row's model: none for the base, the merged (rescaled)
-    adapter for an averaged model, the trained one for a tuned model or an averaged one at alpha 1."""
+    """The directory that makes a report row's model on top of the base: none for the base, the merge
+    directory for an averaged model (an adapter, or a full model for TIES / DARE / SLERP on LoRA), the
+    trained one for a tuned model or an averaged one at alpha 1."""
     variant = row.get("variant")
-    if not variant or (row["kind"] == "averaged" and row.get("alpha") == 0.0 and not row.get("ratios")):
+    if not variant or (row["kind"] == "averaged" and row.get("endpoint") == 0.0):
         return None
-    if row["kind"] == "averaged" and (row.get("ratios") or row.get("alpha") not in (0.0, 1.0)):
+    if row["kind"] == "averaged" and row.get("endpoint") is None:
         return out / "merge" / variant
     return out / "train" / variant / "model"

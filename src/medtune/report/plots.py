@@ -38,21 +38,16 @@ def frontier(data: dict[str, Any], path: Path) -> Path | None:
     fig, (val, test) = plt.subplots(1, 2, figsize=(12, 5))
     color = {v: COLORS[i % len(COLORS)] for i, v in enumerate(data["sweeps"] | data["train"])}
     base_general = (data.get("ship") or {}).get("base_general")
+    from medtune.merge.records import SweepPoint, SweepResult
+    from medtune.merge.sweep import draw_points
+
     for v, sw in data["sweeps"].items():
-        plain = sorted([p for p in sw["points"] if not p["ratios"]], key=lambda p: p["alpha"])
-        val.plot([100 * p["general"] for p in plain], [100 * p["medical"] for p in plain], "-o", ms=4, color=color[v],
-                 label=f"{v}: α sweep")
-        for p in plain:
-            val.annotate(f"{p['alpha']:g}", (100 * p["general"], 100 * p["medical"]), textcoords="offset points",
-                         xytext=(4, 3), fontsize=7, color=color[v])
-        hma = [p for p in sw["points"] if p["ratios"]]
-        if hma:
-            val.scatter([100 * p["general"] for p in hma], [100 * p["medical"] for p in hma], marker="^", s=22,
-                        color=color[v], alpha=0.6, label=f"{v}: HMA ratios")
-        if sw.get("selected") is not None:
-            s = sw["points"][sw["selected"]]
-            val.scatter([100 * s["general"]], [100 * s["medical"]], marker="*", s=220, color=color[v],
-                        edgecolors="black", zorder=4, label=f"{v}: selected {s['label']}")
+        result = SweepResult(points=[SweepPoint.from_json(p) for p in sw["points"]], selected=sw.get("selected"))
+        draw_points(val, result, color=color[v], prefix=f"{v}: ")
+        s = result.selected_point
+        if s is not None:
+            val.scatter([100 * s.general], [100 * s.medical], marker="*", s=220, color=color[v],
+                        edgecolors="black", zorder=4, label=f"{v}: selected {s.label}")
     if base_general is not None and data["ship"]["rule_name"] == "retain":
         retain = data["ship"]["retain"]
         val.axvline(100 * base_general * retain, color="grey", ls="--", lw=1, label=f"keeps {retain:.0%} of base general")

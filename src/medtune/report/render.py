@@ -152,8 +152,10 @@ def _selection(data: dict[str, Any]) -> list[Block]:
                                                            for t, s in val["sources"].items()))]
     for v, sw in data["sweeps"].items():
         out += [("h2", f"Averaging sweep: {v}"),
-                ("table", ["point", "validation medical", "validation general", "Pareto", "selected"],
-                 [[p["label"], f"{100 * p['medical']:.1f}", f"{100 * p['general']:.1f}", "●" if p.get("pareto") else "",
+                ("table", ["point", "method", "parameters", "validation medical", "validation general", "Pareto",
+                           "selected"],
+                 [[p["label"], p["method"], ", ".join(f"{k}={v}" for k, v in p["params"].items()),
+                   f"{100 * p['medical']:.1f}", f"{100 * p['general']:.1f}", "●" if p.get("pareto") else "",
                    "★" if i == sw["selected"] else ""] for i, p in enumerate(sw["points"])])]
     return out
 

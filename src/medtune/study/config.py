@@ -101,16 +101,20 @@ class AveragingConfig(StrictModel):
     """Variants to sweep (default: all). Every variant is still scored at alpha 0 and 1 for selection."""
     alphas: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     """Weights on the tuned model to evaluate (0 = base, 1 = tuned)."""
-    test_best_of: list[Literal["uniform", "hma"]] = Field(default_factory=list)
-    """Also score on the test splits, for each swept variant, the best uniform-alpha point (0 < alpha < 1)
-    and/or the best HMA point, each picked by the rule on validation among points of its kind, when it is
-    not the selected point already. They are reported next to the selected model, never shipped."""
+    test_best_of: list[str] = Field(default_factory=list)
+    """Also score on the test splits, for each swept variant, the best point of each listed kind -- "uniform"
+    (linear, 0 < alpha < 1), "hma", or a method of `methods` -- picked by the rule on validation among points
+    of its kind, when it is not the selected point already. Reported next to the selected model, never shipped."""
     hma_alphas: list[float] = Field(default_factory=list)
     """Alphas at which to search heterogeneous per-block ratios (empty: no HMA)."""
     hma_blocks: int = Field(3, ge=2)
     """Layer blocks for HMA (input, middle, output)."""
     hma_grid: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     """Candidate per-block ratios of the HMA grid search."""
+    methods: dict[str, dict[str, list[Any]]] = Field(default_factory=dict)
+    """More averaging methods, each with a grid of its parameters, e.g. {ties: {density: [0.3, 0.5, 0.7],
+    weight: [0.5, 1.0]}, slerp: {alpha: [0.5]}}: every combination is one sweep point, scored on
+    validation, marked on the Pareto front and selectable (a parameter left out takes its default)."""
     medical_tasks: list[str] = Field(default_factory=lambda: ["pubmedqa", "medqa4"])
     """Tasks whose mean validation accuracy is the medical score (each needs a validation source)."""
     general_tasks: list[str] = Field(default_factory=lambda: ["arc_easy"])
@@ -132,6 +136,21 @@ class AveragingConfig(StrictModel):
         if bad:
             raise ValueError(f"values must lie in [0, 1], got {bad}")
         return values
+
+    @model_validator(mode="after")
+    def _methods(self) -> "AveragingConfig":
+        from medtune.errors import MedtuneError
+        from medtune.merge.sweep import grid_points
+
+        try:
+            grid_points(self.methods, 1)
+        except MedtuneError as err:
+            raise ValueError(f"methods: {err}") from None
+        kinds = ["uniform", "hma", *self.methods]
+        for kind in self.test_best_of:
+            if kind not in kinds:
+                raise ValueError(f"test_best_of: {kind!r} is not swept (valid: {', '.join(kinds)})")
+        return self
 
 
 class StudyConfig(StrictModel):

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from medtune.config import ModelConfig
 from medtune.data.spec import SourceConfig
 from medtune.evaluate.tasks import TASKS
+from medtune.merge.records import SweepPoint, SweepResult
 from medtune.study.config import StudyConfig, VariantConfig
 
 Kind = Literal["eval", "train", "sweep", "merge", "report"]
@@ -120,7 +121,8 @@ def sweep_step(cfg: StudyConfig, out: Path, variant: VariantConfig) -> Step:
     root = cfg.root(ev.data_root)
     scfg = SweepConfig(base=cfg.model, tuned=str(out / "train" / variant.name / "model"),
                        alphas=av.alphas if full else [0.0, 1.0], hma_alphas=av.hma_alphas if full else [],
-                       hma_blocks=av.hma_blocks, hma_grid=av.hma_grid, medical_tasks=",".join(av.medical_tasks),
+                       hma_blocks=av.hma_blocks, hma_grid=av.hma_grid, methods=av.methods if full else {},
+                       medical_tasks=",".join(av.medical_tasks),
                        general_tasks=",".join(av.general_tasks),
                        task_sources={t: _absolute(ev.validation_sources[t], root) for t in av.medical_tasks + av.general_tasks},
                        data_root=str(root), limit=av.limit, rule=av.rule, retain=av.retain, weight=av.weight,
@@ -141,62 +143,52 @@ def static_plan(cfg: StudyConfig, out: Path) -> list[Step]:
     return steps
 
 
-def selected_point(out: Path, variant: str) -> dict[str, Any] | None:
+def sweep_result(out: Path, variant: str) -> SweepResult | None:
+    """The sweep of ``variant`` as far as it has run (None before it starts)."""
+    return SweepResult.load(out / "sweep" / variant / "results.json")
+
+
+def selected_point(out: Path, variant: str) -> SweepPoint | None:
     """The sweep's selected point for ``variant`` (None while the sweep is not complete)."""
-    path = out / "sweep" / variant / "results.json"
-    if not path.is_file():
-        return None
-    res = json.loads(path.read_text())
-    return res["points"][res["selected"]] if "selected" in res else None
+    res = sweep_result(out, variant)
+    return res.selected_point if res else None
 
 
-def best_of_kind(cfg: StudyConfig, out: Path, variant: str, kind: str) -> dict[str, Any] | None:
-    """The sweep point of ``kind`` ("uniform": 0 < alpha < 1 without ratios; "hma": with ratios) that the
+def best_of_kind(out: Path, variant: str, kind: str) -> SweepPoint | None:
+    """The sweep point of ``kind`` (a method name; "uniform" is linear with 0 < alpha < 1) that the
     averaging rule picks on validation among points of that kind (None when the sweep has none)."""
-    from medtune.merge import methods
-
-    path = out / "sweep" / variant / "results.json"
-    if not path.is_file():
-        return None
-    res = json.loads(path.read_text())
-    if "selected" not in res:
-        return None
-    pts = [p for p in res["points"] if (p["ratios"] if kind == "hma" else not p["ratios"] and 0 < p["alpha"] < 1)]
-    if not pts:
-        return None
-    av = cfg.averaging
-    idx = methods.select([methods.Point(p["label"], p["medical"], p["general"]) for p in pts], res["base_general"],
-                         rule=av.rule, retain=av.retain, weight=av.weight)
-    return pts[idx]
+    res = sweep_result(out, variant)
+    return res.best("linear" if kind == "uniform" else kind) if res else None
 
 
-def averaged_plan(cfg: StudyConfig, out: Path, variant: VariantConfig, point: dict[str, Any],
+def averaged_plan(cfg: StudyConfig, out: Path, variant: VariantConfig, point: SweepPoint,
                   suffix: str = "averaged") -> list[Step]:
     """The merge at a sweep point and its evaluation; none when the point is the base or the tuned model.
     ``suffix`` "averaged" is the selected point (``merge/V``, ``eval/V-averaged``); another suffix is a
-    point reported for comparison (``merge/V-SUFFIX``, ``eval/V-SUFFIX``)."""
+    point reported for comparison (``merge/V-SUFFIX``, ``eval/V-SUFFIX``). A LoRA variant merged by a
+    method exact in LoRA space is an adapter on the base; by TIES / DARE / SLERP a full model."""
+    from medtune.merge.methods import method
     from medtune.merge.run import MergeConfig
 
-    alpha, ratios = point["alpha"], point["ratios"]
-    if not ratios and alpha in (0.0, 1.0):
+    if point.is_endpoint() is not None:
         return []
     merged = out / "merge" / (variant.name if suffix == "averaged" else f"{variant.name}-{suffix}")
-    mcfg = MergeConfig(base=cfg.model, tuned=[str(out / "train" / variant.name / "model")],
-                       method="hma" if ratios else "linear", alpha=alpha, ratios=ratios, out=str(merged))
-    merge = Step(f"merge/{merged.name}", "merge", mcfg, [f"sweep/{variant.name}"], note=point["label"])
-    lora = cfg.train_config(variant, out).method == "lora"
-    model = cfg.model if lora else cfg.model.model_copy(update={"spec": str(merged)})
-    return [merge, *model_evals(cfg, out, f"{variant.name}-{suffix}", model, str(merged) if lora else None,
+    mcfg = MergeConfig(base=cfg.model, tuned=[str(out / "train" / variant.name / "model")], method=point.method,
+                       params=point.params, out=str(merged))
+    merge = Step(f"merge/{merged.name}", "merge", mcfg, [f"sweep/{variant.name}"], note=point.label)
+    adapter = cfg.train_config(variant, out).method == "lora" and method(point.method).lora is not None
+    model = cfg.model if adapter else cfg.model.model_copy(update={"spec": str(merged)})
+    return [merge, *model_evals(cfg, out, f"{variant.name}-{suffix}", model, str(merged) if adapter else None,
                                 [merge.name])]
 
 
-def compared_plan(cfg: StudyConfig, out: Path, variant: VariantConfig, selected: dict[str, Any]) -> list[Step]:
+def compared_plan(cfg: StudyConfig, out: Path, variant: VariantConfig, selected: SweepPoint) -> list[Step]:
     """Merges and test evaluations of ``averaging.test_best_of`` points that differ from the selected one."""
     steps: list[Step] = []
     if variant.name not in cfg.swept:
         return steps
     for kind in cfg.averaging.test_best_of:
-        point = best_of_kind(cfg, out, variant.name, kind)
-        if point is not None and point["label"] != selected["label"]:
+        point = best_of_kind(out, variant.name, kind)
+        if point is not None and point.identity != selected.identity:
             steps += averaged_plan(cfg, out, variant, point, suffix=kind)
     return steps

@@ -1,0 +1,225 @@
+"""Where the weights being averaged come from, and a loaded model set to any averaging point.
+
+One weight source serves ``medtune merge``, ``medtune sweep``, the soups and ``chat --alpha``:
+
+* **LoRA, scaled** (:class:`LoraScaler`): for methods exact in LoRA space (``MergeMethod.lora``) the
+  adapters' scaling is multiplied by each tensor's coefficient on the loaded ``PeftModel``: nothing
+  is copied, a point is set in milliseconds;
+* **LoRA, materialised per tensor** (:class:`LoraSource`): for TIES, DARE and SLERP the tuned tensor
+  is ``base + delta`` with peft's own ``get_delta_weight`` (``s * B @ A``), one tensor at a time;
+* **full weights in memory** (:class:`StateSource`): state dicts of full checkpoints;
+* **full weights streamed by tensor**: :func:`medtune.merge.stream.merge_streaming` reads row chunks
+  for element-wise methods and whole tensors for methods with ``whole_tensor``.
+
+:class:`Averager` puts a loaded model at ``(method, params)`` through whichever source fits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from medtune.errors import ModelError
+from medtune.merge import methods as M
+
+
+def adapter_dir(path: str | Path) -> Path | None:
+    """The PEFT adapter directory at ``path`` (or its ``model/``), else None."""
+    p = Path(path)
+    for cand in (p, p / "model"):
+        if (cand / "adapter_config.json").is_file():
+            return cand
+    return None
+
+
+def full_dir(path: str | Path) -> Path:
+    """The full-checkpoint directory at ``path`` (or its ``model/``)."""
+    p = Path(path)
+    for cand in (p, p / "model"):
+        if (cand / "config.json").is_file():
+            return cand
+    raise ModelError(f"{path}: neither a LoRA adapter nor a model directory (config.json)")
+
+
+def load_state(model_dir: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a (sharded) safetensors checkpoint, in memory."""
+    from safetensors.torch import load_file
+
+    from medtune.finite import check_finite
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise ModelError(f"{model_dir}: no .safetensors files")
+    state = {k: v for f in files for k, v in load_file(str(f)).items()}
+    check_finite(state, str(model_dir))
+    return state
+
+
+class WeightSource(Protocol):
+    """Whole tensors of the base model and of each tuned model, by name."""
+
+    n_layers: int
+
+    def names(self) -> list[str]: ...
+
+    def tensors(self, name: str) -> tuple[torch.Tensor, list[torch.Tensor]]: ...
+
+
+class StateSource:
+    """Full checkpoints in memory (``base`` and each tuned model's state dict)."""
+
+    def __init__(self, base: dict[str, torch.Tensor], tuned: Sequence[dict[str, torch.Tensor]], n_layers: int):
+        self.base, self.tuned, self.n_layers = base, list(tuned), n_layers
+
+    def names(self) -> list[str]:
+        return list(self.base)
+
+    def tensors(self, name: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return self.base[name], [t.get(name, self.base[name]) for t in self.tuned]
+
+
+def lora_layers(model: Any) -> list[tuple[str, Any]]:
+    """(module name, peft LoRA layer) for every adapted module."""
+    from peft.tuners.lora import LoraLayer
+
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, LoraLayer)]
+
+
+def _weight_name(module: str) -> str:
+    """``base_model.model.model.layers.0.mlp.up_proj`` -> ``model.layers.0.mlp.up_proj.weight`` (the
+    name of the tensor in the base checkpoint)."""
+    return module.removeprefix("base_model.model.") + ".weight"
+
+
+def peft_base_params(peft: Any) -> dict[str, torch.Tensor]:
+    """The base model's live parameters under their checkpoint names (``...q_proj.base_layer.weight``
+    -> ``...q_proj.weight``), without the adapters' own tensors."""
+    return {k.replace(".base_layer.", "."): p for k, p in peft.get_base_model().named_parameters()
+            if ".lora_" not in k}
+
+
+class LoraSource:
+    """A ``PeftModel`` with one or more adapters: tuned_i = base + peft's ``get_delta_weight(adapter_i)``.
+
+    Tensors no adapter touches are the base's in every tuned model. Deltas are computed at the
+    adapters' own scaling whatever :class:`LoraScaler` has set. ``base`` overrides the live base
+    weights (the :class:`Averager` keeps the originals while it writes merged weights into the model)."""
+
+    def __init__(self, peft: Any, adapters: Sequence[str], n_layers: int, base: dict[str, torch.Tensor] | None = None):
+        self.adapters, self.n_layers = list(adapters), n_layers
+        self.layers = {_weight_name(name): m for name, m in lora_layers(peft)}
+        self.base_state = {k: p.detach() for k, p in peft_base_params(peft).items()} | (base or {})
+        self._scaling = {k: dict(m.scaling) for k, m in self.layers.items()}
+
+    def names(self) -> list[str]:
+        return list(self.base_state)
+
+    def adapted(self) -> list[str]:
+        return list(self.layers)
+
+    def delta(self, name: str, adapter: str) -> torch.Tensor:
+        """``s * B @ A`` of ``adapter`` on tensor ``name`` (out, in), fp32."""
+        m = self.layers[name]
+        now = dict(m.scaling)
+        m.scaling.update(self._scaling[name])
+        try:
+            with torch.no_grad():
+                return m.get_delta_weight(adapter).detach().float()
+        finally:
+            m.scaling.update(now)
+
+    def tensors(self, name: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        base = self.base_state[name]
+        if name not in self.layers:
+            return base, [base] * len(self.adapters)
+        return base, [(base.float() + self.delta(name, a)).to(base.dtype) for a in self.adapters]
+
+
+class LoraScaler:
+    """Scales a loaded PeftModel's adapters in place: each adapted tensor's delta gets the coefficient
+    the (LoRA-exact) method gives it; ``set_alpha(a)`` is WiSE-FT interpolation."""
+
+    def __init__(self, model: Any, adapter: str | None = None):
+        self.model = model
+        self.layers = lora_layers(model)
+        if not self.layers:
+            raise ModelError("the model has no LoRA layers to interpolate")
+        self.base_scaling = {name: dict(m.scaling) for name, m in self.layers}
+        self.n_layers = model.get_base_model().config.num_hidden_layers
+
+    def set(self, method: str, params: M.Params) -> None:
+        entry = M.method(method)
+        if entry.lora is None:
+            raise ModelError(f"method {method} is not exact in LoRA space; merge it per tensor (LoraSource)")
+        for name, m in self.layers:
+            p = M.tensor_params(method, params, _weight_name(name), self.n_layers)
+            coeff = entry.lora(p, 1)[0]
+            for adapter, s in self.base_scaling[name].items():
+                m.scaling[adapter] = s * coeff
+
+    def set_alpha(self, alpha: float, ratios: Sequence[float] | None = None) -> None:
+        if ratios:
+            self.set("hma", M.resolve_params("hma", {"alpha": alpha, "ratios": list(ratios)}))
+        else:
+            self.set("linear", {"alpha": alpha})
+
+    def reset(self) -> None:
+        self.set_alpha(1.0)
+
+
+def merged_tensors(source: WeightSource, method: str, params: M.Params, only: Sequence[str] | None = None,
+                   where: str = "merged weights") -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, merged tensor) for every tensor of ``source`` (or the ``only`` ones), whole tensors, each
+    checked for non-finite values (``where`` names the output in the error)."""
+    from medtune.finite import check_finite
+
+    for name in only if only is not None else source.names():
+        base, tuned = source.tensors(name)
+        merged = M.merge_tensor(method, params, name, source.n_layers, base, tuned)
+        check_finite([(name, merged)], f"{where} ({M.label(method, params)})")
+        yield name, merged
+
+
+class Averager:
+    """A loaded model that can be set to any averaging point without reloading.
+
+    ``model`` is a PeftModel for LoRA inputs (exact methods scale the adapters; other methods write
+    merged weights into the base layers, with the adapters' scaling at 0, from a copy of the adapted
+    base weights) or a plain model for full checkpoints (``tuned_states``: one more copy per model)."""
+
+    def __init__(self, model: Any, n_layers: int, tuned_states: Sequence[dict[str, torch.Tensor]] | None = None):
+        self.model, self.n_layers = model, n_layers
+        self._written: set[str] = set()
+        if tuned_states is None:
+            self.scaler: LoraScaler | None = LoraScaler(model)
+            self.targets = peft_base_params(model)
+            lora = LoraSource(model, list(model.peft_config), n_layers)
+            self._originals = {n: lora.base_state[n].clone() for n in lora.adapted()}
+            self.source: WeightSource = LoraSource(model, list(model.peft_config), n_layers, base=self._originals)
+            self._only: list[str] | None = lora.adapted()
+        else:
+            self.scaler, self._only = None, None
+            self.targets = dict(model.named_parameters())  # tied weights appear once
+            self.source = StateSource({k: v.detach().clone() for k, v in self.targets.items()}, tuned_states, n_layers)
+
+    def set(self, method: str, params: M.Params) -> None:
+        if self.scaler is not None:
+            self._restore()
+            if M.method(method).lora is not None:
+                self.scaler.set(method, params)
+                return
+            self.scaler.set("linear", {"alpha": 0.0})
+        with torch.no_grad():
+            for name, merged in merged_tensors(self.source, method, params, self._only):
+                self.targets[name].copy_(merged)
+                self._written.add(name)
+
+    def _restore(self) -> None:
+        """Put the base weights of a LoRA model back (after a non-exact point wrote merged ones)."""
+        with torch.no_grad():
+            for name in self._written:
+                self.targets[name].copy_(self._originals[name])
+        self._written.clear()
