@@ -148,13 +148,13 @@ def test_chat_refuses_a_nan_adapter(tiny_llama, adapter):
 
 
 def test_sweep_refuses_a_full_tuned_checkpoint_with_a_nan(tiny_llama, tmp_path):
-    from medtune.merge.sweep import SweepConfig, _Averager
+    from medtune.merge.sweep import SweepConfig, _averager
 
     tuned = tmp_path / "tuned"
     shutil.copytree(tiny_llama, tuned)
     name = poison(tuned / "model.safetensors", key_part="embed_tokens")
     with pytest.raises(NonFiniteError, match=rf"tuned: tensor '{name}'"):
-        _Averager(SweepConfig(base=ModelConfig(spec=str(tiny_llama)), tuned=str(tuned)))
+        _averager(SweepConfig(base=ModelConfig(spec=str(tiny_llama)), tuned=str(tuned)))
 
 
 # ---------------------------------------------------------------- finding 6: corrupt or mismatched adapters

@@ -116,3 +116,18 @@ def test_averager_restores_the_base_after_a_non_exact_point(tiny_llama, adapter)
         base = peft(ids).logits
     assert not torch.allclose(ties, tuned) and torch.equal(again, tuned)
     assert torch.allclose(base, models.load_model(str(tiny_llama))(ids).logits, atol=1e-6)
+
+
+def test_results_saved_before_method_names_still_load_typed(tmp_path):
+    """A sweep's results.json from before the method table (alpha / ratios only) loads as linear / hma
+    points, so a study's finished sweeps are reused, not scored again."""
+    old = {"key": "k", "selected": 1, "base_general": 0.5, "rule": {"rule": "retain", "retain": 0.98},
+           "points": [{"alpha": 0.0, "ratios": None, "label": "α=0", "medical": 0.4, "general": 0.5, "key": "k"},
+                      {"alpha": 0.5, "ratios": [0.0, 1.0], "label": "α=0.5 HMA [0.0, 1.0]", "medical": 0.6,
+                       "general": 0.5, "key": "k"}]}
+    (tmp_path / "results.json").write_text(json.dumps(old))
+    res = SweepResult.load(tmp_path / "results.json")
+    assert [(p.method, p.params) for p in res.points] == [("linear", {"alpha": 0.0}),
+                                                         ("hma", {"alpha": 0.5, "ratios": [0.0, 1.0]})]
+    assert res.selected_point.label == "α=0.5 HMA [0.0, 1.0]" and res.best("hma") is res.points[1]
+    assert res.points[0].is_endpoint() == 0.0 and res.best("uniform") is None

@@ -2,7 +2,8 @@
 
 It runs ``demo_data/demo-study.yaml`` (the same study as ``configs/demo.yaml`` in a checkout): the
 base model is evaluated, two LoRA variants (without replay and with 30 % general replay) are
-trained briefly, each is swept against the base with a few alphas, and the report is written.
+trained briefly, each is swept against the base with a few alphas and one TIES, DARE-TIES and SLERP
+point, and the report is written.
 The demo sample was written by the medtune authors: it is not a benchmark, and its scores say
 nothing about real medical ability. Interrupted, the same command resumes where it stopped.
 """

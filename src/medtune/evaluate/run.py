@@ -322,7 +322,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
               **({"groups": groups} if groups else {}), "processes": state.num_processes, **_provenance(model)}
     if not state.is_main_process:
         return report
-    atomic.write_json(out / "results.json", report)
+    from medtune.evaluate.results import EvalResult
+
+    EvalResult.model_validate(report).save(out / "results.json")  # the record the study and report read
     atomic.write_jsonl(out / "predictions.jsonl", predictions)
     atomic.write_text(out / "config.yaml", dump_config(cfg))
     atomic.write_json(out / "templates.json", template_provenance(*EVAL_TEMPLATES.values()))

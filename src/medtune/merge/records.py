@@ -113,9 +113,11 @@ class SweepResult(BaseModel):
     def selected_point(self) -> SweepPoint | None:
         return self.points[self.selected] if self.selected is not None else None
 
-    def best(self, method: str) -> SweepPoint | None:
-        """The point of ``method`` the sweep's rule picks among that method's points ("linear": only
-        0 < alpha < 1, the endpoints being the base and tuned models); None when there is none."""
+    def best(self, kind: str) -> SweepPoint | None:
+        """The point of ``kind`` (a method; "uniform" is "linear") the sweep's rule picks among that
+        method's points (linear: only 0 < alpha < 1, the endpoints being the base and tuned models);
+        None when there is none."""
+        method = "linear" if kind == "uniform" else kind
         if self.rule is None or self.base_general is None:
             return None
         pts = [p for p in self.points if p.method == method and p.is_endpoint() is None]

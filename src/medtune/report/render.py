@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import base64
 import html as H
-import shlex
 from pathlib import Path
 from typing import Any
 
-from medtune.study.config import StudyConfig
 
 Block = tuple[Any, ...]
 """("h1"|"h2"|"p"|"note", text) · ("table", headers, rows) · ("img", file name, alt) · ("code", text)."""
@@ -158,21 +156,6 @@ def _selection(data: dict[str, Any]) -> list[Block]:
                    f"{100 * p['medical']:.1f}", f"{100 * p['general']:.1f}", "●" if p.get("pareto") else "",
                    "★" if i == sw["selected"] else ""] for i, p in enumerate(sw["points"])])]
     return out
-
-
-def commands(cfg: StudyConfig, out: Path) -> list[str]:
-    """The command that reproduces the study, then each step's own command with its saved config."""
-    study_file = out / "study.yaml"
-    lines = ["# the whole study (finished steps are skipped):", f"medtune study {shlex.quote(str(study_file))}",
-             "# or step by step, from the configs each step saved:"]
-    for v in cfg.variants:
-        lines.append(f"medtune train {shlex.quote(str(out / 'train' / v.name / 'config.yaml'))}")
-    for d in sorted((out / "eval").glob("*/config.yaml")) + sorted((out / "eval-gen").glob("*/config.yaml")):
-        lines.append(f"medtune eval {shlex.quote(str(d))}")
-    for kind in ("sweep", "merge"):
-        for d in sorted((out / kind).glob("*/config.yaml")):
-            lines.append(f"medtune {kind} {shlex.quote(str(d))}")
-    return lines
 
 
 # --- serialisation -----------------------------------------------------------------------------------

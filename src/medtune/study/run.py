@@ -24,8 +24,8 @@ from medtune.config import dump_config
 from medtune.errors import MedtuneError
 from medtune.study import steps as S
 from medtune.study.config import StudyConfig
+from medtune.study.layout import STATE, StudyLayout
 
-STATE = ".medtune-step.json"
 
 
 class StudyRunConfig(StudyConfig):
@@ -94,8 +94,10 @@ def _execute(step: S.Step, out: Path, cfg: StudyConfig, fp: str, state: str) -> 
         atomic.write_text(step_dir / "config.yaml", dump_config(step.config))
     else:
         from medtune.report.build import write_report
+        from medtune.study.results import gather
 
-        write_report(cfg, out)
+        layout = StudyLayout(out)
+        write_report(gather(cfg, layout), layout.report_dir())
     atomic.write_json(step_dir / STATE, {"step": step.name, "fingerprint": fp, "state": "done",
                                          "seconds": round(time.time() - started, 1),
                                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
@@ -130,7 +132,7 @@ def study(cfg: StudyRunConfig) -> Path:
     if cfg.dry_run:
         _print_plan(console, cfg, out)
         return out
-    atomic.write_text(out / "study.yaml", dump_config(StudyConfig.model_validate(cfg.model_dump(exclude={"dry_run"}))))
+    atomic.write_text(StudyLayout(out).study_file(), dump_config(StudyConfig.model_validate(cfg.model_dump(exclude={"dry_run"}))))
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a "Loading weights" bar per model load says nothing in a study
@@ -175,23 +177,27 @@ def _print_outcome(console: Any, cfg: StudyConfig, out: Path) -> None:
     """Which model to ship, how to talk to it, and where the report is."""
     import shlex
 
-    from medtune.report.build import adapter_of
+    from medtune.report.build import columns, model_row
+    from medtune.study.results import gather, model_dir_of
 
-    report = json.loads((out / "report" / "report.json").read_text())
-    ship = report.get("ship") or {}
-    row = next((r for r in report["rows"] if r["label"] == ship.get("row")), None)
-    if row is not None:
-        med, gen = row["medical_avg"], row["general_avg"]
-        console.print(f"[bold]ship:[/] {row['label']} — test medical avg {100 * med['value']:.1f}"
-                      + (f", general avg {100 * gen['value']:.1f}" if gen else "") + f" (chosen on validation: {ship['rule']})")
+    layout = StudyLayout(out)
+    results = gather(cfg, layout)
+    ship = results.ship
+    row = next((r for r in results.rows if ship is not None and r.label == ship.row), None)
+    if ship is not None and row is not None:
+        shown = model_row(row, columns(results.tasks))
+        med, gen = shown["medical_avg"], shown["general_avg"]
+        console.print(f"[bold]ship:[/] {row.label} — test medical avg {100 * med['value']:.1f}"
+                      + (f", general avg {100 * gen['value']:.1f}" if gen else "")
+                      + f" (chosen on validation: {ship.rule.describe()})")
         chat = f"medtune chat --model.spec {shlex.quote(cfg.model.spec)}"
-        adapter = adapter_of(row, out)
-        if adapter is not None and (adapter / "adapter_config.json").is_file():
-            chat += f" --adapter {shlex.quote(str(adapter))}"
-        elif adapter is not None:  # full fine-tuning: the directory is the whole model
-            chat = f"medtune chat --model.spec {shlex.quote(str(adapter))}"
+        model_dir = model_dir_of(row, layout)
+        if model_dir is not None and (model_dir / "adapter_config.json").is_file():
+            chat += f" --adapter {shlex.quote(str(model_dir))}"
+        elif model_dir is not None:  # full fine-tuning or a full merge: the directory is the whole model
+            chat = f"medtune chat --model.spec {shlex.quote(str(model_dir))}"
         console.print(f"[bold]ask it something:[/] {chat}")
-    console.print(f"[bold]report:[/] {(out / 'report' / 'report.html').resolve()}  (and report.md beside it)")
+    console.print(f"[bold]report:[/] {(layout.report_dir() / 'report.html').resolve()}  (and report.md beside it)")
 
 
 def _print_plan(console: Any, cfg: StudyConfig, out: Path) -> None:

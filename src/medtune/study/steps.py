@@ -22,6 +22,7 @@ from medtune.data.spec import SourceConfig
 from medtune.evaluate.tasks import TASKS
 from medtune.merge.records import SweepPoint, SweepResult
 from medtune.study.config import StudyConfig, VariantConfig
+from medtune.study.layout import StudyLayout as L
 
 Kind = Literal["eval", "train", "sweep", "merge", "report"]
 _VOLATILE = {"progress", "resume"}
@@ -87,7 +88,7 @@ def eval_step(cfg: StudyConfig, out: Path, label: str, model: ModelConfig, adapt
 
     ev = cfg.evaluation
     tasks = [t for t in ev.tasks if not generate or TASKS[t].domain != "general"]
-    name = f"{'eval-gen' if generate else 'eval'}/{label}"
+    name = L.eval_step(label, generate)
     ecfg = EvalConfig(model=model, adapter=adapter, tasks=",".join(tasks), data_root=str(cfg.root(ev.data_root)),
                       task_sources={t: test_source(cfg, t, generate) for t in tasks}, limit=ev.limit,
                       mode="generate" if generate else "loglikelihood", max_new_tokens=ev.max_new_tokens,
@@ -107,7 +108,7 @@ def model_evals(cfg: StudyConfig, out: Path, label: str, model: ModelConfig, ada
 
 def trained_model(cfg: StudyConfig, out: Path, variant: VariantConfig) -> tuple[ModelConfig, str | None]:
     """(model, adapter) that load a trained variant: base + adapter for LoRA, the weights for full."""
-    model_dir = out / "train" / variant.name / "model"
+    model_dir = L(out).model_dir(variant.name)
     if cfg.train_config(variant, out).method == "lora":
         return cfg.model, str(model_dir)
     return cfg.model.model_copy(update={"spec": str(model_dir)}), None
@@ -119,15 +120,15 @@ def sweep_step(cfg: StudyConfig, out: Path, variant: VariantConfig) -> Step:
     av, ev = cfg.averaging, cfg.evaluation
     full = variant.name in cfg.swept
     root = cfg.root(ev.data_root)
-    scfg = SweepConfig(base=cfg.model, tuned=str(out / "train" / variant.name / "model"),
+    scfg = SweepConfig(base=cfg.model, tuned=str(L(out).model_dir(variant.name)),
                        alphas=av.alphas if full else [0.0, 1.0], hma_alphas=av.hma_alphas if full else [],
                        hma_blocks=av.hma_blocks, hma_grid=av.hma_grid, methods=av.methods if full else {},
                        medical_tasks=",".join(av.medical_tasks),
                        general_tasks=",".join(av.general_tasks),
                        task_sources={t: _absolute(ev.validation_sources[t], root) for t in av.medical_tasks + av.general_tasks},
                        data_root=str(root), limit=av.limit, rule=av.rule, retain=av.retain, weight=av.weight,
-                       out=str(out / "sweep" / variant.name), progress=cfg.progress)
-    return Step(f"sweep/{variant.name}", "sweep", scfg, [f"train/{variant.name}"],
+                       out=str(L(out).sweep_dir(variant.name)), progress=cfg.progress)
+    return Step(L.sweep_step(variant.name), "sweep", scfg, [L.train_step(variant.name)],
                 note="" if full else "alpha 0 and 1 only (not in averaging.variants)")
 
 
@@ -136,16 +137,16 @@ def static_plan(cfg: StudyConfig, out: Path) -> list[Step]:
     gcfg = guarded_data(cfg)
     steps = model_evals(cfg, out, "base", cfg.model, None, [])
     for v in cfg.variants:
-        steps.append(Step(f"train/{v.name}", "train", gcfg.train_config(v, out / "train" / v.name)))
+        steps.append(Step(L.train_step(v.name), "train", gcfg.train_config(v, L(out).step_dir(L.train_step(v.name)))))
         model, adapter = trained_model(cfg, out, v)
-        steps += model_evals(cfg, out, v.name, model, adapter, [f"train/{v.name}"])
+        steps += model_evals(cfg, out, v.name, model, adapter, [L.train_step(v.name)])
         steps.append(sweep_step(cfg, out, v))
     return steps
 
 
 def sweep_result(out: Path, variant: str) -> SweepResult | None:
     """The sweep of ``variant`` as far as it has run (None before it starts)."""
-    return SweepResult.load(out / "sweep" / variant / "results.json")
+    return SweepResult.load(L(out).sweep_results(variant))
 
 
 def selected_point(out: Path, variant: str) -> SweepPoint | None:
@@ -158,7 +159,7 @@ def best_of_kind(out: Path, variant: str, kind: str) -> SweepPoint | None:
     """The sweep point of ``kind`` (a method name; "uniform" is linear with 0 < alpha < 1) that the
     averaging rule picks on validation among points of that kind (None when the sweep has none)."""
     res = sweep_result(out, variant)
-    return res.best("linear" if kind == "uniform" else kind) if res else None
+    return res.best(kind) if res else None
 
 
 def averaged_plan(cfg: StudyConfig, out: Path, variant: VariantConfig, point: SweepPoint,
@@ -172,13 +173,13 @@ def averaged_plan(cfg: StudyConfig, out: Path, variant: VariantConfig, point: Sw
 
     if point.is_endpoint() is not None:
         return []
-    merged = out / "merge" / (variant.name if suffix == "averaged" else f"{variant.name}-{suffix}")
-    mcfg = MergeConfig(base=cfg.model, tuned=[str(out / "train" / variant.name / "model")], method=point.method,
+    merged = L(out).merge_dir(variant.name, suffix)
+    mcfg = MergeConfig(base=cfg.model, tuned=[str(L(out).model_dir(variant.name))], method=point.method,
                        params=point.params, out=str(merged))
-    merge = Step(f"merge/{merged.name}", "merge", mcfg, [f"sweep/{variant.name}"], note=point.label)
+    merge = Step(L.merge_step(variant.name, suffix), "merge", mcfg, [L.sweep_step(variant.name)], note=point.label)
     adapter = cfg.train_config(variant, out).method == "lora" and method(point.method).lora is not None
     model = cfg.model if adapter else cfg.model.model_copy(update={"spec": str(merged)})
-    return [merge, *model_evals(cfg, out, f"{variant.name}-{suffix}", model, str(merged) if adapter else None,
+    return [merge, *model_evals(cfg, out, L.averaged_label(variant.name, suffix), model, str(merged) if adapter else None,
                                 [merge.name])]
 
 

@@ -1,0 +1,104 @@
+"""The study's results as one typed object: what the study gathers and the report shows.
+
+:class:`StudyResults` is built by :func:`medtune.study.results.gather` from the step directories
+(through the typed records each stage owns: :class:`~medtune.evaluate.results.EvalResult`,
+:class:`~medtune.merge.records.SweepResult`) and handed to :func:`medtune.report.build.write_report`.
+It lives below both, so the report never imports the study.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from medtune.evaluate.results import EvalResult
+from medtune.merge.records import SweepPoint, SweepResult
+from medtune.merge.selection import SelectionRule
+
+RowKind = Literal["base", "tuned", "averaged", "compared"]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+
+class ModelEval(_Record):
+    """One evaluated model of the study: a row of the report's tables."""
+
+    label: str
+    kind: RowKind
+    step: str
+    """The eval step (``eval/lora``), also its directory under the study."""
+    result: EvalResult
+    predictions: Path
+    variant: str | None = None
+    point: SweepPoint | None = None
+    """The averaging point this model is (averaged and compared rows)."""
+    note: str | None = None
+
+
+class Candidate(_Record):
+    """A model the shipping rule chooses among (validation scores)."""
+
+    label: str
+    variant: str | None
+    medical: float
+    general: float
+    point: SweepPoint | None = None
+
+
+class ShipChoice(_Record):
+    candidates: list[Candidate]
+    selected: int
+    rule: SelectionRule
+    base_general: float
+    row: str | None = None
+    """Label of the report row of the chosen model."""
+
+
+class TrainSummary(_Record):
+    run: dict[str, Any]
+    seconds: float
+    history: list[dict[str, Any]]
+    method: str
+
+
+class MixSummary(_Record):
+    general_share_target: float
+    general_share_realised: float
+    source_tokens: dict[str, int]
+    blocks: int
+    block_size: int
+    leakage_dropped: int
+
+
+class Validation(_Record):
+    medical: list[str]
+    general: list[str]
+    sources: dict[str, dict[str, Any]]
+    limit: int | None
+
+
+class StepTime(_Record):
+    step: str
+    seconds: float
+    finished: str = ""
+
+
+class StudyResults(_Record):
+    """Everything the report shows, typed."""
+
+    name: str
+    model: str
+    tasks: list[str]
+    validation: Validation
+    rows: list[ModelEval] = Field(default_factory=list)
+    gen_rows: list[ModelEval] = Field(default_factory=list)
+    sweeps: dict[str, SweepResult] = Field(default_factory=dict)
+    ship: ShipChoice | None = None
+    train: dict[str, TrainSummary] = Field(default_factory=dict)
+    mix: dict[str, MixSummary] = Field(default_factory=dict)
+    steps: list[StepTime] = Field(default_factory=list)
+    commands: list[str] = Field(default_factory=list)
