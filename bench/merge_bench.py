@@ -126,26 +126,30 @@ def make_shards(work: Path) -> tuple[Path, Path, int]:
     return work / "a", work / "b", largest
 
 
-def child_merge(a: str, b: str, out: str, shard_bytes: int) -> None:
+def child_merge(a: str, b: str, out: str, shard_bytes: int, method: str = "linear") -> None:
     import medtune.merge.stream as stream
     from medtune.merge import methods
 
+    params = methods.resolve_params(method, {"alpha": 0.5} if method == "linear" else {})
+    combine = (lambda name, ts: methods.interpolate_(ts[0], ts[1], 0.5)) if method == "linear" else \
+        (lambda name, ts: methods.merge_tensor(method, params, name, 30, ts[0], list(ts[1:])))
     before = rss_kb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter (VmHWM)
-    stream.merge_streaming([Path(a), Path(b)], Path(out), lambda name, ts: methods.interpolate_(ts[0], ts[1], 0.5),
-                           max_shard_bytes=shard_bytes)
+    info = stream.merge_streaming([Path(a), Path(b)], Path(out), combine, max_shard_bytes=shard_bytes,
+                                  whole_tensor=methods.method(method).whole_tensor)
     peak = rss_kb("VmHWM")
-    print(json.dumps({"rss_before_kb": before, "peak_kb": peak}))
+    print(json.dumps({"rss_before_kb": before, "peak_kb": peak, "largest_tensor_bytes": info["largest_tensor_bytes"]}))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--adapter", help="a trained LoRA adapter of smollm2-135m (default: train one for 3 steps)")
     ap.add_argument("--only", choices=["sweep", "memory"], help="run only one of the two measurements")
-    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--methods", default="linear,ties", help="streamed merges to measure (whole-tensor methods: ties, slerp, ...)")
+    ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        return child_merge(args.child[0], args.child[1], args.child[2], int(args.child[3]))
+        return child_merge(args.child[0], args.child[1], args.child[2], int(args.child[3]), args.child[4])
     work = Path(tempfile.mkdtemp(prefix="medtune-merge-bench-"))
     try:
         run(args, work)
@@ -162,12 +166,15 @@ def run(args: argparse.Namespace, work: Path) -> None:
     if args.only == "sweep":
         return
     a, b, largest = make_shards(work)
-    out = subprocess.run([sys.executable, __file__, "--child", str(a), str(b), str(work / "merged"), str(largest)],
-                         check=True, capture_output=True, text=True)
-    mem = json.loads(out.stdout.strip().splitlines()[-1])
-    extra = (mem["peak_kb"] - mem["rss_before_kb"]) * 1024
-    print(f"| streamed merge, peak extra RSS | {extra / 2**20:.0f} MiB | largest shard {largest / 2**20:.0f} MiB | "
-          f"{extra / largest:.2f} x shard (target ≤ 1.5) |")
+    for method in args.methods.split(","):
+        out = subprocess.run([sys.executable, __file__, "--child", str(a), str(b), str(work / f"merged-{method}"),
+                              str(largest), method], check=True, capture_output=True, text=True)
+        mem = json.loads(out.stdout.strip().splitlines()[-1])
+        extra = (mem["peak_kb"] - mem["rss_before_kb"]) * 1024
+        tensor = mem["largest_tensor_bytes"]
+        print(f"| streamed merge ({method}), peak extra RSS | {extra / 2**20:.0f} MiB | largest shard "
+              f"{largest / 2**20:.0f} MiB, largest tensor {tensor / 2**20:.0f} MiB | {extra / largest:.2f} x shard, "
+              f"{extra / tensor:.1f} x largest tensor |")
 
 
 def print_cost(cost: dict[str, float]) -> None:
