@@ -31,16 +31,24 @@ class ChunkedLinearCE(torch.autograd.Function):
             h = hidden[start : start + chunk]
             y = labels[start : start + chunk]
             valid = y != IGNORE_INDEX
-            if not bool(valid.any()):
+            all_valid = bool(valid.all())
+            if not all_valid and not bool(valid.any()):
                 continue
-            logits = (h @ weight.T).float()  # (chunk, vocab)
-            lse = torch.logsumexp(logits, dim=-1)
-            target = y.clamp(min=0)
-            total += ((lse - logits.gather(1, target[:, None])[:, 0]) * valid).sum()
+            target = y.clamp(min=0)[:, None]
+            # One buffer, updated in place: logits -> exp(logits - max) -> softmax -> softmax - one_hot.
+            probs = (h @ weight.T).float()  # (chunk, vocab)
+            target_logit = probs.gather(1, target)
+            top = probs.amax(dim=1, keepdim=True)
+            probs.sub_(top).exp_()
+            norm = probs.sum(dim=1, keepdim=True)
+            token_loss = (top + norm.log() - target_logit)[:, 0]  # logsumexp - target logit
+            probs.div_(norm)
+            probs.scatter_add_(1, target, torch.full_like(target_logit, -1.0))
+            if not all_valid:
+                token_loss = token_loss * valid
+                probs *= valid[:, None]
+            total += token_loss.sum()
             # d(sum CE)/d logits = softmax - one_hot, zero on ignored rows.
-            probs = torch.exp(logits - lse[:, None])
-            probs[torch.arange(len(y), device=y.device), target] -= 1.0
-            probs *= valid[:, None]
             grad_h[start : start + chunk] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
             if grad_w is not None:
                 grad_w += probs.T @ h.float()
@@ -78,6 +86,12 @@ class CausalLMLoss(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor, scale: float) -> torch.Tensor:
         # input_ids, attention_mask, loss_mask: (batch, seq). Position t predicts token t+1.
         hidden = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        labels = torch.where(loss_mask[:, 1:].bool(), input_ids[:, 1:], IGNORE_INDEX)
+        hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # (batch * (seq - 1), H)
+        labels = input_ids[:, 1:].reshape(-1)
+        # The LM head runs only where a loss is taken (the answer span under answer_only, real tokens
+        # under all_tokens): the other rows' full-vocabulary logits are never formed.
+        rows = loss_mask[:, 1:].reshape(-1).nonzero()[:, 0]
+        if rows.numel() < labels.numel():
+            hidden, labels = hidden.index_select(0, rows), labels.index_select(0, rows)
         weight = self.model.get_output_embeddings().weight
-        return chunked_ce_sum(hidden[:, :-1], weight, labels, chunk=self.chunk, scale=scale)
+        return chunked_ce_sum(hidden, weight, labels, chunk=self.chunk, scale=scale)

@@ -64,6 +64,9 @@ def _model(cfg: TrainConfig) -> tuple[Any, Any]:
         lc = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                         target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
         model = get_peft_model(model, lc)
+        from medtune.train import lora_dropout
+
+        lora_dropout.install(model)  # one mask per distinct input instead of one per adapted layer
     model.train()
     return model, tokenizer
 
@@ -124,7 +127,8 @@ def train(cfg: TrainConfig) -> Path:
         ds["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
         ds["gradient_accumulation_steps"] = cfg.grad_accum
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    # fused: one kernel over all parameters (on CPU too), instead of a loop of per-tensor ops.
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True)
     # The scheduler is not handed to accelerate: its wrapper steps it once per process per call
     # (it assumes a sharded dataloader shortens the epoch), and our steps are already global.
     wrapped, opt = acc.prepare(CausalLMLoss(model, cfg.loss_chunk_tokens), opt)
