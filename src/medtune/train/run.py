@@ -64,9 +64,9 @@ def _model(cfg: TrainConfig) -> tuple[Any, Any]:
         lc = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                         target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
         model = get_peft_model(model, lc)
-        from medtune.train import lora_dropout
+        from medtune.train import lora_fast
 
-        lora_dropout.install(model)  # one mask per distinct input instead of one per adapted layer
+        lora_fast.install(model)  # shared-input dropout masks and a fused LoRA update (same arithmetic as peft)
     model.train()
     return model, tokenizer
 
