@@ -8,6 +8,11 @@ predicted answer, both accuracies and both peak RSS. Prompts are checked to be i
 
     .venv/bin/python bench/eval_vs_lmeval.py            # the default subsets, ~15 min on 2 CPU cores
     .venv/bin/python bench/eval_vs_lmeval.py --scale 0.1  # a quick smoke run
+    .venv/bin/python bench/eval_vs_lmeval.py --tasks suite  # issue 14: two whole MMLU medical subjects + medqa5
+
+MMLU subjects run lm-eval's own ``mmlu_<subject>.yaml`` (included) over local copies of the items;
+``medqa5`` runs ``bench/lmeval_tasks/medqa_5options`` (lm-eval has no 5-option MedQA task; that yaml
+mirrors its medqa_4options) on the official file itself.
 
 Needs `pip install -e .[bench]` (lm-eval) and the data at ../shared/data. Not a test.
 """
@@ -28,26 +33,41 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 
-# name -> (lm-eval task source, our adapter, file, items, fewshot, few-shot file)
+# name -> (kind: how lm-eval reads the item, medtune task, items, fewshot)
 TASKS = {
-    "pubmedqa": ("pubmedqa", "pubmedqa", "pubmedqa/test_set.json", 150, 0, None),
-    "medqa4": ("medqa", "medqa", "medqa_usmle/4_options/phrases_no_exclude_test.jsonl", 300, 0, None),
-    "medmcqa": ("medmcqa", "medmcqa", "medmcqa/dev.json", 300, 0, None),
-    "arc_challenge": ("arc", "arc", "general/arc/ARC-Challenge-Test.jsonl", 300, 0, None),
-    "medqa4_5shot": ("medqa", "medqa", "medqa_usmle/4_options/phrases_no_exclude_test.jsonl", 100, 5,
-                     "medqa_usmle/4_options/phrases_no_exclude_dev.jsonl"),
+    "pubmedqa": ("pubmedqa", "pubmedqa", 150, 0),
+    "medqa4": ("medqa", "medqa4", 300, 0),
+    "medmcqa": ("medmcqa", "medmcqa", 300, 0),
+    "arc_challenge": ("arc", "arc_challenge", 300, 0),
+    "medqa4_5shot": ("medqa", "medqa4", 100, 5),
+    # issue 14: the Open Medical-LLM Leaderboard suite (whole MMLU subjects; medqa5 via bench/lmeval_tasks)
+    "mmlu_anatomy": ("mmlu", "mmlu_anatomy", 135, 0),
+    "mmlu_clinical_knowledge": ("mmlu", "mmlu_clinical_knowledge", 265, 0),
+    "mmlu_college_biology": ("mmlu", "mmlu_college_biology", 144, 0),
+    "mmlu_college_medicine": ("mmlu", "mmlu_college_medicine", 173, 0),
+    "mmlu_medical_genetics": ("mmlu", "mmlu_medical_genetics", 100, 0),
+    "mmlu_professional_medicine": ("mmlu", "mmlu_professional_medicine", 272, 0),
+    "medqa5": ("medqa5", "medqa5", 300, 0),
 }
+DEFAULT = "pubmedqa,medqa4,medmcqa,arc_challenge,medqa4_5shot"
+SUITE = "mmlu_anatomy,mmlu_clinical_knowledge,medqa5"
 KIND = {"pubmedqa": "single-token", "medqa4": "single-token", "medmcqa": "single-token",
-        "arc_challenge": "multi-token", "medqa4_5shot": "5-shot"}
+        "arc_challenge": "multi-token", "medqa4_5shot": "5-shot", "medqa5": "single-token",
+        **{n: "single-token" for n in TASKS if n.startswith("mmlu_")}}
 TARGET = {"single-token": 1.3, "multi-token": 2.0, "5-shot": 4.0}
+MEDQA5_TASK_DIR = REPO / "bench" / "lmeval_tasks" / "medqa_5options"
+"""medqa5 on the lm-eval side: a task yaml mirroring lm-eval's medqa_4options (lm-eval has no 5-option task)."""
 
 
-def records(adapter: str, path: str, n: int | None):
+def records(task: str, n: int | None, fewshot: bool = False):
+    """The items of a medtune task (its test source, or its few-shot source), the first ``n``."""
     from medtune.data.registry import load_source
     from medtune.data.rejects import Rejects
     from medtune.data.spec import SourceConfig
+    from medtune.evaluate.tasks import TASKS as MEDTUNE_TASKS
 
-    recs = load_source(SourceConfig(adapter=adapter, path=path), DATA, Rejects())
+    t = MEDTUNE_TASKS[task]
+    recs = load_source(SourceConfig.model_validate(t.fewshot_source if fewshot else t.source), DATA, Rejects())
     return recs[:n] if n else recs
 
 
@@ -62,6 +82,8 @@ def lmeval_doc(kind: str, r) -> dict:
     if kind == "arc":
         return {"question": r.question, "choices": {"text": list(r.options), "label": list(r.option_labels)},
                 "answerKey": r.option_labels[r.answer]}
+    if kind == "mmlu":  # cais/mmlu
+        return {"question": r.question, "choices": list(r.options), "answer": r.answer}
     raise ValueError(kind)
 
 
@@ -74,21 +96,35 @@ TASK_YAML = {
 LMEVAL_CODE = {"pubmedqa": "pubmedqa/preprocess_pubmedqa.py", "medmcqa": "medmcqa/utils_medmcqa.py", "medqa": "medqa/preprocess_medqa.py"}
 
 
+def _mmlu_yaml(task: str, files: dict[str, str]) -> str:
+    """lm-eval's own mmlu_<subject>.yaml (description, _default_template_yaml prompt) over the local items."""
+    import lm_eval
+
+    subject_yaml = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default" / f"{task}.yaml"
+    return (f"include: {subject_yaml}\ntask: bench_{task}\ntag: []\ndataset_path: json\ndataset_name: null\n"
+            f"dataset_kwargs:\n  data_files: {json.dumps(files)}\n")
+
+
 def write_lmeval_task(name: str, workdir: Path, scale: float) -> Path:
     import lm_eval
 
-    kind, adapter, path, n, shots, shot_path = TASKS[name]
+    kind, task, n, shots = TASKS[name]
+    if kind == "medqa5":  # reads the official files itself; simple_evaluate's limit takes the first n
+        return MEDQA5_TASK_DIR
     tdir = workdir / name
     tdir.mkdir(parents=True, exist_ok=True)
-    test = [lmeval_doc(kind, r) for r in records(adapter, path, max(1, int(n * scale)))]
+    test = [lmeval_doc(kind, r) for r in records(task, max(1, int(n * scale)))]
     (tdir / "test.jsonl").write_text("".join(json.dumps(d) + "\n" for d in test))
     files = {"test": str(tdir / "test.jsonl")}
     extra = ""
-    if shot_path:
-        dev = [lmeval_doc(kind, r) for r in records(adapter, shot_path, shots)]
+    if shots or kind == "mmlu":  # the mmlu template names its dev split as the few-shot split
+        dev = [lmeval_doc(kind, r) for r in records(task, shots or 5, fewshot=True)]
         (tdir / "dev.jsonl").write_text("".join(json.dumps(d) + "\n" for d in dev))
         files["dev"] = str(tdir / "dev.jsonl")
         extra = "fewshot_split: dev\nfewshot_config:\n  sampler: first_n\n"
+    if kind == "mmlu":
+        (tdir / f"{name}.yaml").write_text(_mmlu_yaml(task, files))
+        return tdir
     if kind in LMEVAL_CODE:  # lm-eval's own prompt code, copied from the installed package
         shutil.copy(Path(lm_eval.__file__).parent / "tasks" / LMEVAL_CODE[kind], tdir)
     (tdir / f"{name}.yaml").write_text(
@@ -99,7 +135,11 @@ def write_lmeval_task(name: str, workdir: Path, scale: float) -> Path:
     return tdir
 
 
-def run_lmeval(name: str, tdir: Path, model_dir: str, batch_size: int) -> dict:
+def lmeval_task_name(name: str) -> str:
+    return "medqa_5options" if TASKS[name][0] == "medqa5" else f"bench_{name}"
+
+
+def run_lmeval(name: str, tdir: Path, model_dir: str, batch_size: int, scale: float) -> dict:
     os.environ["HF_DATASETS_OFFLINE"] = "1"
     os.environ["HF_HUB_OFFLINE"] = "1"
     import lm_eval
@@ -107,12 +147,15 @@ def run_lmeval(name: str, tdir: Path, model_dir: str, batch_size: int) -> dict:
     from lm_eval.tasks import TaskManager
 
     lm = HFLM(pretrained=model_dir, dtype="float32", batch_size=batch_size, device="cpu")
-    shots = TASKS[name][4]
+    kind, _, n, shots = TASKS[name]
+    lm_name = lmeval_task_name(name)
+    os.chdir(REPO)  # the medqa_5options yaml names its files relative to the repo root
     started = time.perf_counter()
-    out = lm_eval.simple_evaluate(model=lm, tasks=[f"bench_{name}"], task_manager=TaskManager(include_path=str(tdir)),
-                                  num_fewshot=shots or None, log_samples=True, fewshot_random_seed=0)
+    out = lm_eval.simple_evaluate(model=lm, tasks=[lm_name], task_manager=TaskManager(include_path=str(tdir)),
+                                  num_fewshot=shots or None, log_samples=True, fewshot_random_seed=0,
+                                  limit=max(1, int(n * scale)) if kind == "medqa5" else None)
     seconds = time.perf_counter() - started
-    samples = sorted(out["samples"][f"bench_{name}"], key=lambda s: s["doc_id"])
+    samples = sorted(out["samples"][lm_name], key=lambda s: s["doc_id"])
     preds = [max(range(len(s["filtered_resps"])), key=lambda j: (s["filtered_resps"][j][0], -j)) for s in samples]
     lls = [[float(r[0]) for r in s["filtered_resps"]] for s in samples]
     contexts = [s["arguments"][0][0] if isinstance(s["arguments"][0], (list, tuple)) else s["arguments"]["gen_args_0"]["arg_0"] for s in samples]
@@ -127,11 +170,11 @@ def run_medtune(name: str, model_dir: str, scale: float, budget: int) -> dict:
     from medtune.evaluate.requests import build_request
     from medtune.evaluate.scorer import Scorer
 
-    kind, adapter, path, n, shots, shot_path = TASKS[name]
+    kind, task, n, shots = TASKS[name]
     model = models.load_model(model_dir)
     tok = models.load_tokenizer(model_dir)
-    recs = records(adapter, path, max(1, int(n * scale)))
-    exemplars = records(adapter, shot_path, shots) if shot_path else []
+    recs = records(task, max(1, int(n * scale)))
+    exemplars = records(task, shots, fewshot=True) if shots else []
     started = time.perf_counter()
     prompts = [eval_prompt(r, fewshot=exemplars) for r in recs]
     lls = Scorer(model, token_budget=budget).loglikelihoods([build_request(tok, p) for p in prompts], progress=False)
@@ -147,7 +190,7 @@ def child(args: argparse.Namespace) -> None:
 
         torch.set_num_threads(int(torch_threads))
     if args.side == "lmeval":
-        res = run_lmeval(args.task, Path(args.taskdir), args.model_dir, args.lmeval_batch)
+        res = run_lmeval(args.task, Path(args.taskdir), args.model_dir, args.lmeval_batch, args.scale)
     else:
         res = run_medtune(args.task, args.model_dir, args.scale, args.budget)
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -156,7 +199,7 @@ def child(args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--tasks", default=DEFAULT, help=f"comma-separated, of: {', '.join(TASKS)}; 'suite' = {SUITE}")
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of each task's default item count")
     ap.add_argument("--lmeval-batch", type=int, default=8, help="lm-eval batch size (its default is 1)")
     ap.add_argument("--budget", type=int, default=4096, help="medtune token budget per batch")
@@ -175,7 +218,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="medtune-bench-"))
     rows = []
     lldiff = []
-    for name in args.tasks.split(","):
+    for name in args.tasks.replace("suite", SUITE).split(","):
         tdir = write_lmeval_task(name, work, args.scale)
         res = {}
         for side in ("lmeval", "medtune"):
