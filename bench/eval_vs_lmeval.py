@@ -41,12 +41,9 @@ TASKS = {
     "arc_challenge": ("arc", "arc_challenge", 300, 0),
     "medqa4_5shot": ("medqa", "medqa4", 100, 5),
     # issue 14: the Open Medical-LLM Leaderboard suite (whole MMLU subjects; medqa5 via bench/lmeval_tasks)
-    "mmlu_anatomy": ("mmlu", "mmlu_anatomy", 135, 0),
-    "mmlu_clinical_knowledge": ("mmlu", "mmlu_clinical_knowledge", 265, 0),
-    "mmlu_college_biology": ("mmlu", "mmlu_college_biology", 144, 0),
-    "mmlu_college_medicine": ("mmlu", "mmlu_college_medicine", 173, 0),
-    "mmlu_medical_genetics": ("mmlu", "mmlu_medical_genetics", 100, 0),
-    "mmlu_professional_medicine": ("mmlu", "mmlu_professional_medicine", 272, 0),
+    **{f"mmlu_{s}": ("mmlu", f"mmlu_{s}", n, 0) for s, n in (  # whole test splits
+        ("anatomy", 135), ("clinical_knowledge", 265), ("college_biology", 144), ("college_medicine", 173),
+        ("medical_genetics", 100), ("professional_medicine", 272))},
     "medqa5": ("medqa5", "medqa5", 300, 0),
 }
 DEFAULT = "pubmedqa,medqa4,medmcqa,arc_challenge,medqa4_5shot"
