@@ -26,10 +26,24 @@ def _hand_loglik(model, tok, context: str, continuation: str) -> float:
     return float(sum(logp[len(ctx) - 1 + i, t] for i, t in enumerate(cont)))
 
 
-def _eval(tiny_llama, tmp_path, tasks: str, **extra):
+def medical_root(tmp_path: Path) -> Path:
+    """A data root in ../shared/data's layout: the PubMedQA fixture, and a MedMCQA dev file with two items (with
+    explanations) per subject, so that ppl_medical's held-out half of it is not empty."""
+    import shutil
+
+    root = tmp_path / "data"
+    (root / "medmcqa").mkdir(parents=True)
+    shutil.copytree(FIXTURES / "pubmedqa", root / "pubmedqa")
+    rows = [json.loads(l) for l in (FIXTURES / "medmcqa" / "dev.json").read_text().splitlines()]
+    twins = [{**r, "id": r["id"][:-1] + str(int(r["id"][-1]) + 4), "exp": f"Second note on {r['subject_name']}."} for r in rows]
+    (root / "medmcqa" / "dev.json").write_text("".join(json.dumps(r) + "\n" for r in rows + twins))
+    return root
+
+
+def _eval(tiny_llama, tmp_path, tasks: str, data_root: Path = FIXTURES, **extra):
     from medtune.evaluate.run import EvalConfig, evaluate
 
-    cfg = EvalConfig.model_validate({"model": {"spec": str(tiny_llama)}, "tasks": tasks, "data_root": str(FIXTURES),
+    cfg = EvalConfig.model_validate({"model": {"spec": str(tiny_llama)}, "tasks": tasks, "data_root": str(data_root),
                                      "out": str(tmp_path / "ev"), "progress": False, **extra})
     report = evaluate(cfg)
     preds = [json.loads(l) for l in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
@@ -93,13 +107,16 @@ def test_ppl_medical_documents_are_interleaved_prose_of_held_out_items():
 
 
 def test_ppl_medical_per_document_nll_sums_to_the_hand_computed_total(tiny_llama, tmp_path):
-    report, preds = _eval(tiny_llama, tmp_path, "ppl_medical", ppl_window=256, ppl_stride=256, ppl_max_tokens=200)
+    root = medical_root(tmp_path)
+    report, preds = _eval(tiny_llama, tmp_path, "ppl_medical", root, ppl_window=256, ppl_stride=256, ppl_max_tokens=200)
     res = report["tasks"]["ppl_medical"]
     docs = [p for p in preds if p["task"] == "ppl_medical"]
     model, tok = models.load_model(str(tiny_llama)), models.load_tokenizer(str(tiny_llama))
     from medtune.evaluate.run import EvalConfig, _ppl_docs
 
-    texts = [t for _, t in _ppl_docs(TASKS["ppl_medical"], EvalConfig(data_root=str(FIXTURES)))]
+    docs_all = _ppl_docs(TASKS["ppl_medical"], EvalConfig(data_root=str(root)))
+    assert [d[0].split(":")[0] for d in docs_all[:4]] == ["pubmedqa", "medmcqa", "pubmedqa", "medmcqa"]
+    texts = [t for _, t in docs_all]
     ids = tok.encode("\n\n".join(texts))[:200]
     with torch.inference_mode():
         logp = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].float(), dim=-1)
@@ -116,9 +133,10 @@ def test_eval_cli_runs_cloze_and_ppl_tasks_together(tiny_llama, tmp_path):
 
     out = tmp_path / "cli"
     cfg = tmp_path / "eval.yaml"
-    cfg.write_text("task_sources:\n  medqa4_cloze: {adapter: medqa, path: medqa/4_options/phrases_no_exclude_test.jsonl}\n")
+    root = medical_root(tmp_path)
+    cfg.write_text(f"task_sources:\n  medqa4_cloze: {{adapter: medqa, path: {FIXTURES}/medqa/4_options/phrases_no_exclude_test.jsonl}}\n")
     run = subprocess.run([sys.executable, "-m", "medtune", "eval", str(cfg), "--model.spec", str(tiny_llama),
-                          "--tasks", "medmcqa_cloze,medqa4_cloze,ppl_medical,pubmedqa", "--data-root", str(FIXTURES),
+                          "--tasks", "medmcqa_cloze,medqa4_cloze,ppl_medical,pubmedqa", "--data-root", str(root),
                           "--out", str(out), "--limit", "2", "--ppl-window", "64", "--ppl-stride", "32",
                           "--ppl-max-tokens", "300", "--no-progress"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
