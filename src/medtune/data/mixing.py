@@ -87,19 +87,37 @@ class MixResult:
 
 
 @dataclass
-class _Taken:
-    """What one source contributed: its documents, asked-for and realised tokens."""
+class MixPlan:
+    """A mix as positions, not tokens: which document of which source, how many of its tokens, in
+    training order. The in-memory :func:`mix` and the streamed shard build both apply it."""
 
-    docs: list[Doc]
+    sources: list[str]
+    """Source names; ``source`` indexes into this list."""
+    source: np.ndarray
+    """(n_entries,) int32 source index of each mixed document."""
+    doc: np.ndarray
+    """(n_entries,) int64 document index inside its source."""
+    length: np.ndarray
+    """(n_entries,) int64 tokens taken from the document's start (less than its length when cut)."""
+    report: MixReport
+
+
+@dataclass
+class _Taken:
+    """What one source contributed: document indices and token counts, asked-for and realised tokens."""
+
+    doc: np.ndarray
+    length: np.ndarray
     target: int
     tokens: int
     passes: int
     cut_tokens: int
 
 
-Strategy = Callable[[Mapping[str, Sequence[Doc]], Mapping[str, str], int, np.random.Generator, float],
-                    tuple[dict[str, _Taken], list[str]]]
-"""``(docs_by_source, groups, general budget G, rng, temperature) -> (taken per source, warnings)``."""
+Lengths = Mapping[str, np.ndarray]
+"""Source name -> (n_docs,) int64 token count of each document."""
+Strategy = Callable[[Lengths, Mapping[str, str], int, np.random.Generator, float], tuple[dict[str, _Taken], list[str]]]
+"""``(lengths_by_source, groups, general budget G, rng, temperature) -> (taken per source, warnings)``."""
 
 
 def general_budget(domain_tokens: int, share: float) -> int:
@@ -125,74 +143,82 @@ def allocate(budget: int, sizes: Mapping[str, int], alpha: float = 1.0) -> dict[
     return out
 
 
-def take_tokens(docs: Sequence[Doc], target: int, rng: np.random.Generator | None) -> _Taken:
+def take_tokens(lengths: np.ndarray, target: int, rng: np.random.Generator | None) -> _Taken:
     """Documents adding up to exactly ``target`` tokens, cutting the last one.
 
-    With ``rng``: passes over ``docs`` in fresh random orders (one pass = a random subset when
+    With ``rng``: passes over the documents in fresh random orders (one pass = a random subset when
     ``target`` is smaller than the source; more passes repeat whole documents). Without: file order,
-    a single pass, so fewer tokens come back when the source is too small.
+    a single pass, so fewer tokens come back when the source is too small. Empty documents are skipped.
+    Vectorised per pass (a cumulative sum), so a source of millions of documents costs no Python loop.
     """
-    taken: list[Doc] = []
+    lengths = np.asarray(lengths, dtype=np.int64)
+    docs: list[np.ndarray] = []
+    taken: list[np.ndarray] = []
     remaining, passes, cut = target, 0, 0
-    available = sum(len(d.tokens) for d in docs)
-    while remaining > 0 and available > 0:
+    while remaining > 0 and lengths.sum() > 0:
         passes += 1
-        order = rng.permutation(len(docs)) if rng is not None else range(len(docs))
-        for i in order:
-            doc = docs[int(i)]
-            n = len(doc.tokens)
-            if n == 0:
-                continue
-            if n > remaining:
-                taken.append(replace(doc, tokens=list(doc.tokens[:remaining])))
-                cut, remaining = n - remaining, 0
-                break
-            taken.append(doc)
-            remaining -= n
-            if remaining == 0:
-                break
+        order = rng.permutation(len(lengths)) if rng is not None else np.arange(len(lengths))
+        order = order[lengths[order] > 0]
+        n = lengths[order]
+        ends = np.cumsum(n)
+        if ends[-1] <= remaining:  # the whole pass fits
+            docs.append(order)
+            taken.append(n)
+            remaining -= int(ends[-1])
+        else:
+            k = int(np.searchsorted(ends, remaining))  # first document that reaches the target
+            part = n[: k + 1].copy()
+            part[k] = remaining - (int(ends[k - 1]) if k else 0)
+            cut, remaining = int(n[k] - part[k]), 0
+            docs.append(order[: k + 1])
+            taken.append(part)
         if rng is None:
             break
-    return _Taken(taken, target=target, tokens=target - remaining, passes=passes, cut_tokens=cut)
+    return _Taken(_cat(docs), _cat(taken), target=target, tokens=target - remaining, passes=passes, cut_tokens=cut)
 
 
-def keep_all(docs: Sequence[Doc]) -> _Taken:
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
+def keep_all(lengths: np.ndarray) -> _Taken:
     """Every document once, in order."""
-    n = sum(len(d.tokens) for d in docs)
-    return _Taken(list(docs), target=n, tokens=n, passes=1 if n else 0, cut_tokens=0)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    n = int(lengths.sum())
+    return _Taken(np.arange(len(lengths), dtype=np.int64), lengths, target=n, tokens=n, passes=1 if n else 0,
+                  cut_tokens=0)
 
 
-def _sizes(docs_by_source: Mapping[str, Sequence[Doc]], groups: Mapping[str, str], group: str) -> dict[str, int]:
-    return {s: sum(len(d.tokens) for d in docs) for s, docs in docs_by_source.items() if groups[s] == group}
+def _sizes(lengths: Lengths, groups: Mapping[str, str], group: str) -> dict[str, int]:
+    return {s: int(np.sum(n)) for s, n in lengths.items() if groups[s] == group}
 
 
-def _resample(docs_by_source: Mapping[str, Sequence[Doc]], alloc: Mapping[str, int],
-              rng: np.random.Generator) -> dict[str, _Taken]:
-    return {s: take_tokens(docs_by_source[s], n, rng) for s, n in alloc.items()}
+def _resample(lengths: Lengths, alloc: Mapping[str, int], rng: np.random.Generator) -> dict[str, _Taken]:
+    return {s: take_tokens(lengths[s], n, rng) for s, n in alloc.items()}
 
 
-def _fixed_share(docs_by_source: Mapping[str, Sequence[Doc]], groups: Mapping[str, str], budget: int,
+def _fixed_share(lengths: Lengths, groups: Mapping[str, str], budget: int,
                  rng: np.random.Generator, temperature: float) -> tuple[dict[str, _Taken], list[str]]:
-    taken = {s: keep_all(docs_by_source[s]) for s in _sizes(docs_by_source, groups, "domain")}
-    taken |= _resample(docs_by_source, allocate(budget, _sizes(docs_by_source, groups, "general")), rng)
+    taken = {s: keep_all(lengths[s]) for s in _sizes(lengths, groups, "domain")}
+    taken |= _resample(lengths, allocate(budget, _sizes(lengths, groups, "general")), rng)
     return taken, []
 
 
-def _temperature(docs_by_source: Mapping[str, Sequence[Doc]], groups: Mapping[str, str], budget: int,
+def _temperature(lengths: Lengths, groups: Mapping[str, str], budget: int,
                  rng: np.random.Generator, temperature: float) -> tuple[dict[str, _Taken], list[str]]:
-    domain = _sizes(docs_by_source, groups, "domain")
+    domain = _sizes(lengths, groups, "domain")
     alpha = 1.0 / temperature
-    taken = _resample(docs_by_source, allocate(sum(domain.values()), domain, alpha), rng)
-    taken |= _resample(docs_by_source, allocate(budget, _sizes(docs_by_source, groups, "general"), alpha), rng)
+    taken = _resample(lengths, allocate(sum(domain.values()), domain, alpha), rng)
+    taken |= _resample(lengths, allocate(budget, _sizes(lengths, groups, "general"), alpha), rng)
     return taken, []
 
 
-def _concat(docs_by_source: Mapping[str, Sequence[Doc]], groups: Mapping[str, str], budget: int,
+def _concat(lengths: Lengths, groups: Mapping[str, str], budget: int,
             rng: np.random.Generator, temperature: float) -> tuple[dict[str, _Taken], list[str]]:
-    taken = {s: keep_all(docs_by_source[s]) for s in _sizes(docs_by_source, groups, "domain")}
+    taken = {s: keep_all(lengths[s]) for s in _sizes(lengths, groups, "domain")}
     remaining = budget
-    for s in _sizes(docs_by_source, groups, "general"):
-        taken[s] = take_tokens(docs_by_source[s], remaining, None)
+    for s in _sizes(lengths, groups, "general"):
+        taken[s] = take_tokens(lengths[s], remaining, None)
         remaining -= taken[s].tokens
     warnings = []
     if remaining > 0:
@@ -214,12 +240,7 @@ def get_strategy(name: str) -> Strategy:
     return STRATEGIES[name]
 
 
-def _check(docs_by_source: Mapping[str, Sequence[Doc]], groups: Mapping[str, str],
-           general_share: float, temperature: float) -> None:
-    if not (0.0 <= general_share < 1.0):
-        raise MedtuneError(f"general_share must be in [0, 1), got {general_share}")
-    if not (temperature > 0 and math.isfinite(temperature)):
-        raise MedtuneError(f"temperature must be a positive number, got {temperature}")
+def _check_docs(docs_by_source: Mapping[str, Sequence[Doc]], groups: Mapping[str, str]) -> None:
     for source, docs in docs_by_source.items():
         group = groups.get(source)
         if group not in GROUPS:
@@ -230,13 +251,21 @@ def _check(docs_by_source: Mapping[str, Sequence[Doc]], groups: Mapping[str, str
                                f"{bad.source!r} ({bad.group}), id {bad.id!r}")
 
 
-def mix(docs_by_source: Mapping[str, Sequence[Doc]], groups: Mapping[str, str], general_share: float,
-        strategy: str, seed: int, temperature: float = 2.0) -> MixResult:
-    """Mix domain and general documents so general tokens are ``general_share`` of the result."""
+def _check(lengths: Lengths, groups: Mapping[str, str], general_share: float, temperature: float) -> None:
+    if not (0.0 <= general_share < 1.0):
+        raise MedtuneError(f"general_share must be in [0, 1), got {general_share}")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise MedtuneError(f"temperature must be a positive number, got {temperature}")
+    _check_docs(dict.fromkeys(lengths, ()), groups)
+
+
+def mix_plan(lengths: Lengths, groups: Mapping[str, str], general_share: float, strategy: str, seed: int,
+             temperature: float = 2.0) -> MixPlan:
+    """Plan a mix from document lengths alone, so general tokens are ``general_share`` of the result."""
     run = get_strategy(strategy)
-    _check(docs_by_source, groups, general_share, temperature)
-    domain_tokens = sum(_sizes(docs_by_source, groups, "domain").values())
-    general_tokens = sum(_sizes(docs_by_source, groups, "general").values())
+    _check(lengths, groups, general_share, temperature)
+    domain_tokens = sum(_sizes(lengths, groups, "domain").values())
+    general_tokens = sum(_sizes(lengths, groups, "general").values())
     if domain_tokens == 0:
         raise MedtuneError("no domain tokens to mix: the general share is relative to the domain text")
     budget = general_budget(domain_tokens, general_share)
@@ -244,26 +273,44 @@ def mix(docs_by_source: Mapping[str, Sequence[Doc]], groups: Mapping[str, str], 
         raise MedtuneError(f"general_share {general_share} needs {budget} general tokens but the general "
                            "sources are empty; set general_share: 0 or add general text")
     rng = np.random.default_rng(seed)
-    taken, warnings = run(docs_by_source, groups, budget, rng, temperature)
-    docs = [d for t in taken.values() for d in t.docs]
+    taken, warnings = run(lengths, groups, budget, rng, temperature)
+    names = list(lengths)
+    index = {s: i for i, s in enumerate(names)}
+    source = np.concatenate([np.full(len(t.doc), index[s], np.int32) for s, t in taken.items()] or [np.zeros(0, np.int32)])
+    doc, length = _cat([t.doc for t in taken.values()]), _cat([t.length for t in taken.values()])
     if strategy != "concat":
-        docs = [docs[i] for i in rng.permutation(len(docs))]
-    return MixResult(docs, _report(docs_by_source, groups, taken, strategy, seed, general_share, warnings))
+        perm = rng.permutation(len(doc))
+        source, doc, length = source[perm], doc[perm], length[perm]
+    return MixPlan(names, source, doc, length, _report(lengths, groups, taken, strategy, seed, general_share, warnings))
 
 
-def _report(docs_by_source: Mapping[str, Sequence[Doc]], groups: Mapping[str, str], taken: Mapping[str, _Taken],
+def mix(docs_by_source: Mapping[str, Sequence[Doc]], groups: Mapping[str, str], general_share: float,
+        strategy: str, seed: int, temperature: float = 2.0) -> MixResult:
+    """Mix domain and general documents in memory: :func:`mix_plan`, then the planned documents."""
+    get_strategy(strategy)
+    _check_docs(docs_by_source, groups)
+    lengths = {s: np.fromiter((len(d.tokens) for d in docs), np.int64, len(docs)) for s, docs in docs_by_source.items()}
+    plan = mix_plan(lengths, groups, general_share, strategy, seed, temperature)
+    out = []
+    for s, i, n in zip(plan.source.tolist(), plan.doc.tolist(), plan.length.tolist()):
+        d = docs_by_source[plan.sources[s]][i]
+        out.append(d if n == len(d.tokens) else replace(d, tokens=list(d.tokens[:n])))
+    return MixResult(out, plan.report)
+
+
+def _report(lengths: Lengths, groups: Mapping[str, str], taken: Mapping[str, _Taken],
             strategy: str, seed: int, share: float, warnings: list[str]) -> MixReport:
-    available = {s: sum(len(d.tokens) for d in docs) for s, docs in docs_by_source.items()}
-    tokens = {s: taken[s].tokens for s in docs_by_source}
+    available = {s: int(np.sum(n)) for s, n in lengths.items()}
+    tokens = {s: taken[s].tokens for s in lengths}
     total = sum(tokens.values())
     general = sum(n for s, n in tokens.items() if groups[s] == "general")
     return MixReport(
         strategy=strategy, seed=seed, general_share_target=share,
         general_share_realised=general / total if total else 0.0,
-        available_tokens=available, target_tokens={s: taken[s].target for s in docs_by_source}, tokens=tokens,
-        docs={s: len(taken[s].docs) for s in docs_by_source},
-        epochs={s: tokens[s] / available[s] if available[s] else 0.0 for s in docs_by_source},
-        passes={s: taken[s].passes for s in docs_by_source},
-        cut_tokens={s: taken[s].cut_tokens for s in docs_by_source},
+        available_tokens=available, target_tokens={s: taken[s].target for s in lengths}, tokens=tokens,
+        docs={s: len(taken[s].doc) for s in lengths},
+        epochs={s: tokens[s] / available[s] if available[s] else 0.0 for s in lengths},
+        passes={s: taken[s].passes for s in lengths},
+        cut_tokens={s: taken[s].cut_tokens for s in lengths},
         warnings=warnings,
     )
