@@ -345,12 +345,9 @@ def test_offline_hub_dataset_id_fails_with_a_clear_message(monkeypatch: pytest.M
     assert exc.value.path == "medtune-test-nobody/no-such-dataset [default/validation]"
 
 
-def test_unreachable_hub_endpoint_is_probed_once_and_named(monkeypatch: pytest.MonkeyPatch) -> None:
+def closed_endpoint(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point HF_ENDPOINT at a local port nobody listens on, with every offline variable unset."""
     import socket
-    import urllib.request
-
-    from medtune import hub_access, models
-    from medtune.errors import ModelError
 
     with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
         sock.bind(("127.0.0.1", 0))
@@ -358,6 +355,16 @@ def test_unreachable_hub_endpoint_is_probed_once_and_named(monkeypatch: pytest.M
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    return f"http://127.0.0.1:{port}"
+
+
+def test_unreachable_hub_endpoint_is_probed_once_and_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.request
+
+    from medtune import hub_access, models
+    from medtune.errors import ModelError
+
+    url = closed_endpoint(monkeypatch)
     calls: list[str] = []
     real = urllib.request.urlopen
     monkeypatch.setattr(urllib.request, "urlopen", lambda req, **kw: calls.append(req.full_url) or real(req, **kw))
@@ -365,5 +372,12 @@ def test_unreachable_hub_endpoint_is_probed_once_and_named(monkeypatch: pytest.M
     for _ in range(2):
         with pytest.raises(ModelError) as exc:
             models.resolve("medtune-test-nobody/no-such-model")
-        assert NOT_CACHED in str(exc.value) and f"http://127.0.0.1:{port} does not answer" in str(exc.value)
-    assert calls == [f"http://127.0.0.1:{port}"]  # one probe per endpoint and process
+        assert NOT_CACHED in str(exc.value) and f"{url} does not answer" in str(exc.value)
+    assert calls == [url]  # one probe per endpoint and process
+
+
+def test_unreachable_hub_endpoint_stops_a_dataset_id_before_datasets_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = closed_endpoint(monkeypatch)
+    with pytest.raises(DataError) as exc:
+        load_source(SourceConfig(adapter="arc_hub", hub="medtune-test-nobody/no-such-dataset"), None, Rejects())
+    assert NOT_CACHED in exc.value.message and f"{url} does not answer" in exc.value.message
