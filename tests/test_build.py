@@ -7,9 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
-from safetensors.numpy import load_file
-
-from medtune.data.build import DataConfig, build_command, prepare, stats_command
+from medtune.data.build import DataConfig, build_command, open_blocks, prepare, stats_command
 from medtune.errors import DataError, LeakageError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -86,9 +84,9 @@ def test_replay_share_realised_on_packed_blocks(tiny_llama, tmp_path):
 def test_build_writes_blocks_and_provenance(tiny_llama, tmp_path):
     c = cfg(tiny_llama, tmp_path, drop_leaked=True, replay=[{"adapter": "text", "path": "text/replay.txt"}], general_share=0.3)
     out = build_command(c)
-    for name in ("blocks.safetensors", "manifest.json", "config.yaml", "templates.json", "rejects.jsonl"):
+    for name in ("shards/index.json", "manifest.json", "config.yaml", "templates.json", "rejects.jsonl"):
         assert (out / name).is_file(), name
-    blocks = load_file(str(out / "blocks.safetensors"))
+    blocks = open_blocks(out).all()
     assert blocks["input_ids"].shape[1] == 16
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["packing"]["blocks"] == blocks["input_ids"].shape[0]
@@ -99,7 +97,7 @@ def test_build_writes_blocks_and_provenance(tiny_llama, tmp_path):
     assert sum(p["source_tokens"].values()) == sum(manifest["mix"]["tokens"].values())
     assert json.loads((out / "templates.json").read_text())[0]["name"] == "qa_text"
     # Same seed, same blocks.
-    again = load_file(str(build_command(c) / "blocks.safetensors"))
+    again = open_blocks(build_command(c)).all()
     assert (again["input_ids"] == blocks["input_ids"]).all()
 
 

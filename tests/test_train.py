@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from medtune.data.build import open_blocks
 from medtune.errors import MedtuneError
 from medtune.train.config import TrainConfig
 from medtune.train.run import TrainError, train
@@ -24,7 +25,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 def config(tiny_llama: Path, out: Path, **kw) -> dict:
     cfg = {
         "model": {"spec": str(tiny_llama)},
+        # 3 blocks a shard: every run reads across shard files, and checkpoints fall mid-shard.
         "data": {"data_root": str(FIXTURES), "tokenizer": str(tiny_llama), "block_size": 32, "general_share": 0.2,
+                 "shard_tokens": 96,
                  "train": [{"adapter": "medmcqa", "path": "medmcqa/dev.json"},
                            {"adapter": "pubmedqa", "path": "pubmedqa/ori_pqal.json", "split": "trainval"}],
                  "replay": [{"adapter": "text", "path": "text/replay.txt"}]},
@@ -50,7 +53,7 @@ def write_yaml(cfg: dict, path: Path) -> Path:
 def test_lora_run_writes_its_artifacts(tiny_llama, tmp_path):
     out = train(TrainConfig.model_validate(config(tiny_llama, tmp_path / "run", max_steps=4, save_every=0)))
     for name in ("model/adapter_model.safetensors", "model/adapter_config.json", "model/tokenizer.json", "config.yaml",
-                 "curves.json", "curves.png", "README.md", "data/manifest.json", "data/blocks.safetensors"):
+                 "curves.json", "curves.png", "README.md", "data/manifest.json", "data/shards/index.json"):
         assert (out / name).is_file(), name
     curves = json.loads((out / "curves.json").read_text())
     assert [h["step"] for h in curves["history"]] == [1, 2, 3, 4]
@@ -151,11 +154,11 @@ def test_answer_only_loss_trains_on_answers(tiny_llama, tmp_path):
 
     out = train(TrainConfig.model_validate(config(tiny_llama, tmp_path / "ans", loss="answer_only", max_steps=2,
                                                   save_every=0, **{"data.general_share": 0.0})))
-    blocks = load_file(str(out / "data" / "blocks.safetensors"))
+    blocks = open_blocks(out / "data").all()
     tok = AutoTokenizer.from_pretrained(str(tiny_llama))
-    ids, mask = blocks["input_ids"].flatten(), blocks["answer_mask"].flatten().bool()
-    answers = tok.decode(ids[mask])
-    questions = tok.decode(ids[~mask & blocks["attention_mask"].flatten().bool()])
+    ids, mask = blocks["input_ids"].flatten(), blocks["answer_mask"].flatten().astype(bool)
+    answers = tok.decode(ids[mask].tolist())
+    questions = tok.decode(ids[~mask & blocks["attention_mask"].flatten().astype(bool)].tolist())
     assert "Vitamin A" in answers and "Question:" not in answers
     assert "Question:" in questions
     assert 0 < int(mask.sum()) < int(blocks["attention_mask"].sum())

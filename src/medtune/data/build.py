@@ -1,29 +1,41 @@
 """The data stage: sources -> leakage guard -> training texts -> tokens -> replay mix -> packed blocks.
 
-``prepare(cfg)`` does the work in memory and returns every count; ``build_command`` writes the
-packed blocks and their provenance; ``stats_command`` prints the counts.
+Both entry points share one reading stage (:func:`load`): QA sources are read and tokenized in
+memory (they are small), replay sources are streamed document by document, tokenized in parallel
+batches and written to per-source token caches on disk, so a billion replay tokens never sit in
+memory. The mix is planned from per-source document lengths (:func:`medtune.data.mixing.mix_plan`).
+
+``build_command`` applies the plan straight into memory-mapped shards (:mod:`medtune.data.shards`),
+one shard buffer at a time; ``prepare(cfg)`` applies the same plan in memory and returns every count
+(``stats_command``, and tests, on small data).
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import Field, field_validator
 
 from medtune.config import StrictModel
-from medtune.data.leakage import GuardReport, guard
-from medtune.data.mixing import Doc, MixResult, mix
-from medtune.data.packing import PackResult, pack
-from medtune.data.prompts import get_train_template, training_text
-from medtune.data.records import QARecord, TextDoc
-from medtune.data.registry import QA_ADAPTERS, TEXT_ADAPTERS, load_source
+from medtune.data.leakage import GuardReport
+from medtune.data.mixing import Doc, MixPlan, MixReport, MixResult, mix, mix_plan
+from medtune.data.packing import PackResult, group_share, pack
+from medtune.data.prompts import get_train_template
+from medtune.data.reading import Loaded, SourceStats, load
+from medtune.data.registry import QA_ADAPTERS, TEXT_ADAPTERS
 from medtune.data.rejects import Rejects
+from medtune.data.shards import Blocks, ShardWriter, write_plan
 from medtune.data.spec import SourceConfig
+from medtune.data.tokens import TokenCache
+
+SHARDS = "shards"
+"""Sub-directory of a build holding the packed shards (layout: medtune.data.shards)."""
 
 
 class DataConfig(StrictModel):
@@ -56,6 +68,9 @@ class DataConfig(StrictModel):
     """Drop training items that also appear in an eval split (and report them) instead of refusing."""
     skip_invalid: bool = False
     """Write invalid source rows to a rejects file and go on, instead of stopping at the first."""
+    shard_tokens: int = Field(1 << 23, ge=8)
+    """Tokens per shard file of the packed build (rounded down to whole blocks); building holds about
+    one shard in memory."""
     tokenizer: str = "smollm2-135m"
     """Model spec whose tokenizer counts and packs tokens."""
     out: str = "runs/data"
@@ -70,6 +85,8 @@ class DataConfig(StrictModel):
             if src.adapter in TEXT_ADAPTERS:
                 raise ValueError(f"source {i}: adapter {src.adapter!r} reads plain text; use it under 'replay' "
                                  f"(QA adapters: {', '.join(sorted(QA_ADAPTERS))})")
+            if src.max_tokens is not None:
+                raise ValueError(f"source {i}: max_tokens applies to replay sources; use limit for QA items")
         return sources
 
     @field_validator("replay")
@@ -86,18 +103,6 @@ class DataConfig(StrictModel):
 
 
 @dataclass
-class SourceStats:
-    role: Literal["train", "replay", "eval"]
-    name: str
-    adapter: str
-    location: str
-    items: int
-    tokens: int
-    labels: dict[str, int] = field(default_factory=dict)
-    sha256: str | None = None
-
-
-@dataclass
 class Prepared:
     """Everything the data stage computed, before anything is written."""
 
@@ -109,131 +114,46 @@ class Prepared:
     eos_id: int
 
 
-def label_counts(records: Sequence[QARecord]) -> dict[str, int]:
-    """Answer distribution: the answer words for PubMedQA, the option letters otherwise."""
-    counts: Counter[str] = Counter()
-    order: dict[str, int] = {}
-    for r in records:
-        names = r.options if r.dataset == "pubmedqa" else (r.option_labels or tuple("ABCDEFGHIJ"[: len(r.options)]))
-        counts[names[r.answer]] += 1
-        for i, n in enumerate(names):
-            order.setdefault(n, i)
-    return {k: counts[k] for k in sorted(counts, key=lambda k: (order[k], k))}
+def _pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def _sha256(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _location(src: SourceConfig, root: Path) -> Path | None:
-    if src.path is None:
-        return None
-    p = Path(src.path)
-    return p if p.is_absolute() else root / p
-
-
-def _tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    if not texts:
-        return []
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+def _cached_docs(name: str, cache: TokenCache) -> list[Doc]:
+    ids = cache.open().array
+    return [Doc(name, "general", ids[a:b].tolist(), f"{name}:{i}") for i, (a, b) in enumerate(zip(cache.offsets[:-1], cache.offsets[1:]))]
 
 
 def prepare(cfg: DataConfig, tokenizer: Any | None = None, *, mix_and_pack: bool = True) -> Prepared:
-    """Load, guard, tokenize, mix and pack, returning every count. Nothing is written."""
+    """Load, guard, tokenize, mix and pack in memory, returning every count. Nothing is kept on disk."""
     from medtune import models
 
-    root = cfg.root()
-    rejects = Rejects(skip_invalid=cfg.skip_invalid)
     tokenizer = tokenizer or models.load_tokenizer(cfg.tokenizer)
-    template = get_train_template(cfg.template)
-    stats: list[SourceStats] = []
-
-    def describe(role: str, src: SourceConfig, records: Sequence[QARecord | TextDoc], tokens: int) -> None:
-        path = _location(src, root)
-        qa = [r for r in records if isinstance(r, QARecord)]
-        stats.append(SourceStats(role, src.label, src.adapter, str(path) if path else f"hub:{src.hub}", len(records),
-                                 tokens, label_counts(qa), _sha256(path) if path else None))
-
-    eval_sets: dict[str, list[QARecord]] = {}
-    for src in cfg.eval:
-        recs = load_source(src, root, rejects)
-        eval_sets[src.label] = recs
-        # Tokens of the zero-shot evaluation prompt: what scoring the split costs.
-        from medtune.data.prompts import eval_prompt
-
-        describe("eval", src, recs, sum(map(len, _tokenize(tokenizer, [eval_prompt(r).context for r in recs]))))
-
-    train_by_source: dict[str, list[QARecord]] = {src.label: load_source(src, root, rejects) for src in cfg.train}
-    all_train = [r for recs in train_by_source.values() for r in recs]
-    report = guard(all_train, eval_sets, drop=cfg.drop_leaked)
-    kept_ids = {id(r) for r in report.kept}
-
-    docs: dict[str, list[Doc]] = {}
-    groups: dict[str, str] = {}
-    for src in cfg.train:
-        recs = [r for r in train_by_source[src.label] if id(r) in kept_ids]
-        texts = [training_text(r, template) for r in recs]
-        # Prompt and answer are tokenized apart (the answer starts with a space, a natural token
-        # boundary) so answer-only loss knows where the answer begins.
-        prompts = _tokenize(tokenizer, [t.prompt for t in texts])
-        answers = _tokenize(tokenizer, [t.answer for t in texts])
-        docs[src.label] = [Doc(src.label, "domain", p + a, r.id, answer_start=len(p))
-                           for r, p, a in zip(recs, prompts, answers)]
-        groups[src.label] = "domain"
-        describe("train", src, recs, sum(len(d.tokens) for d in docs[src.label]))
-    for src in cfg.replay:
-        texts = load_source(src, root, rejects)
-        toks = _tokenize(tokenizer, [d.text for d in texts])
-        docs[src.label] = [Doc(src.label, "general", t, d.id) for d, t in zip(texts, toks)]
-        groups[src.label] = "general"
-        describe("replay", src, texts, sum(map(len, toks)))
-
+    with tempfile.TemporaryDirectory(prefix="medtune-data-") as tmp:
+        loaded = load(cfg, tokenizer, Path(tmp))
+        docs = loaded.domain | {s: _cached_docs(s, c) for s, c in loaded.general.items()}
     mixed = packed = None
-    if mix_and_pack and any(docs[s] for s, g in groups.items() if g == "domain"):
-        mixed = mix(docs, groups, cfg.general_share, cfg.mix_strategy, cfg.seed, cfg.temperature)
-        packed = pack(mixed.docs, cfg.block_size, tokenizer.eos_token_id, drop_tail=cfg.drop_tail,
-                      pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
-    return Prepared(stats, report, mixed, packed, rejects, tokenizer.eos_token_id)
-
-
-def answer_mask(docs: Sequence[Doc], packed: PackResult) -> Any:
-    """(n_blocks, block_size) uint8: 1 on the tokens answer-only loss trains on (each document's
-    answer and its EOS; every token of general text), 0 elsewhere and on padding."""
-    import numpy as np
-
-    parts = []
-    for d in docs:
-        start = min(d.answer_start, len(d.tokens))
-        parts.append(np.concatenate([np.zeros(start, np.uint8), np.ones(len(d.tokens) - start + 1, np.uint8)]))
-    stream = np.concatenate(parts) if parts else np.zeros(0, np.uint8)
-    n, width = packed.input_ids.shape
-    out = np.zeros(n * width, np.uint8)
-    keep = min(len(stream), n * width)
-    out[:keep] = stream[:keep]
-    return out.reshape(n, width) & (packed.attention_mask == 1)
+    if mix_and_pack and any(loaded.domain.values()):
+        mixed = mix(docs, loaded.groups(), cfg.general_share, cfg.mix_strategy, cfg.seed, cfg.temperature)
+        packed = pack(mixed.docs, cfg.block_size, tokenizer.eos_token_id, drop_tail=cfg.drop_tail, pad_id=_pad_id(tokenizer))
+    return Prepared(loaded.sources, loaded.guard, mixed, packed, loaded.rejects, tokenizer.eos_token_id)
 
 
 def _fmt_labels(labels: dict[str, int]) -> str:
     return " / ".join(f"{k} {v}" for k, v in labels.items())
 
 
-def summary(cfg: DataConfig, prep: Prepared) -> dict[str, Any]:
+def summary(sources: list[SourceStats], rejects: Rejects, report: GuardReport, mix: MixReport | None,
+            packing: dict[str, Any] | None) -> dict[str, Any]:
     """JSON-ready record of what the data stage read, dropped, mixed and packed."""
     from dataclasses import asdict
 
     return {
-        "sources": [asdict(s) for s in prep.sources],
-        "rejected_rows": len(prep.rejects),
-        "leakage": {"dropped_items": prep.guard.n_dropped, "per_eval_set": prep.guard.counts,
-                    "examples": [asdict(l) for l in prep.guard.dropped[:20]]},
-        "mix": asdict(prep.mix.report) if prep.mix else None,
-        "packing": prep.packed.summary() if prep.packed else None,
+        "sources": [asdict(s) for s in sources],
+        "rejected_rows": len(rejects),
+        "leakage": {"dropped_items": report.n_dropped, "per_eval_set": report.counts,
+                    "examples": [asdict(l) for l in report.dropped[:20]]},
+        "mix": asdict(mix) if mix else None,
+        "packing": packing,
     }
 
 
@@ -243,8 +163,8 @@ def stats_command(cfg: DataConfig) -> dict[str, Any]:
     from rich.table import Table
 
     console = Console()
-    with console.status("reading and tokenizing sources ..."):
-        prep = prepare(cfg)
+    console.print("reading and tokenizing sources ...")
+    prep = prepare(cfg)
     table = Table(title="Sources", title_justify="left")
     for col in ("role", "source", "adapter", "items", "tokens", "answers"):
         table.add_column(col, justify="right" if col in ("items", "tokens") else "left")
@@ -276,40 +196,102 @@ def stats_command(cfg: DataConfig) -> dict[str, Any]:
         console.print(f"packed: {p.input_ids.shape[0]:,} blocks of {p.block_size} tokens; {tail}")
         for w in r.warnings:
             console.print(f"[yellow]warning[/]: {w}")
-    return summary(cfg, prep)
+    return summary(prep.sources, prep.rejects, prep.guard, prep.mix.report if prep.mix else None,
+                   prep.packed.summary() if prep.packed else None)
+
+
+def _write_shards(cfg: DataConfig, tokenizer: Any, loaded: Loaded, plan: MixPlan, root: Path) -> dict[str, Any]:
+    """Apply the mix plan straight into shards; returns the packing summary measured on what was written."""
+    names = plan.sources
+    domain = {i: loaded.domain[s] for i, s in enumerate(names) if s in loaded.domain}
+    maps = {i: loaded.general[s].open() for i, s in enumerate(names) if s in loaded.general}
+    offsets = {i: loaded.general[s].offsets for i, s in enumerate(names) if s in loaded.general}
+
+    def tokens(s: int, d: int, n: int) -> np.ndarray:
+        if s in domain:
+            return np.asarray(domain[s][d].tokens[:n], dtype=np.int64)
+        start = int(offsets[s][d])
+        return maps[s].array[start : start + n]
+
+    groups = loaded.groups()
+    writer = ShardWriter(root, block_size=cfg.block_size, vocab_size=len(tokenizer), sources=names, groups=groups,
+                         eos_id=tokenizer.eos_token_id, pad_id=_pad_id(tokenizer), drop_tail=cfg.drop_tail,
+                         shard_tokens=cfg.shard_tokens)
+    starts = {i: np.fromiter((d.answer_start for d in docs), np.int64, len(docs)) for i, docs in domain.items()}
+    # Plan order is random: release the cache pages read after each batch so the RSS stays flat.
+    counts = write_plan(writer, plan, tokens, starts, after_batch=lambda: [m.release() for m in maps.values()])
+    return {"blocks": counts.blocks, "block_size": cfg.block_size, "source_tokens": counts.source_tokens,
+            "eos_tokens": counts.eos_tokens, "pad_tokens": counts.pad_tokens,
+            "tail_dropped_tokens": counts.tail_dropped_tokens,
+            "general_share": group_share(counts.source_tokens, groups, "general"),
+            "shards": counts.shards, "ids_dtype": writer.ids_dtype.name}
 
 
 def build_command(cfg: DataConfig) -> Path:
-    """Write the packed blocks (safetensors) with their manifest, config, templates and rejects."""
-    import json
+    """Write the packed blocks as memory-mapped shards, with their manifest, config, templates and rejects.
 
+    Everything is written into a staging directory renamed into place at the end, so a killed build
+    leaves the previous output as it was; its leftovers are removed by the next build of ``out``.
+    """
     from rich.console import Console
-    from safetensors.numpy import save_file
 
-    from medtune import atomic
+    from medtune import atomic, models
     from medtune.config import dump_config
     from medtune.data.prompts import template_provenance
 
-    console = Console()
-    with console.status("reading, tokenizing, mixing and packing ..."):
-        prep = prepare(cfg)
-    if prep.packed is None:
-        from medtune.errors import ConfigError
-
-        raise ConfigError("data build: no training items left (add 'train' sources, or check the leakage guard)")
+    console = Console(stderr=True)
+    tokenizer = models.load_tokenizer(cfg.tokenizer)
     out = Path(cfg.out)
+    remove_stale_builds(out)
     with atomic.staging_dir(out) as tmp:
-        p = prep.packed
-        save_file({"input_ids": p.input_ids, "attention_mask": p.attention_mask, "token_source": p.token_source,
-                   "answer_mask": answer_mask(prep.mix.docs, p)},
-                  str(tmp / "blocks.safetensors"), metadata={"sources": json.dumps(p.sources)})
-        atomic.write_json(tmp / "manifest.json", {**summary(cfg, prep), **_provenance()})
+        mark_build(tmp)
+        loaded = load(cfg, tokenizer, tmp / "cache")
+        if not any(loaded.domain.values()):
+            from medtune.errors import ConfigError
+
+            raise ConfigError("data build: no training items left (add 'train' sources, or check the leakage guard)")
+        console.print("mixing and packing ...")
+        plan = mix_plan(loaded.lengths(), loaded.groups(), cfg.general_share, cfg.mix_strategy, cfg.seed, cfg.temperature)
+        packing = _write_shards(cfg, tokenizer, loaded, plan, tmp / SHARDS)
+        shutil.rmtree(tmp / "cache", ignore_errors=True)
+        atomic.write_json(tmp / "manifest.json",
+                          {**summary(loaded.sources, loaded.rejects, loaded.guard, plan.report, packing), **_provenance()})
         atomic.write_text(tmp / "config.yaml", dump_config(cfg))
         atomic.write_json(tmp / "templates.json", template_provenance(get_train_template(cfg.template)))
-        prep.rejects.write(tmp / "rejects.jsonl")
-    console.print(f"wrote {p.input_ids.shape[0]:,} blocks of {p.block_size} tokens to {out} "
-                  f"(general share {p.realised_share('general'):.1%}; rejected rows: {len(prep.rejects)})")
+        loaded.rejects.write(tmp / "rejects.jsonl")
+        (tmp / BUILD_MARK).unlink()
+    console.print(f"wrote {packing['blocks']:,} blocks of {cfg.block_size} tokens in {packing['shards']} shard(s) to {out} "
+                  f"(general share {packing['general_share']:.1%}; rejected rows: {len(loaded.rejects)})")
     return out
+
+
+def open_blocks(out: str | Path) -> Blocks:
+    """The packed blocks of the build in ``out``, memory-mapped."""
+    return Blocks(Path(out) / SHARDS)
+
+
+BUILD_MARK = ".medtune-build-pid"
+"""In a staging directory while its build runs: the builder's process id."""
+
+
+def mark_build(tmp: Path) -> None:
+    (tmp / BUILD_MARK).write_text(str(os.getpid()))
+
+
+def remove_stale_builds(out: Path) -> None:
+    """Delete staging directories of ``out`` left by killed builds (their process is gone); a build
+    still running (its process alive) is left alone."""
+    for d in out.parent.glob(f".tmp-{out.name}-*"):
+        try:
+            pid = int((d / BUILD_MARK).read_text())
+        except (OSError, ValueError):
+            continue  # not a build staging directory of ours, or already finished
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, another user's
 
 
 def _provenance() -> dict[str, Any]:

@@ -29,6 +29,14 @@ NO_SOURCE = -1
 """``token_source`` value for EOS separators and padding."""
 
 
+def group_share(source_tokens: dict[str, int], groups: dict[str, str], group: str) -> float:
+    """Fraction of the document tokens (EOS, padding excluded) whose source is in ``group``."""
+    total = sum(source_tokens.values())
+    if total == 0:
+        return 0.0
+    return sum(n for s, n in source_tokens.items() if groups[s] == group) / total
+
+
 @dataclass
 class PackResult:
     """Packed blocks plus per-token provenance. Arrays are ``(n_blocks, block_size)``."""
@@ -39,6 +47,9 @@ class PackResult:
     """int64: 1 for real tokens (EOS included), 0 for padding."""
     token_source: np.ndarray
     """int32 index into ``sources`` per token; :data:`NO_SOURCE` for EOS and padding."""
+    answer_mask: np.ndarray
+    """uint8: 1 on the tokens answer-only loss trains on (each document's answer and its EOS; every
+    token of general text), 0 elsewhere and on padding."""
     sources: list[str]
     """Source names, in order of first appearance."""
     groups: dict[str, str]
@@ -64,10 +75,7 @@ class PackResult:
 
     def realised_share(self, group: str) -> float:
         """Fraction of the kept document tokens (EOS, padding excluded) whose source is in ``group``."""
-        total = sum(self.source_tokens.values())
-        if total == 0:
-            return 0.0
-        return sum(n for s, n in self.source_tokens.items() if self.groups[s] == group) / total
+        return group_share(self.source_tokens, self.groups, group)
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         """``input_ids``, ``attention_mask``, ``labels`` as ``torch.LongTensor`` ``(n_blocks, block_size)``."""
@@ -89,20 +97,43 @@ class PackResult:
         }
 
 
-def _stream(docs: Sequence[Doc], eos_id: int, source_index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
-    """All documents, each followed by EOS, and the source index of every position. Shapes ``(total,)``."""
-    lengths = np.fromiter((len(d.tokens) + 1 for d in docs), dtype=np.int64, count=len(docs))
-    ids = np.empty(int(lengths.sum()), dtype=np.int64)
-    ends = np.cumsum(lengths)
-    start = 0
-    for doc, end in zip(docs, ends):
-        ids[start:end - 1] = doc.tokens
-        start = int(end)
-    ids[ends - 1] = eos_id
-    doc_source = np.fromiter((source_index[d.source] for d in docs), dtype=np.int32, count=len(docs))
-    src = np.repeat(doc_source, lengths)
-    src[ends - 1] = NO_SOURCE
-    return ids, src
+ATTEND = 1
+"""Bit of the shard ``mask`` byte: a real token (EOS included), not padding."""
+ANSWER = 2
+"""Bit of the shard ``mask`` byte: a token answer-only loss trains on."""
+
+
+def doc_stream(tokens: np.ndarray, lengths: np.ndarray, source: np.ndarray, answer_start: np.ndarray,
+               eos_id: int, dtype: Any = np.int64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Documents given flat, each followed by EOS: ``(ids, source, answer)``, each ``(sum(lengths + 1),)``.
+
+    ``tokens`` is the documents' tokens back to back, ``(sum(lengths),)``; ``source`` and
+    ``answer_start`` are per document. ``source`` is :data:`NO_SOURCE` on the EOS; ``answer`` (bool)
+    is true from each document's answer start (capped at its length) through its EOS, which is the
+    span answer-only loss trains on (every token of general text, whose answer start is 0).
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    span = lengths + 1
+    ends = np.cumsum(span)
+    total = int(ends[-1]) if len(ends) else 0
+    ids = np.empty(total, dtype=dtype)
+    eos = np.zeros(total, dtype=bool)
+    eos[ends - 1] = True
+    ids[~eos] = tokens
+    ids[eos] = eos_id
+    src = np.repeat(np.asarray(source, dtype=np.int32), span)
+    src[eos] = NO_SOURCE
+    offset = np.arange(total, dtype=np.int64) - np.repeat(ends - span, span)  # position inside the document
+    answer = offset >= np.repeat(np.minimum(np.asarray(answer_start, dtype=np.int64), lengths), span)
+    return ids, src, answer
+
+
+def _stream(docs: Sequence[Doc], eos_id: int, source_index: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`doc_stream` of in-memory documents."""
+    lengths = np.fromiter((len(d.tokens) for d in docs), dtype=np.int64, count=len(docs))
+    tokens = np.fromiter((t for d in docs for t in d.tokens), dtype=np.int64, count=int(lengths.sum()))
+    return doc_stream(tokens, lengths, np.fromiter((source_index[d.source] for d in docs), np.int32, len(docs)),
+                      np.fromiter((d.answer_start for d in docs), np.int64, len(docs)), eos_id)
 
 
 def pack(docs: Sequence[Doc], block_size: int, eos_id: int, drop_tail: bool = False,
@@ -121,21 +152,23 @@ def pack(docs: Sequence[Doc], block_size: int, eos_id: int, drop_tail: bool = Fa
     for d in docs:
         if groups.setdefault(d.source, d.group) != d.group:
             raise MedtuneError(f"source {d.source!r} appears in groups {groups[d.source]!r} and {d.group!r}")
-    ids, src = _stream(docs, eos_id, {s: i for i, s in enumerate(sources)})
+    ids, src, answer = _stream(docs, eos_id, {s: i for i, s in enumerate(sources)})
     tail = len(ids) % block_size
     mask = np.ones(len(ids), dtype=np.int64)
     pad = 0
     if tail and drop_tail:
-        ids, src, mask = ids[:-tail], src[:-tail], mask[:-tail]
+        ids, src, mask, answer = ids[:-tail], src[:-tail], mask[:-tail], answer[:-tail]
     elif tail:
         pad = block_size - tail
         ids = np.concatenate([ids, np.full(pad, pad_id, dtype=np.int64)])
         src = np.concatenate([src, np.full(pad, NO_SOURCE, dtype=np.int32)])
         mask = np.concatenate([mask, np.zeros(pad, dtype=np.int64)])
+        answer = np.concatenate([answer, np.zeros(pad, dtype=bool)])
     counts = np.bincount(src[src != NO_SOURCE], minlength=len(sources))
     return PackResult(
         input_ids=ids.reshape(-1, block_size), attention_mask=mask.reshape(-1, block_size),
-        token_source=src.reshape(-1, block_size), sources=sources, groups=groups, block_size=block_size,
+        token_source=src.reshape(-1, block_size), answer_mask=answer.astype(np.uint8).reshape(-1, block_size),
+        sources=sources, groups=groups, block_size=block_size,
         source_tokens={s: int(counts[i]) for i, s in enumerate(sources)},
         eos_tokens=int(np.count_nonzero((src == NO_SOURCE) & (mask == 1))), pad_tokens=pad,
         tail_dropped_tokens=tail if drop_tail else 0,

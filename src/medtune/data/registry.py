@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import islice
 from pathlib import Path
 
 from medtune.data.adapters import arc, medmcqa, medqa, mmlu, pubmedqa, text
@@ -28,6 +29,12 @@ ADAPTERS: dict[str, Adapter] = {
     "text": text.load_text,
     "text_hub": text.load_text_hub,
 }
+
+TEXT_STREAMS: dict[str, Callable[[SourceConfig, Path | None, Rejects], Iterator[TextDoc]]] = {
+    "text": text.iter_text,
+    "text_hub": text.iter_text_hub,
+}
+"""The text adapters' lazy readers: a replay source of any size is read document by document."""
 
 TEXT_ADAPTERS = frozenset({"text", "text_hub"})
 """Adapters that return :class:`TextDoc`; all others return :class:`QARecord`."""
@@ -145,3 +152,14 @@ def load_source(src: SourceConfig, data_root: Path | None, rejects: Rejects) -> 
         raise ConfigError(f"fold (share {src.fold.share}, take {src.fold.take}): selected 0 of {n} items of source "
                           f"{src.label} ({path or src.hub}); use a larger share or a larger source")
     return records[: src.limit] if src.limit is not None else records
+
+
+def iter_source(src: SourceConfig, data_root: Path | None, rejects: Rejects) -> Iterator[TextDoc]:
+    """A text source document by document (``limit`` stops the stream). A fold needs every id at
+    once, so a folded source is read whole through :func:`load_source`."""
+    if src.adapter not in TEXT_STREAMS:
+        raise ConfigError(f"adapter {src.adapter!r} is not a text adapter (valid: {', '.join(sorted(TEXT_STREAMS))})")
+    if src.fold is not None or src.subjects is not None or src.exclude_subjects is not None:
+        return iter(load_source(src, data_root, rejects))  # type: ignore[arg-type]
+    docs = TEXT_STREAMS[src.adapter](src, resolve_path(src, data_root), rejects)
+    return islice(docs, src.limit) if src.limit is not None else docs

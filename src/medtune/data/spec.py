@@ -52,7 +52,14 @@ class SourceConfig(StrictModel):
     fold: FoldConfig | None = None
     """Keep only a deterministic held-out fold of the source, or only the rest (see FoldConfig)."""
     limit: int | None = Field(None, ge=1)
-    """Keep only the first N records (after filtering and folding), for quick runs."""
+    """Keep only the first N records (after filtering and folding), for quick runs. On a streamed
+    replay source this is the document cap: reading stops after N documents."""
+    max_tokens: int | None = Field(None, ge=1)
+    """Replay sources: read only the first N tokens (the last document is cut to fit), so a source can
+    be "the first 100M tokens of allenai/c4 en"; reading, and a streamed download, stop there."""
+    streaming: bool = False
+    """Hub sources: stream the dataset (datasets streaming) row by row instead of downloading and
+    loading it whole; with max_tokens or limit only the rows read are fetched."""
 
     @field_validator("adapter")
     @classmethod
@@ -67,6 +74,13 @@ class SourceConfig(StrictModel):
     def _one_location(self) -> "SourceConfig":
         if (self.path is None) == (self.hub is None):
             raise ValueError("give exactly one of 'path' (local official files) or 'hub' (Hub dataset id)")
+        return self
+
+    @model_validator(mode="after")
+    def _streaming_needs_hub(self) -> "SourceConfig":
+        if self.streaming and self.hub is None:
+            raise ValueError("streaming applies to Hub sources ('hub'); local text and JSON-lines files are "
+                             "always read lazily")
         return self
 
     @property

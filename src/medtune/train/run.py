@@ -28,17 +28,23 @@ class TrainError(MedtuneError):
     """Training stopped (non-finite loss, bad resume)."""
 
 
-def _data(cfg: TrainConfig, out: Path, is_main: bool, barrier: Any) -> dict[str, torch.Tensor]:
-    """Packed blocks from OUT/data, built there first if missing (the data stage is deterministic)."""
-    from safetensors.torch import load_file
-
-    from medtune.data.build import build_command
+def _data(cfg: TrainConfig, out: Path, is_main: bool, barrier: Any) -> Any:
+    """Packed blocks from OUT/data, memory-mapped (nothing is read until a step asks for its blocks);
+    built there first if missing (the data stage is deterministic)."""
+    from medtune.data.build import build_command, open_blocks
 
     data_dir = out / "data"
     if is_main and not (data_dir / "manifest.json").is_file():
         build_command(cfg.data.model_copy(update={"out": str(data_dir), "tokenizer": cfg.data.tokenizer}))
     barrier()
-    return load_file(str(data_dir / "blocks.safetensors"))
+    return open_blocks(data_dir)
+
+
+def _batch(blocks: Any, idx: np.ndarray, loss: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, loss_mask) int64 ``(len(idx), block)`` of blocks ``idx``, read from the shards."""
+    rows = blocks.rows(idx)
+    loss_mask = rows["answer_mask"] if loss == "answer_only" else rows["attention_mask"]
+    return tuple(torch.from_numpy(a) for a in (rows["input_ids"], rows["attention_mask"], loss_mask))  # type: ignore[return-value]
 
 
 def sample_order(n: int, seed: int, total: int) -> np.ndarray:
@@ -114,9 +120,7 @@ def train(cfg: TrainConfig) -> Path:
     acc.wait_for_everyone()
     set_seed(cfg.seed)
     blocks = _data(cfg, out, acc.is_main_process, acc.wait_for_everyone)
-    ids, attn = blocks["input_ids"].long(), blocks["attention_mask"].long()
-    loss_mask = blocks["answer_mask"].long() if cfg.loss == "answer_only" else attn
-    n_blocks, block = ids.shape
+    n_blocks, block = len(blocks), blocks.block_size
     global_batch, total_steps = plan(cfg, n_blocks, block, acc.num_processes)
     order = sample_order(n_blocks, cfg.seed, total_steps * global_batch)
 
@@ -149,15 +153,15 @@ def train(cfg: TrainConfig) -> Path:
     run_started = time.perf_counter()
     for step in range(start_step, total_steps):
         batch_idx = order[step * global_batch : (step + 1) * global_batch]
+        ids, attn, loss_mask = _batch(blocks, batch_idx, cfg.loss)  # (global_batch, block) each
         # Normalise by the loss tokens of the whole global batch (known to every rank from the data).
-        n_loss = int(loss_mask[torch.from_numpy(batch_idx)][:, 1:].sum())
+        n_loss = int(loss_mask[:, 1:].sum())
         # DeepSpeed divides each micro-batch loss by the accumulation steps itself.
         scale = acc.num_processes * (cfg.grad_accum if deepspeed else 1) / max(n_loss, 1)
         local_sum = torch.zeros((), device=acc.device)
         for micro in range(cfg.grad_accum):
             first = (micro * acc.num_processes + acc.process_index) * cfg.micro_batch_size
-            sel = torch.from_numpy(batch_idx[first : first + cfg.micro_batch_size])
-            inputs = [t[sel].to(acc.device) for t in (ids, attn, loss_mask)]
+            inputs = [t[first : first + cfg.micro_batch_size].to(acc.device) for t in (ids, attn, loss_mask)]
             ctx = acc.no_sync(wrapped) if micro < cfg.grad_accum - 1 else contextlib.nullcontext()
             with ctx, acc.autocast():
                 loss = wrapped(*inputs, scale=scale)

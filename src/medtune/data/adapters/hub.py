@@ -21,7 +21,8 @@ def hub_split(src: SourceConfig, default: str) -> str:
 
 
 def load_hub(src: SourceConfig, default_split: str) -> Any:
-    """``datasets.load_dataset(src.hub, src.hub_config, split=...)``; any failure names id/config/split.
+    """``datasets.load_dataset(src.hub, src.hub_config, split=..., streaming=src.streaming)``; any
+    failure names id/config/split. Streamed, it is an ``IterableDataset``: rows arrive as they are read.
 
     A Hub id that is not cached fails at once when the Hub cannot be reached (see :mod:`medtune.hub_access`)."""
     import datasets  # imported here: it is slow to import and only Hub sources need it
@@ -31,7 +32,7 @@ def load_hub(src: SourceConfig, default_split: str) -> Any:
     if problem:
         raise DataError(hub_label(src, split), None, None, problem)
     try:
-        return datasets.load_dataset(src.hub, src.hub_config, split=split)
+        return datasets.load_dataset(src.hub, src.hub_config, split=split, streaming=src.streaming)
     except Exception as err:  # datasets raises many types (not found, offline, bad split); report them all alike
         raise DataError(
             hub_label(src, split), None, None,
@@ -47,8 +48,12 @@ def hub_rows(ds: Any) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def require_columns(ds: Any, columns: list[str], label: str) -> None:
-    """Fail once, naming the missing column, instead of once per row."""
-    have = list(ds.column_names)
+    """Fail once, naming the missing column, instead of once per row. A streamed dataset whose
+    columns are not known before reading (JSON-lines without features) is asked for its first row."""
+    names = ds.column_names
+    if names is None:
+        names = list(next(iter(ds), {}))
+    have = list(names)
     for col in columns:
         if col not in have:
             raise DataError(label, None, col, f"column missing (available: {', '.join(have)})")

@@ -122,6 +122,20 @@ def jsonl_rows(path: Path, rejects: Rejects) -> Iterator[Row]:
             rejects.reject(err, line)
 
 
+def iter_converted(rows: Iterable[Row], convert: Callable[[str, Any], R], rejects: Rejects) -> Iterator[R]:
+    """Apply ``convert(location, raw)`` to each row lazily; a :class:`DataError` rejects that row only.
+
+    No duplicate-id check (it would keep every id in memory): for sources whose ids are their
+    positions (text lines, Hub row indices), which cannot repeat. Records with real ids use
+    :func:`convert_rows`.
+    """
+    for where, raw in rows:
+        try:
+            yield convert(where, raw)
+        except DataError as err:
+            rejects.reject(err, raw)
+
+
 def convert_rows(rows: Iterable[Row], convert: Callable[[str, Any], R], rejects: Rejects, source: str | Path) -> list[R]:
     """Apply ``convert(location, raw)`` to each row; a :class:`DataError` rejects that row only.
 

@@ -8,6 +8,7 @@ blank lines; a missing or non-string text field is an error.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,30 +28,37 @@ def _body(row: dict[str, Any], field: str, path: str, where: str) -> str:
     return value.strip()
 
 
-def _non_empty(docs: list[TextDoc]) -> list[TextDoc]:
-    return [d for d in docs if d.text]
+def _non_empty(docs: Iterable[TextDoc]) -> Iterator[TextDoc]:
+    return (d for d in docs if d.text)
 
 
-def load_text(src: SourceConfig, path: Path | None, rejects: Rejects) -> list[TextDoc]:
-    """``.txt`` (non-empty lines) or ``.jsonl`` (``src.text_field``); ids are ``<file stem>:<line>``."""
+def iter_text(src: SourceConfig, path: Path | None, rejects: Rejects) -> Iterator[TextDoc]:
+    """``.txt`` (non-empty lines) or ``.jsonl`` (``src.text_field``), read lazily line by line, so a
+    corpus of any size costs one line of memory; ids are ``<file stem>:<line>``."""
     assert path is not None
     if path.suffix not in SUFFIXES:
         raise DataError(path, None, None, f"unsupported file type {path.suffix!r} (expected {', '.join(SUFFIXES)})")
     dataset, p = src.name or path.stem, str(path)
     meta = {"source": p, "split": src.split}
     if path.suffix == ".txt":
-        return [TextDoc(id=f"{path.stem}:{n}", dataset=dataset, text=line.strip(), meta=dict(meta))
-                for n, line in rows.iter_lines(path) if line.strip()]
+        return (TextDoc(id=f"{path.stem}:{n}", dataset=dataset, text=line.strip(), meta=dict(meta))
+                for n, line in rows.iter_lines(path) if line.strip())
 
     def convert(where: str, row: dict[str, Any]) -> TextDoc:
         body = _body(row, src.text_field, p, where)
         return TextDoc(id=f"{path.stem}:{where.removeprefix('line ')}", dataset=dataset, text=body, meta=dict(meta))
 
-    return _non_empty(rows.convert_rows(rows.jsonl_rows(path, rejects), convert, rejects, path))
+    return _non_empty(rows.iter_converted(rows.jsonl_rows(path, rejects), convert, rejects))
 
 
-def load_text_hub(src: SourceConfig, path: Path | None, rejects: Rejects) -> list[TextDoc]:
-    """A Hub dataset with a text column (``src.text_field``); ids are ``<split>:<row index>``."""
+def load_text(src: SourceConfig, path: Path | None, rejects: Rejects) -> list[TextDoc]:
+    """:func:`iter_text`, every document at once."""
+    return list(iter_text(src, path, rejects))
+
+
+def iter_text_hub(src: SourceConfig, path: Path | None, rejects: Rejects) -> Iterator[TextDoc]:
+    """A Hub dataset with a text column (``src.text_field``), row by row; streamed from the Hub (or
+    a local directory in Hub layout) with ``streaming: true``. Ids are ``<split>:<row index>``."""
     ds = hub.load_hub(src, "train")
     split = hub.hub_split(src, "train")
     label = hub.hub_label(src, split)
@@ -62,4 +70,9 @@ def load_text_hub(src: SourceConfig, path: Path | None, rejects: Rejects) -> lis
         body = _body(row, src.text_field, label, where)
         return TextDoc(id=f"{split}:{where.removeprefix('index ')}", dataset=dataset, text=body, meta=dict(meta))
 
-    return _non_empty(rows.convert_rows(hub.hub_rows(ds), convert, rejects, label))
+    return _non_empty(rows.iter_converted(hub.hub_rows(ds), convert, rejects))
+
+
+def load_text_hub(src: SourceConfig, path: Path | None, rejects: Rejects) -> list[TextDoc]:
+    """:func:`iter_text_hub`, every document at once."""
+    return list(iter_text_hub(src, path, rejects))

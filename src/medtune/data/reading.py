@@ -1,0 +1,173 @@
+"""The data stage's reading: every source read, the leakage guard applied, the text tokenized.
+
+QA sources (training and evaluation) are small and stay in memory as documents. Replay sources
+can be a billion tokens: each is read document by document (:func:`medtune.data.registry.iter_source`,
+a Hub dataset streamed with ``streaming: true``), tokenized in parallel batches
+(:func:`medtune.data.tokens.encode`) and appended to a token cache on disk, stopping at the source's
+``max_tokens`` / ``limit``. A progress bar shows tokens/s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from medtune.data.leakage import GuardReport, guard
+from medtune.data.mixing import Doc
+from medtune.data.prompts import eval_prompt, get_train_template, training_text
+from medtune.data.records import QARecord
+from medtune.data.registry import iter_source, load_source
+from medtune.data.rejects import Rejects
+from medtune.data.shards import ids_dtype
+from medtune.data.spec import SourceConfig
+from medtune.data.tokens import BATCH_CHARS, CacheWriter, TokenCache, encode
+
+if TYPE_CHECKING:
+    from medtune.data.build import DataConfig
+
+
+@dataclass
+class SourceStats:
+    role: Literal["train", "replay", "eval"]
+    name: str
+    adapter: str
+    location: str
+    items: int
+    tokens: int
+    labels: dict[str, int] = field(default_factory=dict)
+    sha256: str | None = None
+
+
+@dataclass
+class Loaded:
+    """Every source read and tokenized: domain documents in memory, replay sources as token caches."""
+
+    sources: list[SourceStats]
+    guard: GuardReport
+    rejects: Rejects
+    domain: dict[str, list[Doc]]
+    general: dict[str, TokenCache]
+
+    def lengths(self) -> dict[str, np.ndarray]:
+        """Source -> (n_docs,) tokens per document, domain sources first (the mix's input)."""
+        out = {s: np.fromiter((len(d.tokens) for d in docs), np.int64, len(docs)) for s, docs in self.domain.items()}
+        return out | {s: c.lengths for s, c in self.general.items()}
+
+    def groups(self) -> dict[str, str]:
+        return dict.fromkeys(self.domain, "domain") | dict.fromkeys(self.general, "general")
+
+
+def label_counts(records: Sequence[QARecord]) -> dict[str, int]:
+    """Answer distribution: the answer words for PubMedQA, the option letters otherwise."""
+    counts: Counter[str] = Counter()
+    order: dict[str, int] = {}
+    for r in records:
+        names = r.options if r.dataset == "pubmedqa" else (r.option_labels or tuple("ABCDEFGHIJ"[: len(r.options)]))
+        counts[names[r.answer]] += 1
+        for i, n in enumerate(names):
+            order.setdefault(n, i)
+    return {k: counts[k] for k in sorted(counts, key=lambda k: (order[k], k))}
+
+
+def _sha256(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _location(src: SourceConfig, root: Path) -> Path | None:
+    if src.path is None:
+        return None
+    p = Path(src.path)
+    return p if p.is_absolute() else root / p
+
+
+def _tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    ids, lengths = encode(tokenizer, texts)
+    return [a.tolist() for a in np.split(ids, np.cumsum(lengths)[:-1])] if texts else []
+
+
+def _text_batches(docs: Iterator[Any], room: Callable[[], int | None]) -> Iterator[list[str]]:
+    """Texts in batches of about BATCH_CHARS characters; smaller near a ``max_tokens`` end (``room()``
+    tokens left), so a capped stream reads little past its cap."""
+    batch: list[str] = []
+    size = 0
+    for d in docs:
+        batch.append(d.text)
+        size += len(d.text)
+        left = room()
+        if size >= (BATCH_CHARS if left is None else min(BATCH_CHARS, max(4096, 8 * left))):
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def stream_replay(src: SourceConfig, root: Path, rejects: Rejects, tokenizer: Any, path: Path, bar: Any) -> TokenCache:
+    """Read, tokenize and cache one replay source; stops at ``src.max_tokens`` (and ``src.limit``)."""
+    writer = CacheWriter(path, ids_dtype(len(tokenizer)), src.max_tokens)
+    room = (lambda: src.max_tokens - writer.tokens) if src.max_tokens is not None else (lambda: None)
+    for texts in _text_batches(iter_source(src, root, rejects), room):
+        ids, lengths = encode(tokenizer, texts)
+        before = writer.tokens
+        writer.add(ids, lengths)
+        bar.update(writer.tokens - before)
+        if writer.full:
+            break
+    return writer.close()
+
+
+def load(cfg: DataConfig, tokenizer: Any, cache_dir: Path) -> Loaded:
+    """Read every source, guard training against evaluation, tokenize; replay goes to ``cache_dir``."""
+    from tqdm.auto import tqdm
+
+    root = cfg.root()
+    rejects = Rejects(skip_invalid=cfg.skip_invalid)
+    template = get_train_template(cfg.template)
+    stats: list[SourceStats] = []
+
+    def describe(role: str, src: SourceConfig, items: int, tokens: int, labels: dict[str, int]) -> None:
+        path = _location(src, root)
+        stats.append(SourceStats(role, src.label, src.adapter, str(path) if path else f"hub:{src.hub}", items,  # type: ignore[arg-type]
+                                 tokens, labels, _sha256(path) if path else None))
+
+    eval_sets: dict[str, list[QARecord]] = {}
+    for src in cfg.eval:
+        recs = eval_sets[src.label] = load_source(src, root, rejects)  # type: ignore[assignment]
+        # Tokens of the zero-shot evaluation prompt: what scoring the split costs.
+        describe("eval", src, len(recs), sum(map(len, _tokenize(tokenizer, [eval_prompt(r).context for r in recs]))),
+                 label_counts(recs))
+
+    train_by_source: dict[str, list[QARecord]] = {src.label: load_source(src, root, rejects) for src in cfg.train}  # type: ignore[misc]
+    report = guard([r for recs in train_by_source.values() for r in recs], eval_sets, drop=cfg.drop_leaked)
+    kept_ids = {id(r) for r in report.kept}
+    domain: dict[str, list[Doc]] = {}
+    for src in cfg.train:
+        recs = [r for r in train_by_source[src.label] if id(r) in kept_ids]
+        texts = [training_text(r, template) for r in recs]
+        # Prompt and answer are tokenized apart (the answer starts with a space, a natural token
+        # boundary) so answer-only loss knows where the answer begins.
+        prompts = _tokenize(tokenizer, [t.prompt for t in texts])
+        answers = _tokenize(tokenizer, [t.answer for t in texts])
+        domain[src.label] = [Doc(src.label, "domain", p + a, r.id, answer_start=len(p))
+                             for r, p, a in zip(recs, prompts, answers)]
+        describe("train", src, len(recs), sum(len(d.tokens) for d in domain[src.label]), label_counts(recs))
+
+    general: dict[str, TokenCache] = {}
+    caps = [s.max_tokens for s in cfg.replay]
+    with tqdm(total=sum(caps) if caps and None not in caps else None, desc="replay tokens", unit="tok",  # type: ignore[arg-type]
+              unit_scale=True, disable=None, dynamic_ncols=True) as bar:
+        for i, src in enumerate(cfg.replay):
+            cache = general[src.label] = stream_replay(src, root, rejects, tokenizer, cache_dir / f"{i:03d}.ids", bar)
+            describe("replay", src, len(cache.lengths), int(cache.offsets[-1]), {})
+    return Loaded(stats, report, rejects, domain, general)
