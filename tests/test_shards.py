@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from medtune.data.build import DataConfig, build_command, open_blocks, prepare
-from medtune.data.mixing import Doc, mix_plan
+from medtune.data.mixing import Doc, MixPlan
 from medtune.data.packing import NO_SOURCE, pack
 from medtune.data.shards import Blocks, ShardWriter, ids_dtype, write_plan
 from medtune.errors import MedtuneError
@@ -38,11 +38,9 @@ def write_docs(root: Path, docs: list[Doc], block: int, shard_tokens: int, drop_
     names = list(dict.fromkeys(d.source for d in docs))
     by_source = {s: [d for d in docs if d.source == s] for s in names}
     position = {id(d): i for s in names for i, d in enumerate(by_source[s])}
-    lengths = {s: np.array([len(d.tokens) for d in by_source[s]]) for s in names}
-    plan = mix_plan(lengths, {s: by_source[s][0].group for s in names}, 0.0, "concat", 0)  # a plan to overwrite
-    plan.source = np.array([names.index(d.source) for d in docs], np.int32)
-    plan.doc = np.array([position[id(d)] for d in docs], np.int64)
-    plan.length = np.array([len(d.tokens) for d in docs], np.int64)
+    plan = MixPlan(names, np.array([names.index(d.source) for d in docs], np.int32),
+                   np.array([position[id(d)] for d in docs], np.int64), np.array([len(d.tokens) for d in docs], np.int64),
+                   report=None)  # type: ignore[arg-type]
     writer = ShardWriter(root, block_size=block, vocab_size=vocab, sources=names,
                          groups={s: by_source[s][0].group for s in names}, eos_id=0, pad_id=9, drop_tail=drop_tail,
                          shard_tokens=shard_tokens)
@@ -184,3 +182,31 @@ def test_a_killed_build_keeps_the_old_output_and_the_next_build_starts_clean(tin
     build_command(c)
     assert not list(out.parent.glob(".tmp-out-*")), "the killed build's staging directory is removed"
     assert {p.name: p.read_bytes() for p in (out / "shards").iterdir()} == before, "the rebuild is identical"
+
+
+def mapped_rss_kb(path: Path) -> int:
+    """Resident kB of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+            inside = len(head) >= 6 and head[5] == str(path)
+        elif inside and line.startswith("Rss:"):
+            total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc")
+def test_blocks_read_for_a_step_do_not_stay_resident(tmp_path):
+    from medtune.data.mapped import Mapped
+
+    rng = np.random.default_rng(0)
+    docs = [Doc("wiki", "general", rng.integers(3, 400, 5000).tolist(), f"w{i}") for i in range(100)]  # ~1 MB of ids
+    blocks = write_docs(tmp_path / "s", docs, block=512, shard_tokens=1 << 20, drop_tail=True)
+    ids_file = (tmp_path / "s" / "00000.ids.npy").resolve()
+    control = Mapped(ids_file)
+    assert int(control.array.sum()) > 0  # touches every page of the file through a map
+    assert mapped_rss_kb(ids_file) > 500, "the check sees pages that stay mapped"
+    control.release()
+    every = blocks.rows(np.arange(len(blocks)))["input_ids"]
+    assert every.shape[0] == len(blocks) and mapped_rss_kb(ids_file) == 0
