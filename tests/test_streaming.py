@@ -120,3 +120,15 @@ def test_batch_encoding_gives_the_ids_of_the_tokenizer_call(tiny_llama):
 def test_streaming_is_for_hub_sources():
     with pytest.raises(ValueError, match="streaming applies to Hub sources"):
         SourceConfig(adapter="text", path="x.txt", streaming=True)
+
+
+def test_an_empty_replay_source_is_an_error(tiny_llama, tmp_path):
+    from transformers import AutoTokenizer
+
+    from medtune.errors import DataError
+
+    path = tmp_path / "blank.txt"
+    path.write_text("\n  \n\n")
+    with pytest.raises(DataError, match="no items in source blank: the source is empty"):
+        stream_replay(SourceConfig(adapter="text", name="blank", path=str(path)), tmp_path, Rejects(),
+                      AutoTokenizer.from_pretrained(str(tiny_llama)), tmp_path / "x.ids", Bar())

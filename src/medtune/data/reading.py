@@ -22,7 +22,7 @@ from medtune.data.leakage import GuardReport, guard
 from medtune.data.mixing import Doc
 from medtune.data.prompts import eval_prompt, get_train_template, training_text
 from medtune.data.records import QARecord
-from medtune.data.registry import iter_source, load_source
+from medtune.data.registry import iter_source, load_source, no_items, resolve_path
 from medtune.data.rejects import Rejects
 from medtune.data.shards import ids_dtype
 from medtune.data.spec import SourceConfig
@@ -117,6 +117,7 @@ def stream_replay(src: SourceConfig, root: Path, rejects: Rejects, tokenizer: An
     """Read, tokenize and cache one replay source; stops at ``src.max_tokens`` (and ``src.limit``)."""
     writer = CacheWriter(path, ids_dtype(len(tokenizer)), src.max_tokens)
     room = (lambda: src.max_tokens - writer.tokens) if src.max_tokens is not None else (lambda: None)
+    rejected = len(rejects)
     for texts in _text_batches(iter_source(src, root, rejects), room):
         ids, lengths = encode(tokenizer, texts)
         before = writer.tokens
@@ -124,7 +125,10 @@ def stream_replay(src: SourceConfig, root: Path, rejects: Rejects, tokenizer: An
         bar.update(writer.tokens - before)
         if writer.full:
             break
-    return writer.close()
+    cache = writer.close()
+    if len(cache.lengths) == 0:  # as load_source: an empty replay source would silently replay nothing
+        raise no_items(src, resolve_path(src, root), len(rejects) - rejected)
+    return cache
 
 
 def load(cfg: DataConfig, tokenizer: Any, cache_dir: Path) -> Loaded:

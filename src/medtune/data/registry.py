@@ -129,6 +129,12 @@ def apply_fold(records: Records, src: SourceConfig) -> Records:
     return [r for r, h in zip(records, held) if h == want]  # type: ignore[return-value]
 
 
+def no_items(src: SourceConfig, path: Path | None, rejected: int) -> DataError:
+    """The error for a source that yielded nothing (``rejected``: its invalid rows)."""
+    why = f"all {rejected} rows were invalid (see the rejects)" if rejected else "the source is empty"
+    return DataError(path if path is not None else str(src.hub), None, None, f"no items in source {src.label}: {why}")
+
+
 def load_source(src: SourceConfig, data_root: Path | None, rejects: Rejects) -> Records:
     """Read one source with its adapter, then apply subject filters, the fold and ``limit``.
 
@@ -138,9 +144,7 @@ def load_source(src: SourceConfig, data_root: Path | None, rejects: Rejects) -> 
     adapter, path, before = get_adapter(src.adapter), resolve_path(src, data_root), len(rejects)
     records = adapter(src, path, rejects)
     if not records:
-        rejected = len(rejects) - before
-        why = f"all {rejected} rows were invalid (see the rejects)" if rejected else "the source is empty"
-        raise DataError(path if path is not None else str(src.hub), None, None, f"no items in source {src.label}: {why}")
+        raise no_items(src, path, len(rejects) - before)
     n = len(records)
     records = filter_subjects(records, src)
     if not records:
