@@ -91,7 +91,7 @@ def test_max_tokens_stops_reading_the_source_early(tiny_llama, tmp_path, monkeyp
     assert 0 < pulled["n"] < n // 4, pulled  # the stream stopped soon after the cap
     texts = [sentence(i) for i in range(n) if not (kind == "hub_streaming" and i % 10 == 3)]
     want = np.concatenate([np.array(t) for t in tok(texts[: len(cache.lengths)], add_special_tokens=False)["input_ids"]])
-    assert (cache.open().array == want[:50]).all()
+    assert (cache.reader().all() == want[:50]).all()
 
 
 def test_limit_caps_the_documents_of_a_stream(tiny_llama, tmp_path):

@@ -119,7 +119,9 @@ def _pad_id(tokenizer: Any) -> int:
 
 
 def _cached_docs(name: str, cache: TokenCache) -> list[Doc]:
-    ids = cache.open().array
+    reader = cache.reader()
+    ids = reader.all()
+    reader.close()
     return [Doc(name, "general", ids[a:b].tolist(), f"{name}:{i}") for i, (a, b) in enumerate(zip(cache.offsets[:-1], cache.offsets[1:]))]
 
 
@@ -204,22 +206,19 @@ def _write_shards(cfg: DataConfig, tokenizer: Any, loaded: Loaded, plan: MixPlan
     """Apply the mix plan straight into shards; returns the packing summary measured on what was written."""
     names = plan.sources
     domain = {i: loaded.domain[s] for i, s in enumerate(names) if s in loaded.domain}
-    maps = {i: loaded.general[s].open() for i, s in enumerate(names) if s in loaded.general}
-    offsets = {i: loaded.general[s].offsets for i, s in enumerate(names) if s in loaded.general}
+    readers = {i: loaded.general[s].reader() for i, s in enumerate(names) if s in loaded.general}
 
     def tokens(s: int, d: int, n: int) -> np.ndarray:
-        if s in domain:
-            return np.asarray(domain[s][d].tokens[:n], dtype=np.int64)
-        start = int(offsets[s][d])
-        return maps[s].array[start : start + n]
+        return np.asarray(domain[s][d].tokens[:n], dtype=np.int64) if s in domain else readers[s].read(d, n)
 
     groups = loaded.groups()
     writer = ShardWriter(root, block_size=cfg.block_size, vocab_size=len(tokenizer), sources=names, groups=groups,
                          eos_id=tokenizer.eos_token_id, pad_id=_pad_id(tokenizer), drop_tail=cfg.drop_tail,
                          shard_tokens=cfg.shard_tokens)
     starts = {i: np.fromiter((d.answer_start for d in docs), np.int64, len(docs)) for i, docs in domain.items()}
-    # Plan order is random: release the cache pages read after each batch so the RSS stays flat.
-    counts = write_plan(writer, plan, tokens, starts, after_batch=lambda: [m.release() for m in maps.values()])
+    counts = write_plan(writer, plan, tokens, starts)
+    for r in readers.values():
+        r.close()
     return {"blocks": counts.blocks, "block_size": cfg.block_size, "source_tokens": counts.source_tokens,
             "eos_tokens": counts.eos_tokens, "pad_tokens": counts.pad_tokens,
             "tail_dropped_tokens": counts.tail_dropped_tokens,

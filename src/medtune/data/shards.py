@@ -20,7 +20,6 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -103,7 +102,7 @@ class ShardWriter:
     def _take(self, n: int) -> tuple[np.ndarray, ...]:
         """The first ``n`` pending positions as three arrays; the rest stays pending."""
         joined = [np.concatenate([p[k] for p in self._pending]) for k in range(3)]
-        rest = tuple(a[n:] for a in joined)
+        rest = tuple(a[n:].copy() for a in joined)  # a copy: a view would keep all of ``joined`` alive
         self._pending = [rest] if len(rest[0]) else []  # type: ignore[list-item]
         self._pending_n = len(rest[0])
         return tuple(a[:n] for a in joined)
@@ -113,9 +112,10 @@ class ShardWriter:
         name = f"{len(self._shards):05d}"
         for kind, array in zip(KINDS, (ids, mask, src)):
             _save_npy(self.root / f"{name}.{kind}.npy", array.reshape(shape))
-        real = src != NO_SOURCE
-        self._source_tokens += np.bincount(src[real].astype(np.int64), minlength=len(self.sources))
-        self._eos += int(np.count_nonzero(~real & (mask & ATTEND).astype(bool)))
+        # Counted source by source: no int64 copy of the shard (8 bytes a token).
+        for i in range(len(self.sources)):
+            self._source_tokens[i] += int(np.count_nonzero(src == i))
+        self._eos += int(np.count_nonzero((src == NO_SOURCE) & (mask != 0)))  # padding has mask 0
         self._shards.append(len(ids) // self.block_size)
 
     def close(self) -> ShardCounts:
@@ -148,11 +148,11 @@ TokenGetter = Callable[[int, int, int], np.ndarray]
 
 
 def write_plan(writer: ShardWriter, plan: MixPlan, get_tokens: TokenGetter, answer_starts: dict[int, np.ndarray],
-               batch_docs: int = 4096, after_batch: Callable[[], Any] | None = None) -> ShardCounts:
+               batch_docs: int = 4096) -> ShardCounts:
     """Stream the planned documents, in plan order and in batches, into ``writer``.
 
     ``answer_starts`` maps a source index to its documents' answer starts (sources absent: 0, the
-    general text, where every token counts). ``after_batch`` runs once each batch is copied.
+    general text, where every token counts).
     """
     for lo in range(0, len(plan.doc), batch_docs):
         src, doc, n = (a[lo : lo + batch_docs] for a in (plan.source, plan.doc, plan.length))
@@ -160,8 +160,6 @@ def write_plan(writer: ShardWriter, plan: MixPlan, get_tokens: TokenGetter, answ
         starts = np.array([answer_starts[s][d] if s in answer_starts else 0 for s, d in zip(src.tolist(), doc.tolist())],
                           dtype=np.int64)
         writer.add(np.concatenate(parts) if parts else np.zeros(0, np.int64), n, src, starts)
-        if after_batch is not None:
-            after_batch()
     return writer.close()
 
 

@@ -23,8 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from medtune.data.mapped import Mapped
-
 BATCH_CHARS = 4 << 20
 """Characters of text per tokenizer batch (about 1M tokens): big enough to keep every thread busy."""
 
@@ -71,9 +69,30 @@ class TokenCache:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def open(self) -> Mapped:
-        """The ids, memory-mapped (``.array``); ``.release()`` lets the pages read so far go."""
-        return Mapped(self.path, self.dtype)
+    def reader(self) -> CacheReader:
+        return CacheReader(self)
+
+
+class CacheReader:
+    """Documents of a :class:`TokenCache` read with positioned reads (``os.pread``), not a memory map:
+    the mix visits documents in random order, and every fault on a map brings in its neighbour pages
+    too (the kernel's fault-around), so a map would hold most of the cache resident between releases."""
+
+    def __init__(self, cache: TokenCache) -> None:
+        self.cache = cache
+        self._fd = os.open(cache.path, os.O_RDONLY)
+        self._item = cache.dtype.itemsize
+
+    def read(self, doc: int, n: int) -> np.ndarray:
+        """The first ``n`` tokens of document ``doc``."""
+        start = int(self.cache.offsets[doc])
+        return np.frombuffer(os.pread(self._fd, n * self._item, start * self._item), dtype=self.cache.dtype)
+
+    def all(self) -> np.ndarray:
+        return self.read(0, int(self.cache.offsets[-1])) if len(self.cache.lengths) else np.zeros(0, self.cache.dtype)
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 class CacheWriter:
