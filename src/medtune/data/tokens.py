@@ -58,7 +58,7 @@ def encode(tokenizer: Any, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class TokenCache:
-    """One source's tokens on disk: ``ids`` back to back (a raw uint16/uint32 file, memory-mapped)
+    """One source's tokens on disk: ``ids`` back to back (a raw uint16/uint32 file)
     and ``offsets`` ``(n_docs + 1,)``, document ``i`` being ``ids[offsets[i]:offsets[i + 1]]``."""
 
     path: Path
