@@ -112,3 +112,4 @@ def group_summary(parts: Sequence[Sequence[float]], *, weight_by_size: bool, n_b
     lo, hi = np.quantile(boots @ w / w.sum(), [0.025, 0.975])  # boots: (n_boot, tasks)
     return {"value": value, "n": int(sizes.sum()), "stderr": se, "ci95": [float(lo), float(hi)],
             "weight_by_size": weight_by_size, "tasks": len(arrays)}
+

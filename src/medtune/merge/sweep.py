@@ -54,9 +54,9 @@ class SweepConfig(StrictModel):
     """More averaging methods with parameter grids, e.g. {ties: {density: [0.3, 0.5, 0.7], weight: [0.5, 1.0]},
     slerp: {alpha: [0.5]}}; a parameter left out takes the method's default."""
     medical_tasks: str = "pubmedqa,medqa4"
-    """Tasks whose mean accuracy is the medical score."""
+    """Tasks or groups whose mean score is the medical score (accuracy; 1 / perplexity for a perplexity task)."""
     general_tasks: str = "arc_easy,mmlu_general"
-    """Tasks whose mean accuracy is the general score."""
+    """Tasks or groups whose mean score is the general score (as medical_tasks)."""
     task_sources: dict[str, SourceConfig] = Field(default_factory=dict)
     """Per task, the split to select on (validation splits, e.g. MedQA dev) instead of the test split."""
     data_root: str = "../shared/data"
@@ -154,19 +154,21 @@ def _averager(cfg: SweepConfig) -> tuple[Any, Any]:
 
 
 def _score(avg: Any, tokenizer: Any, cfg: SweepConfig, method: str, params: M.Params) -> SweepPoint:
-    from medtune.evaluate.run import EvalConfig, score_model
+    from medtune.evaluate.run import EvalConfig, group_results, score_model
+    from medtune.evaluate.scores import mean_score
 
     avg.set(method, params)
     tasks = f"{cfg.medical_tasks},{cfg.general_tasks}"
     ecfg = EvalConfig(tasks=tasks, data_root=cfg.data_root, limit=cfg.limit, task_sources=cfg.task_sources,
                       progress=cfg.progress)
     started = time.perf_counter()
-    res, _ = score_model(avg.model, tokenizer, ecfg)
-    per = {t: r["acc"] for t, r in res.items() if "acc" in r}
-    mean = lambda names: sum(per[t]["value"] for t in names.split(",")) / len(names.split(","))  # noqa: E731
-    return SweepPoint(method=method, params=params, label=M.label(method, params), medical=mean(cfg.medical_tasks),
-                      general=mean(cfg.general_tasks), tasks=per, seconds=round(time.perf_counter() - started, 1),
-                      key=_key(cfg))
+    res, preds = score_model(avg.model, tokenizer, ecfg)
+    groups = group_results(ecfg.group_names, res, preds)
+    per = {t: r.get("acc") or r["perplexity"] for t, r in res.items()} | {g: r["acc"] for g, r in groups.items()}
+    return SweepPoint(method=method, params=params, label=M.label(method, params),
+                      medical=mean_score(cfg.medical_tasks.split(","), res, groups),
+                      general=mean_score(cfg.general_tasks.split(","), res, groups), tasks=per,
+                      seconds=round(time.perf_counter() - started, 1), key=_key(cfg))
 
 
 def sweep(cfg: SweepConfig) -> SweepResult:

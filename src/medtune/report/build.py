@@ -39,8 +39,8 @@ def mean_with_ci(parts: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def columns(tasks: list[str]) -> dict[str, list[str]]:
     """The study's tasks by role: medical in-domain, medical out-of-domain, general accuracy, perplexity."""
-    return {"medical_in": [t for t in tasks if TASKS[t].domain == "medical_in"],
-            "medical_ood": [t for t in tasks if TASKS[t].domain == "medical_ood"],
+    return {"medical_in": [t for t in tasks if TASKS[t].domain == "medical_in" and TASKS[t].kind == "mc"],
+            "medical_ood": [t for t in tasks if TASKS[t].domain == "medical_ood" and TASKS[t].kind == "mc"],
             "general": [t for t in tasks if TASKS[t].domain == "general" and TASKS[t].kind == "mc"],
             "ppl": [t for t in tasks if TASKS[t].kind == "ppl"]}
 

@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from medtune.config import ModelConfig, StrictModel, format_validation_error
 from medtune.data.build import DataConfig
 from medtune.data.spec import SourceConfig
-from medtune.evaluate.tasks import TASKS
+from medtune.evaluate.tasks import GROUPS, TASKS, expand
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _STUDY_OWNED = ("model", "data", "out", "resume", "progress", "base_dir")
@@ -75,18 +75,29 @@ class StudyEvalConfig(StrictModel):
     @field_validator("tasks")
     @classmethod
     def _known(cls, names: list[str]) -> list[str]:
-        for n in names:
-            if n not in TASKS:
-                raise ValueError(f"unknown task {n!r} (valid: {', '.join(TASKS)})")
         if not names:
-            raise ValueError(f"give at least one task (valid: {', '.join(TASKS)})")
+            raise ValueError(f"give at least one task (valid: {', '.join(TASKS)}; groups: {', '.join(GROUPS)})")
+        try:
+            expand(names)
+        except Exception as err:  # ConfigError -> the validation error that names the field
+            raise ValueError(str(err)) from None
         return names
+
+    @property
+    def task_names(self) -> list[str]:
+        """The tasks scored, groups (e.g. multimedqa) expanded, each once."""
+        return expand(self.tasks)[0]
+
+    @property
+    def group_names(self) -> list[str]:
+        """The groups in ``tasks``, whose aggregate accuracy the report shows as a column."""
+        return expand(self.tasks)[1]
 
     @model_validator(mode="after")
     def _sources_name_tasks(self) -> "StudyEvalConfig":
         for name in self.chat_template if isinstance(self.chat_template, list) else []:
-            if name not in self.tasks:
-                raise ValueError(f"chat_template: {name!r} is not one of the study's tasks ({', '.join(self.tasks)})")
+            if name not in self.task_names:
+                raise ValueError(f"chat_template: {name!r} is not one of the study's tasks ({', '.join(self.task_names)})")
         for field in ("test_sources", "validation_sources", "generate_sources"):
             for name in getattr(self, field):
                 if name not in TASKS:
@@ -116,9 +127,11 @@ class AveragingConfig(StrictModel):
     weight: [0.5, 1.0]}, slerp: {alpha: [0.5]}}: every combination is one sweep point, scored on
     validation, marked on the Pareto front and selectable (a parameter left out takes its default)."""
     medical_tasks: list[str] = Field(default_factory=lambda: ["pubmedqa", "medqa4"])
-    """Tasks whose mean validation accuracy is the medical score (each needs a validation source)."""
+    """Tasks (multiple-choice, cloze, perplexity) or groups whose mean validation score is the medical score; each
+    task, and each task of a group, needs a validation source. A task scores its accuracy, a group its aggregate
+    accuracy, a perplexity task 1 / perplexity (higher is better)."""
     general_tasks: list[str] = Field(default_factory=lambda: ["arc_easy"])
-    """Tasks whose mean validation accuracy is the general score (each needs a validation source)."""
+    """Tasks or groups whose mean validation score is the general score (as medical_tasks)."""
     limit: int | None = Field(200, ge=1)
     """Validation items per task per sweep point."""
     rule: Literal["retain", "weighted"] = "retain"
@@ -205,10 +218,11 @@ class StudyConfig(StrictModel):
             tasks = getattr(self.averaging, field)
             if not tasks:
                 raise ValueError(f"averaging.{field}: give at least one task")
-            for t in tasks:
-                if t not in TASKS or TASKS[t].kind != "mc":
-                    raise ValueError(f"averaging.{field}: {t!r} is not a multiple-choice task "
-                                     f"(valid: {', '.join(n for n, k in TASKS.items() if k.kind == 'mc')})")
+            try:
+                members = expand(tasks)[0]
+            except Exception as err:
+                raise ValueError(f"averaging.{field}: {err}") from None
+            for t in members:
                 if t not in ev.validation_sources:
                     raise ValueError(f"averaging.{field}: task {t!r} has no entry in evaluation.validation_sources; "
                                      "the study selects on validation splits only, never on a test split")

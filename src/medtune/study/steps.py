@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from medtune.config import ModelConfig
 from medtune.data.spec import SourceConfig
-from medtune.evaluate.tasks import TASKS
+from medtune.evaluate.tasks import GROUPS, TASKS, expand
 from medtune.merge.records import SweepPoint, SweepResult
 from medtune.study.config import StudyConfig, VariantConfig
 from medtune.study.layout import StudyLayout as L
@@ -66,10 +66,13 @@ def guarded_data(cfg: StudyConfig) -> StudyConfig:
     from medtune.data.registry import TEXT_ADAPTERS
 
     root = cfg.root(cfg.evaluation.data_root)
-    extra = [test_source(cfg, t) for t in cfg.evaluation.tasks if TASKS[t].kind == "mc"]
+    tasks = cfg.evaluation.task_names
+    # every scored text: perplexity tasks too (ppl_medical reads QA items' prose: never train on it)
+    extra = [test_source(cfg, t) for t in tasks]
+    extra += [_absolute(SourceConfig.model_validate(s), root) for t in tasks
+              if t not in cfg.evaluation.test_sources for s in TASKS[t].extra_sources]
     if cfg.evaluation.generate:
-        extra += [test_source(cfg, t, generate=True) for t in cfg.evaluation.tasks
-                  if TASKS[t].kind == "mc" and TASKS[t].domain != "general"]
+        extra += [test_source(cfg, t, generate=True) for t in generated_tasks(cfg)]
     extra += [_absolute(s, root) for s in cfg.evaluation.validation_sources.values()]
     have = {json.dumps(s.model_dump(mode="json"), sort_keys=True) for s in cfg.data.eval}
     added = []
@@ -87,9 +90,10 @@ def eval_step(cfg: StudyConfig, out: Path, label: str, model: ModelConfig, adapt
     from medtune.evaluate.run import EvalConfig
 
     ev = cfg.evaluation
-    tasks = [t for t in ev.tasks if not generate or TASKS[t].domain != "general"]
+    tasks = generated_tasks(cfg) if generate else ev.task_names
+    groups = [g for g in ev.group_names if all(t in tasks for t in GROUPS[g].tasks)]
     name = L.eval_step(label, generate)
-    ecfg = EvalConfig(model=model, adapter=adapter, tasks=",".join(tasks), data_root=str(cfg.root(ev.data_root)),
+    ecfg = EvalConfig(model=model, adapter=adapter, tasks=",".join(tasks + groups), data_root=str(cfg.root(ev.data_root)),
                       task_sources={t: test_source(cfg, t, generate) for t in tasks}, limit=ev.limit,
                       mode="generate" if generate else "loglikelihood", max_new_tokens=ev.max_new_tokens,
                       chat_template=generate and ev.chat_template,
@@ -98,10 +102,17 @@ def eval_step(cfg: StudyConfig, out: Path, label: str, model: ModelConfig, adapt
     return Step(name, "eval", ecfg, deps)
 
 
+def generated_tasks(cfg: StudyConfig) -> list[str]:
+    """The tasks also scored by generation: the medical multiple-choice tasks in their lm-eval formulation (a
+    cloze task's prompt shows no options to answer from; perplexity has nothing to generate)."""
+    return [t for t in cfg.evaluation.task_names
+            if TASKS[t].kind == "mc" and TASKS[t].domain != "general" and TASKS[t].template is None]
+
+
 def model_evals(cfg: StudyConfig, out: Path, label: str, model: ModelConfig, adapter: str | None,
                 deps: list[str]) -> list[Step]:
     steps = [eval_step(cfg, out, label, model, adapter, deps)]
-    if cfg.evaluation.generate and any(TASKS[t].domain != "general" for t in cfg.evaluation.tasks):
+    if cfg.evaluation.generate and generated_tasks(cfg):
         steps.append(eval_step(cfg, out, label, model, adapter, deps, generate=True))
     return steps
 
@@ -125,7 +136,8 @@ def sweep_step(cfg: StudyConfig, out: Path, variant: VariantConfig) -> Step:
                        hma_blocks=av.hma_blocks, hma_grid=av.hma_grid, methods=av.methods if full else {},
                        medical_tasks=",".join(av.medical_tasks),
                        general_tasks=",".join(av.general_tasks),
-                       task_sources={t: _absolute(ev.validation_sources[t], root) for t in av.medical_tasks + av.general_tasks},
+                       task_sources={t: _absolute(ev.validation_sources[t], root)
+                                     for t in expand(av.medical_tasks + av.general_tasks)[0]},
                        data_root=str(root), limit=av.limit, rule=av.rule, retain=av.retain, weight=av.weight,
                        out=str(L(out).sweep_dir(variant.name)), progress=cfg.progress)
     return Step(L.sweep_step(variant.name), "sweep", scfg, [L.train_step(variant.name)],
