@@ -1,6 +1,9 @@
 """Atomic writes: write to a temporary name in the same directory, then rename over the target.
 
 A reader (or a re-run after a crash) sees either the old file or the complete new one, never a part.
+The temporary names come from :mod:`tempfile`, which creates them private (0600 / 0700); they are
+given the mode an ordinary ``open``/``mkdir`` would (0666 / 0777 less the umask) before the rename,
+so a report or a model is as readable to the group as any other file the user writes.
 """
 
 from __future__ import annotations
@@ -9,10 +12,36 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+
+def umask() -> int:
+    """The process umask, read without changing it where Linux shows it (``/proc/self/status``)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status", encoding="ascii") as fh:
+            return int(next(line for line in fh if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere the only way to read it is to set it (and put it back at once)
+    os.umask(mask)
+    return mask
+
+
+def settle_modes(root: Path) -> None:
+    """Give every file under ``root`` 0666 and every directory 0777, less the umask (executables keep
+    their x bits): what ``open``/``mkdir`` would have made. Needed because some writers create private
+    files whatever the umask (safetensors 0.8 writes 0600, as does :mod:`tempfile`)."""
+    mask = umask()
+    os.chmod(root, 0o777 & ~mask)
+    for parent, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(parent, name), 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(parent, name)
+            if not os.path.islink(path):
+                os.chmod(path, (0o777 if os.stat(path).st_mode & stat.S_IXUSR else 0o666) & ~mask)
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -23,6 +52,7 @@ def write_text(path: str | Path, text: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
+            os.fchmod(fh.fileno(), 0o666 & ~umask())
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
@@ -41,22 +71,38 @@ def write_jsonl(path: str | Path, rows: list[Any]) -> None:
 
 
 @contextlib.contextmanager
-def staging_dir(target: str | Path) -> Iterator[Path]:
-    """Yield a fresh temporary directory next to ``target``; on success rename it to ``target``.
+def staging_dir(target: str | Path, kind: str) -> Iterator[Path]:
+    """Yield a fresh temporary directory next to ``target``; on success mark it as a ``kind`` artifact
+    and rename it to ``target``.
 
-    If the block raises (or the process dies) ``target`` is untouched and the partial directory is
-    removed (or left as an ignorable ``.tmp-*`` name after a hard kill).
+    ``target`` is replaced only when :func:`medtune.outdir.check` allows it (it does not exist, is
+    empty, or is a medtune ``kind`` artifact), checked before the block runs and again before the
+    rename. The old directory is renamed aside before the new one takes its name and deleted after,
+    so no moment has a half-deleted ``target``. If the block raises (or the process dies) ``target``
+    is untouched and the partial directory is removed (or left as an ignorable ``.tmp-*`` name
+    after a hard kill).
     """
+    from medtune import outdir
+
     target = Path(target)
+    outdir.check(target, kind)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
     try:
         yield tmp
+        outdir.mark(tmp, kind)
+        settle_modes(tmp)
         fsync_tree(tmp)  # libraries (safetensors, save_pretrained) write without fsync
+        outdir.check(target, kind)
         if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-        fsync_dir(target.parent)
+            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".old-{target.name}-"))
+            os.replace(target, old)  # onto the empty directory mkdtemp made: a rename, nothing deleted yet
+            os.replace(tmp, target)
+            fsync_dir(target.parent)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+            fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -153,7 +153,7 @@ def ensure_gguf_cache(gguf: Path, target: Path) -> Path:
     console = Console(stderr=True)
     console.print(f"[bold]medtune[/]: converting {gguf.name} to a safetensors cache at {target} (once) ...")
     started = time.time()
-    with atomic.staging_dir(target) as tmp:
+    with atomic.staging_dir(target, "gguf-cache") as tmp:
         _convert_gguf(gguf, tmp)
         atomic.write_json(tmp / "medtune_provenance.json", {**stamp, "converted_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                                              "seconds": round(time.time() - started, 1), **_versions()})

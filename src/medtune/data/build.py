@@ -164,6 +164,8 @@ def stats_command(cfg: DataConfig) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
 
+    from medtune.errors import DataError
+
     console = Console()
     console.print("reading and tokenizing sources ...")
     prep = prepare(cfg)
@@ -177,10 +179,13 @@ def stats_command(cfg: DataConfig) -> dict[str, Any]:
     if cfg.eval:
         per = ", ".join(f"{k}: {v}" for k, v in g.counts.items())
         console.print(f"[bold]Leakage guard[/]: {g.n_dropped} training item(s) also in an eval split, dropped ({per})")
-    if len(prep.rejects):
-        path = Path(cfg.out) / "rejects.jsonl"
-        prep.rejects.write(path)
-        console.print(f"[bold yellow]Rejected rows[/]: {len(prep.rejects)} (written to {path})")
+    if len(prep.rejects):  # printed, not written: a stats command leaves no files behind
+        console.print(f"[bold yellow]Rejected rows[/]: {len(prep.rejects)} (`data build` writes them all to "
+                      f"{Path(cfg.out) / 'rejects.jsonl'})")
+        for r in prep.rejects.rows[:20]:
+            console.print(f"  {DataError(r['file'], r['location'], r['field'], r['error'])}", markup=False, highlight=False)
+        if len(prep.rejects) > 20:
+            console.print(f"  ... and {len(prep.rejects) - 20} more")
     if prep.mix and prep.packed:
         r, p = prep.mix.report, prep.packed
         mt = Table(title=f"Realised mix ({r.strategy}, seed {r.seed})", title_justify="left")
@@ -234,15 +239,16 @@ def build_command(cfg: DataConfig) -> Path:
     """
     from rich.console import Console
 
-    from medtune import atomic, models
+    from medtune import atomic, models, outdir
     from medtune.config import dump_config
     from medtune.data.prompts import template_provenance
 
     console = Console(stderr=True)
+    outdir.check(cfg.out, "data")  # before the work: refuse an --out medtune may not replace
     tokenizer = models.load_tokenizer(cfg.tokenizer)
     out = Path(cfg.out)
     remove_stale_builds(out)
-    with atomic.staging_dir(out) as tmp:
+    with atomic.staging_dir(out, "data") as tmp:
         mark_build(tmp)
         loaded = load(cfg, tokenizer, tmp / "cache")
         if not any(loaded.domain.values()):

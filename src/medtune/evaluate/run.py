@@ -15,6 +15,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import Field, field_validator
 
+from medtune import outdir
 from medtune.config import ModelConfig, StrictModel
 from medtune.data.spec import SourceConfig
 from medtune.evaluate.tasks import GROUPS, TASKS, Task, expand, get_task
@@ -297,6 +298,7 @@ def group_results(groups: Sequence[str], results: dict[str, Any], predictions: S
     return out
 
 
+@outdir.writes_into("eval")
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Score every task; write results.json and predictions.jsonl atomically; return the results."""
     from rich.console import Console

@@ -169,7 +169,7 @@ def merge(cfg: MergeConfig) -> Path:
                             "base": cfg.base.spec, "tuned": cfg.tuned, "inputs": "lora" if lora else "full",
                             "lora_exact": entry.lora is not None,
                             "convention": "alpha is the weight on the tuned model: (1-alpha)*base + alpha*tuned"}
-    with atomic.staging_dir(out) as tmp:
+    with atomic.staging_dir(out, "merge") as tmp:
         chosen = list(cfg.tuned)
         if entry.search == "greedy":
             from medtune.merge.soup import greedy_soup

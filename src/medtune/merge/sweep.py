@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from medtune import outdir
 from medtune.config import ModelConfig, StrictModel
 from medtune.data.spec import SourceConfig
 from medtune.errors import MedtuneError
@@ -171,6 +172,7 @@ def _score(avg: Any, tokenizer: Any, cfg: SweepConfig, method: str, params: M.Pa
                       seconds=round(time.perf_counter() - started, 1), key=_key(cfg))
 
 
+@outdir.writes_into("sweep")
 def sweep(cfg: SweepConfig) -> SweepResult:
     from rich.console import Console
 

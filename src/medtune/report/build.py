@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from medtune import atomic
+from medtune import atomic, outdir
 from medtune.data.adapters.rows import iter_lines
 from medtune.evaluate.tasks import TASKS
 from medtune.results import ModelEval, StudyResults
@@ -135,6 +135,7 @@ def write_report(results: StudyResults, rdir: Path) -> Path:
     from medtune.report import plots, render
 
     data = collect(results)
+    rdir = outdir.claim(rdir, "report")
     images = {"frontier.png": plots.frontier(data, rdir / "frontier.png"),
               "curves.png": plots.curves(data, rdir / "curves.png")}
     images = {k: v for k, v in images.items() if v is not None}

@@ -19,9 +19,11 @@ from typing import Any
 
 from pydantic import Field
 
-from medtune import atomic
+from medtune import atomic, outdir
 from medtune.config import dump_config
-from medtune.errors import MedtuneError
+from medtune.data.spec import SourceConfig
+from medtune.errors import ConfigError, MedtuneError
+from medtune.evaluate.tasks import TASKS
 from medtune.study import steps as S
 from medtune.study.config import StudyConfig
 from medtune.study.layout import STATE, StudyLayout
@@ -123,6 +125,7 @@ def _steps(cfg: StudyConfig, out: Path) -> list[S.Step | str]:
     return plan
 
 
+@outdir.writes_into("study", lock="study")
 def study(cfg: StudyRunConfig) -> Path:
     from rich.console import Console
     from rich.rule import Rule
@@ -131,6 +134,10 @@ def study(cfg: StudyRunConfig) -> Path:
     out = Path(cfg.out)
     if cfg.dry_run:
         _print_plan(console, cfg, out)
+    missing = _missing_inputs(S.static_plan(cfg, out))
+    if missing:  # before anything runs: not after an hour of training, when its evaluation starts
+        raise ConfigError("the study reads data that is not there:\n  " + "\n  ".join(missing))
+    if cfg.dry_run:
         return out
     atomic.write_text(StudyLayout(out).study_file(), dump_config(StudyConfig.model_validate(cfg.model_dump(exclude={"dry_run"}))))
     from transformers.utils import logging as hf_logging
@@ -198,6 +205,32 @@ def _print_outcome(console: Any, cfg: StudyConfig, out: Path) -> None:
             chat = f"medtune chat --model.spec {shlex.quote(str(model_dir))}"
         console.print(f"[bold]ask it something:[/] {chat}")
     console.print(f"[bold]report:[/] {(layout.report_dir() / 'report.html').resolve()}  (and report.md beside it)")
+
+
+def _inputs(step: S.Step) -> list[tuple[str, SourceConfig, Path]]:
+    """(what, source, data root) for every data source ``step`` reads."""
+    c: Any = step.config
+    if step.kind == "train":
+        return [(f"data.{role}", s, c.data.root()) for role in ("train", "replay", "eval") for s in getattr(c.data, role)]
+    if step.kind in ("eval", "sweep"):
+        tasks = c.task_names if step.kind == "eval" else f"{c.medical_tasks},{c.general_tasks}".split(",")
+        return [(f"task {t}", c.task_sources.get(t) or SourceConfig.model_validate(TASKS[t].source), Path(c.data_root))
+                for t in tasks]
+    return []
+
+
+def _missing_inputs(plan: list[S.Step]) -> list[str]:
+    """One line per local data path some step reads that does not exist, naming the steps."""
+    from medtune.data.registry import resolve_path
+
+    found: dict[str, list[str]] = {}
+    for step in plan:
+        for what, src, root in _inputs(step):
+            try:
+                resolve_path(src, root)
+            except MedtuneError as err:
+                found.setdefault(str(err), []).append(f"{step.name} ({what})")
+    return [f"{err} (read by {', '.join(who)})" for err, who in found.items()]
 
 
 def _print_plan(console: Any, cfg: StudyConfig, out: Path) -> None:

@@ -69,7 +69,7 @@ Intended use: research on domain adaptation; not for clinical decisions.
 
 
 def write_outputs(cfg: TrainConfig, out: Path, model: Any, tokenizer: Any, state: dict[str, Any], run: dict[str, Any]) -> None:
-    with atomic.staging_dir(out / "model") as tmp:
+    with atomic.staging_dir(out / "model", "model") as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
     atomic.write_text(out / "config.yaml", dump_config(cfg))

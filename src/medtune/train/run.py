@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medtune import outdir
 from medtune.errors import MedtuneError
 from medtune.train import checkpoint
 from medtune.train.config import TrainConfig
@@ -104,6 +105,7 @@ def _warner(is_main: bool) -> Any:
     return lambda msg: console.print(f"[bold yellow]medtune[/]: {escape(msg)}", highlight=False) if is_main else None
 
 
+@outdir.writes_into("train", lock="training run")
 def train(cfg: TrainConfig) -> Path:
     """Train, checkpoint, and write the final model with its provenance; returns OUT."""
     from accelerate import Accelerator
