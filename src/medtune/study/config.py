@@ -226,7 +226,21 @@ class StudyConfig(StrictModel):
                 if t not in ev.validation_sources:
                     raise ValueError(f"averaging.{field}: task {t!r} has no entry in evaluation.validation_sources; "
                                      "the study selects on validation splits only, never on a test split")
+        self._one_writer_per_step_dir()
         return self
+
+    def _one_writer_per_step_dir(self) -> None:
+        """Refuse variant names that make two steps share a directory (a variant ``base`` and the base
+        model's ``eval/base``; ``lora-averaged`` and the averaged ``lora``): one would read the other's results."""
+        from medtune.study.steps import step_owners  # steps imports this module
+
+        first: dict[str, tuple[str, str]] = {}
+        for name, owner in step_owners(self):
+            key = Path(name).as_posix().lower()  # one directory on a case-insensitive file system too
+            if key in first and first[key][1] != owner:
+                raise ValueError(f"variants: {owner} and {first[key][1]} would both write the step directory "
+                                 f"{first[key][0]}, so one would report the other's results: rename the variant")
+            first.setdefault(key, (name, owner))
 
     def train_config(self, variant: VariantConfig, out: Path) -> Any:
         """The full training config of ``variant`` (shared settings, then the variant's), writing to ``out``."""
