@@ -115,11 +115,26 @@ def _make_command(name: str, spec: Command) -> click.Command:
                 set_dotted(data, key, value)
             cfg = validate(model, data, "command line")
             cfg_dir = Path.cwd()
+        if getattr(cfg, "progress", True) is False:
+            _quiet_loading()
         spec.run()(_with_base(cfg, cfg_dir))
 
     params = [click.Argument(["config"], required=False, type=click.Path(dir_okay=False))] + options
     return click.Command(name.split()[-1], params=params, callback=callback, help=spec.help, epilog=epilog,
                          context_settings={"max_content_width": 110})
+
+
+def _quiet_loading() -> None:
+    """Under --no-progress, also silence the bars transformers and huggingface_hub draw themselves
+    ("Loading weights", downloads): --no-progress is for logs and pipes, where they are noise."""
+    import os
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # for processes launched from here (train_launcher)
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()
 
 
 def _with_base(cfg: BaseModel, base: Path) -> BaseModel:

@@ -18,9 +18,11 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class StrictModel(BaseModel):
-    """Base for every config: forbids unknown keys, validates assignments, docstrings are help."""
+    """Base for every config: forbids unknown keys, validates assignments, docstrings are help, and
+    refuses non-finite numbers (``learning_rate: .inf`` or ``.nan`` is an error, not a ruined run)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True, frozen=False,
+                              allow_inf_nan=False)
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
