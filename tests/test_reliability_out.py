@@ -206,3 +206,186 @@ def test_atomic_files_and_output_directories_follow_the_umask(tiny_llama, adapte
     assert mode(merged) == 0o777 & ~mask
     written = ("mergekit.yaml", "merge_provenance.json", "adapter_model.safetensors", ".medtune-artifact.json")
     assert {mode(merged / f) for f in written} == {0o666 & ~mask}
+
+
+# --- finding 3: no two steps of a study share a directory ------------------------------------------
+
+
+def _study(tiny_llama: Path, out: Path, **changes):
+    from medtune.study.run import StudyRunConfig
+
+    cfg = load_config(StudyRunConfig, demo_data_dir() / "demo-study.yaml",
+                      {"model.spec": str(tiny_llama), "out": str(out), "progress": False, **changes})
+    cfg.base_dir = str(demo_data_dir())
+    return cfg
+
+
+@pytest.mark.parametrize("names, best_of, shared, owners", [
+    (["base"], [], "eval/base", ("variant 'base'", "the base model's evaluation")),
+    (["lora", "lora-averaged"], [], "eval/lora-averaged", ("variant 'lora-averaged'", "averaged model of variant 'lora'")),
+    (["lora", "lora-hma"], ["hma"], "eval/lora-hma", ("variant 'lora-hma'", "hma model of variant 'lora'")),
+    (["lora-uniform", "lora"], ["uniform"], "merge/lora-uniform",
+     ("the averaged model of variant 'lora-uniform'", "the uniform model of variant 'lora'")),
+])
+def test_variant_names_that_make_two_steps_share_a_directory_are_refused(tiny_llama, tmp_path, names, best_of,
+                                                                         shared, owners):
+    with pytest.raises(ConfigError, match=f"would both write the step directory {shared}") as err:
+        _study(tiny_llama, tmp_path / "s", variants=[{"name": n} for n in names],
+               **{"averaging.test_best_of": best_of})
+    assert all(o in str(err.value) for o in owners) and "rename the variant" in str(err.value)
+
+
+def test_variant_names_that_only_look_alike_are_accepted(tiny_llama, tmp_path):
+    from medtune.study import steps
+
+    # "lora-uniform" meets lora's comparison point only when test_best_of asks for it; a variant not
+    # swept has no averaged model to collide with
+    for names, extra in ((["lora", "lora-uniform"], {}), (["lora", "lora-averaged"], {"averaging.variants": ["lora-averaged"]})):
+        cfg = _study(tiny_llama, tmp_path / "s", variants=[{"name": n} for n in names], **extra)
+        dirs = [d for d, _ in steps.step_owners(cfg)]
+        assert len(dirs) == len(set(dirs))
+
+
+# --- finding 4: one writer per study or training out ----------------------------------------------
+
+_HOLDER = """
+import sys, time
+from pathlib import Path
+from medtune.config import load_config
+from medtune.demo import demo_data_dir
+ready = Path(sys.argv[3])
+def hold(*args, **kwargs):
+    ready.write_text("holding")
+    time.sleep(300)
+if sys.argv[4] == "study":
+    from medtune.study import run as R
+    R._execute = hold
+    cfg = load_config(R.StudyRunConfig, demo_data_dir() / "demo-study.yaml",
+                      {"model.spec": sys.argv[1], "out": sys.argv[2], "progress": False})
+    cfg.base_dir = str(demo_data_dir())
+    R.study(cfg)
+else:
+    from medtune.train import run as R
+    from medtune.train.config import TrainConfig
+    R._data = hold
+    R.train(TrainConfig(model={"spec": sys.argv[1]}, out=sys.argv[2], progress=False))
+"""
+
+
+class _GotPastTheLock(Exception):
+    pass
+
+
+def _hold_in_another_process(tiny_llama: Path, out: Path, what: str, tmp_path: Path) -> subprocess.Popen:
+    ready = tmp_path / f"{what}-ready"
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tiny_llama), str(out), str(ready), what],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(1200):  # the holder imports torch and transformers first: up to a minute on a busy CPU
+        if ready.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    if not ready.exists():
+        proc.kill()
+        pytest.fail(f"the holding process did not start its {what}: {proc.communicate()[1][-2000:]}")
+    return proc
+
+
+@pytest.mark.parametrize("what", ["study", "train"])
+def test_a_second_writer_is_refused_naming_the_pid_and_a_killed_ones_lock_is_taken_over(tiny_llama, tmp_path,
+                                                                                         monkeypatch, capfd, what):
+    from medtune.study import run as study_run
+    from medtune.train import run as train_run
+    from medtune.train.config import TrainConfig
+
+    def got_past(*args, **kwargs):
+        raise _GotPastTheLock
+
+    out = tmp_path / "out"
+    if what == "study":
+        monkeypatch.setattr(study_run, "_execute", got_past)
+        run, cfg = study_run.study, _study(tiny_llama, out)
+    else:
+        monkeypatch.setattr(train_run, "_data", got_past)
+        run, cfg = train_run.train, TrainConfig(model={"spec": str(tiny_llama)}, out=str(out), progress=False)
+    holder = _hold_in_another_process(tiny_llama, out, what, tmp_path)
+    try:
+        with pytest.raises(MedtuneError, match=rf"{out}: another medtune .* is writing here \(pid {holder.pid}, since "):
+            run(cfg)
+    finally:
+        holder.kill()
+        holder.wait()
+    capfd.readouterr()
+    with pytest.raises(_GotPastTheLock):  # the killed holder's lock is gone with it: taken over
+        run(cfg)
+    assert f"taking over the lock left by pid {holder.pid}" in capfd.readouterr().err
+    with pytest.raises(_GotPastTheLock):  # and released again when the run ends (here: fails)
+        run(cfg)
+    assert "taking over" not in capfd.readouterr().err
+
+
+# --- finding 15: the smaller ones ------------------------------------------------------------------
+
+
+def test_data_stats_writes_nothing_and_prints_the_rejected_rows(tiny_llama, tmp_path, monkeypatch, capsys):
+    from medtune.data.build import DataConfig, stats_command
+
+    rows = (demo_data_dir() / "medqa_demo.jsonl").read_text().splitlines()[:3]
+    src = tmp_path / "data" / "medqa.jsonl"
+    src.parent.mkdir()
+    src.write_text("\n".join([rows[0], '{"question": "no options"}', *rows[1:]]) + "\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    cfg = DataConfig(train=[{"adapter": "medqa", "path": str(src)}], skip_invalid=True, tokenizer=str(tiny_llama))
+    stats_command(cfg)
+    assert list(work.iterdir()) == [] and sorted(p.name for p in src.parent.iterdir()) == ["medqa.jsonl"]
+    printed = capsys.readouterr().out
+    assert "Rejected rows: 1" in printed and f"{src}, line 2" in printed
+
+
+def test_study_checks_that_its_data_paths_exist_in_a_dry_run_and_before_running(tiny_llama, tmp_path):
+    from medtune.study.run import study
+
+    cfg = _study(tiny_llama, tmp_path / "s", dry_run=True,
+                 **{"evaluation.test_sources.medqa4": {"adapter": "medqa", "path": "gone/medqa.jsonl"},
+                    "data.train": [{"adapter": "medmcqa", "path": "missing_train.jsonl"}]})
+    for dry in (True, False):
+        with pytest.raises(ConfigError) as err:
+            study(cfg.model_copy(update={"dry_run": dry}))
+        text = str(err.value)
+        assert "gone/medqa.jsonl: file not found" in text and "eval/base (task medqa4)" in text
+        assert "missing_train.jsonl: file not found" in text and "train/lora (data.train)" in text
+    assert not (tmp_path / "s" / "eval").exists()  # nothing ran
+
+
+@pytest.mark.parametrize("key, value", [("learning_rate", ".inf"), ("learning_rate", ".nan"),
+                                        ("warmup_ratio", ".nan"), ("data.temperature", ".inf"),
+                                        ("lora.dropout", ".nan"), ("max_grad_norm", "-.inf")])
+def test_config_numbers_must_be_finite(tmp_path, key, value):
+    from medtune.train.config import TrainConfig
+
+    parent, _, leaf = key.rpartition(".")
+    text = f"{parent}:\n  {leaf}: {value}\n" if parent else f"{leaf}: {value}\n"
+    (tmp_path / "train.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=rf"train.yaml: {key}: Input should be a finite number"):
+        load_config(TrainConfig, tmp_path / "train.yaml")
+
+
+def test_a_study_variant_with_an_infinite_learning_rate_is_refused(tiny_llama, tmp_path):
+    with pytest.raises(ConfigError, match=r"variants\.0\.train\.learning_rate: Input should be a finite number"):
+        _study(tiny_llama, tmp_path / "s", variants=[{"name": "lora", "train": {"learning_rate": float("inf")}}])
+
+
+def test_no_progress_also_silences_the_weight_loading_bar(tiny_llama, tmp_path):
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(json.dumps({"model": {"spec": str(tiny_llama)}, "tasks": "medqa4", "limit": 2,
+                               "data_root": str(demo_data_dir()),
+                               "task_sources": {"medqa4": {"adapter": "medqa", "path": "medqa_demo.jsonl"}}}))
+    runs = {}
+    for flag in ("--progress", "--no-progress"):
+        done = subprocess.run([sys.executable, "-m", "medtune", "eval", str(cfg), flag, "--out", str(tmp_path / flag[2:])],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs[flag] = done.stderr
+    assert "Loading weights" in runs["--progress"]  # the bar this is about does show by default
+    assert "Loading weights" not in runs["--no-progress"]

@@ -183,7 +183,8 @@ def stats_command(cfg: DataConfig) -> dict[str, Any]:
         console.print(f"[bold yellow]Rejected rows[/]: {len(prep.rejects)} (`data build` writes them all to "
                       f"{Path(cfg.out) / 'rejects.jsonl'})")
         for r in prep.rejects.rows[:20]:
-            console.print(f"  {DataError(r['file'], r['location'], r['field'], r['error'])}", markup=False, highlight=False)
+            console.print(f"  {DataError(r['file'], r['location'], r['field'], r['error'])}", markup=False,
+                          highlight=False, soft_wrap=True)
         if len(prep.rejects) > 20:
             console.print(f"  ... and {len(prep.rejects) - 20} more")
     if prep.mix and prep.packed:
