@@ -210,12 +210,13 @@ def compared_plan(cfg: StudyConfig, out: Path, variant: VariantConfig, selected:
 def step_owners(cfg: StudyConfig) -> list[tuple[str, str]]:
     """(step directory, what writes it) for every step the study can run, the ones that wait for a
     sweep included (built at a stand-in point: their names do not depend on it)."""
-    out, point = Path(cfg.out), {"alpha": 0.5, "ratios": None, "label": "any"}
+    out = Path(cfg.out)
+    point = SweepPoint(method="linear", params={"alpha": 0.5}, label="stand-in", medical=0.0, general=0.0)
     owned = [(s.name, "the base model's evaluation") for s in model_evals(cfg, out, "base", cfg.model, None, [])]
     gcfg = guarded_data(cfg)
     for v in cfg.variants:
-        mine = [Step(f"train/{v.name}", "train", gcfg.train_config(v, out / "train" / v.name)),
-                *model_evals(cfg, out, v.name, *trained_model(cfg, out, v), []), sweep_step(cfg, out, v)]
+        train = Step(L.train_step(v.name), "train", gcfg.train_config(v, L(out).step_dir(L.train_step(v.name))))
+        mine = [train, *model_evals(cfg, out, v.name, *trained_model(cfg, out, v), []), sweep_step(cfg, out, v)]
         owned += [(s.name, f"variant '{v.name}'") for s in mine]
         for suffix in ["averaged", *cfg.averaging.test_best_of] if v.name in cfg.swept else []:
             owned += [(s.name, f"the {suffix} model of variant '{v.name}'")
