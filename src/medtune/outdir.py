@@ -189,10 +189,28 @@ def writes_into(kind: str, lock: str | None = None) -> Callable[[F], F]:
                 return fn(cfg, *args, **kwargs)
             out = Path(cfg.out)
             check(out, kind)
-            with writer_lock(out, lock) if lock else contextlib.nullcontext():
-                claim(out, kind)
-                return fn(cfg, *args, **kwargs)
+            existed = out.exists()
+            try:
+                with writer_lock(out, lock) if lock else contextlib.nullcontext():
+                    claim(out, kind)
+                    return fn(cfg, *args, **kwargs)
+            except BaseException:
+                if not existed:  # a stage that failed before writing anything leaves no directory behind
+                    _unclaim(out)
+                raise
 
         return run  # type: ignore[return-value]
 
     return wrap
+
+
+def _unclaim(out: Path) -> None:
+    """Remove ``out`` again if it holds nothing but what :func:`claim` and the lock put there."""
+    ours = {MARKER, *_BOOKKEEPING}
+    if not out.is_dir() or {p.name for p in out.iterdir()} - ours:
+        return
+    for name in ours:
+        with contextlib.suppress(FileNotFoundError):
+            (out / name).unlink()
+    with contextlib.suppress(OSError):
+        out.rmdir()
