@@ -389,3 +389,14 @@ def test_no_progress_also_silences_the_weight_loading_bar(tiny_llama, tmp_path):
         runs[flag] = done.stderr
     assert "Loading weights" in runs["--progress"]  # the bar this is about does show by default
     assert "Loading weights" not in runs["--no-progress"]
+
+
+@pytest.mark.parametrize("changes", [{}, {"averaging.test_best_of": ["uniform", "hma"]}, {"evaluation.generate": True},
+                                     {"averaging.variants": ["lora"]}])
+def test_the_validator_names_the_same_step_directories_as_the_plan(tiny_llama, tmp_path, changes):
+    """The config validator lists the step directories from the layout alone (it cannot import the
+    planner, which imports the config); they must be the directories the plan writes."""
+    from medtune.study import steps
+
+    cfg = _study(tiny_llama, tmp_path / "s", **changes)
+    assert sorted(cfg.step_owners()) == sorted(steps.step_owners(cfg))

@@ -232,15 +232,30 @@ class StudyConfig(StrictModel):
     def _one_writer_per_step_dir(self) -> None:
         """Refuse variant names that make two steps share a directory (a variant ``base`` and the base
         model's ``eval/base``; ``lora-averaged`` and the averaged ``lora``): one would read the other's results."""
-        from medtune.study.steps import step_owners  # steps imports this module
-
         first: dict[str, tuple[str, str]] = {}
-        for name, owner in step_owners(self):
+        for name, owner in self.step_owners():
             key = Path(name).as_posix().lower()  # one directory on a case-insensitive file system too
             if key in first and first[key][1] != owner:
                 raise ValueError(f"variants: {owner} and {first[key][1]} would both write the step directory "
                                  f"{first[key][0]}, so one would report the other's results: rename the variant")
             first.setdefault(key, (name, owner))
+
+    def step_owners(self) -> list[tuple[str, str]]:
+        """(step directory, what writes it) for every step the study can run, the ones that wait for a
+        sweep included; names come from the study layout alone (no plan is built here)."""
+        from medtune.study.layout import StudyLayout as L
+
+        def evals(label: str) -> list[str]:
+            return [L.eval_step(label), *([L.eval_step(label, generate=True)] if self.evaluation.generate else [])]
+
+        owned = [(s, "the base model's evaluation") for s in evals("base")]
+        for v in self.variants:
+            mine = [L.train_step(v.name), *evals(v.name), L.sweep_step(v.name)]
+            owned += [(s, f"variant '{v.name}'") for s in mine]
+            for suffix in ["averaged", *self.averaging.test_best_of] if v.name in self.swept else []:
+                steps = [L.merge_step(v.name, suffix), *evals(L.averaged_label(v.name, suffix))]
+                owned += [(s, f"the {suffix} model of variant '{v.name}'") for s in steps]
+        return [*owned, ("report", "the report")]
 
     def train_config(self, variant: VariantConfig, out: Path) -> Any:
         """The full training config of ``variant`` (shared settings, then the variant's), writing to ``out``."""
