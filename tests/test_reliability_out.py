@@ -400,3 +400,26 @@ def test_the_validator_names_the_same_step_directories_as_the_plan(tiny_llama, t
 
     cfg = _study(tiny_llama, tmp_path / "s", **changes)
     assert sorted(cfg.step_owners()) == sorted(steps.step_owners(cfg))
+
+
+def test_checkpoints_follow_the_umask(tiny_llama, tmp_path):
+    """Checkpoints are staged by the trainer itself (not atomic.staging_dir): their files too get
+    0666 less the umask, although safetensors writes 0600."""
+    from medtune.train.config import TrainConfig
+    from medtune.train.run import train
+
+    fixtures = Path(__file__).parent / "fixtures"
+    cfg = TrainConfig.model_validate({
+        "model": {"spec": str(tiny_llama)},
+        "data": {"data_root": str(fixtures), "tokenizer": str(tiny_llama), "block_size": 32,
+                 "train": [{"adapter": "medmcqa", "path": "medmcqa/dev.json"}]},
+        "micro_batch_size": 2, "max_steps": 3, "save_every": 2, "out": str(tmp_path / "run"), "progress": False})
+    old = os.umask(0o027)
+    try:
+        train(cfg)
+    finally:
+        os.umask(old)
+    ckpt = tmp_path / "run" / "checkpoints" / "step-000002"
+    files = [p for p in ckpt.iterdir() if p.is_file()]
+    assert files and {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o640}
+    assert stat.S_IMODE(ckpt.stat().st_mode) == 0o750

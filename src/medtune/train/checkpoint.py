@@ -105,6 +105,7 @@ def save(root: Path, step: int, model: torch.nn.Module, opt: torch.optim.Optimiz
         atomic.write_json(staging / "optimizer.json", opt_meta)
         atomic.write_json(staging / "scheduler.json", sched.state_dict())
         atomic.write_json(staging / "trainer_state.json", {**trainer_state, "step": step, "world_size": world})
+        atomic.settle_modes(staging)  # safetensors writes 0600 whatever the umask
         atomic.fsync_tree(staging)  # safetensors writes without fsync; the name must mean "complete on disk"
         staging.rename(target)  # the checkpoint exists only once complete
         atomic.fsync_dir(target.parent)
