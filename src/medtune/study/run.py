@@ -23,7 +23,7 @@ from medtune import atomic, outdir
 from medtune.config import dump_config
 from medtune.data.spec import SourceConfig
 from medtune.errors import ConfigError, MedtuneError
-from medtune.evaluate.tasks import TASKS
+from medtune.evaluate.tasks import TASKS, expand
 from medtune.study import steps as S
 from medtune.study.config import StudyConfig
 from medtune.study.layout import STATE, StudyLayout
@@ -213,9 +213,13 @@ def _inputs(step: S.Step) -> list[tuple[str, SourceConfig, Path]]:
     if step.kind == "train":
         return [(f"data.{role}", s, c.data.root()) for role in ("train", "replay", "eval") for s in getattr(c.data, role)]
     if step.kind in ("eval", "sweep"):
-        tasks = c.task_names if step.kind == "eval" else f"{c.medical_tasks},{c.general_tasks}".split(",")
-        return [(f"task {t}", c.task_sources.get(t) or SourceConfig.model_validate(TASKS[t].source), Path(c.data_root))
-                for t in tasks]
+        names = c.task_names if step.kind == "eval" else f"{c.medical_tasks},{c.general_tasks}".split(",")
+        tasks, _ = expand([n for n in names if n])  # groups read their member tasks' sources
+        found = []
+        for t in tasks:
+            specs = [c.task_sources[t]] if t in c.task_sources else [TASKS[t].source, *TASKS[t].extra_sources]
+            found += [(f"task {t}", SourceConfig.model_validate(spec), Path(c.data_root)) for spec in specs]
+        return found
     return []
 
 
