@@ -109,6 +109,27 @@ def test_rerun_runs_nothing_and_a_changed_setting_reruns_only_what_depends_on_it
     assert [p["params"]["alpha"] for p in sweep["points"] if p["method"] == "linear"] == [0.0, 0.5, 1.0, 0.25]
 
 
+def test_report_only_writes_the_report_of_finished_steps_and_runs_nothing(done_study, tiny_llama, monkeypatch, capsys,
+                                                                       tmp_path):
+    calls = executed(monkeypatch)
+    report = done_study / "report" / "report.json"
+    report.unlink()
+    study(tiny_study(tiny_llama, done_study, report_only=True))
+    assert calls == [] and report.is_file()
+    assert "report of" in capsys.readouterr().out
+    # a study with a variant that has not run: the report has the finished rows, and nothing is started
+    cfg = tiny_study(tiny_llama, done_study, report_only=True,
+                     variants=[{"name": "lora"}, {"name": "later", "train": {"learning_rate": 0.01}}])
+    study(cfg)
+    text = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert calls == [] and "the study is not complete" in text
+    assert not (done_study / "train" / "later").exists()
+    labels = [r["label"] for r in json.loads(report.read_text())["rows"]]
+    assert "base" in labels and "lora" in labels and "later" not in labels
+    with pytest.raises(ConfigError, match="has not run yet"):
+        study(tiny_study(tiny_llama, tmp_path / "never", report_only=True))
+
+
 def test_dry_run_lists_states(done_study, tiny_llama, capsys):
     cfg = tiny_study(tiny_llama, done_study, **{"train.learning_rate": 0.002})
     cfg.dry_run = True

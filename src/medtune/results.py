@@ -93,7 +93,13 @@ class StudyResults(_Record):
     name: str
     model: str
     tasks: list[str]
+    """Every task scored, groups expanded."""
     validation: Validation
+    groups: list[str] = Field(default_factory=list)
+    """Task groups of the study (e.g. multimedqa): an aggregate column each, their tasks in a table below."""
+    listed: list[str] | None = None
+    """Tasks the study names itself (None: all of ``tasks``); a task there only through a group is shown
+    in the group's table, not as a column of the main one."""
     rows: list[ModelEval] = Field(default_factory=list)
     gen_rows: list[ModelEval] = Field(default_factory=list)
     sweeps: dict[str, SweepResult] = Field(default_factory=dict)

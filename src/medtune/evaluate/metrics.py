@@ -113,3 +113,30 @@ def group_summary(parts: Sequence[Sequence[float]], *, weight_by_size: bool, n_b
     return {"value": value, "n": int(sizes.sum()), "stderr": se, "ci95": [float(lo), float(hi)],
             "weight_by_size": weight_by_size, "tasks": len(arrays)}
 
+
+
+def paired_perplexity_change(nll_a: Sequence[float], nll_b: Sequence[float], tokens: Sequence[int], *,
+                             n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Perplexity of model b minus model a on the same documents, with a percentile-bootstrap 95 % interval
+    over documents (each replicate resamples documents and recomputes both perplexities from the
+    resampled sums, so the pairing is kept). ``rel`` is the change as a share of a's perplexity.
+
+    Documents are the unit because tokens inside one document are not independent; with fewer than 2
+    documents there is no interval (``ci95`` is None)."""
+    a, b = np.asarray(nll_a, dtype=np.float64), np.asarray(nll_b, dtype=np.float64)
+    n = np.asarray(tokens, dtype=np.float64)
+    if not (len(a) == len(b) == len(n)) or len(a) == 0 or n.sum() <= 0:
+        raise ValueError("paired perplexity needs the same non-empty documents for both models")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("a document's log-likelihood is not finite")
+    pa, pb = math.exp(a.sum() / n.sum()), math.exp(b.sum() / n.sum())
+    out: dict[str, Any] = {"value": pb - pa, "rel": pb / pa - 1, "base": pa, "model": pb, "n": len(a),
+                           "tokens": int(n.sum()), "ci95": None, "rel_ci95": None}
+    if len(a) >= 2:
+        idx = np.random.default_rng(seed).integers(0, len(a), size=(n_boot, len(a)))
+        t = n[idx].sum(1)
+        boot_a, boot_b = np.exp(a[idx].sum(1) / t), np.exp(b[idx].sum(1) / t)
+        lo, hi = np.quantile(boot_b - boot_a, [0.025, 0.975])
+        rlo, rhi = np.quantile(boot_b / boot_a - 1, [0.025, 0.975])
+        out.update(ci95=[float(lo), float(hi)], rel_ci95=[float(rlo), float(rhi)])
+    return out

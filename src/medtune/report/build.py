@@ -17,12 +17,21 @@ from typing import Any
 
 from medtune import atomic, outdir
 from medtune.data.adapters.rows import iter_lines
-from medtune.evaluate.tasks import TASKS
+from medtune.evaluate.tasks import GROUPS, MMLU_MEDICAL, TASKS
 from medtune.results import ModelEval, StudyResults
 
-DISPLAY = {"pubmedqa": "PubMedQA", "medmcqa": "MedMCQA", "medqa4": "MedQA-USMLE", "arc_easy": "ARC-Easy",
-           "arc_challenge": "ARC-Challenge", "mmlu_general": "MMLU (non-medical)", "ppl_general": "Perplexity"}
+DISPLAY = {"pubmedqa": "PubMedQA", "medmcqa": "MedMCQA", "medqa4": "MedQA-USMLE", "medqa5": "MedQA-USMLE 5-opt",
+           "arc_easy": "ARC-Easy", "arc_challenge": "ARC-Challenge", "mmlu_general": "MMLU (non-medical)",
+           "ppl_general": "General perplexity", "ppl_medical": "Medical perplexity",
+           "medmcqa_cloze": "MedMCQA cloze", "medqa4_cloze": "MedQA-USMLE cloze",
+           "multimedqa": "MultiMedQA avg", "mmlu_medical": "MMLU medical avg",
+           **{f"mmlu_{s}": "MMLU " + s.replace("_", " ") for s in MMLU_MEDICAL}}
 """Column titles of the report's tables."""
+
+
+def is_cloze(task: str) -> bool:
+    """A task in the OLMES cloze formulation (each option's text scored), as opposed to lm-eval's letters."""
+    return TASKS[task].template == "cloze"
 
 
 def mean_with_ci(parts: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -37,19 +46,31 @@ def mean_with_ci(parts: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {"value": value, "stderr": se, "ci95": [max(0.0, value - 1.96 * se), min(1.0, value + 1.96 * se)], "n": sum(p["n"] for p in parts)}
 
 
-def columns(tasks: list[str]) -> dict[str, list[str]]:
-    """The study's tasks by role: medical in-domain, medical out-of-domain, general accuracy, perplexity."""
-    return {"medical_in": [t for t in tasks if TASKS[t].domain == "medical_in" and TASKS[t].kind == "mc"],
-            "medical_ood": [t for t in tasks if TASKS[t].domain == "medical_ood" and TASKS[t].kind == "mc"],
-            "general": [t for t in tasks if TASKS[t].domain == "general" and TASKS[t].kind == "mc"],
-            "ppl": [t for t in tasks if TASKS[t].kind == "ppl"]}
+def columns(tasks: list[str], groups: list[str] | None = None, listed: list[str] | None = None) -> dict[str, Any]:
+    """The study's tasks by role, in the main table's column order: medical multiple-choice in lm-eval's
+    letter formulation (in-domain, out-of-domain), the same in the cloze formulation, task groups
+    (leaderboard averages), general accuracy, perplexity. A task that is in the study only through a
+    group (not in ``listed``) gets no column of its own: it is in the group's table (``suite``)."""
+    groups = groups or []
+    through_group = {t for g in groups for t in GROUPS[g].tasks} - set(tasks if listed is None else listed)
+    shown = [t for t in tasks if t not in through_group]
+    mc = lambda t, dom: TASKS[t].kind == "mc" and TASKS[t].domain == dom
+    return {"medical_in": [t for t in shown if mc(t, "medical_in") and not is_cloze(t)],
+            "medical_ood": [t for t in shown if mc(t, "medical_ood") and not is_cloze(t)],
+            "cloze": [t for t in shown if TASKS[t].kind == "mc" and is_cloze(t)],
+            "groups": list(groups),
+            "general": [t for t in shown if mc(t, "general")],
+            "ppl": [t for t in shown if TASKS[t].kind == "ppl"],
+            "suite": {g: list(GROUPS[g].tasks) for g in groups}}
 
 
-def model_row(m: ModelEval, cols: dict[str, list[str]]) -> dict[str, Any]:
-    """One table row: each task's headline metric, the medical and general averages, the averaging point."""
+def model_row(m: ModelEval, cols: dict[str, Any]) -> dict[str, Any]:
+    """One table row: each task's headline metric, each group's aggregate, the medical and general
+    averages, the averaging point. The medical average is over the letter-formulation tasks shown."""
     res = m.result
     row: dict[str, Any] = {"label": m.label, "kind": m.kind, "step": m.step,
-                           "tasks": {t: res.headline(t) for t in res.tasks}}
+                           "tasks": {t: res.headline(t) for t in res.tasks},
+                           "groups": {g: (res.groups.get(g) or {}).get("acc") for g in cols["groups"]}}
     row["medical_avg"] = mean_with_ci([res.acc(t) for t in cols["medical_in"] + cols["medical_ood"] if res.acc(t)])
     row["general_avg"] = mean_with_ci([res.acc(t) for t in cols["general"] if res.acc(t)])
     row["unparsed"] = res.unparsed()
@@ -62,36 +83,74 @@ def model_row(m: ModelEval, cols: dict[str, list[str]]) -> dict[str, Any]:
     return row
 
 
-def _correct(path: Path) -> dict[tuple[str, str], float]:
-    """(task, item id) -> 1.0 if the prediction was right, from an eval step's predictions.jsonl."""
+def _predictions(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
-        return {}
-    rows = (json.loads(line) for _, line in iter_lines(path) if line.strip())
+        return []
+    return [json.loads(line) for _, line in iter_lines(path) if line.strip()]
+
+
+def _correct(rows: list[dict[str, Any]]) -> dict[tuple[str, str], float]:
+    """(task, item id) -> 1.0 if the prediction was right (multiple-choice rows of predictions.jsonl)."""
     return {(r["task"], str(r["id"])): float(r["pred"] == r["gold"]) for r in rows if "gold" in r}
 
 
-def paired_deltas(rows: list[ModelEval], tasks: list[str]) -> dict[str, dict[str, Any]]:
-    """Per row (by label) and task: accuracy minus the base model's on the same items, with a
-    percentile-bootstrap 95 % interval over items and the number of items whose correctness changed.
-    Paired, so much tighter than comparing the two rows' own intervals."""
+def _doc_nll(rows: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[float, int]]:
+    """(task, document id) -> (summed negative log-likelihood, tokens) (perplexity rows of predictions.jsonl)."""
+    return {(r["task"], str(r["id"])): (float(r["nll"]), int(r["tokens"])) for r in rows if "nll" in r}
+
+
+def _acc_changes(ref: dict[tuple[str, str], float], mine: dict[tuple[str, str], float], tasks: list[str],
+                 groups: list[str]) -> dict[str, Any]:
     from medtune.evaluate import metrics
 
+    diffs: dict[str, list[float]] = {}
+    for key, right in mine.items():
+        if key in ref:
+            diffs.setdefault(key[0], []).append(right - ref[key])
+    out: dict[str, Any] = {t: {**metrics.summarize(d), "changed": sum(x != 0 for x in d)}
+                           for t in tasks if (d := diffs.get(t))}
+    for g in groups:  # a group's change: its aggregation applied to the per-item differences of its tasks
+        parts = [diffs.get(t, []) for t in GROUPS[g].tasks]
+        if all(parts):
+            out[g] = {**metrics.group_summary(parts, weight_by_size=GROUPS[g].weight_by_size),
+                      "changed": sum(x != 0 for p in parts for x in p)}
+    return out
+
+
+def _ppl_changes(ref: dict[tuple[str, str], tuple[float, int]], mine: dict[tuple[str, str], tuple[float, int]],
+                 tasks: list[str]) -> dict[str, Any]:
+    from medtune.evaluate import metrics
+
+    out: dict[str, Any] = {}
+    for t in tasks:
+        keys = [k for k in mine if k[0] == t and k in ref]
+        if keys:
+            out[t] = metrics.paired_perplexity_change([ref[k][0] for k in keys], [mine[k][0] for k in keys],
+                                                      [ref[k][1] for k in keys])
+    return out
+
+
+def paired_deltas(rows: list[ModelEval], tasks: list[str], groups: list[str] | None = None,
+                  ppl_tasks: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Per row (by label) and task: accuracy minus the base model's on the same items, with a
+    percentile-bootstrap 95 % interval over items and the number of items whose correctness changed
+    (for each group: the group's aggregate of the same differences, stratified by task). For each
+    perplexity task: perplexity minus the base's on the same documents, bootstrapped over documents.
+    Paired, so much tighter than comparing the two rows' own intervals."""
     base = next((r for r in rows if r.kind == "base"), None)
     if base is None:
         return {}
-    ref = _correct(base.predictions)
+    base_rows = _predictions(base.predictions)
+    ref, ref_nll = _correct(base_rows), _doc_nll(base_rows)
     by_step: dict[str, dict[str, Any]] = {}  # a row that repeats another model reads its file once
     deltas: dict[str, dict[str, Any]] = {}
     for r in rows:
         if r.step == base.step:
             continue
         if r.step not in by_step:
-            diffs: dict[str, list[float]] = {}
-            for key, right in _correct(r.predictions).items():
-                if key[0] in tasks and key in ref:
-                    diffs.setdefault(key[0], []).append(right - ref[key])
-            by_step[r.step] = {t: {**metrics.summarize(d), "changed": sum(x != 0 for x in d)}
-                               for t in tasks if (d := diffs.get(t))}
+            mine = _predictions(r.predictions)
+            by_step[r.step] = {**_acc_changes(ref, _correct(mine), tasks, groups or []),
+                               **_ppl_changes(ref_nll, _doc_nll(mine), ppl_tasks or [])}
         deltas[r.label] = by_step[r.step]
     return deltas
 
@@ -109,10 +168,10 @@ def _ship(results: StudyResults) -> dict[str, Any] | None:
 
 def collect(results: StudyResults) -> dict[str, Any]:
     """Everything the report shows, as one JSON-ready dict."""
-    cols = columns(results.tasks)
+    cols = columns(results.tasks, results.groups, results.listed)
     data: dict[str, Any] = {
         "name": results.name, "model": results.model, "columns": cols,
-        "display": {t: DISPLAY.get(t, t) for t in results.tasks},
+        "display": {t: DISPLAY.get(t, t) for t in [*results.tasks, *results.groups]},
         "rows": [model_row(r, cols) for r in results.rows], "gen_rows": [model_row(r, cols) for r in results.gen_rows],
         "ship": _ship(results),
         "sweeps": {v: {"points": [p.model_dump(mode="json") for p in s.points], "selected": s.selected}
@@ -124,8 +183,9 @@ def collect(results: StudyResults) -> dict[str, Any]:
         "validation": results.validation.model_dump(),
         "steps": [t.model_dump() for t in results.steps],
         "commands": results.commands}
-    mc = cols["medical_in"] + cols["medical_ood"] + cols["general"]
-    data["deltas"] = paired_deltas(results.rows, mc)
+    suite = [t for g in cols["groups"] for t in GROUPS[g].tasks]
+    mc = list(dict.fromkeys(cols["medical_in"] + cols["medical_ood"] + cols["cloze"] + suite + cols["general"]))
+    data["deltas"] = paired_deltas(results.rows, mc, cols["groups"], cols["ppl"])
     data["gen_deltas"] = paired_deltas(results.gen_rows, cols["medical_in"] + cols["medical_ood"])
     return data
 

@@ -30,10 +30,19 @@ def delta(m: dict[str, Any] | None, ref: dict[str, Any] | None) -> str:
     return f"{100 * (m['value'] - ref['value']):+.1f} points vs base"
 
 
+def _ood(cols: dict[str, Any], t: str) -> str:
+    from medtune.evaluate.tasks import TASKS
+
+    return " (OOD)" if TASKS[t].domain == "medical_ood" else ""
+
+
 def results_table(data: dict[str, Any], rows: list[dict[str, Any]]) -> Block:
+    """Columns: medical letter tasks and their average, cloze tasks, group (leaderboard) averages,
+    general tasks and their average, perplexities."""
     cols, show = data["columns"], data["display"]
-    med = cols["medical_in"] + cols["medical_ood"]
-    headers = ["model"] + [show[t] + (" (OOD)" if t in cols["medical_ood"] else "") for t in med] + ["Medical avg"]
+    med, cloze, groups = cols["medical_in"] + cols["medical_ood"], cols.get("cloze", []), cols.get("groups", [])
+    headers = ["model"] + [show[t] + _ood(cols, t) for t in med] + ["Medical avg"]
+    headers += [show[t] + _ood(cols, t) for t in cloze] + [show.get(g, g) + " (leaderboard)" for g in groups]
     headers += [show[t] for t in cols["general"]] + (["General avg"] if cols["general"] else [])
     headers += [f"{show[t]} ↓" for t in cols["ppl"]]
     body = []
@@ -41,10 +50,63 @@ def results_table(data: dict[str, Any], rows: list[dict[str, Any]]) -> Block:
         name = r["label"] + (" ★ shipped" if r["label"] == (data.get("ship") or {}).get("row") else "")
         name += f" ({r['note']})" if r.get("note") else ""
         cells = [name] + [pct(r["tasks"].get(t)) for t in med] + [pct(r["medical_avg"])]
+        cells += [pct(r["tasks"].get(t)) for t in cloze] + [pct((r.get("groups") or {}).get(g)) for g in groups]
         cells += [pct(r["tasks"].get(t)) for t in cols["general"]] + ([pct(r["general_avg"])] if cols["general"] else [])
         cells += [ppl(r["tasks"].get(t)) for t in cols["ppl"]]
         body.append(cells)
     return ("table", headers, body)
+
+
+FORMULATIONS = ("Two formulations of the medical multiple-choice tasks. Plain task names are lm-eval's letter "
+                "formulation (the options listed, the answer letter scored): the leaderboard-comparable number, but "
+                "a small model often answers one letter on every item, so it can hide what the model knows. "
+                "\"cloze\" columns are the OLMES cloze formulation of the same items (each option's text scored "
+                "after the question): the score a small model's learning shows in. PubMedQA scores its answer "
+                "words (yes / no / maybe) in both.")
+
+
+def suite_tables(data: dict[str, Any], rows: list[dict[str, Any]]) -> list[Block]:
+    """Per group (e.g. the Open Medical-LLM Leaderboard's multimedqa): each model's score on every task of the
+    group, then the group's aggregate."""
+    out: list[Block] = []
+    show = data["display"]
+    for g, tasks in (data["columns"].get("suite") or {}).items():
+        out += [("h2", f"Leaderboard suite: {show.get(g, g)}"),
+                ("table", ["model"] + [show.get(t, t) for t in tasks] + [show.get(g, g)],
+                 [[r["label"]] + [pct(r["tasks"].get(t)) for t in tasks] + [pct((r.get("groups") or {}).get(g))]
+                  for r in rows]),
+                ("note", f"Accuracy in %, with 95 % bootstrap intervals; {show.get(g, g)}: "
+                         + ("mean over all items of its tasks (size-weighted, as lm-eval aggregates this group)"
+                            if _weighted(g) else "unweighted mean of its tasks")
+                         + ", interval from a bootstrap stratified by task.")]
+    return out
+
+
+def _weighted(group: str) -> bool:
+    from medtune.evaluate.tasks import GROUPS
+
+    return GROUPS[group].weight_by_size
+
+
+def ppl_delta_table(data: dict[str, Any], deltas: dict[str, dict[str, Any]]) -> list[Block]:
+    """Perplexity change vs the base model on the same documents, with paired intervals."""
+    tasks = data["columns"].get("ppl", [])
+    if not deltas or not tasks or not any(t in per for per in deltas.values() for t in tasks):
+        return []
+    show = data["display"]
+
+    def cell(m: dict[str, Any] | None) -> str:
+        if not m:
+            return "–"
+        ci = (f" [{m['ci95'][0]:+.2f}, {m['ci95'][1]:+.2f}]" if m.get("ci95") else " [no interval: 1 document]")
+        return f"{m['value']:+.2f}{ci} ({100 * m['rel']:+.1f} %)"
+
+    return [("table", ["model"] + [show.get(t, t) for t in tasks],
+             [[label] + [cell(per.get(t)) for t in tasks] for label, per in deltas.items()]),
+            ("note", "Change in perplexity vs the base model on the same documents (negative: the model predicts the "
+                     "text better), with a 95 % percentile-bootstrap interval over documents (each replicate resamples "
+                     "documents and recomputes both perplexities); in brackets after it, the change relative to the "
+                     "base's perplexity. An interval that contains 0 is no evidence of a change.")]
 
 
 def delta_table(data: dict[str, Any], deltas: dict[str, dict[str, Any]], tasks: list[str]) -> list[Block]:
@@ -89,12 +151,20 @@ def blocks(data: dict[str, Any], images: list[str]) -> list[Block]:
                      + ", ".join(f"{data['display'].get(t, t)} {k}" + (" tokens" if t in data["columns"]["ppl"] else "")
                                for t, k in n.items()) + ".")]
     cols = data["columns"]
+    if cols.get("cloze"):
+        out.append(("note", FORMULATIONS))
+    out += suite_tables(data, data["rows"])
     if data.get("deltas"):
         out += [("h2", "Change vs the base model, paired on the same items")]
-        out += delta_table(data, data["deltas"], cols["medical_in"] + cols["medical_ood"] + cols["general"])
+        out += delta_table(data, data["deltas"], cols["medical_in"] + cols["medical_ood"] + cols.get("cloze", [])
+                           + cols.get("groups", []) + cols["general"])
+        ppl_block = ppl_delta_table(data, data["deltas"])
+        if ppl_block:
+            out += [("h2", "Perplexity change vs the base model, paired on the same documents"), *ppl_block]
     if data["gen_rows"]:
+        gen_cols = {**data["columns"], "cloze": [], "groups": [], "general": [], "ppl": [], "suite": {}}
         out += [("h2", "Generation-based medical scores (greedy decoding + answer extraction, LMFlow-comparable)"),
-                results_table({**data, "columns": {**data["columns"], "general": [], "ppl": []}}, data["gen_rows"])]
+                results_table({**data, "columns": gen_cols}, data["gen_rows"])]
         unparsed = [f"{r['label']}: " + ", ".join(f"{data['display'].get(t, t)} {k} of {r['tasks'][t]['n']}"
                                                   for t, k in r["unparsed"].items() if k)
                     for r in data["gen_rows"] if any(r["unparsed"].values())]

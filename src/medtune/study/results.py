@@ -146,7 +146,8 @@ def gather(cfg: StudyConfig, layout: StudyLayout) -> StudyResults:
     sweeps = {v.name: s for v in cfg.variants if (s := SweepResult.load(layout.sweep_results(v.name))) is not None}
     av, ev = cfg.averaging, cfg.evaluation
     return StudyResults(
-        name=cfg.name, model=cfg.model.spec, tasks=ev.task_names,
+        name=cfg.name, model=cfg.model.spec, tasks=ev.task_names, groups=ev.group_names,
+        listed=[t for t in ev.tasks if t not in ev.group_names],
         validation=Validation(medical=av.medical_tasks, general=av.general_tasks, limit=av.limit,
                               sources={t: s.model_dump(mode="json", exclude_none=True)
                                        for t, s in ev.validation_sources.items()}),

@@ -35,6 +35,10 @@ class StudyRunConfig(StudyConfig):
 
     dry_run: bool = False
     """List every step with its state (done, to run, resume, stale) and run nothing."""
+    report_only: bool = False
+    """Write the report from the steps finished so far and run nothing else (e.g. a long study stopped
+    with Ctrl-C between sessions: the report shows what has run; the same command without this flag
+    resumes)."""
 
 
 def _state(step_dir: Path) -> dict[str, Any] | None:
@@ -139,7 +143,10 @@ def study(cfg: StudyRunConfig) -> Path:
         raise ConfigError("the study reads data that is not there:\n  " + "\n  ".join(missing))
     if cfg.dry_run:
         return out
-    atomic.write_text(StudyLayout(out).study_file(), dump_config(StudyConfig.model_validate(cfg.model_dump(exclude={"dry_run"}))))
+    if cfg.report_only:
+        return _report_only(console, cfg, out)
+    atomic.write_text(StudyLayout(out).study_file(),
+                      dump_config(StudyConfig.model_validate(cfg.model_dump(exclude={"dry_run", "report_only"}))))
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a "Loading weights" bar per model load says nothing in a study
@@ -180,6 +187,22 @@ def study(cfg: StudyRunConfig) -> Path:
     return out
 
 
+def _report_only(console: Any, cfg: StudyConfig, out: Path) -> Path:
+    """The report of the finished steps; nothing runs, and no step's state changes."""
+    from medtune.report.build import write_report
+    from medtune.study.results import gather
+
+    layout = StudyLayout(out)
+    if not layout.study_file().is_file():
+        raise ConfigError(f"{out}: the study has not run yet, so there is nothing to report")
+    plan = [s for s in _steps(cfg, out) if isinstance(s, S.Step) and s.kind != "report"]
+    finished = [s.name for s in plan if (_state(out / s.name) or {}).get("state") == "done"]
+    rdir = write_report(gather(cfg, layout), layout.report_dir())
+    console.print(f"report of {len(finished)} finished step(s) of {len(plan)} known: {(rdir / 'report.html').resolve()}"
+                  + ("" if len(finished) == len(plan) else "  (the study is not complete: run it again to resume)"))
+    return out
+
+
 def _print_outcome(console: Any, cfg: StudyConfig, out: Path) -> None:
     """Which model to ship, how to talk to it, and where the report is."""
     import shlex
@@ -192,9 +215,9 @@ def _print_outcome(console: Any, cfg: StudyConfig, out: Path) -> None:
     ship = results.ship
     row = next((r for r in results.rows if ship is not None and r.label == ship.row), None)
     if ship is not None and row is not None:
-        shown = model_row(row, columns(results.tasks))
+        shown = model_row(row, columns(results.tasks, results.groups, results.listed))
         med, gen = shown["medical_avg"], shown["general_avg"]
-        console.print(f"[bold]ship:[/] {row.label} — test medical avg {100 * med['value']:.1f}"
+        console.print(f"[bold]ship:[/] {row.label} — " + (f"test medical avg {100 * med['value']:.1f}" if med else "")
                       + (f", general avg {100 * gen['value']:.1f}" if gen else "")
                       + f" (chosen on validation: {ship.rule.describe()})")
         chat = f"medtune chat --model.spec {shlex.quote(cfg.model.spec)}"

@@ -1,0 +1,115 @@
+"""The report's tables from hand-made results (no model): letter vs cloze columns, the leaderboard
+group column and its per-task table, and paired changes of accuracy, group accuracy and perplexity."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medtune.evaluate import metrics
+from medtune.evaluate.results import EvalResult
+from medtune.evaluate.tasks import GROUPS
+from medtune.report import render
+from medtune.report.build import collect, columns
+from medtune.results import ModelEval, StudyResults, Validation
+
+MMLU6 = list(GROUPS["mmlu_medical"].tasks)
+LISTED = ["pubmedqa", "medqa4", "medqa4_cloze", "arc_easy", "ppl_medical"]
+TASKS = [*LISTED[:4], *MMLU6, "ppl_medical"]
+
+
+def _acc(xs: list[float]) -> dict:
+    return {"acc": metrics.summarize(xs)}
+
+
+def _model(tmp: Path, label: str, kind: str, correct: dict[str, list[float]], nll: list[float]) -> ModelEval:
+    """A model's results.json and predictions.jsonl: per task, items i0.. right (1) or wrong (0);
+    ppl_medical documents d0.. with the given summed NLL over 10 tokens each."""
+    rows = [{"task": t, "id": f"i{i}", "gold": 0, "pred": 0 if c else 1} for t, cs in correct.items() for i, c in enumerate(cs)]
+    rows += [{"task": "ppl_medical", "id": f"d{i}", "nll": v, "tokens": 10} for i, v in enumerate(nll)]
+    d = tmp / label
+    d.mkdir()
+    (d / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tasks = {t: _acc(cs) for t, cs in correct.items()}
+    tasks["ppl_medical"] = {"perplexity": {"value": math.exp(sum(nll) / (10 * len(nll))), "n": 10 * len(nll),
+                                           "ci95": [1.0, 99.0]}}
+    sizes = [correct[t] for t in MMLU6]
+    groups = {"mmlu_medical": {"acc": metrics.group_summary(sizes, weight_by_size=True)}}
+    return ModelEval(label=label, kind=kind, step=f"eval/{label}", result=EvalResult(model="m", tasks=tasks, groups=groups),
+                     predictions=d / "predictions.jsonl")
+
+
+@pytest.fixture
+def report(tmp_path):
+    rng = np.random.default_rng(0)
+    base_c = {t: [float(x) for x in rng.integers(0, 2, size=n)] for t, n in
+              zip(TASKS[:-1], [40, 30, 30, 20, 10, 12, 14, 16, 18, 20])}
+    tuned_c = {t: [1.0] * len(v) for t, v in base_c.items()}  # the tuned model answers every item right
+    base_nll = [20.0, 30.0, 25.0, 40.0]
+    tuned_nll = [18.0, 27.0, 24.0, 35.0]
+    rows = [_model(tmp_path, "base", "base", base_c, base_nll), _model(tmp_path, "tuned", "tuned", tuned_c, tuned_nll)]
+    res = StudyResults(name="s", model="m", tasks=TASKS, groups=["mmlu_medical"], listed=LISTED,
+                       validation=Validation(medical=["pubmedqa"], general=["arc_easy"], sources={}, limit=None), rows=rows)
+    return collect(res), base_c, base_nll, tuned_nll
+
+
+def test_columns_keep_listed_tasks_and_move_group_only_tasks_to_the_suite_table():
+    cols = columns(TASKS, ["mmlu_medical"], LISTED)
+    assert cols["medical_in"] == ["pubmedqa"] and cols["medical_ood"] == ["medqa4"]
+    assert cols["cloze"] == ["medqa4_cloze"] and cols["groups"] == ["mmlu_medical"]
+    assert cols["suite"] == {"mmlu_medical": MMLU6}
+    # a task named by the study itself keeps its column even when a group also holds it
+    assert "mmlu_anatomy" in columns(TASKS, ["mmlu_medical"], [*LISTED, "mmlu_anatomy"])["medical_ood"]
+    assert columns(TASKS)["medical_ood"] == ["medqa4", *MMLU6]  # no groups: every task is a column
+
+
+def test_report_labels_cloze_and_leaderboard_columns_and_shows_the_suite_table(report):
+    data, base_c, _, _ = report
+    md = render.markdown(data, [])
+    header = next(line for line in md.splitlines() if line.startswith("| model | PubMedQA"))
+    assert "MedQA-USMLE cloze (OOD)" in header and "MMLU medical avg (leaderboard)" in header
+    assert "MMLU anatomy" not in header  # the group's tasks are in its own table
+    assert "## Leaderboard suite: MMLU medical avg" in md
+    suite = md.split("## Leaderboard suite: MMLU medical avg")[1]
+    assert "| MMLU anatomy | MMLU clinical knowledge |" in suite
+    assert "OLMES cloze formulation" in md and "leaderboard-comparable" in md
+    # the medical average is over the letter tasks only (PubMedQA, MedQA-USMLE), not the cloze one
+    base = data["rows"][0]
+    want = (np.mean(base_c["pubmedqa"]) + np.mean(base_c["medqa4"])) / 2
+    assert base["medical_avg"]["value"] == pytest.approx(want)
+    expect = sum(sum(base_c[t]) for t in MMLU6) / sum(len(base_c[t]) for t in MMLU6)
+    assert base["groups"]["mmlu_medical"]["value"] == pytest.approx(expect)
+
+
+def test_paired_changes_of_group_accuracy_and_perplexity_by_hand(report):
+    data, base_c, base_nll, tuned_nll = report
+    d = data["deltas"]["tuned"]
+    # the group's change: the size-weighted mean of the per-item differences over its six tasks
+    diffs = [1.0 - x for t in MMLU6 for x in base_c[t]]
+    assert d["mmlu_medical"]["value"] == pytest.approx(np.mean(diffs))
+    assert d["mmlu_medical"]["changed"] == sum(x != 0 for x in diffs)
+    assert d["medqa4_cloze"]["value"] == pytest.approx(1 - np.mean(base_c["medqa4_cloze"]))
+    # perplexity: exp(total nll / total tokens), tuned minus base, over the same 4 documents
+    ppl_b, ppl_t = math.exp(sum(base_nll) / 40), math.exp(sum(tuned_nll) / 40)
+    m = d["ppl_medical"]
+    assert m["value"] == pytest.approx(ppl_t - ppl_b) and m["rel"] == pytest.approx(ppl_t / ppl_b - 1)
+    assert m["n"] == 4 and m["ci95"][0] <= m["value"] <= m["ci95"][1] and m["ci95"][1] < 0  # every document improved
+    md = render.markdown(data, [])
+    assert "## Perplexity change vs the base model, paired on the same documents" in md
+    assert f"{ppl_t - ppl_b:+.2f} [" in md
+
+
+def test_paired_perplexity_change_interval_and_errors():
+    one = metrics.paired_perplexity_change([10.0], [8.0], [5])
+    assert one["value"] == pytest.approx(math.exp(8 / 5) - math.exp(2.0)) and one["ci95"] is None
+    # documents that change in opposite directions: the interval straddles 0
+    mixed = metrics.paired_perplexity_change([10.0, 10.0, 10.0, 10.0], [8.0, 12.0, 8.5, 11.5], [5, 5, 5, 5])
+    assert mixed["ci95"][0] < 0 < mixed["ci95"][1]
+    with pytest.raises(ValueError, match="same non-empty documents"):
+        metrics.paired_perplexity_change([1.0], [1.0, 2.0], [1])
+    with pytest.raises(ValueError, match="not finite"):
+        metrics.paired_perplexity_change([1.0, math.nan], [1.0, 2.0], [1, 1])
