@@ -113,3 +113,13 @@ def test_paired_perplexity_change_interval_and_errors():
         metrics.paired_perplexity_change([1.0], [1.0, 2.0], [1])
     with pytest.raises(ValueError, match="not finite"):
         metrics.paired_perplexity_change([1.0, math.nan], [1.0, 2.0], [1, 1])
+
+
+def test_changes_plot_is_drawn_from_the_paired_changes(report, tmp_path):
+    from medtune.report import plots
+
+    data = report[0]
+    path = plots.changes(data, tmp_path / "changes.png")
+    assert path is not None and path.stat().st_size > 10_000
+    assert plots.changes({**data, "deltas": {}}, tmp_path / "none.png") is None
+    assert "![paired changes vs the base model" in render.markdown(data, ["changes.png"])

@@ -197,7 +197,8 @@ def write_report(results: StudyResults, rdir: Path) -> Path:
     data = collect(results)
     rdir = outdir.claim(rdir, "report")
     images = {"frontier.png": plots.frontier(data, rdir / "frontier.png"),
-              "curves.png": plots.curves(data, rdir / "curves.png")}
+              "curves.png": plots.curves(data, rdir / "curves.png"),
+              "changes.png": plots.changes(data, rdir / "changes.png")}
     images = {k: v for k, v in images.items() if v is not None}
     atomic.write_json(rdir / "report.json", data)
     atomic.write_text(rdir / "report.md", render.markdown(data, sorted(images)))

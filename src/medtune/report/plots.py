@@ -90,3 +90,46 @@ def curves(data: dict[str, Any], path: Path) -> Path | None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def changes(data: dict[str, Any], path: Path) -> Path | None:
+    """Paired change vs the base model, one panel per task: each model's change with its 95 % interval
+    (accuracy in points; perplexity in % of the base's, negative is better), a line at 0. A bar that
+    crosses the line is no evidence of a change."""
+    deltas = data.get("deltas") or {}
+    cols = data["columns"]  # the main table's tasks and groups (a group's own tasks are in its table only)
+    shown = [*cols["medical_in"], *cols["medical_ood"], *cols.get("cloze", []), *cols.get("groups", []),
+             *cols["general"], *cols["ppl"]]
+    tasks = [t for t in shown if any(t in per for per in deltas.values())]
+    tasks = [t for t in tasks if any((per.get(t) or {}).get("ci95") for per in deltas.values())]
+    if not tasks:
+        return None
+    plt = _pyplot()
+    labels = list(deltas)
+    ncols = min(len(tasks), 3)
+    nrows = -(-len(tasks) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 0.9 + (0.32 * len(labels) + 0.6) * nrows),
+                             squeeze=False, sharey=True)
+    for ax, t in zip(axes.flat, tasks):
+        for i, label in enumerate(labels):
+            m = deltas[label].get(t)
+            if not m or not m.get("ci95"):
+                continue
+            ppl = "rel" in m
+            v, (lo, hi) = (m["rel"], m["rel_ci95"]) if ppl else (m["value"], m["ci95"])
+            beyond = lo > 0 or hi < 0
+            c = COLORS[0] if beyond else "grey"
+            ax.errorbar([100 * v], [i], xerr=[[100 * (v - lo)], [100 * (hi - v)]], fmt="o", color=c, ms=4, capsize=2)
+        ax.axvline(0, color="black", lw=0.8)
+        ppl_task = any("rel" in (deltas[lb].get(t) or {}) for lb in labels)
+        ax.set_title(data["display"].get(t, t) + (" (perplexity, % change)" if ppl_task else " (points)"), fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    for ax in axes.flat[len(tasks):]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        ax.invert_yaxis()
+    fig.suptitle("change vs the base model on the same items / documents (95 % paired intervals; blue: excludes 0)",
+                 fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -161,6 +161,8 @@ def blocks(data: dict[str, Any], images: list[str]) -> list[Block]:
         ppl_block = ppl_delta_table(data, data["deltas"])
         if ppl_block:
             out += [("h2", "Perplexity change vs the base model, paired on the same documents"), *ppl_block]
+        if "changes.png" in images:
+            out.append(("img", "changes.png", "paired changes vs the base model with 95 % intervals"))
     if data["gen_rows"]:
         gen_cols = {**data["columns"], "cloze": [], "groups": [], "general": [], "ppl": [], "suite": {}}
         out += [("h2", "Generation-based medical scores (greedy decoding + answer extraction, LMFlow-comparable)"),
