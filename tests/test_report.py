@@ -123,3 +123,15 @@ def test_changes_plot_is_drawn_from_the_paired_changes(report, tmp_path):
     assert path is not None and path.stat().st_size > 10_000
     assert plots.changes({**data, "deltas": {}}, tmp_path / "none.png") is None
     assert "![paired changes vs the base model" in render.markdown(data, ["changes.png"])
+
+
+def test_answer_spread_names_the_modal_answer_and_the_majority_accuracy(report):
+    data, base_c, _, _ = report
+    spread = data["spread"]
+    assert spread["majority"]["pubmedqa"] == 1.0  # every gold answer is choice 0 in the fixture
+    # the tuned model always predicts the gold (choice 1, 1-based) -> 100 %; the base predicts 0 when right, 1 when wrong
+    assert spread["rows"]["tuned"]["pubmedqa"] == {"choice": 1, "share": 1.0, "n": 40}
+    right = np.mean(base_c["pubmedqa"])
+    assert spread["rows"]["base"]["pubmedqa"]["share"] == pytest.approx(max(right, 1 - right))
+    md = render.markdown(data, [])
+    assert "## Answer spread" in md and "#1 on 100 %" in md

@@ -130,6 +130,30 @@ def _ppl_changes(ref: dict[tuple[str, str], tuple[float, int]], mine: dict[tuple
     return out
 
 
+def answer_spread(rows: list[ModelEval], tasks: list[str]) -> dict[str, Any]:
+    """Per task: the accuracy of always giving the most frequent gold answer, and per row (by label) the
+    share of items that got the row's own most frequent answer (with which choice, 1-based). A model that
+    gives one answer to every item scores its prior, whatever it learned: this says when a score is that."""
+    out: dict[str, Any] = {"majority": {}, "rows": {}}
+    seen: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r.step not in seen:
+            per: dict[str, list[tuple[int, int]]] = {}
+            for p in _predictions(r.predictions):
+                if "gold" in p and p["task"] in tasks:
+                    per.setdefault(p["task"], []).append((int(p["pred"]), int(p["gold"])))
+            spread: dict[str, Any] = {}
+            for t, pairs in per.items():
+                preds = [p for p, _ in pairs]
+                top = max(set(preds), key=preds.count)
+                spread[t] = {"choice": top + 1, "share": preds.count(top) / len(preds), "n": len(preds)}
+                golds = [g for _, g in pairs]
+                out["majority"].setdefault(t, max(golds.count(g) for g in set(golds)) / len(golds))
+            seen[r.step] = spread
+        out["rows"][r.label] = seen[r.step]
+    return out
+
+
 def paired_deltas(rows: list[ModelEval], tasks: list[str], groups: list[str] | None = None,
                   ppl_tasks: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """Per row (by label) and task: accuracy minus the base model's on the same items, with a
@@ -187,6 +211,7 @@ def collect(results: StudyResults) -> dict[str, Any]:
     mc = list(dict.fromkeys(cols["medical_in"] + cols["medical_ood"] + cols["cloze"] + suite + cols["general"]))
     data["deltas"] = paired_deltas(results.rows, mc, cols["groups"], cols["ppl"])
     data["gen_deltas"] = paired_deltas(results.gen_rows, cols["medical_in"] + cols["medical_ood"])
+    data["spread"] = answer_spread(results.rows, cols["medical_in"] + cols["medical_ood"] + cols["cloze"] + cols["general"])
     return data
 
 

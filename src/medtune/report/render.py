@@ -88,6 +88,24 @@ def _weighted(group: str) -> bool:
     return GROUPS[group].weight_by_size
 
 
+def spread_table(data: dict[str, Any]) -> list[Block]:
+    """How often each model gives its most frequent answer, next to the majority-class accuracy."""
+    spread = data.get("spread") or {}
+    tasks = [t for t in spread.get("majority", {})]
+    if not tasks:
+        return []
+    show = data["display"]
+    cell = lambda m: f"#{m['choice']} on {100 * m['share']:.0f} %" if m else "–"
+    return [("h2", "Answer spread"),
+            ("table", ["model"] + [show.get(t, t) for t in tasks],
+             [["always the most frequent gold answer (accuracy)"] + [f"{100 * spread['majority'][t]:.1f} %" for t in tasks]]
+             + [[label] + [cell(per.get(t)) for t in tasks] for label, per in spread["rows"].items()]),
+            ("note", "Per model: its most frequent answer (choice number, 1-based, in the task's option order) and the "
+                     "share of items it gave that answer. A model that gives one answer to nearly every item scores "
+                     "about its prior: compare its accuracy with the first row, the accuracy of always answering the "
+                     "most frequent gold answer.")]
+
+
 def ppl_delta_table(data: dict[str, Any], deltas: dict[str, dict[str, Any]]) -> list[Block]:
     """Perplexity change vs the base model on the same documents, with paired intervals."""
     tasks = data["columns"].get("ppl", [])
@@ -163,6 +181,7 @@ def blocks(data: dict[str, Any], images: list[str]) -> list[Block]:
             out += [("h2", "Perplexity change vs the base model, paired on the same documents"), *ppl_block]
         if "changes.png" in images:
             out.append(("img", "changes.png", "paired changes vs the base model with 95 % intervals"))
+    out += spread_table(data)
     if data["gen_rows"]:
         gen_cols = {**data["columns"], "cloze": [], "groups": [], "general": [], "ppl": [], "suite": {}}
         out += [("h2", "Generation-based medical scores (greedy decoding + answer extraction, LMFlow-comparable)"),
