@@ -130,6 +130,17 @@ def test_report_only_writes_the_report_of_finished_steps_and_runs_nothing(done_s
         study(tiny_study(tiny_llama, tmp_path / "never", report_only=True))
 
 
+def test_ppl_stride_reaches_the_eval_steps_and_is_left_out_when_unset(tiny_llama, tmp_path):
+    from medtune.study import steps as S
+
+    evals = lambda cfg: [s.config for s in S.static_plan(cfg, tmp_path / "s") if s.kind == "eval"]
+    assert {e.ppl_stride for e in evals(tiny_study(tiny_llama, tmp_path / "s"))} == {512}  # the eval default
+    cfg = tiny_study(tiny_llama, tmp_path / "s", **{"evaluation.ppl_stride": 1024})
+    assert {e.ppl_stride for e in evals(cfg)} == {1024}
+    # unset, the eval configs (and so the fingerprints of steps that already ran) are as before
+    assert "ppl_stride" not in S.static_plan(tiny_study(tiny_llama, tmp_path / "s"), tmp_path / "s")[0].config.model_fields_set
+
+
 def test_dry_run_lists_states(done_study, tiny_llama, capsys):
     cfg = tiny_study(tiny_llama, done_study, **{"train.learning_rate": 0.002})
     cfg.dry_run = True

@@ -69,6 +69,10 @@ class StudyEvalConfig(StrictModel):
     bare "Answer:" prompt on some tasks and ramble inside a chat turn on others."""
     ppl_max_tokens: int | None = Field(50_000, ge=16)
     """Perplexity tasks: tokens scored (None: all)."""
+    ppl_stride: int | None = Field(None, ge=1)
+    """Perplexity tasks: tokens the 1024-token window advances by (None: the eval default, 512, so every
+    token is scored with at least 512 tokens of context; 1024: disjoint windows, as lm-eval's rolling
+    log-likelihood, half the forward passes)."""
     token_budget: int = Field(4096, ge=64)
     """Tokens per scoring batch."""
 
