@@ -88,11 +88,11 @@ def test_invalid_utf8_names_its_line(tmp_path: Path) -> None:
 
 def test_report_reads_predictions_with_line_separators(tmp_path: Path) -> None:
     from medtune import atomic
-    from medtune.report.build import _correct
+    from medtune.report.build import _correct, _predictions
 
     atomic.write_jsonl(tmp_path / "predictions.jsonl", [{"task": "t", "id": "a\u2028b", "pred": 1, "gold": 1},
                                                          {"task": "t", "id": "c", "pred": 0, "gold": 1}])
-    assert _correct(tmp_path / "predictions.jsonl") == {("t", "a\u2028b"): 1.0, ("t", "c"): 0.0}
+    assert _correct(_predictions(tmp_path / "predictions.jsonl")) == {("t", "a\u2028b"): 1.0, ("t", "c"): 0.0}
 
 
 # --- finding 11: a UTF-8 byte-order mark is accepted and dropped -----------------------------------

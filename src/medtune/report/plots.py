@@ -128,7 +128,7 @@ def changes(data: dict[str, Any], path: Path) -> Path | None:
         ax.axis("off")
     for ax in axes[:, 0]:
         ax.set_yticks(range(len(labels)), labels, fontsize=7)
-        ax.invert_yaxis()
+    axes[0, 0].invert_yaxis()  # the axes share y: invert once, so the first model is on top in every panel
     fig.suptitle("change vs the base model on the same items / documents (95 % paired intervals; blue: excludes 0)",
                  fontsize=10)
     fig.tight_layout()
