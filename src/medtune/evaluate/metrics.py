@@ -114,7 +114,6 @@ def group_summary(parts: Sequence[Sequence[float]], *, weight_by_size: bool, n_b
             "weight_by_size": weight_by_size, "tasks": len(arrays)}
 
 
-
 def paired_perplexity_change(nll_a: Sequence[float], nll_b: Sequence[float], tokens: Sequence[int], *,
                              n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
     """Perplexity of model b minus model a on the same documents, with a percentile-bootstrap 95 % interval

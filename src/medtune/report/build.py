@@ -10,8 +10,10 @@ paired differences. The report sits below the study: it imports nothing from ``m
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +85,10 @@ def model_row(m: ModelEval, cols: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+Reader = Callable[[Path], list[dict[str, Any]]]
+"""Reads an eval step's predictions.jsonl; :func:`collect` passes one that caches, so each file is read once."""
+
+
 def _predictions(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
@@ -130,7 +136,7 @@ def _ppl_changes(ref: dict[tuple[str, str], tuple[float, int]], mine: dict[tuple
     return out
 
 
-def answer_spread(rows: list[ModelEval], tasks: list[str]) -> dict[str, Any]:
+def answer_spread(rows: list[ModelEval], tasks: list[str], read: Reader = _predictions) -> dict[str, Any]:
     """Per task: the accuracy of always giving the most frequent gold answer, and per row (by label) the
     share of items that got the row's own most frequent answer (with which choice, 1-based). A model that
     gives one answer to every item scores its prior, whatever it learned: this says when a score is that."""
@@ -139,7 +145,7 @@ def answer_spread(rows: list[ModelEval], tasks: list[str]) -> dict[str, Any]:
     for r in rows:
         if r.step not in seen:
             per: dict[str, list[tuple[int, int]]] = {}
-            for p in _predictions(r.predictions):
+            for p in read(r.predictions):
                 if "gold" in p and p["task"] in tasks:
                     per.setdefault(p["task"], []).append((int(p["pred"]), int(p["gold"])))
             spread: dict[str, Any] = {}
@@ -155,7 +161,7 @@ def answer_spread(rows: list[ModelEval], tasks: list[str]) -> dict[str, Any]:
 
 
 def paired_deltas(rows: list[ModelEval], tasks: list[str], groups: list[str] | None = None,
-                  ppl_tasks: list[str] | None = None) -> dict[str, dict[str, Any]]:
+                  ppl_tasks: list[str] | None = None, read: Reader = _predictions) -> dict[str, dict[str, Any]]:
     """Per row (by label) and task: accuracy minus the base model's on the same items, with a
     percentile-bootstrap 95 % interval over items and the number of items whose correctness changed
     (for each group: the group's aggregate of the same differences, stratified by task). For each
@@ -164,7 +170,7 @@ def paired_deltas(rows: list[ModelEval], tasks: list[str], groups: list[str] | N
     base = next((r for r in rows if r.kind == "base"), None)
     if base is None:
         return {}
-    base_rows = _predictions(base.predictions)
+    base_rows = read(base.predictions)
     ref, ref_nll = _correct(base_rows), _doc_nll(base_rows)
     by_step: dict[str, dict[str, Any]] = {}  # a row that repeats another model reads its file once
     deltas: dict[str, dict[str, Any]] = {}
@@ -172,7 +178,7 @@ def paired_deltas(rows: list[ModelEval], tasks: list[str], groups: list[str] | N
         if r.step == base.step:
             continue
         if r.step not in by_step:
-            mine = _predictions(r.predictions)
+            mine = read(r.predictions)
             by_step[r.step] = {**_acc_changes(ref, _correct(mine), tasks, groups or []),
                                **_ppl_changes(ref_nll, _doc_nll(mine), ppl_tasks or [])}
         deltas[r.label] = by_step[r.step]
@@ -207,11 +213,13 @@ def collect(results: StudyResults) -> dict[str, Any]:
         "validation": results.validation.model_dump(),
         "steps": [t.model_dump() for t in results.steps],
         "commands": results.commands}
-    suite = [t for g in cols["groups"] for t in GROUPS[g].tasks]
+    suite = [t for tasks in cols["suite"].values() for t in tasks]
     mc = list(dict.fromkeys(cols["medical_in"] + cols["medical_ood"] + cols["cloze"] + suite + cols["general"]))
-    data["deltas"] = paired_deltas(results.rows, mc, cols["groups"], cols["ppl"])
-    data["gen_deltas"] = paired_deltas(results.gen_rows, cols["medical_in"] + cols["medical_ood"])
-    data["spread"] = answer_spread(results.rows, cols["medical_in"] + cols["medical_ood"] + cols["cloze"] + cols["general"])
+    read = functools.cache(_predictions)  # deltas and spread read the same files: once each, per report
+    data["deltas"] = paired_deltas(results.rows, mc, cols["groups"], cols["ppl"], read)
+    data["gen_deltas"] = paired_deltas(results.gen_rows, cols["medical_in"] + cols["medical_ood"], read=read)
+    data["spread"] = answer_spread(results.rows, cols["medical_in"] + cols["medical_ood"] + cols["cloze"] + cols["general"],
+                                   read)
     return data
 
 

@@ -8,6 +8,8 @@ import html as H
 from pathlib import Path
 from typing import Any
 
+from medtune.evaluate.tasks import GROUPS, TASKS
+
 
 Block = tuple[Any, ...]
 """("h1"|"h2"|"p"|"note", text) · ("table", headers, rows) · ("img", file name, alt) · ("code", text)."""
@@ -30,9 +32,7 @@ def delta(m: dict[str, Any] | None, ref: dict[str, Any] | None) -> str:
     return f"{100 * (m['value'] - ref['value']):+.1f} points vs base"
 
 
-def _ood(cols: dict[str, Any], t: str) -> str:
-    from medtune.evaluate.tasks import TASKS
-
+def _ood(t: str) -> str:
     return " (OOD)" if TASKS[t].domain == "medical_ood" else ""
 
 
@@ -41,8 +41,8 @@ def results_table(data: dict[str, Any], rows: list[dict[str, Any]]) -> Block:
     general tasks and their average, perplexities."""
     cols, show = data["columns"], data["display"]
     med, cloze, groups = cols["medical_in"] + cols["medical_ood"], cols.get("cloze", []), cols.get("groups", [])
-    headers = ["model"] + [show[t] + _ood(cols, t) for t in med] + ["Medical avg"]
-    headers += [show[t] + _ood(cols, t) for t in cloze] + [show.get(g, g) + " (leaderboard)" for g in groups]
+    headers = ["model"] + [show[t] + _ood(t) for t in med] + ["Medical avg"]
+    headers += [show[t] + _ood(t) for t in cloze] + [show.get(g, g) + " (leaderboard)" for g in groups]
     headers += [show[t] for t in cols["general"]] + (["General avg"] if cols["general"] else [])
     headers += [f"{show[t]} ↓" for t in cols["ppl"]]
     body = []
@@ -77,15 +77,9 @@ def suite_tables(data: dict[str, Any], rows: list[dict[str, Any]]) -> list[Block
                   for r in rows]),
                 ("note", f"Accuracy in %, with 95 % bootstrap intervals; {show.get(g, g)}: "
                          + ("mean over all items of its tasks (size-weighted, as lm-eval aggregates this group)"
-                            if _weighted(g) else "unweighted mean of its tasks")
+                            if GROUPS[g].weight_by_size else "unweighted mean of its tasks")
                          + ", interval from a bootstrap stratified by task.")]
     return out
-
-
-def _weighted(group: str) -> bool:
-    from medtune.evaluate.tasks import GROUPS
-
-    return GROUPS[group].weight_by_size
 
 
 def spread_table(data: dict[str, Any]) -> list[Block]:
