@@ -64,6 +64,10 @@ class SweepConfig(StrictModel):
     """Data root of the tasks."""
     limit: int | None = Field(200, ge=1)
     """Items per task per point (the first N), to keep a sweep affordable."""
+    ppl_max_tokens: int | None = Field(50_000, ge=16)
+    """Perplexity tasks: tokens scored per point (None: all); a study passes its evaluation's."""
+    ppl_stride: int | None = Field(None, ge=1)
+    """Perplexity tasks: tokens the window advances by (None: the eval default)."""
     rule: Literal["retain", "weighted"] = "retain"
     """retain: best medical score with general >= retain x base's; weighted: best weight*medical + (1-weight)*general."""
     retain: float = Field(0.98, gt=0, le=1)
@@ -106,8 +110,9 @@ def grid_points(grid: Grid, n_tuned: int) -> list[tuple[str, M.Params]]:
 
 def _key(cfg: SweepConfig) -> str:
     """What a point's scores depend on besides the point itself: reuse only scores made the same way."""
+    ppl = [cfg.ppl_max_tokens, cfg.ppl_stride] if (cfg.ppl_max_tokens, cfg.ppl_stride) != (50_000, None) else []
     basis = json.dumps([cfg.base.spec, cfg.tuned, cfg.medical_tasks, cfg.general_tasks, cfg.limit, cfg.data_root,
-                        {k: v.model_dump() for k, v in sorted(cfg.task_sources.items())}], sort_keys=True)
+                        {k: v.model_dump() for k, v in sorted(cfg.task_sources.items())}, *ppl], sort_keys=True)
     return hashlib.sha256(basis.encode()).hexdigest()[:16]
 
 
@@ -161,7 +166,8 @@ def _score(avg: Any, tokenizer: Any, cfg: SweepConfig, method: str, params: M.Pa
     avg.set(method, params)
     tasks = f"{cfg.medical_tasks},{cfg.general_tasks}"
     ecfg = EvalConfig(tasks=tasks, data_root=cfg.data_root, limit=cfg.limit, task_sources=cfg.task_sources,
-                      progress=cfg.progress)
+                      progress=cfg.progress, ppl_max_tokens=cfg.ppl_max_tokens,
+                      **({"ppl_stride": cfg.ppl_stride} if cfg.ppl_stride else {}))
     started = time.perf_counter()
     res, preds = score_model(avg.model, tokenizer, ecfg)
     groups = group_results(ecfg.group_names, res, preds)

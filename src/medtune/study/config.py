@@ -58,6 +58,10 @@ class StudyEvalConfig(StrictModel):
     """Items per task on test splits (None: all; keep the PubMedQA test whole when publishing)."""
     generate: bool = False
     """Also score the medical tasks by greedy generation + answer extraction (LMFlow-comparable)."""
+    generate_tasks: list[str] | None = None
+    """generate: the tasks also scored by generation (None: every medical multiple-choice task in its lm-eval
+    formulation). E.g. [pubmedqa, medmcqa, medqa4], the LMFlow-comparable ones, where the MMLU subjects'
+    bare "Answer:" prompts mostly decode nothing a parser can read."""
     generate_sources: dict[str, SourceConfig] = Field(default_factory=dict)
     """Per task, the split scored by generation when it is not the task's test source (e.g. a smaller
     fold of it where decoding every item would not fit the time budget)."""
@@ -102,6 +106,11 @@ class StudyEvalConfig(StrictModel):
         for name in self.chat_template if isinstance(self.chat_template, list) else []:
             if name not in self.task_names:
                 raise ValueError(f"chat_template: {name!r} is not one of the study's tasks ({', '.join(self.task_names)})")
+        for name in self.generate_tasks or []:
+            task = TASKS.get(name)
+            if name not in self.task_names or task is None or task.kind != "mc" or task.template is not None:
+                raise ValueError(f"generate_tasks: {name!r} is not one of the study's multiple-choice tasks in their "
+                                 "lm-eval formulation (a cloze or perplexity task has nothing to decode)")
         for field in ("test_sources", "validation_sources", "generate_sources"):
             for name in getattr(self, field):
                 if name not in TASKS:

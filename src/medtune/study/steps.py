@@ -103,8 +103,11 @@ def eval_step(cfg: StudyConfig, out: Path, label: str, model: ModelConfig, adapt
 
 
 def generated_tasks(cfg: StudyConfig) -> list[str]:
-    """The tasks also scored by generation: the medical multiple-choice tasks in their lm-eval formulation (a
-    cloze task's prompt shows no options to answer from; perplexity has nothing to generate)."""
+    """The tasks also scored by generation: ``evaluation.generate_tasks``, else the medical multiple-choice tasks
+    in their lm-eval formulation (a cloze task's prompt shows no options to answer from; perplexity has
+    nothing to generate)."""
+    if cfg.evaluation.generate_tasks is not None:
+        return list(cfg.evaluation.generate_tasks)
     return [t for t in cfg.evaluation.task_names
             if TASKS[t].kind == "mc" and TASKS[t].domain != "general" and TASKS[t].template is None]
 
@@ -139,6 +142,7 @@ def sweep_step(cfg: StudyConfig, out: Path, variant: VariantConfig) -> Step:
                        task_sources={t: _absolute(ev.validation_sources[t], root)
                                      for t in expand(av.medical_tasks + av.general_tasks)[0]},
                        data_root=str(root), limit=av.limit, rule=av.rule, retain=av.retain, weight=av.weight,
+                       ppl_max_tokens=ev.ppl_max_tokens, ppl_stride=ev.ppl_stride,
                        out=str(L(out).sweep_dir(variant.name)), progress=cfg.progress)
     return Step(L.sweep_step(variant.name), "sweep", scfg, [L.train_step(variant.name)],
                 note="" if full else "alpha 0 and 1 only (not in averaging.variants)")
