@@ -227,7 +227,44 @@ def _print_outcome(console: Any, cfg: StudyConfig, out: Path) -> None:
         elif model_dir is not None:  # full fine-tuning or a full merge: the directory is the whole model
             chat = f"medtune chat --model.spec {shlex.quote(str(model_dir))}"
         console.print(f"[bold]ask it something:[/] {chat}")
+    _print_changes(console, cfg, results)
     console.print(f"[bold]report:[/] {(layout.report_dir() / 'report.html').resolve()}  (and report.md beside it)")
+
+
+def _score_text(tasks: list[str], value: float) -> str:
+    """A selection score as a person reads it: accuracy in %, or the perplexity of a lone perplexity task."""
+    task = TASKS.get(tasks[0]) if len(tasks) == 1 else None  # a group is not a task
+    if task is not None and task.kind == "ppl":
+        return f"perplexity {1 / value:.2f}" if value > 0 else "perplexity ∞"
+    return f"{100 * value:.1f}"
+
+
+def _print_changes(console: Any, cfg: StudyConfig, results: Any) -> None:
+    """Each model's paired change vs base (test splits) with its verdict, and each sweep's trade-off (validation)."""
+    from rich.table import Table
+
+    from medtune.study.outcome import changes, tradeoffs
+
+    found = changes(results)
+    if found:
+        table = Table(title="change vs the base model, paired on the same test items (95 % interval)", title_justify="left")
+        for col in ("model", "task", "n", "change", "reading"):
+            table.add_column(col)
+        for c in found:
+            color = "green" if c.verdict() == "measured gain" else "red" if c.verdict() == "measured loss" else "dim"
+            table.add_row(c.model, c.task, str(c.n), c.text(), f"[{color}]{c.verdict()}[/]")
+        console.print(table)
+    av = cfg.averaging
+    points = tradeoffs(results)
+    if points:
+        table = Table(title=f"averaging trade-off on validation (medical: {', '.join(av.medical_tasks)}; general: "
+                            f"{', '.join(av.general_tasks)})", title_justify="left")
+        for col in ("variant", "point", "medical", "general", ""):
+            table.add_column(col)
+        for t in points:
+            table.add_row(t.variant, t.label, _score_text(av.medical_tasks, t.medical), _score_text(av.general_tasks, t.general),
+                          "[bold]selected[/]" if t.selected else "")
+        console.print(table)
 
 
 def _inputs(step: S.Step) -> list[tuple[str, SourceConfig, Path]]:

@@ -1,0 +1,93 @@
+"""What a finished study prints at its end, besides the shipped model: each model's paired change vs
+the base on the in-domain tasks and perplexities (test splits), saying plainly whether the change
+clears its 95 % interval, and each sweep's trade-off on validation.
+
+Pure: :func:`changes` and :func:`tradeoffs` read the gathered :class:`~medtune.results.StudyResults`
+(and the predictions files through the report's paired deltas) and return typed lines; the study's
+runner prints them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from medtune.evaluate.tasks import TASKS
+from medtune.results import StudyResults
+
+
+@dataclass(frozen=True)
+class Change:
+    """One model's paired change vs the base on one task (accuracy points, or perplexity in %)."""
+
+    model: str
+    task: str
+    kind: str
+    """"acc" (change in accuracy, points) or "ppl" (change in perplexity, % of the base's)."""
+    value: float
+    ci95: tuple[float, float] | None
+    n: int
+
+    @property
+    def cleared(self) -> bool:
+        """The interval excludes 0: a measured change, not noise."""
+        return self.ci95 is not None and (self.ci95[0] > 0 or self.ci95[1] < 0)
+
+    def text(self) -> str:
+        unit = " pts" if self.kind == "acc" else " %"
+        ci = f" [{self.ci95[0]:+.1f}, {self.ci95[1]:+.1f}]" if self.ci95 else " (no interval)"
+        return f"{self.value:+.1f}{unit}{ci}"
+
+    def verdict(self) -> str:
+        if self.ci95 is None:
+            return "no interval (too few items)"
+        if not self.cleared:
+            return "inside its interval: no measured change"
+        better = self.value > 0 if self.kind == "acc" else self.value < 0
+        return "measured " + ("gain" if better else "loss")
+
+
+@dataclass(frozen=True)
+class Tradeoff:
+    """A sweep point on validation: the selection rule's medical and general scores."""
+
+    variant: str
+    label: str
+    medical: float
+    general: float
+    selected: bool
+
+
+def changes(results: StudyResults) -> list[Change]:
+    """Paired changes vs base of every other model row, on the in-domain tasks and every perplexity task."""
+    from medtune.report.build import paired_deltas
+
+    acc_tasks = [t for t in results.tasks if TASKS[t].kind != "ppl" and TASKS[t].domain == "medical_in"]
+    ppl_tasks = [t for t in results.tasks if TASKS[t].kind == "ppl"]
+    deltas = paired_deltas(results.rows, acc_tasks, [], ppl_tasks)
+    out = []
+    for row in results.rows:
+        for task in [*acc_tasks, *ppl_tasks]:
+            d = deltas.get(row.label, {}).get(task)
+            if d is None:
+                continue
+            if task in ppl_tasks:
+                ci = d.get("rel_ci95")
+                out.append(Change(row.label, task, "ppl", 100 * d["rel"], (100 * ci[0], 100 * ci[1]) if ci else None, d["n"]))
+            else:
+                ci = d.get("ci95")
+                out.append(Change(row.label, task, "acc", 100 * d["value"], (100 * ci[0], 100 * ci[1]) if ci else None,
+                                  d["n"]))
+    return out
+
+
+def tradeoffs(results: StudyResults) -> list[Tradeoff]:
+    """Every linear (alpha) point of each sweep, in alpha order, and the selected point whatever its kind."""
+    out = []
+    for variant, sweep in results.sweeps.items():
+        sel = sweep.selected_point
+        pts = sorted((p for p in sweep.points if p.method == "linear"), key=lambda p: p.params["alpha"])
+        if sel is not None and sel.method != "linear":
+            pts.append(sel)
+        out += [Tradeoff(variant, p.label, p.medical, p.general, sel is not None and p.identity == sel.identity)
+                for p in pts]
+    return out

@@ -1,0 +1,20 @@
+"""The study's closing lines: a paired change is called a measured gain or loss only when its interval excludes 0."""
+
+from __future__ import annotations
+
+from medtune.study.outcome import Change
+
+
+def test_a_change_is_measured_only_when_its_interval_excludes_zero():
+    gain = Change("lora", "pubmedqa", "acc", 12.0, (4.0, 20.0), 100)
+    noise = Change("lora", "pubmedqa", "acc", 5.0, (-3.0, 13.0), 100)
+    loss = Change("lora", "pubmedqa", "acc", -9.0, (-15.0, -2.0), 100)
+    assert (gain.cleared, noise.cleared, loss.cleared) == (True, False, True)
+    assert gain.verdict() == "measured gain" and loss.verdict() == "measured loss"
+    assert noise.verdict() == "inside its interval: no measured change"
+    assert gain.text() == "+12.0 pts [+4.0, +20.0]"
+    # perplexity: lower is better, so a fall beyond its interval is a gain
+    ppl = Change("lora", "ppl_medical", "ppl", -9.7, (-11.4, -7.9), 40)
+    assert ppl.verdict() == "measured gain" and ppl.text() == "-9.7 % [-11.4, -7.9]"
+    assert Change("lora", "ppl_general", "ppl", 3.0, (1.0, 5.0), 40).verdict() == "measured loss"
+    assert Change("lora", "pubmedqa", "acc", 0.0, None, 1).verdict() == "no interval (too few items)"
