@@ -13,6 +13,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+FEATURE_STUDY = Path(__file__).resolve().parent / "fixtures" / "feature-study.yaml"
+"""The study the study tests run: the demo sample's files with a replay variant and every averaging kind."""
 
 TINY_TEXT = [
     "Question: Is aspirin an antiplatelet drug? Answer: yes",

@@ -23,7 +23,7 @@ from medtune.config import load_config, validate
 from medtune.demo import demo_data_dir
 from medtune.errors import ConfigError, MedtuneError
 
-from conftest import make_random_adapter
+from conftest import FEATURE_STUDY, make_random_adapter
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -214,7 +214,7 @@ def test_atomic_files_and_output_directories_follow_the_umask(tiny_llama, adapte
 def _study(tiny_llama: Path, out: Path, **changes):
     from medtune.study.run import StudyRunConfig
 
-    cfg = load_config(StudyRunConfig, demo_data_dir() / "demo-study.yaml",
+    cfg = load_config(StudyRunConfig, FEATURE_STUDY,
                       {"model.spec": str(tiny_llama), "out": str(out), "progress": False, **changes})
     cfg.base_dir = str(demo_data_dir())
     return cfg

@@ -19,12 +19,14 @@ from medtune.report.build import mean_with_ci
 from medtune.study import run as study_run
 from medtune.study.run import StudyRunConfig, study
 
+from conftest import FEATURE_STUDY
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_study(tiny_llama: Path, out: Path, **changes) -> StudyRunConfig:
-    """The packaged demo study on the tiny random model (same splits, fewer steps)."""
-    cfg = load_config(StudyRunConfig, demo_data_dir() / "demo-study.yaml",
+    """The feature test study (the demo sample, a replay variant, every averaging kind) on the tiny random model."""
+    cfg = load_config(StudyRunConfig, FEATURE_STUDY,
                       {"model.spec": str(tiny_llama), "out": str(out), "progress": False, "train.max_steps": 4,
                        "train.save_every": 1, **changes})
     cfg.base_dir = str(demo_data_dir())
@@ -169,7 +171,7 @@ main(["study", *sys.argv[2:]])
 
 @pytest.mark.parametrize(("sig", "code"), [("SIGINT", 130), ("SIGKILL", -signal.SIGKILL)])
 def test_interrupted_during_training_resumes_without_redoing_finished_steps(tiny_llama, tmp_path, sig, code):
-    cfg = yaml.safe_load((demo_data_dir() / "demo-study.yaml").read_text())
+    cfg = yaml.safe_load(FEATURE_STUDY.read_text())
     cfg["data"]["data_root"] = cfg["evaluation"]["data_root"] = str(demo_data_dir())
     cfg.update({"model": {"spec": str(tiny_llama)}, "out": str(tmp_path / "s"), "progress": False,
                 "variants": [{"name": "lora"}], "averaging": {**cfg["averaging"], "alphas": [0.0, 1.0]}})
@@ -276,3 +278,41 @@ def test_generation_can_score_a_smaller_split_than_log_likelihood(tiny_llama, tm
     assert any(s.limit == 3 for s in guarded_data(cfg).data.eval)
     with pytest.raises(ConfigError, match=r"generate_sources: unknown task 'pubmed'"):
         tiny_study(tiny_llama, tmp_path / "t", **{"evaluation.generate_sources": {"pubmed": gen_src}})
+
+
+def test_generate_tasks_chooses_what_is_decoded_and_refuses_what_cannot_be(tiny_llama, tmp_path):
+    from medtune.study import steps
+
+    cfg = tiny_study(tiny_llama, tmp_path, **{"evaluation.generate": True})
+    assert steps.generated_tasks(cfg) == ["pubmedqa", "medmcqa", "medqa4"]  # the medical lm-eval mc tasks
+    cfg = tiny_study(tiny_llama, tmp_path, **{"evaluation.generate": True, "evaluation.generate_tasks": ["pubmedqa"]})
+    assert steps.generated_tasks(cfg) == ["pubmedqa"]
+    gen = [s for s in steps.static_plan(cfg, tmp_path) if s.name == "eval-gen/base"][0]
+    assert gen.config.tasks == "pubmedqa"
+    for bad in (["ppl_general"], ["medqa4_cloze"], ["mmlu_anatomy"]):  # perplexity, cloze, not a study task
+        with pytest.raises(ConfigError, match="generate_tasks"):
+            tiny_study(tiny_llama, tmp_path, **{"evaluation.generate": True, "evaluation.generate_tasks": bad})
+
+
+def test_sweeps_score_perplexity_as_the_study_evaluates_it(tiny_llama, tmp_path, monkeypatch):
+    """A sweep selecting on a perplexity task scores the same tokens as the study's evaluation (its
+    ppl_max_tokens and stride), not the eval default's 50k."""
+    from medtune.merge import sweep as sweep_mod
+    from medtune.study import steps
+
+    cfg = tiny_study(tiny_llama, tmp_path, **{"evaluation.ppl_max_tokens": 64, "evaluation.ppl_stride": 32})
+    scfg = next(s for s in steps.static_plan(cfg, tmp_path) if s.name == "sweep/lora").config
+    assert (scfg.ppl_max_tokens, scfg.ppl_stride) == (64, 32)
+    seen = []
+    monkeypatch.setattr("medtune.evaluate.run.score_model", lambda model, tok, ecfg: seen.append(ecfg) or ({}, []))
+    class Avg:
+        model = None
+        def set(self, *a):
+            pass
+    try:
+        sweep_mod._score(Avg(), None, scfg, "linear", {"alpha": 0.5})
+    except Exception:
+        pass  # the stub returns no scores; only the config it was given matters here
+    assert seen and (seen[0].ppl_max_tokens, seen[0].ppl_stride) == (64, 32)
+    # changing them re-scores the points (they are part of the points' key)
+    assert sweep_mod._key(scfg) != sweep_mod._key(scfg.model_copy(update={"ppl_max_tokens": 128}))

@@ -13,6 +13,8 @@ from medtune.errors import ConfigError
 from medtune.evaluate.tasks import MMLU_MEDICAL
 from medtune.study.run import StudyRunConfig, study
 
+from conftest import FEATURE_STUDY
+
 
 def _mmlu_tree(root: Path) -> None:
     for split, n in (("test", 4), ("dev", 3)):
@@ -52,7 +54,7 @@ def suite_study(tiny_llama: Path, tmp: Path, **changes) -> StudyRunConfig:
         "averaging.general_tasks": ["arc_easy"],
         **changes,
     }
-    cfg = load_config(StudyRunConfig, demo / "demo-study.yaml", overrides)
+    cfg = load_config(StudyRunConfig, FEATURE_STUDY, overrides)
     cfg.base_dir = str(demo)
     return cfg
 

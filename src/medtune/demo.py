@@ -1,9 +1,10 @@
 """``medtune demo``: the demo study on the embedded model and the bundled demo sample.
 
 It runs ``demo_data/demo-study.yaml`` (the same study as ``configs/demo.yaml`` in a checkout): the
-base model is evaluated, two LoRA variants (without replay and with 30 % general replay) are
-trained briefly, each is swept against the base with a few alphas and one TIES, DARE-TIES and SLERP
-point, and the report is written.
+base model is evaluated, one epoch of LoRA trains on the demo's fictional-trials sample, the tuned
+model is averaged with the base at alpha 0 / 0.5 / 1 on validation, the selected model is scored on
+the test items, and the run ends by printing each model's paired change vs the base with whether it
+clears its 95 % interval.
 The demo sample was written by the medtune authors: it is not a benchmark, and its scores say
 nothing about real medical ability. Interrupted, the same command resumes where it stopped.
 """
