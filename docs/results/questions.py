@@ -1,0 +1,107 @@
+"""Print the condensed tables of docs/results.md (issue 15's five questions) from the study's report.json.
+
+    python docs/results/questions.py docs/results/report.json
+
+Every number is read from report.json (the study's own report: paired changes vs the base model
+with their 95 % intervals, per-task scores, the sweeps' validation points). Computed here, and
+only here: the share of the tuned model's in-domain gain an averaged model keeps and the share of
+the base model's general average it keeps (question 5), from the report's point estimates.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+CHANGE_COLUMNS = [  # (report task, header, kind)
+    ("pubmedqa", "PubMedQA", "acc"), ("medmcqa", "MedMCQA letter", "acc"), ("medmcqa_cloze", "MedMCQA cloze", "acc"),
+    ("ppl_medical", "medical ppl", "ppl"), ("medqa4", "MedQA letter (OOD)", "acc"),
+    ("medqa4_cloze", "MedQA cloze (OOD)", "acc"), ("mmlu_medical", "MMLU medical (OOD)", "acc"),
+    ("arc_easy", "ARC-Easy", "acc"), ("mmlu_general", "MMLU non-medical", "acc"), ("ppl_general", "WikiText-2 ppl", "ppl"),
+]
+
+
+def pts(m: dict[str, Any] | None) -> str:
+    if not m:
+        return "–"
+    return f"{100 * m['value']:+.1f} [{100 * m['ci95'][0]:+.1f}, {100 * m['ci95'][1]:+.1f}]"
+
+
+def rel(m: dict[str, Any] | None) -> str:
+    if not m or m.get("rel_ci95") is None:
+        return "–"
+    return f"{100 * m['rel']:+.1f} % [{100 * m['rel_ci95'][0]:+.1f}, {100 * m['rel_ci95'][1]:+.1f}]"
+
+
+def mark(m: dict[str, Any] | None, kind: str) -> str:
+    """Bold when the interval excludes 0 (a measured change)."""
+    text = pts(m) if kind == "acc" else rel(m)
+    if not m:
+        return text
+    lo, hi = (m["ci95"] if kind == "acc" else m["rel_ci95"]) or (0, 0)
+    return f"**{text}**" if lo > 0 or hi < 0 else text
+
+
+def changes(data: dict[str, Any]) -> None:
+    present = [c for c in CHANGE_COLUMNS if any(c[0] in d for d in data["deltas"].values())]
+    print("| model | " + " | ".join(h for _, h, _ in present) + " |")
+    print("|---|" + "---|" * len(present))
+    for r in data["rows"]:
+        d = data["deltas"].get(r["label"])
+        if d is None or r.get("note", "").startswith("="):
+            continue
+        print(f"| {r['label']} | " + " | ".join(mark(d.get(t), k) for t, _, k in present) + " |")
+
+
+def averaging(data: dict[str, Any]) -> None:
+    """Question 5 on the test splits: per averaged row, the in-domain gain kept and the general average kept."""
+    rows = {r["label"]: r for r in data["rows"]}
+    base = next(r for r in data["rows"] if r["kind"] == "base")
+    print("| averaged model | of variant | Δ PubMedQA vs base | its tuned parent's Δ | gain kept | "
+          "general avg, % of base | beats both parents on PubMedQA |")
+    print("|---|---|---|---|---|---|---|")
+    for r in data["rows"]:
+        if r["kind"] not in ("averaged", "compared") or r.get("note", "").startswith("="):
+            continue
+        tuned = rows[r["variant"]]
+        d, dt = data["deltas"][r["label"]]["pubmedqa"], data["deltas"][tuned["label"]]["pubmedqa"]
+        kept = d["value"] / dt["value"] if dt["value"] else float("nan")
+        gen = r["general_avg"]["value"] / base["general_avg"]["value"]
+        acc = r["tasks"]["pubmedqa"]["value"]
+        both = acc > max(tuned["tasks"]["pubmedqa"]["value"], base["tasks"]["pubmedqa"]["value"])
+        print(f"| {r['label']} | {r['variant']} | {pts(d)} | {pts(dt)} | {100 * kept:.0f} % | {100 * gen:.1f} % | "
+              f"{'yes' if both else 'no'} |")
+
+
+def sweeps(data: dict[str, Any]) -> None:
+    """Every sweep point on validation (the frontier's points), per swept variant."""
+    for name, sw in data["sweeps"].items():
+        pts_ = sw["points"]
+        if len(pts_) <= 2:
+            continue
+        base = next(p for p in pts_ if p["method"] == "linear" and p["params"].get("alpha") == 0.0)
+        tuned = next((p for p in pts_ if p["method"] == "linear" and p["params"].get("alpha") == 1.0), None)
+        gain = (tuned["medical"] - base["medical"]) if tuned else 0.0
+        print(f"\n{name} (validation; medical = PubMedQA, general = ARC-Easy):\n")
+        print("| point | medical | general | general, % of base | medical gain kept | on the front | selected |")
+        print("|---|---|---|---|---|---|---|")
+        for i, p in enumerate(pts_):
+            kept = f"{100 * (p['medical'] - base['medical']) / gain:.0f} %" if gain else "–"
+            print(f"| {p['label']} | {100 * p['medical']:.1f} | {100 * p['general']:.1f} | "
+                  f"{100 * p['general'] / base['general']:.1f} % | {kept} | {'yes' if p.get('pareto') else ''} | "
+                  f"{'★' if i == sw.get('selected') else ''} |")
+
+
+def main(path: str) -> None:
+    data = json.load(open(path))
+    print("## paired changes vs base (test; bold: interval excludes 0)\n")
+    changes(data)
+    print("\n## averaged models (test)\n")
+    averaging(data)
+    print("\n## sweeps (validation)")
+    sweeps(data)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
