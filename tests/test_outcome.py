@@ -18,3 +18,23 @@ def test_a_change_is_measured_only_when_its_interval_excludes_zero():
     assert ppl.verdict() == "measured gain" and ppl.text() == "-9.7 % [-11.4, -7.9]"
     assert Change("lora", "ppl_general", "ppl", 3.0, (1.0, 5.0), 40).verdict() == "measured loss"
     assert Change("lora", "pubmedqa", "acc", 0.0, None, 1).verdict() == "no interval (too few items)"
+
+
+def test_a_model_answering_one_choice_is_flagged_as_its_prior(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from medtune.study.outcome import priors
+
+    golds = [0] * 11 + [1] * 9  # majority class: 55 %
+    rows = []
+    for label, preds in (("base", [1] * 20), ("lora", [0] * 19 + [1]), ("avg", golds[::-1])):
+        path = tmp_path / f"{label}.jsonl"
+        path.write_text("".join(json.dumps({"task": "pubmedqa", "id": i, "pred": p, "gold": g}) + "\n"
+                                for i, (p, g) in enumerate(zip(preds, golds))))
+        rows.append(SimpleNamespace(label=label, step=f"eval/{label}", predictions=path))
+    found = priors(SimpleNamespace(tasks=["pubmedqa", "arc_easy"], rows=rows))
+    assert [(p.model, p.choice, p.share) for p in found] == [("base", 2, 1.0), ("lora", 1, 0.95)]  # avg: 55 % #1
+    assert found[1].majority == 0.55
+    assert found[1].text() == ("lora gives answer #1 on 95 % of pubmedqa items: its accuracy there is mostly that "
+                               "answer's prior (always the most frequent gold answer scores 55.0 %)")

@@ -57,6 +57,42 @@ class Tradeoff:
     selected: bool
 
 
+@dataclass(frozen=True)
+class Prior:
+    """A model that gives one answer to most items of a task: its accuracy there is mostly that answer's prior."""
+
+    model: str
+    task: str
+    choice: int
+    """1-based."""
+    share: float
+    majority: float
+    """Accuracy of always giving the most frequent gold answer."""
+
+    def text(self) -> str:
+        return (f"{self.model} gives answer #{self.choice} on {100 * self.share:.0f} % of {self.task} items: its accuracy "
+                f"there is mostly that answer's prior (always the most frequent gold answer scores "
+                f"{100 * self.majority:.1f} %)")
+
+
+PRIOR_SHARE = 0.9
+"""A model whose most frequent answer covers this share of a task's items is flagged as answering its prior."""
+
+
+def priors(results: StudyResults) -> list[Prior]:
+    """Models (base included) that give one answer to at least PRIOR_SHARE of a medical task's items."""
+    from medtune.report.build import answer_spread
+
+    tasks = [t for t in results.tasks if TASKS[t].kind != "ppl" and TASKS[t].domain != "general"]
+    spread = answer_spread(results.rows, tasks)
+    out = []
+    for row in results.rows:
+        for task, s in spread["rows"].get(row.label, {}).items():
+            if s["share"] >= PRIOR_SHARE and s["n"] >= 10:
+                out.append(Prior(row.label, task, s["choice"], s["share"], spread["majority"][task]))
+    return out
+
+
 def changes(results: StudyResults) -> list[Change]:
     """Paired changes vs base of every other model row, on the in-domain tasks and every perplexity task."""
     from medtune.report.build import paired_deltas

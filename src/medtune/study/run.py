@@ -243,7 +243,7 @@ def _print_changes(console: Any, cfg: StudyConfig, results: Any) -> None:
     """Each model's paired change vs base (test splits) with its verdict, and each sweep's trade-off (validation)."""
     from rich.table import Table
 
-    from medtune.study.outcome import changes, tradeoffs
+    from medtune.study.outcome import changes, priors, tradeoffs
 
     found = changes(results)
     if found:
@@ -254,6 +254,8 @@ def _print_changes(console: Any, cfg: StudyConfig, results: Any) -> None:
             color = "green" if c.verdict() == "measured gain" else "red" if c.verdict() == "measured loss" else "dim"
             table.add_row(c.model, c.task, str(c.n), c.text(), f"[{color}]{c.verdict()}[/]")
         console.print(table)
+    for p in priors(results):
+        console.print(f"[yellow]note:[/] {p.text()}")
     av = cfg.averaging
     points = tradeoffs(results)
     if points:

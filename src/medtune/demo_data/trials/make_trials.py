@@ -2,7 +2,7 @@
 
     python src/medtune/demo_data/trials/make_trials.py        # rewrites trials_pqal.json + test_ground_truth.json
 
-Every item is a *fictional* randomised trial built from the tables below by a seeded generator
+Every item is a *fictional* randomised trial (methods and results, as a two-context PubMedQA item) built from the tables below by a seeded generator
 (stdlib only, so the committed files are reproducible byte for byte; a test checks it). The
 interventions and conditions are real medical terms, the trials, numbers and PMIDs (``8xxxxxxx``)
 are invented: this is a sample the medtune authors wrote to make the demo measurable, not evidence
@@ -14,7 +14,7 @@ bring it to about +-10, which a real change can clear; writing 300 abstracts by 
 sensible. The answer follows from the results sentence the way PubMedQA's does from its
 abstract's: a significant benefit in the asked direction is "yes"; no significant difference, or a
 significant effect the other way, is "no"; a benefit only in a subgroup or a secondary analysis is
-"maybe". The label mix is PQA-L's (about 55 / 34 / 11 %).
+"maybe". Each split has PQA-L's label mix (55 / 34 / 11 %, exactly up to rounding).
 """
 
 from __future__ import annotations
@@ -73,9 +73,6 @@ TRIALS = [
 QUESTIONS = ["Does {i} reduce {o} within {t} in {p} in {place}?", "Does {i} lower the rate of {o} among {p} in {place}?",
              "Is {i} associated with a lower rate of {o} in {p} in {place}?",
              "Can {i} prevent {o} within {t} in {p} in {place}?"]
-BACKGROUNDS = ["{O} remains common in {p}, and whether {i} lowers it is uncertain.",
-               "{O} is a frequent and costly problem in {p}. Evidence for {i} is limited.",
-               "Small studies have suggested that {i} might reduce {o} in {p}, but results were inconsistent."]
 METHODS = ["We randomly assigned {n} {p} at {k} centres in {place} to {i} or {c}. The primary outcome was {o} within {t}.",
            "In this {blind} randomised trial, {n} {p} received {i} or {c}. {O} within {t} was the primary outcome.",
            "{n} {p} were enrolled at {k} hospitals in {place} and allocated by computer to {i} or {c}; {o} was assessed "
@@ -117,16 +114,22 @@ def _results(rng: random.Random, label: str, o: str, i: str) -> tuple[str, str]:
     return res, f"{i.capitalize()} may reduce {o} in {sub}, but not overall; a confirmatory trial is needed."
 
 
-def make_item(rng: random.Random) -> dict[str, object]:
+def labels(rng: random.Random, n: int) -> list[str]:
+    """n labels in PQA-L's mix (55 / 34 / 11 %, rounded), shuffled: each split keeps the mix exactly."""
+    yes, no = round(0.55 * n), round(0.34 * n)
+    out = ["yes"] * yes + ["no"] * no + ["maybe"] * (n - yes - no)
+    rng.shuffle(out)
+    return out
+
+
+def make_item(rng: random.Random, label: str) -> dict[str, object]:
     i, c, o, p, mesh = rng.choice(TRIALS)
-    label = rng.choices(["yes", "no", "maybe"], weights=[55, 34, 11])[0]
     fill = {"i": i, "c": c, "o": o, "O": o[0].upper() + o[1:], "p": p, "n": rng.randint(8, 60) * 10,
             "k": rng.randint(2, 14), "t": rng.choice(TIMES), "place": rng.choice(PLACES), "blind": rng.choice(["double-blind", "open-label"])}
     results, conclusion = _results(rng, label, o, i)
     methods = rng.choice(METHODS).format(**fill)
     return {"QUESTION": rng.choice(QUESTIONS).format(**fill),
-            "CONTEXTS": [rng.choice(BACKGROUNDS).format(**fill), methods[0].upper() + methods[1:], results],
-            "LABELS": ["BACKGROUND", "METHODS", "RESULTS"], "MESHES": mesh, "YEAR": str(rng.randint(2004, 2024)),
+            "CONTEXTS": [methods[0].upper() + methods[1:], results], "LABELS": ["METHODS", "RESULTS"], "MESHES": mesh, "YEAR": str(rng.randint(2004, 2024)),
             "reasoning_required_pred": label, "reasoning_free_pred": label, "final_decision": label,
             "LONG_ANSWER": conclusion}
 
@@ -136,11 +139,13 @@ def build() -> tuple[dict[str, dict[str, object]], dict[str, str]]:
     rng = random.Random(SEED)
     items: dict[str, dict[str, object]] = {}
     questions: set[str] = set()  # every question once: medtune's leakage guard treats equal questions as one item
-    while len(items) < N_TRAINVAL + N_TEST:
-        pmid, item = str(rng.randint(80_000_000, 89_999_999)), make_item(rng)
-        if pmid not in items and item["QUESTION"] not in questions:
-            items[pmid] = item
-            questions.add(str(item["QUESTION"]))
+    for label in labels(rng, N_TRAINVAL) + labels(rng, N_TEST):
+        while True:
+            pmid, item = str(rng.randint(80_000_000, 89_999_999)), make_item(rng, label)
+            if pmid not in items and item["QUESTION"] not in questions:
+                break
+        items[pmid] = item
+        questions.add(str(item["QUESTION"]))
     test = {k: str(v["final_decision"]) for k, v in list(items.items())[N_TRAINVAL:]}
     return items, test
 
