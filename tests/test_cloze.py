@@ -143,3 +143,25 @@ def test_eval_cli_runs_cloze_and_ppl_tasks_together(tiny_llama, tmp_path):
     res = json.loads((out / "results.json").read_text())["tasks"]
     assert set(res) == {"medmcqa_cloze", "medqa4_cloze", "ppl_medical", "pubmedqa"}
     assert res["medqa4_cloze"]["n"] == 2 and "acc_norm" in res["medqa4_cloze"] and res["ppl_medical"]["perplexity"]["value"] > 1
+
+
+def test_mmlu_general_cloze_scores_the_option_texts_after_the_bare_question(tiny_llama, tmp_path):
+    """MMLU without its medical subjects, in the cloze formulation: the fixture's astronomy items, each
+    option's text after "Question: <q>\\nAnswer:" (no subject header, no option list, no letters)."""
+    import csv
+
+    report, preds = _eval(tiny_llama, tmp_path, "mmlu_general_cloze",
+                          task_sources={"mmlu_general_cloze": {"adapter": "mmlu", "path": "mmlu/test",
+                                                               "exclude_subjects": "medical"}})
+    rows = list(csv.reader((FIXTURES / "mmlu" / "test" / "astronomy_test.csv").open()))
+    model, tok = models.load_model(str(tiny_llama)), models.load_tokenizer(str(tiny_llama))
+    assert {p["task"] for p in preds} == {"mmlu_general_cloze"} and len(preds) == len(rows)  # anatomy is medical
+    accs = []
+    preds.sort(key=lambda p: int(p["id"].split(":")[1]))
+    assert [p["id"] for p in preds] == [f"astronomy:{i}" for i in range(1, len(rows) + 1)]
+    for p, (question, *options, answer) in zip(preds, rows):
+        hand = [_hand_loglik(model, tok, f"Question: {question}\nAnswer:", f" {o}") for o in options]
+        assert p["loglikelihoods"] == pytest.approx(hand, abs=1e-4)
+        assert p["gold"] == "ABCD".index(answer)
+        accs.append(float(max(range(4), key=lambda j: (hand[j], -j)) == p["gold"]))
+    assert report["tasks"]["mmlu_general_cloze"]["acc"]["value"] == pytest.approx(sum(accs) / len(accs))

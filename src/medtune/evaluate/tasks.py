@@ -120,8 +120,10 @@ def _cloze(letter: Task) -> Task:
 
 
 # What a small model's score can show; the letter tasks stay the leaderboard-comparable numbers.
-# PubMedQA already scores its answer words (yes/no/maybe).
-TASKS |= {f"{name}_cloze": _cloze(TASKS[name]) for name in ("medmcqa", "medqa4")}
+# PubMedQA already scores its answer words (yes/no/maybe). MMLU non-medical too: in the letter
+# formulation SmolLM2-135M answers "A" on ~all items, so its score is the share of gold "A"s and
+# forgetting could not show in it (OLMES scores MMLU in both formulations for the same reason).
+TASKS |= {f"{name}_cloze": _cloze(TASKS[name]) for name in ("medmcqa", "medqa4", "mmlu_general")}
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ DISPLAY = {"pubmedqa": "PubMedQA", "medmcqa": "MedMCQA", "medqa4": "MedQA-USMLE"
            "arc_easy": "ARC-Easy", "arc_challenge": "ARC-Challenge", "mmlu_general": "MMLU (non-medical)",
            "ppl_general": "General perplexity", "ppl_medical": "Medical perplexity",
            "medmcqa_cloze": "MedMCQA cloze", "medqa4_cloze": "MedQA-USMLE cloze",
+           "mmlu_general_cloze": "MMLU (non-medical) cloze",
            "multimedqa": "MultiMedQA avg", "mmlu_medical": "MMLU medical avg",
            **{f"mmlu_{s}": "MMLU " + s.replace("_", " ") for s in MMLU_MEDICAL}}
 """Column titles of the report's tables."""
