@@ -57,7 +57,8 @@ def results_table(data: dict[str, Any], rows: list[dict[str, Any]]) -> Block:
     return ("table", headers, body)
 
 
-FORMULATIONS = ("Two formulations of the medical multiple-choice tasks. Plain task names are lm-eval's letter "
+FORMULATIONS = ("Two formulations of the multiple-choice tasks (the medical ones, and MMLU non-medical where its "
+                "cloze column is shown). Plain task names are lm-eval's letter "
                 "formulation (the options listed, the answer letter scored): the leaderboard-comparable number, but "
                 "a small model often answers one letter on every item, so it can hide what the model knows. "
                 "\"cloze\" columns are the OLMES cloze formulation of the same items (each option's text scored "
