@@ -52,3 +52,50 @@ def test_fold_with_repeated_ids_is_refused(tmp_path):
     bad = SourceConfig.model_validate({"adapter": "medmcqa", "path": "dup.jsonl", "fold": {"share": 0.5, "take": "rest"}})
     with pytest.raises(Exception, match="duplicate id .*, first seen at line 1"):
         load_source(bad, tmp_path, Rejects())
+
+
+def _pubmedqa_sorted_by_label(tmp_path: Path) -> Path:
+    """A PubMedQA test file in the official layout whose items are listed by label, as the real one is
+    (its "yes" items first, then "no", then "maybe")."""
+    import json
+
+    labels = ["yes"] * 30 + ["no"] * 18 + ["maybe"] * 6
+    items = {str(20000000 + i): {"QUESTION": f"Does treatment {i} help?", "CONTEXTS": [f"Trial {i} ran."],
+                                 "LABELS": ["RESULTS"], "MESHES": [], "YEAR": "2020", "final_decision": lab,
+                                 "LONG_ANSWER": f"Trial {i} says {lab}."} for i, lab in enumerate(labels)}
+    path = tmp_path / "test_set.json"
+    path.write_text(json.dumps(items))
+    return path
+
+
+def test_limit_after_a_stratified_fold_warns_when_it_changes_the_mix(tmp_path):
+    from medtune.data.registry import SubsampleWarning
+
+    path = _pubmedqa_sorted_by_label(tmp_path)
+    fold = {"share": 0.5, "take": "held_out", "stratify": "answer", "salt": "s"}
+    every = load_source(SourceConfig.model_validate({"adapter": "pubmedqa", "path": str(path), "fold": fold}), None, Rejects())
+    assert Counter(r.options[r.answer] for r in every) == {"yes": 15, "no": 9, "maybe": 3}
+    limited = SourceConfig.model_validate({"adapter": "pubmedqa", "path": str(path), "fold": fold, "limit": 12})
+    with pytest.warns(SubsampleWarning, match=r"limit 12 keeps the first 12 of the 27 fold items.*answer mix \(yes 12\)"
+                                              r".*use fold share 0.222 without limit"):
+        kept = load_source(limited, None, Rejects())
+    assert ids(kept) == ids(every)[:12]  # warned about, not changed: the same items as before
+    # the share the warning suggests gives a stratified subset of about that size
+    smaller = load_source(SourceConfig.model_validate({"adapter": "pubmedqa", "path": str(path),
+                                                       "fold": {**fold, "share": 0.222}}), None, Rejects())
+    assert Counter(r.options[r.answer] for r in smaller) == {"yes": 7, "no": 4, "maybe": 1}
+
+
+def test_limit_that_keeps_the_mix_or_needs_no_cut_does_not_warn(tmp_path, recwarn):
+    import json
+
+    path = _pubmedqa_sorted_by_label(tmp_path)
+    items = json.loads(path.read_text())
+    order = sorted(items, key=lambda k: (int(k) % 9, k))  # interleaved labels
+    path.write_text(json.dumps({k: items[k] for k in order}))
+    fold = {"share": 0.5, "take": "held_out", "stratify": "answer", "salt": "s"}
+    for limit in (20, 27, 100):
+        load_source(SourceConfig.model_validate({"adapter": "pubmedqa", "path": str(path), "fold": fold, "limit": limit}),
+                    None, Rejects())
+    load_source(SourceConfig.model_validate({"adapter": "pubmedqa", "path": str(path), "limit": 5}), None, Rejects())
+    assert not [w for w in recwarn if w.category.__name__ == "SubsampleWarning"]

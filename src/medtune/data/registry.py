@@ -111,6 +111,58 @@ def fold_mask(ids: list[str], strata: list[str], share: float, salt: str) -> lis
     return held
 
 
+def strata_of(records: Records, stratify: str | None) -> list[str]:
+    """Each record's stratum for a fold: its subject, its answer, or one stratum for all."""
+    if stratify == "subject":
+        return [str(r.meta.get("subject", "")) for r in records]
+    if stratify == "answer":
+        return [str(getattr(r, "answer", "")) for r in records]
+    return [""] * len(records)
+
+
+def stratum_skew(whole: list[str], part: list[str]) -> float:
+    """The largest difference between a stratum's share in ``part`` and in ``whole`` (0 = the same mix)."""
+    from collections import Counter
+
+    w, p = Counter(whole), Counter(part)
+    return max(abs(p[k] / max(len(part), 1) - w[k] / max(len(whole), 1)) for k in w.keys() | p.keys())
+
+
+SKEW_WARN = 0.15
+"""A ``limit`` after a stratified fold warns when a stratum's share moves by more than this."""
+
+
+class SubsampleWarning(UserWarning):
+    """A subsample whose mix differs from the fold it was taken from (see :func:`limit_records`)."""
+
+
+def limit_records(records: Records, src: SourceConfig, path: Path | None) -> Records:
+    """The first ``src.limit`` records. ``limit`` keeps file order, so after a fold stratified by
+    answer or subject it is stratified only if the file is shuffled; a file sorted by label (the
+    PubMedQA test file lists its "yes" items first) gives a subset of one label. That is warned
+    about, with both mixes, rather than silently changed: a smaller fold share is the stratified way."""
+    if src.limit is None or src.limit >= len(records):
+        return records
+    kept = records[: src.limit]
+    if src.fold is not None and src.fold.stratify is not None:
+        whole, part = strata_of(records, src.fold.stratify), strata_of(kept, src.fold.stratify)
+        if stratum_skew(whole, part) > SKEW_WARN:
+            import warnings
+            from collections import Counter
+
+            def mix(rs: Records) -> str:  # answers by their label (A, B, ...) or text (yes, no, maybe)
+                shown = [(r.option_labels or r.options)[r.answer] for r in rs] if src.fold.stratify == "answer" \
+                    else strata_of(rs, src.fold.stratify)  # type: ignore[union-attr]
+                return ", ".join(f"{k} {v}" for k, v in Counter(shown).most_common(6))
+
+            warnings.warn(SubsampleWarning(
+                f"source {src.label} ({path or src.hub}): limit {src.limit} keeps the first {src.limit} of the "
+                f"{len(records)} fold items in file order, and their {src.fold.stratify} mix ({mix(kept)}) is not the "
+                f"fold's ({mix(records)}); for a stratified subset of about that size use fold share "
+                f"{src.fold.share * src.limit / len(records):.3g} without limit"), stacklevel=2)
+    return kept
+
+
 def apply_fold(records: Records, src: SourceConfig) -> Records:
     """Keep the held-out fold or the rest of it, as ``src.fold`` says (records keep their order)."""
     fold = src.fold
@@ -118,12 +170,7 @@ def apply_fold(records: Records, src: SourceConfig) -> Records:
         return records
     if len({r.id for r in records}) != len(records):
         raise ConfigError(f"fold: source {src.label} has repeated item ids, so a fold by id is not well defined")
-    if fold.stratify == "subject":
-        strata = [str(r.meta.get("subject", "")) for r in records]
-    elif fold.stratify == "answer":
-        strata = [str(getattr(r, "answer", "")) for r in records]
-    else:
-        strata = [""] * len(records)
+    strata = strata_of(records, fold.stratify)
     held = fold_mask([r.id for r in records], strata, fold.share, fold.salt)
     want = fold.take == "held_out"
     return [r for r, h in zip(records, held) if h == want]  # type: ignore[return-value]
@@ -155,7 +202,7 @@ def load_source(src: SourceConfig, data_root: Path | None, rejects: Rejects) -> 
         assert src.fold is not None
         raise ConfigError(f"fold (share {src.fold.share}, take {src.fold.take}): selected 0 of {n} items of source "
                           f"{src.label} ({path or src.hub}); use a larger share or a larger source")
-    return records[: src.limit] if src.limit is not None else records
+    return limit_records(records, src, path)
 
 
 def iter_source(src: SourceConfig, data_root: Path | None, rejects: Rejects) -> Iterator[TextDoc]:
