@@ -67,6 +67,12 @@ def test_columns_keep_listed_tasks_and_move_group_only_tasks_to_the_suite_table(
     assert columns(TASKS)["medical_ood"] == ["medqa4", *MMLU6]  # no groups: every task is a column
 
 
+def test_a_general_cloze_task_has_one_column_and_stays_out_of_the_general_average():
+    cols = columns(["arc_easy", "mmlu_general", "mmlu_general_cloze", "medqa4_cloze"])
+    assert cols["cloze"] == ["mmlu_general_cloze", "medqa4_cloze"]  # in the study's task order
+    assert cols["general"] == ["arc_easy", "mmlu_general"]  # the average's tasks: lm-eval's formulations
+
+
 def test_report_labels_cloze_and_leaderboard_columns_and_shows_the_suite_table(report):
     data, base_c, _, _ = report
     md = render.markdown(data, [])

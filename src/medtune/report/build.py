@@ -51,8 +51,9 @@ def mean_with_ci(parts: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def columns(tasks: list[str], groups: list[str] | None = None, listed: list[str] | None = None) -> dict[str, Any]:
     """The study's tasks by role, in the main table's column order: medical multiple-choice in lm-eval's
-    letter formulation (in-domain, out-of-domain), the same in the cloze formulation, task groups
-    (leaderboard averages), general accuracy, perplexity. A task that is in the study only through a
+    letter formulation (in-domain, out-of-domain), the cloze formulation (of any domain: MMLU
+    non-medical's too), task groups (leaderboard averages), general accuracy in lm-eval's
+    formulation, perplexity. Each task has one column; the averages are over the lm-eval ones. A task that is in the study only through a
     group (not in ``listed``) gets no column of its own: it is in the group's table (``suite``)."""
     groups = groups or []
     through_group = {t for g in groups for t in GROUPS[g].tasks} - set(tasks if listed is None else listed)
@@ -62,7 +63,7 @@ def columns(tasks: list[str], groups: list[str] | None = None, listed: list[str]
             "medical_ood": [t for t in shown if mc(t, "medical_ood") and not is_cloze(t)],
             "cloze": [t for t in shown if TASKS[t].kind == "mc" and is_cloze(t)],
             "groups": list(groups),
-            "general": [t for t in shown if mc(t, "general")],
+            "general": [t for t in shown if mc(t, "general") and not is_cloze(t)],
             "ppl": [t for t in shown if TASKS[t].kind == "ppl"],
             "suite": {g: list(GROUPS[g].tasks) for g in groups}}
 
