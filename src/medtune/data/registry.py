@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
@@ -122,8 +124,6 @@ def strata_of(records: Records, stratify: str | None) -> list[str]:
 
 def stratum_skew(whole: list[str], part: list[str]) -> float:
     """The largest difference between a stratum's share in ``part`` and in ``whole`` (0 = the same mix)."""
-    from collections import Counter
-
     w, p = Counter(whole), Counter(part)
     return max(abs(p[k] / max(len(part), 1) - w[k] / max(len(whole), 1)) for k in w.keys() | p.keys())
 
@@ -147,9 +147,6 @@ def limit_records(records: Records, src: SourceConfig, path: Path | None) -> Rec
     if src.fold is not None and src.fold.stratify is not None:
         whole, part = strata_of(records, src.fold.stratify), strata_of(kept, src.fold.stratify)
         if stratum_skew(whole, part) > SKEW_WARN:
-            import warnings
-            from collections import Counter
-
             def mix(rs: Records) -> str:  # answers by their label (A, B, ...) or text (yes, no, maybe)
                 shown = [(r.option_labels or r.options)[r.answer] for r in rs] if src.fold.stratify == "answer" \
                     else strata_of(rs, src.fold.stratify)  # type: ignore[union-attr]

@@ -53,8 +53,8 @@ def columns(tasks: list[str], groups: list[str] | None = None, listed: list[str]
     """The study's tasks by role, in the main table's column order: medical multiple-choice in lm-eval's
     letter formulation (in-domain, out-of-domain), the cloze formulation (of any domain: MMLU
     non-medical's too), task groups (leaderboard averages), general accuracy in lm-eval's
-    formulation, perplexity. Each task has one column; the averages are over the lm-eval ones. A task that is in the study only through a
-    group (not in ``listed``) gets no column of its own: it is in the group's table (``suite``)."""
+    formulation, perplexity. Each task has one column; the averages are over the lm-eval ones. A task
+    that is in the study only through a group (not in ``listed``) gets no column of its own: it is in the group's table (``suite``)."""
     groups = groups or []
     through_group = {t for g in groups for t in GROUPS[g].tasks} - set(tasks if listed is None else listed)
     shown = [t for t in tasks if t not in through_group]
