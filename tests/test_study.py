@@ -132,6 +132,23 @@ def test_report_only_writes_the_report_of_finished_steps_and_runs_nothing(done_s
         study(tiny_study(tiny_llama, tmp_path / "never", report_only=True))
 
 
+def test_only_runs_the_named_variants_and_reports_them_with_the_base(done_study, tiny_llama, monkeypatch, capsys):
+    calls = executed(monkeypatch)
+    study(tiny_study(tiny_llama, done_study, only="lora-replay30"))
+    assert calls == ["report"]  # its steps are done; the other variant's are neither run nor reported
+    labels = [r["label"] for r in json.loads((done_study / "report" / "report.json").read_text())["rows"]]
+    assert "base" in labels and "lora-replay30" in labels and "lora" not in labels
+    capsys.readouterr()
+    study(tiny_study(tiny_llama, done_study, only="lora", dry_run=True))
+    text = capsys.readouterr().out
+    assert "train/lora " in text and "lora-replay30" not in text
+    with pytest.raises(ConfigError, match=r"unknown variant\(s\) 'lora-x'.*variants are: lora, lora-replay30"):
+        study(tiny_study(tiny_llama, done_study, only="lora,lora-x"))
+    assert calls == ["report"]  # an unknown name runs nothing
+    cut = study_run.restricted(tiny_study(tiny_llama, done_study, only="lora", **{"averaging.variants": ["lora-replay30"]}))
+    assert [v.name for v in cut.variants] == ["lora"] and cut.averaging.variants == [] and cut.swept == []
+
+
 def test_ppl_stride_reaches_the_eval_steps_and_is_left_out_when_unset(tiny_llama, tmp_path):
     from medtune.study import steps as S
 

@@ -1,15 +1,28 @@
-"""Print the condensed recipe-pilot table of docs/results.md from the pilot's report.json.
+"""Print the condensed recipe-pilot table of docs/results.md from the pilot's report.json files, and
+draw its budget curves.
 
-    python docs/results/pilot/table.py docs/results/pilot/report.json
+    python docs/results/pilot/table.py docs/results/pilot/report.json [MORE.json ...] [--plot budget.png]
 
-Every number is read from report.json (the study's own report); nothing is computed here but the
-formatting and the share of the most frequent PubMedQA answer."""
+The pilot's 24 points take about 7 CPU hours, more than one session: it runs in parts
+(``medtune study configs/study/recipe_pilot.yaml --only A,B,...``), each part with its own
+evaluation of the base model and its own report.json. Parts are merged here only if their base
+rows are the same (every task's value and item count): the paired changes of each part are against
+its own base, so they are comparable only when the base scores the same. A point that more than one
+part ran is shown once, from the first file, and listed under "reproduced" with each part's numbers.
+
+Every number is read from the report.json files (the study's own reports); nothing is computed here
+but the formatting and the share of the most frequent PubMedQA answer."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
+from pathlib import Path
+
+POINT = re.compile(r"(lora|full)-lr([\d.e-]+)-ep([\d.]+)-(ans|all)")
+LOSS = {"ans": "answer_only", "all": "all_tokens"}
 
 
 def pts(m: dict | None) -> str:
@@ -24,32 +37,136 @@ def rel(m: dict | None) -> str:
     return f"{100 * m['rel']:+.1f} % [{100 * m['rel_ci95'][0]:+.1f}, {100 * m['rel_ci95'][1]:+.1f}]"
 
 
-def main(path: str) -> None:
-    data = json.load(open(path))
-    rows = [r for r in data["rows"] if r["kind"] in ("base", "tuned")]
+def base_scores(data: dict) -> dict[str, tuple[float, int]]:
+    """(value, n) of every task of the report's base row."""
+    base = next(r for r in data["rows"] if r["kind"] == "base")
+    return {t: (round(m["value"], 12), m["n"]) for t, m in sorted(base["tasks"].items()) if m}
+
+
+def load(paths: list[str]) -> list[tuple[str, dict]]:
+    parts = [(p, json.loads(Path(p).read_text())) for p in paths]
+    first_path, first = parts[0]
+    want = base_scores(first)
+    for path, data in parts[1:]:
+        got = base_scores(data)
+        if got != want:
+            diff = sorted(t for t in set(want) | set(got) if want.get(t) != got.get(t))
+            sys.exit(f"{path}: its base model scores differently from {first_path}'s on {', '.join(diff)} "
+                     f"({[got.get(t) for t in diff]} vs {[want.get(t) for t in diff]}): not the same validation "
+                     "data or settings, so its paired changes are not comparable")
+    return parts
+
+
+def row(data: dict, r: dict) -> list[str]:
+    label, t = r["label"], r["tasks"]
+    d = data["deltas"].get(label, {})
+    sp = data["spread"]["rows"][label]["pubmedqa"]
+    answer = {1: "yes", 2: "no", 3: "maybe"}[sp["choice"]]
     steps = {s["step"]: s["seconds"] for s in data["steps"]}
+    acc = f"{100 * t['pubmedqa']['value']:.1f} [{100 * t['pubmedqa']['ci95'][0]:.1f}, {100 * t['pubmedqa']['ci95'][1]:.1f}]"
+    if r["kind"] == "base":
+        meta = ["base model", "–", "–", "–", "–", "–"]
+    else:
+        m = POINT.fullmatch(label)
+        tr = data["train"][label]
+        meta = [label, m[1], m[2], LOSS[m[4]], m[3], f"{tr['seconds']:.0f} ({tr['tokens'] / tr['seconds']:.0f})"]
+    return meta + [acc, pts(d.get("pubmedqa")), f"{answer} on {100 * sp['share']:.0f} %", rel(d.get("ppl_medical")),
+                   rel(d.get("ppl_general")), pts(d.get("arc_easy")), pts(d.get("medqa4_cloze")),
+                   f"{steps.get(r['step'], 0):.0f}"]
+
+
+def table(parts: list[tuple[str, dict]]) -> list[tuple[dict, dict]]:
+    """Print the merged table; return (report, row) of every point shown, base first."""
     print("| variant | method | lr | loss | epochs | train s (tokens/s) | PubMedQA acc | Δ PubMedQA | "
           "most frequent PubMedQA answer | Δ medical ppl | Δ general ppl | Δ ARC-Easy | Δ MedQA cloze | eval s |")
     print("|" + "---|" * 14)
-    for r in rows:
-        label, t = r["label"], r["tasks"]
-        d = data["deltas"].get(label, {})
-        sp = data["spread"]["rows"][label]["pubmedqa"]
-        answer = {1: "yes", 2: "no", 3: "maybe"}[sp["choice"]]
-        acc = f"{100 * t['pubmedqa']['value']:.1f} [{100 * t['pubmedqa']['ci95'][0]:.1f}, {100 * t['pubmedqa']['ci95'][1]:.1f}]"
-        if r["kind"] == "base":
-            meta = ["base model", "–", "–", "–", "–", "–"]
-        else:
-            m = re.fullmatch(r"(lora|full)-lr([\d.e-]+)-ep([\d.]+)-(ans|all)", label)
-            tr = data["train"][label]
-            meta = [label, m[1], m[2], {"ans": "answer_only", "all": "all_tokens"}[m[4]], m[3],
-                    f"{tr['seconds']:.0f} ({tr['tokens'] / tr['seconds']:.0f})"]
-        print("| " + " | ".join(meta + [acc, pts(d.get("pubmedqa")), f"{answer} on {100 * sp['share']:.0f} %",
-                                        rel(d.get("ppl_medical")), rel(d.get("ppl_general")), pts(d.get("arc_easy")),
-                                        pts(d.get("medqa4_cloze")), f"{steps.get(r['step'], 0):.0f}"]) + " |")
+    shown: dict[str, tuple[dict, dict]] = {}
+    again: dict[str, list[tuple[str, dict, dict]]] = {}
+    for path, data in parts:
+        for r in data["rows"]:
+            if r["kind"] not in ("base", "tuned"):
+                continue
+            if r["label"] in shown:
+                if r["kind"] == "tuned":
+                    again.setdefault(r["label"], []).append((path, data, r))
+                continue
+            shown[r["label"]] = (data, r)
+    for data, r in shown.values():
+        print("| " + " | ".join(row(data, r)) + " |")
+    data = parts[0][1]
     print(f"\nalways answering the most frequent gold answer: PubMedQA {100 * data['spread']['majority']['pubmedqa']:.1f} %, "
           f"ARC-Easy {100 * data['spread']['majority']['arc_easy']:.1f} %, MedQA cloze {100 * data['spread']['majority']['medqa4_cloze']:.1f} %")
+    if again:
+        print("\nreproduced (the same point in more than one part; first line: the one shown above):\n")
+        print("| variant | part | PubMedQA acc | Δ PubMedQA | Δ medical ppl | Δ general ppl | Δ ARC-Easy | Δ MedQA cloze |")
+        print("|" + "---|" * 8)
+        first_path = {label: next(p for p, d in parts if any(x["label"] == label for x in d["rows"])) for label in again}
+        for label, others in again.items():
+            for path, d, r in [(first_path[label], *shown[label]), *others]:
+                cells = row(d, r)
+                print(f"| {label} | {path} | " + " | ".join(cells[6:8] + cells[9:13]) + " |")
+    return list(shown.values())
+
+
+def plot(points: list[tuple[dict, dict]], path: str) -> None:
+    """Paired change vs the base model against the training budget: PubMedQA accuracy and medical
+    perplexity, one line per method x learning rate x loss, with the 95 % intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines: dict[tuple[str, str, str], list[tuple[float, dict, dict]]] = {}
+    for data, r in points:
+        m = POINT.fullmatch(r["label"])
+        if m is None:
+            continue
+        d = data["deltas"].get(r["label"], {})
+        lines.setdefault((m[1], m[2], m[4]), []).append((float(m[3]), d.get("pubmedqa"), d.get("ppl_medical")))
+    colors = {("lora", "1e-3"): "#1f77b4", ("lora", "3e-4"): "#9ecae1", ("full", "1e-4"): "#d62728",
+              ("full", "3e-5"): "#fc9272"}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for k, ((method, lr, loss), got) in enumerate(sorted(lines.items())):
+        got.sort(key=lambda g: g[0])
+        shift = 2 ** (0.05 * (k - (len(lines) - 1) / 2))  # side by side at each budget, so no interval hides another
+        style = dict(color=colors.get((method, lr), "gray"), ls="-" if loss == "all" else "--", marker="o", ms=4,
+                     capsize=3, lw=1.4, label=f"{method} lr {lr} {LOSS[loss]}")
+        for ax, i, scale, key in ((axes[0], 1, 100, "value"), (axes[1], 2, 100, "rel")):
+            have = [(g[0], g[i]) for g in got if g[i] is not None]
+            if not have:
+                continue
+            xs = [e * shift for e, _ in have]
+            ys = [scale * m[key] for _, m in have]
+            lo_key = "ci95" if key == "value" else "rel_ci95"
+            err = [[y - scale * m[lo_key][0] for y, (_, m) in zip(ys, have)],
+                   [scale * m[lo_key][1] - y for y, (_, m) in zip(ys, have)]]
+            ax.errorbar(xs, ys, yerr=err, **style)
+    for ax, title, ylabel in ((axes[0], "PubMedQA validation accuracy (400 items)", "paired change vs base (points)"),
+                              (axes[1], "medical perplexity (held-out abstracts)", "change vs base (%)")):
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([0.5, 1, 2], ["0.5", "1", "2"])
+        ax.set_xlabel("training budget (epochs of the 65,888-token training set)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="best")
+    fig.suptitle("recipe pilot: SmolLM2-135M, validation splits, 95 % paired intervals")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"\nplot: {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("reports", nargs="+", help="report.json files of the pilot's parts (the first one's base is shown)")
+    ap.add_argument("--plot", help="also draw the budget curves to this PNG")
+    args = ap.parse_args(argv)
+    points = table(load(args.reports))
+    if args.plot:
+        plot(points, args.plot)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()

@@ -39,6 +39,27 @@ class StudyRunConfig(StudyConfig):
     """Write the report from the steps finished so far and run nothing else (e.g. a long study stopped
     with Ctrl-C between sessions: the report shows what has run; the same command without this flag
     resumes)."""
+    only: str | None = None
+    """Run only these variants (comma-separated names) besides the base model's evaluation, e.g. a grid
+    too long for one machine or session run in parts; the report covers the base and these variants."""
+
+
+def restricted(cfg: StudyRunConfig) -> StudyRunConfig:
+    """``cfg`` with only the variants named in ``cfg.only`` (in the study's order), and its averaging
+    restricted to them; an unknown name is an error that lists the study's variants."""
+    if not cfg.only:
+        return cfg
+    names = [n.strip() for n in cfg.only.split(",") if n.strip()]
+    known = [v.name for v in cfg.variants]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise ConfigError(f"--only: unknown variant(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
+                          f"the study's variants are: {', '.join(known)}")
+    variants = [v for v in cfg.variants if v.name in names]
+    averaging = cfg.averaging
+    if averaging.variants is not None:
+        averaging = averaging.model_copy(update={"variants": [n for n in averaging.variants if n in names]})
+    return cfg.model_copy(update={"variants": variants, "averaging": averaging})
 
 
 def _state(step_dir: Path) -> dict[str, Any] | None:
@@ -136,6 +157,7 @@ def study(cfg: StudyRunConfig) -> Path:
 
     console = Console()
     out = Path(cfg.out)
+    cfg = restricted(cfg)
     if cfg.dry_run:
         _print_plan(console, cfg, out)
     missing = _missing_inputs(S.static_plan(cfg, out))
@@ -146,7 +168,7 @@ def study(cfg: StudyRunConfig) -> Path:
     if cfg.report_only:
         return _report_only(console, cfg, out)
     atomic.write_text(StudyLayout(out).study_file(),
-                      dump_config(StudyConfig.model_validate(cfg.model_dump(exclude={"dry_run", "report_only"}))))
+                      dump_config(StudyConfig.model_validate(cfg.model_dump(exclude={"dry_run", "report_only", "only"}))))
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a "Loading weights" bar per model load says nothing in a study
