@@ -96,7 +96,7 @@ def table(parts: list[tuple[str, dict]]) -> list[tuple[dict, dict]]:
     print("| variant | method | lr | loss | epochs | train s (tokens/s) | PubMedQA acc | Δ PubMedQA | "
           "most frequent PubMedQA answer | Δ medical ppl | Δ general ppl | Δ ARC-Easy | Δ MedQA cloze | eval s |")
     print("|" + "---|" * 14)
-    shown: dict[str, tuple[dict, dict]] = {}
+    shown: dict[str, tuple[str, dict, dict]] = {}
     again: dict[str, list[tuple[str, dict, dict]]] = {}
     for path, data in parts:
         for r in data["rows"]:
@@ -106,8 +106,8 @@ def table(parts: list[tuple[str, dict]]) -> list[tuple[dict, dict]]:
                 if r["kind"] == "tuned":
                     again.setdefault(r["label"], []).append((path, data, r))
                 continue
-            shown[r["label"]] = (data, r)
-    for data, r in shown.values():
+            shown[r["label"]] = (path, data, r)
+    for _, data, r in shown.values():
         print("| " + " | ".join(row(data, r)) + " |")
     data = parts[0][1]
     print(f"\nalways answering the most frequent gold answer: PubMedQA {100 * data['spread']['majority']['pubmedqa']:.1f} %, "
@@ -116,12 +116,11 @@ def table(parts: list[tuple[str, dict]]) -> list[tuple[dict, dict]]:
         print("\nreproduced (the same point in more than one part; first line: the one shown above):\n")
         print("| variant | part | PubMedQA acc | Δ PubMedQA | Δ medical ppl | Δ general ppl | Δ ARC-Easy | Δ MedQA cloze |")
         print("|" + "---|" * 8)
-        first_path = {label: next(p for p, d in parts if any(x["label"] == label for x in d["rows"])) for label in again}
         for label, others in again.items():
-            for path, d, r in [(first_path[label], *shown[label]), *others]:
+            for path, d, r in [shown[label], *others]:
                 cells = row(d, r)
                 print(f"| {label} | {path} | " + " | ".join(cells[6:8] + cells[9:13]) + " |")
-    return list(shown.values())
+    return [(data, r) for _, data, r in shown.values()]
 
 
 def plot(points: list[tuple[dict, dict]], path: str) -> None:
@@ -147,15 +146,14 @@ def plot(points: list[tuple[dict, dict]], path: str) -> None:
         shift = 2 ** (0.05 * (k - (len(lines) - 1) / 2))  # side by side at each budget, so no interval hides another
         style = dict(color=colors.get((method, lr), "gray"), ls="-" if loss == "all" else "--", marker="o", ms=4,
                      capsize=3, lw=1.4, label=f"{method} lr {lr} {LOSS[loss]}")
-        for ax, i, scale, key in ((axes[0], 1, 100, "value"), (axes[1], 2, 100, "rel")):
+        for ax, i, key, ci in ((axes[0], 1, "value", "ci95"), (axes[1], 2, "rel", "rel_ci95")):
             have = [(g[0], g[i]) for g in got if g[i] is not None]
             if not have:
                 continue
             xs = [e * shift for e, _ in have]
-            ys = [scale * m[key] for _, m in have]
-            lo_key = "ci95" if key == "value" else "rel_ci95"
-            err = [[y - scale * m[lo_key][0] for y, (_, m) in zip(ys, have)],
-                   [scale * m[lo_key][1] - y for y, (_, m) in zip(ys, have)]]
+            ys = [100 * m[key] for _, m in have]
+            err = [[y - 100 * m[ci][0] for y, (_, m) in zip(ys, have)],
+                   [100 * m[ci][1] - y for y, (_, m) in zip(ys, have)]]
             ax.errorbar(xs, ys, yerr=err, **style)
     for ax, title, ylabel in ((axes[0], "PubMedQA validation accuracy (400 items)", "paired change vs base (points)"),
                               (axes[1], "medical perplexity (held-out abstracts)", "change vs base (%)")):
