@@ -11,7 +11,8 @@ general share set so the replay budget is N), packed into 512-token blocks in sh
 Every build, and the reference, runs in its own process, so its peak RSS is its own (``ru_maxrss``).
 The reference is single-process ``tokenizer(texts, add_special_tokens=False)`` over the first ~2M
 tokens of the same corpus, once with ``TOKENIZERS_PARALLELISM=false`` (one thread, the old data
-stage in tests) and once with the library default (the tokenizer's Rust threads).
+stage in tests) and once with the library default (the tokenizer's Rust threads, one per core); each
+is timed three times and the fastest counts (the reference's most favourable reading).
 
 Training: ``medtune train`` (LoRA on the embedded SmolLM2-135M, 3 steps of 1 block) on the smallest
 and on the largest build: seconds from ``train()`` to its data opened and to the first step's batch
@@ -19,8 +20,9 @@ read, and the process's peak RSS.
 
     .venv/bin/python bench/data_scale.py                       # 1M, 10M, 100M (about 1.2 GB of disk under /tmp)
     .venv/bin/python bench/data_scale.py --sizes 1e6,1e7       # quicker
+    python bench/data_scale.py --data-root DIR --tokenizer MODEL_DIR --no-train   # e.g. on a machine without the model
 
-Needs the data at ../shared/data. WORKDIR is deleted at the end unless --keep. Not a test.
+Needs the data at ../shared/data (or --data-root). WORKDIR is deleted at the end unless --keep. Not a test.
 """
 
 from __future__ import annotations
@@ -36,8 +38,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
-WIKITEXT = [DATA / "general/replay/wikitext-2_test.tokens.txt", DATA / "general/replay/wikitext-2_valid.tokens.txt"]
+# --data-root and --tokenizer reach the child processes through these two variables
+DATA = Path(os.environ.get("MEDTUNE_BENCH_DATA", REPO.parent / "shared" / "data"))
+TOKENIZER = os.environ.get("MEDTUNE_BENCH_TOKENIZER", "smollm2-135m")
+WIKITEXT = ["general/replay/wikitext-2_test.tokens.txt", "general/replay/wikitext-2_valid.tokens.txt"]
+REF_REPEATS = 3
 DOMAIN = {"adapter": "pubmedqa", "name": "pubmedqa_trainval", "path": "pubmedqa/ori_pqal.json", "split": "trainval"}
 REF_TOKENS = 2_000_000
 
@@ -46,10 +51,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {p: version(p) for p in ("tokenizers", "transformers", "numpy")}
+
+
 def tokenizer():
     from medtune import models
 
-    return models.load_tokenizer("smollm2-135m")
+    return models.load_tokenizer(TOKENIZER)
 
 
 def make_corpus(path: Path, tokens: int, per_pass: int) -> dict:
@@ -67,7 +78,7 @@ def make_corpus(path: Path, tokens: int, per_pass: int) -> dict:
 
 
 def wikitext_lines() -> list[str]:
-    return [l.strip() for p in WIKITEXT for l in p.read_text(encoding="utf-8").split("\n") if l.strip()]
+    return [l.strip() for p in WIKITEXT for l in (DATA / p).read_text(encoding="utf-8").split("\n") if l.strip()]
 
 
 def child_reference(corpus: str) -> dict:
@@ -79,16 +90,19 @@ def child_reference(corpus: str) -> dict:
             if chars > REF_TOKENS * 4.3:  # about REF_TOKENS tokens of WikiText at ~4.3 characters a token
                 break
     tok = tokenizer()
-    started = time.perf_counter()
-    n = sum(map(len, tok(texts, add_special_tokens=False)["input_ids"]))
-    seconds = time.perf_counter() - started
-    return {"tokens": n, "seconds": seconds, "tokens_per_s": n / seconds, "peak_rss_mb": peak_rss_mb()}
+    times = []
+    for _ in range(REF_REPEATS):
+        started = time.perf_counter()
+        n = sum(map(len, tok(texts, add_special_tokens=False)["input_ids"]))
+        times.append(time.perf_counter() - started)
+    seconds = min(times)
+    return {"tokens": n, "seconds": seconds, "all_seconds": times, "tokens_per_s": n / seconds, "peak_rss_mb": peak_rss_mb()}
 
 
 def child_build(corpus: str, out: str, n: int) -> dict:
     from medtune.data.build import DataConfig, build_command, prepare
 
-    base = {"data_root": str(DATA), "tokenizer": "smollm2-135m", "block_size": 512, "out": out, "train": [DOMAIN]}
+    base = {"data_root": str(DATA), "tokenizer": TOKENIZER, "block_size": 512, "out": out, "train": [DOMAIN]}
     domain_tokens = prepare(DataConfig.model_validate(base), mix_and_pack=False).sources[0].tokens
     cfg = DataConfig.model_validate({
         **base, "replay": [{"adapter": "text", "name": "wikitext_rep", "path": corpus, "max_tokens": n}],
@@ -139,7 +153,7 @@ def child_train(build: str, out: str) -> dict:
 
 
 def in_child(kind: str, *args: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
     if kind == "reference-1thread":
         env["TOKENIZERS_PARALLELISM"] = "false"
     elif kind != "build":
@@ -156,6 +170,9 @@ def main() -> None:
     ap.add_argument("--sizes", default="1e6,1e7,1e8", help="replay tokens per build, comma-separated")
     ap.add_argument("--workdir", default="/tmp/medtune-data-scale")
     ap.add_argument("--keep", action="store_true", help="keep WORKDIR (corpus and builds)")
+    ap.add_argument("--data-root", type=Path, default=DATA, help="the benchmark data (default ../shared/data)")
+    ap.add_argument("--tokenizer", default=TOKENIZER, help="model spec whose tokenizer builds (default smollm2-135m)")
+    ap.add_argument("--no-train", action="store_true", help="skip the training part (it loads the model)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -163,13 +180,18 @@ def main() -> None:
         fn = {"build": child_build, "train": child_train}.get(kind, child_reference)
         print(json.dumps(fn(*rest[:1], *rest[1:2], *(int(x) for x in rest[2:]))))
         return
+    if args.data_root.resolve() != DATA.resolve() or args.tokenizer != TOKENIZER:  # run again with them set
+        env = {**os.environ, "MEDTUNE_BENCH_DATA": str(args.data_root.resolve()), "MEDTUNE_BENCH_TOKENIZER": args.tokenizer}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     print(f"free disk under {work}: {shutil.disk_usage(work).free / 2**30:.0f} GiB", file=sys.stderr)
     per_pass = sum(len(t) for t in tokenizer()(wikitext_lines(), add_special_tokens=False)["input_ids"])
     corpora = {n: work / f"corpus-{n}.txt" for n in sizes}
-    result = {"corpus": {"tokens_per_pass": per_pass}, "reference": {}, "builds": {}, "train": {}}
+    result = {"machine": {"cpus": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)), "python": sys.version.split()[0], **package_versions(),
+                          "tokenizer": args.tokenizer},
+              "corpus": {"tokens_per_pass": per_pass}, "reference": {}, "builds": {}, "train": {}}
     for n, path in corpora.items():
         result["corpus"][n] = make_corpus(path, n, per_pass)
     print(f"corpus: {result['corpus']}", file=sys.stderr)
@@ -179,7 +201,7 @@ def main() -> None:
     for n in sizes:
         result["builds"][n] = in_child("build", str(corpora[n]), str(work / f"build-{n}"), str(n))
         print(n, result["builds"][n], file=sys.stderr)
-    for n in (sizes[0], sizes[-1]):
+    for n in () if args.no_train else (sizes[0], sizes[-1]):
         result["train"][n] = in_child("train", str(work / f"build-{n}"), str(work / f"train-{n}"))
         print("train", n, result["train"][n], file=sys.stderr)
     print(json.dumps(result, indent=1))
@@ -190,6 +212,7 @@ def main() -> None:
 
 def report(r: dict, sizes: list[int]) -> None:
     ref1, refT = r["reference"]["reference-1thread"]["tokens_per_s"], r["reference"]["reference-threads"]["tokens_per_s"]
+    print(f"\nmachine: {r['machine']}")
     print(f"\nreference tokenizer(texts): {ref1:,.0f} tokens/s one thread, {refT:,.0f} tokens/s with its Rust threads\n")
     print("| replay tokens | tokens written | blocks | shards | wall s | tokens/s | x ref 1 thread | x ref threads | peak RSS MB | load avg before/after |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -200,6 +223,8 @@ def report(r: dict, sizes: list[int]) -> None:
               f"| {b['load_before']:.2f} / {b['load_after']:.2f} |")
     lo, hi = r["builds"][sizes[0]], r["builds"][sizes[-1]]
     print(f"\npeak RSS {sizes[-1]:,} / {sizes[0]:,}: {hi['peak_rss_mb'] / lo['peak_rss_mb']:.2f} (target <= 1.5)")
+    if not r["train"]:
+        return
     print("\n| training on | blocks | data opened s | first step's batch s | peak RSS MB | load avg before/after |")
     print("|---|---|---|---|---|---|")
     for n, t in r["train"].items():

@@ -35,6 +35,23 @@ def test_pickled_weights_refused_unless_allowed(tiny_llama, tmp_path):
     assert torch.equal(loaded.lm_head.weight, models.load_model(str(tiny_llama)).lm_head.weight)
 
 
+def test_a_tokenizer_directory_without_weights_serves_the_tokenizer_not_the_model(tiny_llama, tmp_path):
+    """Building data needs only the tokenizer: a directory of tokenizer files is enough for it, and
+    still refused as a model."""
+    d = tmp_path / "tok"
+    d.mkdir()
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_llama / f, d / f)
+    tok = models.load_tokenizer(str(d))
+    assert tok("the heart")["input_ids"] == models.load_tokenizer(str(tiny_llama))("the heart")["input_ids"]
+    with pytest.raises(ModelError, match="no config.json"):
+        models.load_model(str(d))
+    (d / "tokenizer.json").unlink()
+    (d / "tokenizer_config.json").unlink()
+    with pytest.raises(ModelError, match="not a tokenizer directory"):
+        models.load_tokenizer(str(d))
+
+
 def test_hub_id_resolves_through_the_hub_cache_layout(tiny_llama, tmp_path, monkeypatch):
     """A Hub id loads from a Hub cache laid out as huggingface_hub writes it (offline here)."""
     cache = tmp_path / "hub"

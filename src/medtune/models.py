@@ -39,6 +39,8 @@ EMBEDDED_MODELS: dict[str, dict[str, str]] = {
 """Built-in model names -> the package that ships their GGUF file."""
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+"""A directory with one of these is enough where only the tokenizer is needed (building data)."""
 CACHE_ENV = "MEDTUNE_CACHE"
 CACHE_FORMAT = 1  # bump when the cache layout changes, so old caches are rebuilt
 
@@ -79,8 +81,9 @@ def embedded_gguf_path(name: str) -> Path:
     return path
 
 
-def resolve(spec: str, *, allow_pickle: bool = False) -> ResolvedModel:
-    """Turn a spec into a loadable location, converting GGUF to the safetensors cache if needed."""
+def resolve(spec: str, *, allow_pickle: bool = False, weights: bool = True) -> ResolvedModel:
+    """Turn a spec into a loadable location, converting GGUF to the safetensors cache if needed.
+    ``weights=False``: only the tokenizer is wanted, so a local directory needs no weights."""
     if spec in EMBEDDED_MODELS:
         gguf = embedded_gguf_path(spec)
         return ResolvedModel(spec, "embedded", str(ensure_gguf_cache(gguf, cache_root() / "models" / spec)))
@@ -91,7 +94,7 @@ def resolve(spec: str, *, allow_pickle: bool = False) -> ResolvedModel:
         key = _file_key(path)
         return ResolvedModel(spec, "gguf", str(ensure_gguf_cache(path, cache_root() / "models" / f"gguf-{key}")))
     if path.is_dir():
-        check_local_dir(path, allow_pickle=allow_pickle)
+        check_local_dir(path, allow_pickle=allow_pickle, weights=weights)
         return ResolvedModel(spec, "local", str(path))
     if path.exists():
         raise ModelError(f"{spec}: is a file but not a .gguf; give a model directory, a .gguf file or a Hub id")
@@ -116,8 +119,13 @@ def _file_key(path: Path) -> str:
     return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
-def check_local_dir(path: Path, *, allow_pickle: bool) -> None:
-    """A model directory must have a config and safetensors weights (pickles only when allowed)."""
+def check_local_dir(path: Path, *, allow_pickle: bool, weights: bool = True) -> None:
+    """A model directory must have a config and safetensors weights (pickles only when allowed); for
+    its tokenizer alone (``weights=False``), one of :data:`TOKENIZER_FILES`."""
+    if not weights:
+        if not any((path / f).is_file() for f in TOKENIZER_FILES):
+            raise ModelError(f"{path}: not a tokenizer directory (none of {', '.join(TOKENIZER_FILES)})")
+        return
     if not (path / "config.json").is_file():
         raise ModelError(f"{path}: not a model directory (no config.json)")
     has_safetensors = any(path.glob("*.safetensors"))
@@ -202,7 +210,7 @@ def default_dtype() -> Any:
 def load_tokenizer(spec: str | ResolvedModel, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> Any:
     from transformers import AutoTokenizer
 
-    resolved = spec if isinstance(spec, ResolvedModel) else resolve(spec, allow_pickle=allow_pickle)
+    resolved = spec if isinstance(spec, ResolvedModel) else resolve(spec, allow_pickle=allow_pickle, weights=False)
     return AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
 
 

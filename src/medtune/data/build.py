@@ -72,7 +72,7 @@ class DataConfig(StrictModel):
     """Tokens per shard file of the packed build (rounded down to whole blocks); building holds about
     one shard in memory."""
     tokenizer: str = "smollm2-135m"
-    """Model spec whose tokenizer counts and packs tokens."""
+    """Model spec whose tokenizer counts and packs tokens (a local directory needs only its tokenizer files)."""
     out: str = "runs/data"
     """Output directory for `data build` (relative to the current directory)."""
     base_dir: str | None = Field(None, json_schema_extra={"cli": False})
