@@ -132,3 +132,83 @@ def test_an_empty_replay_source_is_an_error(tiny_llama, tmp_path):
     with pytest.raises(DataError, match="no items in source blank: the source is empty"):
         stream_replay(SourceConfig(adapter="text", name="blank", path=str(path)), tmp_path, Rejects(),
                       AutoTokenizer.from_pretrained(str(tiny_llama)), tmp_path / "x.ids", Bar())
+
+
+def sequential_cache(tok, texts: list[str], cap: int | None) -> np.ndarray:
+    ids = np.concatenate([np.array(t, dtype=np.int64) for t in tok(texts, add_special_tokens=False)["input_ids"]])
+    return ids if cap is None else ids[:cap]
+
+
+@pytest.mark.parametrize("cap", [None, 5000, 2345])
+def test_reading_ahead_in_many_batches_gives_the_sequential_ids(tiny_llama, tmp_path, monkeypatch, cap):
+    """Batches of ~512 characters (about 50 of them): each is tokenized in the background while the
+    one before is written; the cache is the whole stream's ids, cut exactly at the cap."""
+    from transformers import AutoTokenizer
+
+    from medtune.data import reading
+
+    monkeypatch.setattr(reading, "BATCH_CHARS", 512)
+    texts = [sentence(i) for i in range(600)]
+    path = tmp_path / "c.txt"
+    path.write_text("\n".join(texts) + "\n")
+    tok = AutoTokenizer.from_pretrained(str(tiny_llama))
+    submitted = counting_submits(monkeypatch, reading)
+    bar = Bar()
+    cache = stream_replay(SourceConfig(adapter="text", path=str(path), max_tokens=cap), tmp_path, Rejects(), tok,
+                          tmp_path / "x.ids", bar)
+    want = sequential_cache(tok, texts, cap)
+    assert (cache.reader().all() == want).all() and int(cache.offsets[-1]) == len(want) == bar.n
+    assert submitted["n"] > 10  # it did run in batches
+
+
+def counting_submits(monkeypatch, reading) -> dict[str, int]:
+    """Count the batches handed to the tokenizing thread."""
+    n = {"n": 0}
+    real = reading.encodings
+
+    def wrapped(*a, **k):
+        n["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(reading, "encodings", wrapped)
+    return n
+
+
+def test_a_cap_is_exact_when_later_text_has_many_more_tokens_per_character(tiny_llama, tmp_path, monkeypatch):
+    """The read-ahead bound (twice the tokens per character so far) fails on purpose: words first,
+    then digit strings of one token per character. The cache is still cut exactly at the cap, and
+    reading stops within a few batches of it."""
+    from transformers import AutoTokenizer
+
+    from medtune.data import reading
+
+    monkeypatch.setattr(reading, "BATCH_CHARS", 512)
+    texts = [sentence(i) for i in range(100)] + [" ".join(str(i * 7919 + k) for k in range(40)) for i in range(400)]
+    path = tmp_path / "c.txt"
+    path.write_text("\n".join(texts) + "\n")
+    tok = AutoTokenizer.from_pretrained(str(tiny_llama))
+    lengths = [len(t) for t in tok(texts, add_special_tokens=False)["input_ids"]]
+    words_rate = sum(lengths[:100]) / sum(map(len, texts[:100]))
+    assert min(n / len(t) for n, t in zip(lengths[100:], texts[100:])) > 2 * words_rate  # the bound does fail
+    cap = len(sequential_cache(tok, texts, None)) // 2
+    pulled = counting(monkeypatch, rows, "iter_lines")
+    cache = stream_replay(SourceConfig(adapter="text", path=str(path), max_tokens=cap), tmp_path, Rejects(), tok,
+                          tmp_path / "x.ids", Bar())
+    assert (cache.reader().all() == sequential_cache(tok, texts, cap)).all()
+    assert pulled["n"] < 450
+
+
+def test_an_error_in_the_tokenizing_thread_reaches_the_caller(tiny_llama, tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from medtune.data import reading
+
+    def broken(tokenizer, texts):
+        raise RuntimeError("tokenizer failed")
+
+    monkeypatch.setattr(reading, "encodings", broken)
+    path = tmp_path / "c.txt"
+    path.write_text("\n".join(sentence(i) for i in range(50)) + "\n")
+    with pytest.raises(RuntimeError, match="tokenizer failed"):
+        stream_replay(SourceConfig(adapter="text", path=str(path)), tmp_path, Rejects(),
+                      AutoTokenizer.from_pretrained(str(tiny_llama)), tmp_path / "x.ids", Bar())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -26,7 +27,7 @@ from medtune.data.registry import iter_source, load_source, no_items, resolve_pa
 from medtune.data.rejects import Rejects
 from medtune.data.shards import ids_dtype
 from medtune.data.spec import SourceConfig
-from medtune.data.tokens import BATCH_CHARS, CacheWriter, TokenCache, encode
+from medtune.data.tokens import BATCH_CHARS, CacheWriter, TokenCache, encode, encodings, to_arrays
 
 if TYPE_CHECKING:
     from medtune.data.build import DataConfig
@@ -114,21 +115,82 @@ def _text_batches(docs: Iterator[Any], room: Callable[[], int | None]) -> Iterat
 
 
 def stream_replay(src: SourceConfig, root: Path, rejects: Rejects, tokenizer: Any, path: Path, bar: Any) -> TokenCache:
-    """Read, tokenize and cache one replay source; stops at ``src.max_tokens`` (and ``src.limit``)."""
+    """Read, tokenize and cache one replay source; stops at ``src.max_tokens`` (and ``src.limit``).
+
+    Batch ``k + 1`` is tokenized in a background thread (the Rust encoder releases the GIL and uses
+    every core) while this thread turns batch ``k`` into arrays, writes it and reads the batch after:
+    those Python steps would otherwise leave the tokenizer's cores idle. Near ``max_tokens`` it reads
+    ahead only while the batch in flight cannot fill the cap (:class:`_ReadAhead`), so the source is
+    read no further than without the thread."""
     writer = CacheWriter(path, ids_dtype(len(tokenizer)), src.max_tokens)
-    room = (lambda: src.max_tokens - writer.tokens) if src.max_tokens is not None else (lambda: None)
+    ahead = _ReadAhead(src.max_tokens, writer)
     rejected = len(rejects)
-    for texts in _text_batches(iter_source(src, root, rejects), room):
-        ids, lengths = encode(tokenizer, texts)
-        before = writer.tokens
-        writer.add(ids, lengths)
-        bar.update(writer.tokens - before)
-        if writer.full:
-            break
+    batches = _text_batches(iter_source(src, root, rejects), ahead.room)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medtune-tokenize") as pool:
+        while not writer.full:
+            if ahead.in_flight is not None and not ahead.may_read_on():
+                ahead.take(bar)
+                continue
+            texts = next(batches, None)
+            if texts is None:
+                break
+            submitted = pool.submit(encodings, tokenizer, texts)
+            if ahead.in_flight is not None:
+                ahead.take(bar)  # while the new batch is being tokenized
+            ahead.in_flight = _Batch(submitted, sum(map(len, texts)), len(texts))
+        if ahead.in_flight is not None and not writer.full:
+            ahead.take(bar)
     cache = writer.close()
     if len(cache.lengths) == 0:  # as load_source: an empty replay source would silently replay nothing
         raise no_items(src, resolve_path(src, root), len(rejects) - rejected)
     return cache
+
+
+@dataclass
+class _Batch:
+    encoded: Future[list[Any]]
+    chars: int
+    docs: int
+
+
+@dataclass
+class _ReadAhead:
+    """The one batch being tokenized in the background, and whether reading past it is safe.
+
+    With a cap, the next batch is read only while the batch in flight cannot reach it: its tokens are
+    bounded by twice the source's tokens per character so far, plus one a document (a batch is ~1M
+    tokens, so far from the cap this always holds). Before the first batch is done nothing is known,
+    so the first batch is taken before the second is read. The bound is only about how far the source
+    is read: the cache holds exactly ``max_tokens`` either way."""
+
+    cap: int | None
+    writer: CacheWriter
+    in_flight: _Batch | None = None
+    chars: int = 0
+    tokens: int = 0
+
+    def _bound(self) -> int:
+        b = self.in_flight
+        return 0 if b is None else 2 * b.chars * self.tokens // max(self.chars, 1) + b.docs
+
+    def room(self) -> int | None:
+        """Tokens the cap leaves beyond what is written and the most the batch in flight may add."""
+        return None if self.cap is None else self.cap - self.writer.tokens - self._bound()
+
+    def may_read_on(self) -> bool:
+        left = self.room()
+        return left is None or (self.chars > 0 and left > 0)
+
+    def take(self, bar: Any) -> None:
+        """Wait for the batch in flight and write it to the cache."""
+        assert self.in_flight is not None
+        batch, self.in_flight = self.in_flight, None
+        ids, lengths = to_arrays(batch.encoded.result())
+        self.chars += batch.chars
+        self.tokens += len(ids)
+        before = self.writer.tokens
+        self.writer.add(ids, lengths)
+        bar.update(self.writer.tokens - before)
 
 
 def load(cfg: DataConfig, tokenizer: Any, cache_dir: Path) -> Loaded:

@@ -38,15 +38,16 @@ def iter_text(src: SourceConfig, path: Path | None, rejects: Rejects) -> Iterato
     assert path is not None
     if path.suffix not in SUFFIXES:
         raise DataError(path, None, None, f"unsupported file type {path.suffix!r} (expected {', '.join(SUFFIXES)})")
-    dataset, p = src.name or path.stem, str(path)
+    stem, p = path.stem, str(path)  # once, not per line: a replay corpus has millions of lines
+    dataset = src.name or stem
     meta = {"source": p, "split": src.split}
     if path.suffix == ".txt":
-        return (TextDoc(id=f"{path.stem}:{n}", dataset=dataset, text=line.strip(), meta=dict(meta))
-                for n, line in rows.iter_lines(path) if line.strip())
+        return (TextDoc(id=f"{stem}:{n}", dataset=dataset, text=text, meta=dict(meta))
+                for n, line in rows.iter_lines(path) if (text := line.strip()))
 
     def convert(where: str, row: dict[str, Any]) -> TextDoc:
         body = _body(row, src.text_field, p, where)
-        return TextDoc(id=f"{path.stem}:{where.removeprefix('line ')}", dataset=dataset, text=body, meta=dict(meta))
+        return TextDoc(id=f"{stem}:{where.removeprefix('line ')}", dataset=dataset, text=body, meta=dict(meta))
 
     return _non_empty(rows.iter_converted(rows.jsonl_rows(path, rejects), convert, rejects))
 
