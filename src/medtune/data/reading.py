@@ -121,7 +121,8 @@ def stream_replay(src: SourceConfig, root: Path, rejects: Rejects, tokenizer: An
     every core) while this thread turns batch ``k`` into arrays, writes it and reads the batch after:
     those Python steps would otherwise leave the tokenizer's cores idle. Near ``max_tokens`` it reads
     ahead only while the batch in flight cannot fill the cap (:class:`_ReadAhead`), so the source is
-    read no further than without the thread."""
+    read no further than without the thread (unless a batch has more than twice the tokens per
+    character of the text before it; the cache is exact either way)."""
     writer = CacheWriter(path, ids_dtype(len(tokenizer)), src.max_tokens)
     ahead = _ReadAhead(src.max_tokens, writer)
     rejected = len(rejects)
@@ -158,10 +159,10 @@ class _ReadAhead:
     """The one batch being tokenized in the background, and whether reading past it is safe.
 
     With a cap, the next batch is read only while the batch in flight cannot reach it: its tokens are
-    bounded by twice the source's tokens per character so far, plus one a document (a batch is ~1M
-    tokens, so far from the cap this always holds). Before the first batch is done nothing is known,
-    so the first batch is taken before the second is read. The bound is only about how far the source
-    is read: the cache holds exactly ``max_tokens`` either way."""
+    taken to be at most twice the source's tokens per character so far, plus one a document. Far from
+    the cap that always leaves room; near it, the batch in flight is written first. Before the first
+    batch is done nothing is known, so it is written before the second is read. The bound only decides
+    how far the source is read: the cache holds exactly ``max_tokens`` either way."""
 
     cap: int | None
     writer: CacheWriter
