@@ -223,6 +223,8 @@ def report(r: dict, sizes: list[int]) -> None:
               f"| {b['load_before']:.2f} / {b['load_after']:.2f} |")
     lo, hi = r["builds"][sizes[0]], r["builds"][sizes[-1]]
     print(f"\npeak RSS {sizes[-1]:,} / {sizes[0]:,}: {hi['peak_rss_mb'] / lo['peak_rss_mb']:.2f} (target <= 1.5)")
+    print(f"tokens/s of the {sizes[-1]:,} build / threaded reference: {hi['tokens_per_s'] / refT:.2f} (target >= 1.5; "
+          f"/ one-thread reference: {hi['tokens_per_s'] / ref1:.2f}; {r['machine']['affinity']} cores)")
     if not r["train"]:
         return
     print("\n| training on | blocks | data opened s | first step's batch s | peak RSS MB | load avg before/after |")
