@@ -212,3 +212,21 @@ def test_an_error_in_the_tokenizing_thread_reaches_the_caller(tiny_llama, tmp_pa
     with pytest.raises(RuntimeError, match="tokenizer failed"):
         stream_replay(SourceConfig(adapter="text", path=str(path)), tmp_path, Rejects(),
                       AutoTokenizer.from_pretrained(str(tiny_llama)), tmp_path / "x.ids", Bar())
+
+
+def test_a_bad_row_after_many_batches_names_its_line_while_a_batch_is_in_flight(tiny_llama, tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from medtune.data import reading
+    from medtune.errors import DataError
+
+    monkeypatch.setattr(reading, "BATCH_CHARS", 512)
+    lines = [json.dumps({"text": sentence(i)}) for i in range(300)]
+    lines[250] = '{"text": 7}'
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    submitted = counting_submits(monkeypatch, reading)
+    with pytest.raises(DataError, match=r"c\.jsonl.*line 251.*text.*expected a string"):
+        stream_replay(SourceConfig(adapter="text", path=str(path)), tmp_path, Rejects(),
+                      AutoTokenizer.from_pretrained(str(tiny_llama)), tmp_path / "x.ids", Bar())
+    assert submitted["n"] > 10
