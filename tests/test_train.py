@@ -177,7 +177,37 @@ def test_two_processes_follow_the_same_loss_curve(tiny_llama, tmp_path):
     h1 = json.loads((tmp_path / "one" / "curves.json").read_text())
     h2 = json.loads((tmp_path / "two" / "curves.json").read_text())
     assert h2["run"]["processes"] == 2 and h1["run"]["global_batch"] == h2["run"]["global_batch"] == 4
+    assert (h1["run"]["parallelism"], h2["run"]["parallelism"]) == ("NO", "MULTI_CPU")
     l1 = [h["loss"] for h in h1["history"]]
     l2 = [h["loss"] for h in h2["history"]]
     assert len(l1) == len(l2) == 8  # one epoch of 30 blocks at 4 blocks a step
     assert max(abs(a - b) for a, b in zip(l1, l2)) <= 1e-5, (l1, l2)
+
+
+def test_a_sharded_mode_that_accelerate_does_not_run_is_named():
+    from medtune.train.run import parallelism_fallback
+
+    assert parallelism_fallback({}, "MULTI_CPU") is None
+    assert parallelism_fallback({"ACCELERATE_USE_FSDP": "true"}, "FSDP") is None
+    assert parallelism_fallback({"ACCELERATE_USE_FSDP": "false"}, "MULTI_CPU") is None
+    msg = parallelism_fallback({"ACCELERATE_USE_FSDP": "true"}, "MULTI_CPU")
+    assert msg is not None and "asked for FSDP" in msg and "runs MULTI_CPU" in msg
+    msg = parallelism_fallback({"ACCELERATE_USE_DEEPSPEED": "True"}, "NO")
+    assert msg is not None and "asked for DEEPSPEED" in msg
+
+
+@pytest.mark.slow
+def test_fsdp_asked_for_on_cpu_warns_and_records_what_ran(tiny_llama, tmp_path):
+    """accelerate enables FSDP on GPUs only: launched with --use_fsdp on CPU it runs plain data
+    parallelism; the run says so on stderr and in curves.json instead of looking sharded."""
+    cfg = write_yaml(config(tiny_llama, tmp_path / "fsdp", save_every=0, max_steps=2, grad_accum=1), tmp_path / "f.yaml")
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    proc = subprocess.run([accelerate, "launch", "--use_fsdp", "--fsdp_version", "2", "--num_processes", "2",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                           "-m", "medtune", "train", str(cfg)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("the launch asked for FSDP, but accelerate runs MULTI_CPU") == 1  # once, not per rank
+    run = json.loads((tmp_path / "fsdp" / "curves.json").read_text())["run"]
+    assert (run["processes"], run["parallelism"]) == (2, "MULTI_CPU")
+    assert "parallelism MULTI_CPU" in (tmp_path / "fsdp" / "README.md").read_text()

@@ -55,7 +55,7 @@ def model_card(cfg: TrainConfig, state: dict[str, Any], run: dict[str, Any], man
 | steps | {run['steps']} x global batch {run['global_batch']} blocks of {run['block_size']} tokens |
 | tokens | {state['tokens']:,} |
 | loss first / last step | {hist[0]['loss']:.4f} / {hist[-1]['loss']:.4f} |
-| time | {state['seconds']:.0f} s on {run['processes']} process(es), {run['device']} |
+| time | {state['seconds']:.0f} s on {run['processes']} process(es), {run['device']}, parallelism {run['parallelism']} |
 | realised general share | {100 * (manifest.get('packing') or {}).get('general_share', 0):.1f} % (target {100 * mix.get('general_share_target', 0):.1f} %) |
 
 | role | source | items | tokens |

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,21 @@ def plan(cfg: TrainConfig, n_blocks: int, block: int, world: int) -> tuple[int, 
     return global_batch, steps
 
 
+LAUNCH_FLAGS = {"FSDP": "ACCELERATE_USE_FSDP", "DEEPSPEED": "ACCELERATE_USE_DEEPSPEED"}
+"""The sharded modes, and the variable ``accelerate launch`` sets when its config asks for each."""
+
+
+def parallelism_fallback(env: dict[str, str], running: str) -> str | None:
+    """A warning when the launch asked for a sharded mode that accelerate is not running: it enables
+    FSDP and DeepSpeed on GPUs (and other accelerators) only, and on CPU quietly runs plain data
+    parallelism (``MULTI_CPU``) instead. None when nothing was asked for, or it is what runs."""
+    for mode, var in LAUNCH_FLAGS.items():
+        if env.get(var, "false").lower() == "true" and running != mode:
+            return (f"the launch asked for {mode}, but accelerate runs {running} (it enables {mode} on GPUs only): "
+                    "this run is data-parallel without sharding, so each process holds the whole model and optimizer")
+    return None
+
+
 def _warner(is_main: bool) -> Any:
     """Print a warning on stderr from the main process only (one line per event, not one per rank)."""
     from rich.console import Console
@@ -116,6 +132,8 @@ def train(cfg: TrainConfig) -> Path:
 
     cuda = torch.cuda.is_available()
     acc = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and torch.cuda.is_bf16_supported() else "no")
+    if (fallback := parallelism_fallback(dict(os.environ), acc.distributed_type.name)) is not None:
+        _warner(acc.is_main_process)(fallback)
     out = Path(cfg.out)
     if acc.is_main_process and not cfg.resume and checkpoint.latest(out):
         raise TrainError(f"{out} already has checkpoints: pass --resume to continue, or choose another --out")
@@ -197,6 +215,7 @@ def train(cfg: TrainConfig) -> Path:
 
         write_outputs(cfg, out, acc.unwrap_model(wrapped).model, tokenizer, state,
                       {"global_batch": global_batch, "steps": total_steps, "block_size": block, "blocks": n_blocks,
-                       "processes": acc.num_processes, "device": str(acc.device)})
+                       "processes": acc.num_processes, "device": str(acc.device),
+                       "parallelism": acc.distributed_type.name})
     acc.wait_for_everyone()
     return out
