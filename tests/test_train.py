@@ -211,3 +211,15 @@ def test_fsdp_asked_for_on_cpu_warns_and_records_what_ran(tiny_llama, tmp_path):
     run = json.loads((tmp_path / "fsdp" / "curves.json").read_text())["run"]
     assert (run["processes"], run["parallelism"]) == (2, "MULTI_CPU")
     assert "parallelism MULTI_CPU" in (tmp_path / "fsdp" / "README.md").read_text()
+
+
+def test_modes_whose_checkpoints_medtune_cannot_write_are_refused_up_front():
+    from medtune.train.run import unsupported_parallelism
+
+    for running in ("NO", "MULTI_CPU", "MULTI_GPU"):
+        assert unsupported_parallelism(running, None, None, 100) is None
+    assert unsupported_parallelism("FSDP", 2, None, 100) is None
+    assert "fsdp_version: 2" in unsupported_parallelism("FSDP", 1, None, 100)
+    assert "save_every: 0" in unsupported_parallelism("DEEPSPEED", None, 2, 100)
+    assert unsupported_parallelism("DEEPSPEED", None, 2, 0) is None
+    assert "ZeRO-3" in unsupported_parallelism("DEEPSPEED", None, 3, 0)

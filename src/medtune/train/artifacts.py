@@ -68,10 +68,17 @@ Intended use: research on domain adaptation; not for clinical decisions.
 """
 
 
-def write_outputs(cfg: TrainConfig, out: Path, model: Any, tokenizer: Any, state: dict[str, Any], run: dict[str, Any]) -> None:
-    with atomic.staging_dir(out / "model", "model") as tmp:
-        model.save_pretrained(str(tmp), safe_serialization=True)
+def save_model(out: Path, model: Any, tokenizer: Any, state_dict: dict[str, Any] | None = None) -> None:
+    """``out`` (written atomically): the adapter (LoRA) or the full model, and the tokenizer.
+    ``state_dict``: the weights to write, when the model's own are shards (FSDP2)."""
+    with atomic.staging_dir(out, "model") as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(str(tmp))
+
+
+def write_outputs(cfg: TrainConfig, out: Path, model: Any, tokenizer: Any, state: dict[str, Any], run: dict[str, Any],
+                  state_dict: dict[str, Any] | None = None) -> None:
+    save_model(out / "model", model, tokenizer, state_dict)
     atomic.write_text(out / "config.yaml", dump_config(cfg))
     atomic.write_json(out / "curves.json", {"run": run, "history": state["history"], "seconds": state["seconds"]})
     plot_curves(state["history"], out / "curves.png", f"{cfg.model.spec} · {cfg.method} · {cfg.loss}")

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from medtune import atomic
 from medtune.errors import MedtuneError
 from medtune.finite import NonFiniteError, check_finite
+from medtune.train import sharded
 
 
 class CheckpointError(MedtuneError):
@@ -50,8 +51,8 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = opt.state_dict()
+def _optimizer_tensors(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An ``Optimizer.state_dict()`` (parameters by index) as safetensors tensors plus JSON metadata."""
     tensors: dict[str, torch.Tensor] = {}
     meta_state: dict[str, dict[str, Any]] = {}
     for idx, st in sd["state"].items():
@@ -87,7 +88,8 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> No
 
 def save(root: Path, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any,
          trainer_state: dict[str, Any], rank: int, world: int, keep: int, barrier: Any) -> Path:
-    """Write checkpoint ``step`` (every rank writes its RNG state; rank 0 the rest), then prune old ones."""
+    """Write checkpoint ``step`` (every rank writes its RNG state; rank 0 the rest), then prune old ones.
+    A sharded (FSDP2) model's full weights and optimizer state are gathered first, by every rank."""
     target = root / "checkpoints" / f"step-{step:06d}"
     staging = root / "checkpoints" / f".staging-step-{step:06d}"
     if rank == 0:
@@ -97,10 +99,12 @@ def save(root: Path, step: int, model: torch.nn.Module, opt: torch.optim.Optimiz
     rng_t, rng_meta = _rng_state()
     save_file(rng_t, str(staging / f"rng-rank{rank}.safetensors"))
     atomic.write_json(staging / f"rng-rank{rank}.json", rng_meta)
+    full = (sharded.trainable(model), sharded.optimizer(model, opt)) if sharded.is_sharded(model) else None
     barrier()
     if rank == 0:
-        save_file(trainable_state(model), str(staging / "trainable.safetensors"))
-        opt_t, opt_meta = _optimizer_tensors(opt)
+        weights, opt_sd = full if full is not None else (trainable_state(model), opt.state_dict())
+        save_file(weights, str(staging / "trainable.safetensors"))
+        opt_t, opt_meta = _optimizer_tensors(opt_sd)
         save_file(opt_t, str(staging / "optimizer.safetensors"))
         atomic.write_json(staging / "optimizer.json", opt_meta)
         atomic.write_json(staging / "scheduler.json", sched.state_dict())
@@ -242,10 +246,13 @@ def apply(ckpt: Checkpoint, model: torch.nn.Module, opt: torch.optim.Optimizer, 
     """Restore weights, optimizer, scheduler and this rank's RNG from a validated checkpoint."""
     params = dict(model.named_parameters())
     try:
-        with torch.no_grad():
-            for n, t in ckpt.weights.items():
-                params[n].copy_(t)
-        opt.load_state_dict(ckpt.optimizer)
+        if sharded.is_sharded(model):
+            sharded.load(model, opt, ckpt.weights, ckpt.optimizer)
+        else:
+            with torch.no_grad():
+                for n, t in ckpt.weights.items():
+                    params[n].copy_(t)
+            opt.load_state_dict(ckpt.optimizer)
         sched.load_state_dict(ckpt.scheduler)
         _set_rng_state(*ckpt.rng)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:  # what validation cannot foresee

@@ -22,7 +22,7 @@ import torch
 
 from medtune import outdir
 from medtune.errors import MedtuneError
-from medtune.train import checkpoint
+from medtune.train import checkpoint, sharded
 from medtune.train.config import TrainConfig
 
 
@@ -112,6 +112,25 @@ def parallelism_fallback(env: dict[str, str], running: str) -> str | None:
     return None
 
 
+def unsupported_parallelism(running: str, fsdp_version: int | None, zero_stage: int | None, save_every: int) -> str | None:
+    """Why a run in this mode would fail later (at its first checkpoint or its model files), or None.
+
+    Checkpoints and model files hold full tensors: plain and DDP models have them, FSDP2 shards are
+    gathered (:mod:`medtune.train.sharded`); FSDP1's flat parameters, DeepSpeed's partitioned
+    optimizer state (its ``state_dict`` is DeepSpeed's own format) and ZeRO-3's partitioned
+    parameters are none of these."""
+    if running == "FSDP" and fsdp_version != 2:
+        return (f"FSDP version {fsdp_version} is not supported: medtune gathers FSDP2 shards for its checkpoints and "
+                "model files; set fsdp_version: 2 in the accelerate config (configs/accelerate/fsdp.yaml does)")
+    if running == "DEEPSPEED" and zero_stage == 3:
+        return ("DeepSpeed ZeRO-3 partitions the parameters, which medtune's checkpoints and model files do not "
+                "gather: use ZeRO-2 with save_every: 0, or FSDP2 (configs/accelerate/fsdp.yaml), which shards as far")
+    if running == "DEEPSPEED" and save_every:
+        return ("DeepSpeed's optimizer state is partitioned in its own format, which medtune's checkpoints do not "
+                "hold: train with save_every: 0 (no checkpoints, no resume), or with FSDP2 (configs/accelerate/fsdp.yaml)")
+    return None
+
+
 def _warner(is_main: bool) -> Any:
     """Print a warning on stderr from the main process only (one line per event, not one per rank)."""
     from rich.console import Console
@@ -134,6 +153,11 @@ def train(cfg: TrainConfig) -> Path:
     acc = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and torch.cuda.is_bf16_supported() else "no")
     if (fallback := parallelism_fallback(dict(os.environ), acc.distributed_type.name)) is not None:
         _warner(acc.is_main_process)(fallback)
+    fsdp_plugin = getattr(acc.state, "fsdp_plugin", None)
+    ds_plugin = getattr(acc.state, "deepspeed_plugin", None)
+    if (unsupported := unsupported_parallelism(acc.distributed_type.name, getattr(fsdp_plugin, "fsdp_version", None),
+                                               getattr(ds_plugin, "zero_stage", None), cfg.save_every)) is not None:
+        raise TrainError(unsupported)
     out = Path(cfg.out)
     if acc.is_main_process and not cfg.resume and checkpoint.latest(out):
         raise TrainError(f"{out} already has checkpoints: pass --resume to continue, or choose another --out")
@@ -210,12 +234,13 @@ def train(cfg: TrainConfig) -> Path:
                                         cfg.keep_checkpoints, acc.wait_for_everyone)
     bar.close()
     state["seconds"] = time.perf_counter() - started
+    full = sharded.trainable(model) if sharded.is_sharded(model) else None  # gathered by every rank
     if acc.is_main_process:
         from medtune.train.artifacts import write_outputs
 
         write_outputs(cfg, out, acc.unwrap_model(wrapped).model, tokenizer, state,
                       {"global_batch": global_batch, "steps": total_steps, "block_size": block, "blocks": n_blocks,
                        "processes": acc.num_processes, "device": str(acc.device),
-                       "parallelism": acc.distributed_type.name})
+                       "parallelism": acc.distributed_type.name}, state_dict=full)
     acc.wait_for_everyone()
     return out
