@@ -41,7 +41,8 @@ class StudyRunConfig(StudyConfig):
     resumes)."""
     only: str | None = None
     """Run only these variants (comma-separated names) besides the base model's evaluation, e.g. a grid
-    too long for one machine or session run in parts; the report covers the base and these variants."""
+    too long for one machine or session run in parts; the part's report covers the base and these variants,
+    in OUT/parts/<names>/report beside the part's saved study.yaml."""
 
 
 def restricted(cfg: StudyRunConfig) -> StudyRunConfig:
@@ -60,6 +61,13 @@ def restricted(cfg: StudyRunConfig) -> StudyRunConfig:
     if averaging.variants is not None:
         averaging = averaging.model_copy(update={"variants": [n for n in averaging.variants if n in names]})
     return cfg.model_copy(update={"variants": variants, "averaging": averaging})
+
+
+def layout_of(cfg: StudyConfig, out: Path) -> StudyLayout:
+    """The study's layout; a run restricted by ``--only`` (``cfg`` already :func:`restricted`) is a part,
+    whose report and saved config are its own, so one part does not replace another's."""
+    only = getattr(cfg, "only", None)
+    return StudyLayout(out, StudyLayout.part_name([v.name for v in cfg.variants]) if only else None)
 
 
 def _state(step_dir: Path) -> dict[str, Any] | None:
@@ -123,7 +131,7 @@ def _execute(step: S.Step, out: Path, cfg: StudyConfig, fp: str, state: str) -> 
         from medtune.report.build import write_report
         from medtune.study.results import gather
 
-        layout = StudyLayout(out)
+        layout = layout_of(cfg, out)
         write_report(gather(cfg, layout), layout.report_dir())
     atomic.write_json(step_dir / STATE, {"step": step.name, "fingerprint": fp, "state": "done",
                                          "seconds": round(time.time() - started, 1),
@@ -146,7 +154,7 @@ def _steps(cfg: StudyConfig, out: Path) -> list[S.Step | str]:
                 compared += S.compared_plan(cfg, out, variant, point)
     plan += compared
     report_deps = [s.name for s in plan if isinstance(s, S.Step)]
-    plan.append(S.Step("report", "report", None, report_deps))
+    plan.append(S.Step(layout_of(cfg, out).report_step(), "report", None, report_deps))
     return plan
 
 
@@ -167,7 +175,7 @@ def study(cfg: StudyRunConfig) -> Path:
         return out
     if cfg.report_only:
         return _report_only(console, cfg, out)
-    atomic.write_text(StudyLayout(out).study_file(),
+    atomic.write_text(layout_of(cfg, out).study_file(),
                       dump_config(StudyConfig.model_validate(cfg.model_dump(exclude={"dry_run", "report_only", "only"}))))
     from transformers.utils import logging as hf_logging
 
@@ -210,18 +218,29 @@ def study(cfg: StudyRunConfig) -> Path:
 
 
 def _report_only(console: Any, cfg: StudyConfig, out: Path) -> Path:
-    """The report of the finished steps; nothing runs, and no step's state changes."""
+    """The report of the finished steps that are current; nothing runs, and no step's state changes. A
+    finished step whose settings or inputs changed since it ran (stale) is named and left out of the report."""
     from medtune.report.build import write_report
     from medtune.study.results import gather
 
-    layout = StudyLayout(out)
-    if not layout.study_file().is_file():
+    layout = layout_of(cfg, out)
+    if not layout.study_files():
         raise ConfigError(f"{out}: the study has not run yet, so there is nothing to report")
-    plan = [s for s in _steps(cfg, out) if isinstance(s, S.Step) and s.kind != "report"]
-    finished = [s.name for s in plan if (_state(out / s.name) or {}).get("state") == "done"]
-    rdir = write_report(gather(cfg, layout), layout.report_dir())
-    console.print(f"report of {len(finished)} finished step(s) of {len(plan)} known: {(rdir / 'report.html').resolve()}"
-                  + ("" if len(finished) == len(plan) else "  (the study is not complete: run it again to resume)"))
+    fps: dict[str, str] = {}
+    states: dict[str, str] = {}
+    for step in _steps(cfg, out):
+        if isinstance(step, S.Step) and step.kind != "report":
+            fps[step.name] = step.fingerprint(fps)
+            states[step.name] = status(step, out, fps[step.name])
+    current = [n for n, st in states.items() if st == "done"]
+    stale = [n for n, st in states.items() if st == "stale"]
+    rdir = write_report(gather(cfg, layout, stale), layout.report_dir())
+    console.print(f"report of {len(current)} finished and current step(s) of {len(states)} known: "
+                  f"{(rdir / 'report.html').resolve()}"
+                  + ("" if len(current) == len(states) else "  (the study is not complete: run it again to resume)"))
+    if stale:
+        console.print(f"[yellow]left out of the report: {len(stale)} stale step(s)[/], whose settings or inputs changed "
+                      f"since they ran: {', '.join(stale)}")
     return out
 
 
@@ -232,7 +251,7 @@ def _print_outcome(console: Any, cfg: StudyConfig, out: Path) -> None:
     from medtune.report.build import columns, model_row
     from medtune.study.results import gather, model_dir_of
 
-    layout = StudyLayout(out)
+    layout = layout_of(cfg, out)
     results = gather(cfg, layout)
     ship = results.ship
     row = next((r for r in results.rows if ship is not None and r.label == ship.row), None)

@@ -63,17 +63,22 @@ def model_card(cfg: TrainConfig, state: dict[str, Any], run: dict[str, Any], man
 {sources}
 
 Files: `config.yaml` (the resolved config), `data/manifest.json` (sources with sha256, leakage
-guard, realised mix), `curves.json` / `curves.png` (loss and learning rate per step).
+guard, realised mix), `curves.json` / `curves.png` (loss and learning rate per step),
+`model/medtune_weights.json` (the sha256 of each model file).
 Intended use: research on domain adaptation; not for clinical decisions.
 """
 
 
 def save_model(out: Path, model: Any, tokenizer: Any, state_dict: dict[str, Any] | None = None) -> None:
-    """``out`` (written atomically): the adapter (LoRA) or the full model, and the tokenizer.
+    """``out`` (written atomically): the adapter (LoRA) or the full model, the tokenizer, and the model
+    files' sha256 (:mod:`medtune.weights_hash`: what a sweep keys its cached scores on).
     ``state_dict``: the weights to write, when the model's own are shards (FSDP2)."""
+    from medtune import weights_hash
+
     with atomic.staging_dir(out, "model") as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(str(tmp))
+        weights_hash.record(tmp)
 
 
 def write_outputs(cfg: TrainConfig, out: Path, model: Any, tokenizer: Any, state: dict[str, Any], run: dict[str, Any],
