@@ -51,7 +51,8 @@ class EvalConfig(StrictModel):
     fewshot: int = Field(0, ge=0)
     """Few-shot exemplars per prompt: the first k items of the task's exemplar split, the same for every question."""
     token_budget: int = Field(4096, ge=64)
-    """Tokens per scoring batch (padded context length x choices x items)."""
+    """Tokens per scoring batch: rows x the padded length of what each item adds beyond the prefix all of a
+    task's prompts share (few-shot exemplars: run once, its cache held once for every row)."""
     ppl_window: int = Field(1024, ge=16)
     """Perplexity: tokens per sliding window."""
     ppl_stride: int = Field(512, ge=1)
