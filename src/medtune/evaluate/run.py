@@ -206,12 +206,14 @@ def _gen_task(task: Task, cfg: EvalConfig, tokenizer: Any, model: Any) -> tuple[
     records = _load(task, cfg)[: cfg.limit]
     shots = _load(task, cfg, fewshot=True)[: cfg.fewshot] if cfg.fewshot else []
     contexts = [eval_prompt(r, template, fewshot=shots).context for r in records]
-    if cfg.chat_template is True or (isinstance(cfg.chat_template, list) and task.name in cfg.chat_template):
+    templated = cfg.chat_template is True or (isinstance(cfg.chat_template, list) and task.name in cfg.chat_template)
+    if templated:
         contexts = [tokenizer.apply_chat_template([{"role": "user", "content": c}], add_generation_prompt=True, tokenize=False)
                     for c in contexts]
     started = time.perf_counter()
     outputs = parallel_map(contexts, lambda cs: greedy_outputs(model, tokenizer, cs, max_new_tokens=cfg.max_new_tokens,
-                                                               batch_size=cfg.gen_batch_size, progress=cfg.progress, desc=task.name))
+                                                               batch_size=cfg.gen_batch_size, progress=cfg.progress,
+                                                               desc=task.name, templated=templated))
     seconds = time.perf_counter() - started
     preds = [extract_answer(o, r, (template or template_for(r)).choices == "labels") for o, r in zip(outputs, records)]
     correct = [float(p == r.answer) for p, r in zip(preds, records)]
