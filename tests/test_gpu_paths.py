@@ -153,34 +153,31 @@ def hub_cache(tmp_path: Path, monkeypatch, model_dir: Path, repo: str = "medtune
     return repo
 
 
-def test_hma_merge_on_a_hub_id_base_equals_the_local_directory_merge(tiny_llama, tmp_path, monkeypatch):
-    """hma reads the base's layer count through the Hub cache: the merge of a Hub-id base is the local directory's."""
+def assert_hub_base_merges_as_local(tiny_llama: Path, tmp_path: Path, monkeypatch, tuned: Path, weights: str) -> None:
+    """hma on ``tuned`` gives the same ``weights`` file with the base named by its Hub id as by its directory."""
     from medtune.config import ModelConfig
     from medtune.merge.run import MergeConfig, merge
 
-    adapter = make_random_adapter(tiny_llama, tmp_path / "adapter", seed=1, std=0.05)
-    local = merge(MergeConfig(base=ModelConfig(spec=str(tiny_llama)), tuned=[str(adapter)], method="hma",
-                              alpha=0.45, ratios=[0.2, 0.7], out=str(tmp_path / "local")))
-    hub_id = hub_cache(tmp_path, monkeypatch, tiny_llama)
-    hub = merge(MergeConfig(base=ModelConfig(spec=hub_id), tuned=[str(adapter)], method="hma",
-                            alpha=0.45, ratios=[0.2, 0.7], out=str(tmp_path / "hub-merge")))
-    want, got = load_file(str(local / "adapter_model.safetensors")), load_file(str(hub / "adapter_model.safetensors"))
+    def run(spec: str, out: str) -> dict[str, torch.Tensor]:
+        done = merge(MergeConfig(base=ModelConfig(spec=spec), tuned=[str(tuned)], method="hma", alpha=0.45,
+                                 ratios=[0.2, 0.7], out=str(tmp_path / out)))
+        return load_file(str(done / weights))
+
+    want = run(str(tiny_llama), "local")
+    got = run(hub_cache(tmp_path, monkeypatch, tiny_llama), "hub-merge")
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_hma_merge_on_a_hub_id_base_equals_the_local_directory_merge(tiny_llama, tmp_path, monkeypatch):
+    """hma reads the base's layer count through the Hub cache: the merge of a Hub-id base is the local directory's."""
+    adapter = make_random_adapter(tiny_llama, tmp_path / "adapter", seed=1, std=0.05)
+    assert_hub_base_merges_as_local(tiny_llama, tmp_path, monkeypatch, adapter, "adapter_model.safetensors")
 
 
 def test_streamed_full_merge_on_a_hub_id_base_reads_its_cached_snapshot(tiny_llama, tmp_path, monkeypatch):
     """A streamed merge of full checkpoints on a Hub-id base reads the base from its local Hub-cache snapshot."""
-    from medtune.config import ModelConfig
-    from medtune.merge.run import MergeConfig, merge
-
     tuned = make_tiny_llama(tmp_path / "tuned", seed=3)
-    local = merge(MergeConfig(base=ModelConfig(spec=str(tiny_llama)), tuned=[str(tuned)], method="hma",
-                              alpha=0.5, ratios=[0.3, 0.7], out=str(tmp_path / "local")))
-    hub_id = hub_cache(tmp_path, monkeypatch, tiny_llama)
-    hub = merge(MergeConfig(base=ModelConfig(spec=hub_id), tuned=[str(tuned)], method="hma",
-                            alpha=0.5, ratios=[0.3, 0.7], out=str(tmp_path / "hub-merge")))
-    want, got = load_file(str(local / "model.safetensors")), load_file(str(hub / "model.safetensors"))
-    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    assert_hub_base_merges_as_local(tiny_llama, tmp_path, monkeypatch, tuned, "model.safetensors")
 
 
 def test_streamed_merge_on_a_hub_id_without_cached_weights_asks_for_a_local_directory(tiny_llama, tmp_path, monkeypatch):
