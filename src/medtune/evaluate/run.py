@@ -51,7 +51,8 @@ class EvalConfig(StrictModel):
     fewshot: int = Field(0, ge=0)
     """Few-shot exemplars per prompt: the first k items of the task's exemplar split, the same for every question."""
     token_budget: int = Field(4096, ge=64)
-    """Tokens per scoring batch (padded context length x choices x items)."""
+    """Tokens per scoring batch: rows x the padded length of what each item adds beyond the prefix all of a
+    task's prompts share (few-shot exemplars: run once, its cache held once for every row)."""
     ppl_window: int = Field(1024, ge=16)
     """Perplexity: tokens per sliding window."""
     ppl_stride: int = Field(512, ge=1)
@@ -205,12 +206,14 @@ def _gen_task(task: Task, cfg: EvalConfig, tokenizer: Any, model: Any) -> tuple[
     records = _load(task, cfg)[: cfg.limit]
     shots = _load(task, cfg, fewshot=True)[: cfg.fewshot] if cfg.fewshot else []
     contexts = [eval_prompt(r, template, fewshot=shots).context for r in records]
-    if cfg.chat_template is True or (isinstance(cfg.chat_template, list) and task.name in cfg.chat_template):
+    templated = cfg.chat_template is True or (isinstance(cfg.chat_template, list) and task.name in cfg.chat_template)
+    if templated:
         contexts = [tokenizer.apply_chat_template([{"role": "user", "content": c}], add_generation_prompt=True, tokenize=False)
                     for c in contexts]
     started = time.perf_counter()
     outputs = parallel_map(contexts, lambda cs: greedy_outputs(model, tokenizer, cs, max_new_tokens=cfg.max_new_tokens,
-                                                               batch_size=cfg.gen_batch_size, progress=cfg.progress, desc=task.name))
+                                                               batch_size=cfg.gen_batch_size, progress=cfg.progress,
+                                                               desc=task.name, templated=templated))
     seconds = time.perf_counter() - started
     preds = [extract_answer(o, r, (template or template_for(r)).choices == "labels") for o, r in zip(outputs, records)]
     correct = [float(p == r.answer) for p, r in zip(preds, records)]

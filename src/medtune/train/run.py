@@ -30,15 +30,16 @@ class TrainError(MedtuneError):
     """Training stopped (non-finite loss, bad resume)."""
 
 
-def _data(cfg: TrainConfig, out: Path, is_main: bool, barrier: Any) -> Any:
+def _data(cfg: TrainConfig, out: Path, rank: int, barrier: Any) -> Any:
     """Packed blocks from OUT/data, memory-mapped (nothing is read until a step asks for its blocks);
-    built there first if missing (the data stage is deterministic)."""
+    built there first by rank 0 if missing (the data stage is deterministic)."""
     from medtune.data.build import build_command, open_blocks
 
     data_dir = out / "data"
-    if is_main and not (data_dir / "manifest.json").is_file():
+    if rank == 0 and not (data_dir / "manifest.json").is_file():
         build_command(cfg.data.model_copy(update={"out": str(data_dir), "tokenizer": cfg.data.tokenizer}))
     barrier()
+    checkpoint.require_shared(data_dir / "manifest.json", rank)
     return open_blocks(data_dir)
 
 
@@ -163,7 +164,7 @@ def train(cfg: TrainConfig) -> Path:
         raise TrainError(f"{out} already has checkpoints: pass --resume to continue, or choose another --out")
     acc.wait_for_everyone()
     set_seed(cfg.seed)
-    blocks = _data(cfg, out, acc.is_main_process, acc.wait_for_everyone)
+    blocks = _data(cfg, out, acc.process_index, acc.wait_for_everyone)
     n_blocks, block = len(blocks), blocks.block_size
     global_batch, total_steps = plan(cfg, n_blocks, block, acc.num_processes)
     order = sample_order(n_blocks, cfg.seed, total_steps * global_batch)
