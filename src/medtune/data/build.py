@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from medtune.config import StrictModel
 from medtune.data.leakage import GuardReport
@@ -31,8 +31,9 @@ from medtune.data.reading import Loaded, SourceStats, load
 from medtune.data.registry import QA_ADAPTERS, TEXT_ADAPTERS
 from medtune.data.rejects import Rejects
 from medtune.data.shards import Blocks, ShardWriter, write_plan
-from medtune.data.spec import SourceConfig
+from medtune.data.spec import Placed, SourceConfig, unique_names
 from medtune.data.tokens import TokenCache
+from medtune.errors import ConfigError
 
 SHARDS = "shards"
 """Sub-directory of a build holding the packed shards (layout: medtune.data.shards)."""
@@ -98,8 +99,36 @@ class DataConfig(StrictModel):
                                  f"(valid: {', '.join(sorted(TEXT_ADAPTERS))})")
         return sources
 
+    @model_validator(mode="after")
+    def _distinct_names(self) -> "DataConfig":
+        try:
+            self.source_names(strict=True)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+        return self
+
+    def _placed(self, role: Literal["train", "replay", "eval"]) -> list[Placed]:
+        return [(f"{role} {i}", src) for i, src in enumerate(getattr(self, role))]
+
+    def source_names(self, *, strict: bool = False) -> SourceNames:
+        """Each source's distinct name (:func:`medtune.data.spec.unique_names`). Training and replay
+        sources share one set of names (they are mixed and packed together); eval sources have their
+        own, so a held-out fold and the training rest of one file may both keep the adapter's name."""
+        mixed = unique_names(self._placed("train") + self._placed("replay"), strict=strict)
+        return SourceNames(train=mixed[: len(self.train)], replay=mixed[len(self.train):],
+                           eval=unique_names(self._placed("eval"), strict=strict))
+
     def root(self) -> Path:
         return (Path(self.base_dir or ".") / self.data_root).resolve()
+
+
+@dataclass(frozen=True)
+class SourceNames:
+    """The names the sources of a :class:`DataConfig` go by, in config order, per role."""
+
+    train: list[str]
+    replay: list[str]
+    eval: list[str]
 
 
 @dataclass
@@ -253,11 +282,11 @@ def build_command(cfg: DataConfig) -> Path:
         mark_build(tmp)
         loaded = load(cfg, tokenizer, tmp / "cache")
         if not any(loaded.domain.values()):
-            from medtune.errors import ConfigError
-
             raise ConfigError("data build: no training items left (add 'train' sources, or check the leakage guard)")
         console.print("mixing and packing ...")
         plan = mix_plan(loaded.lengths(), loaded.groups(), cfg.general_share, cfg.mix_strategy, cfg.seed, cfg.temperature)
+        for w in plan.report.warnings:
+            console.print(f"[yellow]warning[/]: {w}")
         packing = _write_shards(cfg, tokenizer, loaded, plan, tmp / SHARDS)
         shutil.rmtree(tmp / "cache", ignore_errors=True)
         atomic.write_json(tmp / "manifest.json",

@@ -203,38 +203,41 @@ def load(cfg: DataConfig, tokenizer: Any, cache_dir: Path) -> Loaded:
     template = get_train_template(cfg.template)
     stats: list[SourceStats] = []
 
-    def describe(role: str, src: SourceConfig, items: int, tokens: int, labels: dict[str, int]) -> None:
+    names = cfg.source_names()
+
+    def describe(role: str, src: SourceConfig, name: str, items: int, tokens: int, labels: dict[str, int]) -> None:
         path = _location(src, root)
-        stats.append(SourceStats(role, src.label, src.adapter, str(path) if path else f"hub:{src.hub}", items,  # type: ignore[arg-type]
+        stats.append(SourceStats(role, name, src.adapter, str(path) if path else f"hub:{src.hub}", items,  # type: ignore[arg-type]
                                  tokens, labels, _sha256(path) if path else None))
 
-    eval_sets: dict[str, list[QARecord]] = {}
-    for src in cfg.eval:
-        recs = eval_sets[src.label] = load_source(src, root, rejects)  # type: ignore[assignment]
+    # (name, records) pairs, not a dict: every eval set is guarded, whatever it is called
+    eval_sets: list[tuple[str, list[QARecord]]] = []
+    for name, src in zip(names.eval, cfg.eval):
+        recs: list[QARecord] = load_source(src, root, rejects)  # type: ignore[assignment]
+        eval_sets.append((name, recs))
         # Tokens of the zero-shot evaluation prompt: what scoring the split costs.
-        describe("eval", src, len(recs), sum(map(len, _tokenize(tokenizer, [eval_prompt(r).context for r in recs]))),
-                 label_counts(recs))
+        describe("eval", src, name, len(recs),
+                 sum(map(len, _tokenize(tokenizer, [eval_prompt(r).context for r in recs]))), label_counts(recs))
 
-    train_by_source: dict[str, list[QARecord]] = {src.label: load_source(src, root, rejects) for src in cfg.train}  # type: ignore[misc]
-    report = guard([r for recs in train_by_source.values() for r in recs], eval_sets, drop=cfg.drop_leaked)
+    train_records: list[list[QARecord]] = [load_source(src, root, rejects) for src in cfg.train]  # type: ignore[misc]
+    report = guard([r for recs in train_records for r in recs], eval_sets, drop=cfg.drop_leaked)
     kept_ids = {id(r) for r in report.kept}
     domain: dict[str, list[Doc]] = {}
-    for src in cfg.train:
-        recs = [r for r in train_by_source[src.label] if id(r) in kept_ids]
+    for name, src, all_recs in zip(names.train, cfg.train, train_records):
+        recs = [r for r in all_recs if id(r) in kept_ids]
         texts = [training_text(r, template) for r in recs]
         # Prompt and answer are tokenized apart (the answer starts with a space, a natural token
         # boundary) so answer-only loss knows where the answer begins.
         prompts = _tokenize(tokenizer, [t.prompt for t in texts])
         answers = _tokenize(tokenizer, [t.answer for t in texts])
-        domain[src.label] = [Doc(src.label, "domain", p + a, r.id, answer_start=len(p))
-                             for r, p, a in zip(recs, prompts, answers)]
-        describe("train", src, len(recs), sum(len(d.tokens) for d in domain[src.label]), label_counts(recs))
+        domain[name] = [Doc(name, "domain", p + a, r.id, answer_start=len(p)) for r, p, a in zip(recs, prompts, answers)]
+        describe("train", src, name, len(recs), sum(len(d.tokens) for d in domain[name]), label_counts(recs))
 
     general: dict[str, TokenCache] = {}
     caps = [s.max_tokens for s in cfg.replay]
     with tqdm(total=sum(caps) if caps and None not in caps else None, desc="replay tokens", unit="tok",  # type: ignore[arg-type]
               unit_scale=True, disable=None, dynamic_ncols=True) as bar:
-        for i, src in enumerate(cfg.replay):
-            cache = general[src.label] = stream_replay(src, root, rejects, tokenizer, cache_dir / f"{i:03d}.ids", bar)
-            describe("replay", src, len(cache.lengths), int(cache.offsets[-1]), {})
+        for i, (name, src) in enumerate(zip(names.replay, cfg.replay)):
+            cache = general[name] = stream_replay(src, root, rejects, tokenizer, cache_dir / f"{i:03d}.ids", bar)
+            describe("replay", src, name, len(cache.lengths), int(cache.offsets[-1]), {})
     return Loaded(stats, report, rejects, domain, general)
