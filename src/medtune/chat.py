@@ -56,7 +56,8 @@ def load(cfg: ChatConfig) -> tuple[Any, Any]:
 
     resolved = models.resolve(cfg.model.spec, allow_pickle=cfg.model.allow_pickle)
     model = models.load_model(resolved, trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle)
-    model = models.load_with_adapter(model, cfg.adapter, allow_pickle=cfg.model.allow_pickle)
+    model = models.load_with_adapter(model, cfg.adapter, allow_pickle=cfg.model.allow_pickle, base=resolved,
+                                     allow_other_base=cfg.model.allow_other_base)
     if cfg.adapter is not None and cfg.alpha != 1.0:
         from medtune.merge.sources import LoraScaler
 
