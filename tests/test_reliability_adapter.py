@@ -152,6 +152,35 @@ def test_an_adapter_without_provenance_is_compared_by_name_only(bases, adapter, 
     assert other_base_warnings(caught) == []
 
 
+# ---------------------------------------------------------------- finding 13: chat input
+
+
+def run_chat(*args: str, stdin: bytes) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "medtune", "chat", *args], input=stdin, capture_output=True, timeout=120)
+
+
+def test_chat_survives_a_line_that_is_not_utf8(tiny_llama):
+    """A non-UTF-8 byte on stdin does not end the session: every line gets its answer."""
+    proc = run_chat("--model.spec", str(tiny_llama), "--max-new-tokens", "4",
+                    stdin=b"first question\nbad \xff\xfe byte\nthird question\n")
+    err = proc.stderr.decode(errors="replace")
+    assert proc.returncode == 0 and "Traceback" not in err, err[-2000:]
+    assert len([line for line in proc.stdout.splitlines() if line.strip()]) == 3
+
+
+def test_chat_alpha_without_an_adapter_is_a_config_error(tiny_llama):
+    """--alpha only means something with --adapter: without one it is refused (exit 2), not ignored."""
+    from medtune.chat import ChatConfig
+    from medtune.config import validate
+    from medtune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="alpha.*adapter"):
+        validate(ChatConfig, {"model": {"spec": str(tiny_llama)}, "alpha": 0.5}, "chat")
+    proc = run_chat("--model.spec", str(tiny_llama), "--alpha", "0.5", "--prompt", "hi", stdin=b"")
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and "adapter" in err and "Traceback" not in err, err[-2000:]
+
+
 def test_the_weights_fingerprint_survives_a_resharded_bf16_copy_but_not_other_weights(bases, tmp_path):
     """Same values (bf16-rounded, sharded, elsewhere) give the same fingerprint; another seed does not."""
     import torch

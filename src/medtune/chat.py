@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from medtune.config import ModelConfig, StrictModel
 
@@ -37,6 +37,14 @@ class ChatConfig(StrictModel):
     """Sampling temperature; 0 decodes greedily (the same answer every time)."""
     seed: int = 0
     """Seed for sampling (temperature > 0)."""
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_needs_adapter(cls, alpha: float, info: ValidationInfo) -> float:
+        """Runs only when alpha is given (defaults are not validated); adapter is declared before it."""
+        if info.data.get("adapter") is None:
+            raise ValueError("interpolates between the model and an adapter, so it needs adapter (--adapter DIR)")
+        return alpha
 
 
 def render_prompt(tokenizer: Any, turns: list[dict[str, str]], use_template: bool) -> str:
@@ -99,6 +107,8 @@ def chat(cfg: ChatConfig) -> list[dict[str, str]]:
         turns.append({"role": "assistant", "content": answer(model, tokenizer, cfg, turns)})
         return turns
     interactive = sys.stdin.isatty()
+    if hasattr(sys.stdin, "reconfigure"):  # a byte that is not UTF-8 becomes U+FFFD, not the end of the session
+        sys.stdin.reconfigure(errors="replace")
     if interactive:
         console.print(f"[bold]{what}[/] — ask a question; /reset forgets the conversation, /exit (or Ctrl-D) quits.")
     while True:
