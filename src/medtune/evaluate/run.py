@@ -313,7 +313,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
     resolved = models.resolve(cfg.model.spec, allow_pickle=cfg.model.allow_pickle)
     model = models.load_model(resolved, trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle)
-    model = models.load_with_adapter(model, cfg.adapter, allow_pickle=cfg.model.allow_pickle)
+    model = models.load_with_adapter(model, cfg.adapter, allow_pickle=cfg.model.allow_pickle, base=resolved,
+                                     allow_other_base=cfg.model.allow_other_base)
     if cfg.adapter is not None:  # the unmerged LoRA layers cost extra matmuls at every position
         model = model.merge_and_unload()
     if dist_state().num_processes > 1 or torch_cuda_available():

@@ -195,7 +195,8 @@ def merge(cfg: MergeConfig) -> Path:
     if lora:  # validate every adapter against the base's architecture before any output is written
         skeleton = models.meta_model(base)
         for a in adapters:
-            models.check_adapter(skeleton, a, allow_pickle=cfg.base.allow_pickle)  # type: ignore[arg-type]
+            models.check_adapter(skeleton, a, allow_pickle=cfg.base.allow_pickle, base=base,  # type: ignore[arg-type]
+                                 allow_other_base=cfg.base.allow_other_base)
     out = Path(cfg.out)
     info: dict[str, Any] = {"method": cfg.method, "params": params, "label": M.label(cfg.method, params),
                             "base": cfg.base.spec, "tuned": cfg.tuned, "inputs": "lora" if lora else "full",

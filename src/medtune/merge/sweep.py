@@ -192,7 +192,8 @@ def _averager(cfg: SweepConfig) -> tuple[Any, Any]:
     adapter = adapter_dir(cfg.tuned)
     n_layers = model.config.num_hidden_layers
     if adapter is not None:
-        return Averager(models.load_with_adapter(model, adapter), n_layers), tokenizer
+        adapted = models.load_with_adapter(model, adapter, base=resolved, allow_other_base=cfg.base.allow_other_base)
+        return Averager(adapted, n_layers), tokenizer
     return Averager(model, n_layers, [load_state(full_dir(cfg.tuned))]), tokenizer
 
 
