@@ -103,7 +103,7 @@ def staging_dir(target: str | Path, kind: str) -> Iterator[Path]:
     try:
         write_json(tmp / STAGING_MARK, {"pid": os.getpid(), "host": socket.gethostname()})
         yield tmp
-        (tmp / STAGING_MARK).unlink()
+        (tmp / STAGING_MARK).unlink(missing_ok=True)
         outdir.mark(tmp, kind)
         settle_modes(tmp)
         fsync_tree(tmp)  # libraries (safetensors, save_pretrained) write without fsync
