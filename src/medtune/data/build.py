@@ -12,7 +12,6 @@ one shard buffer at a time; ``prepare(cfg)`` applies the same plan in memory and
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -265,7 +264,8 @@ def build_command(cfg: DataConfig) -> Path:
     """Write the packed blocks as memory-mapped shards, with their manifest, config, templates and rejects.
 
     Everything is written into a staging directory renamed into place at the end, so a killed build
-    leaves the previous output as it was; its leftovers are removed by the next build of ``out``.
+    leaves the previous output as it was; its leftovers are removed by the next build of ``out``
+    (:func:`medtune.atomic.staging_dir` does both).
     """
     from rich.console import Console
 
@@ -277,9 +277,7 @@ def build_command(cfg: DataConfig) -> Path:
     outdir.check(cfg.out, "data")  # before the work: refuse an --out medtune may not replace
     tokenizer = models.load_tokenizer(cfg.tokenizer)
     out = Path(cfg.out)
-    remove_stale_builds(out)
     with atomic.staging_dir(out, "data") as tmp:
-        mark_build(tmp)
         loaded = load(cfg, tokenizer, tmp / "cache")
         if not any(loaded.domain.values()):
             raise ConfigError("data build: no training items left (add 'train' sources, or check the leakage guard)")
@@ -294,7 +292,6 @@ def build_command(cfg: DataConfig) -> Path:
         atomic.write_text(tmp / "config.yaml", dump_config(cfg))
         atomic.write_json(tmp / "templates.json", template_provenance(get_train_template(cfg.template)))
         loaded.rejects.write(tmp / "rejects.jsonl")
-        (tmp / BUILD_MARK).unlink()
     console.print(f"wrote {packing['blocks']:,} blocks of {cfg.block_size} tokens in {packing['shards']} shard(s) to {out} "
                   f"(general share {packing['general_share']:.1%}; rejected rows: {len(loaded.rejects)})")
     return out
@@ -303,30 +300,6 @@ def build_command(cfg: DataConfig) -> Path:
 def open_blocks(out: str | Path) -> Blocks:
     """The packed blocks of the build in ``out``, memory-mapped."""
     return Blocks(Path(out) / SHARDS)
-
-
-BUILD_MARK = ".medtune-build-pid"
-"""In a staging directory while its build runs: the builder's process id."""
-
-
-def mark_build(tmp: Path) -> None:
-    (tmp / BUILD_MARK).write_text(str(os.getpid()))
-
-
-def remove_stale_builds(out: Path) -> None:
-    """Delete staging directories of ``out`` left by killed builds (their process is gone); a build
-    still running (its process alive) is left alone."""
-    for d in out.parent.glob(f".tmp-{out.name}-*"):
-        try:
-            pid = int((d / BUILD_MARK).read_text())
-        except (OSError, ValueError):
-            continue  # not a build staging directory of ours, or already finished
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(d, ignore_errors=True)
-        except PermissionError:
-            pass  # alive, another user's
 
 
 def _provenance() -> dict[str, Any]:

@@ -125,6 +125,13 @@ def _load(task: Task, cfg: EvalConfig, fewshot: bool = False) -> list[Any]:
     return load_source(src, Path(cfg.data_root), Rejects())
 
 
+def _ppl_sources(task: Task, cfg: EvalConfig) -> list[SourceConfig]:
+    """A perplexity task's sources: its own, or the one ``task_sources`` gives it."""
+    if task.name in cfg.task_sources:
+        return [cfg.task_sources[task.name]]
+    return [SourceConfig.model_validate(s) for s in (task.source, *task.extra_sources)]
+
+
 def _ppl_docs(task: Task, cfg: EvalConfig) -> list[tuple[str, str]]:
     """(id, text) of a perplexity task's documents: its sources' documents interleaved (one of each in turn), so
     a token limit keeps every source; a ``task_sources`` entry replaces all of them. A QA record's text is its
@@ -132,12 +139,8 @@ def _ppl_docs(task: Task, cfg: EvalConfig) -> list[tuple[str, str]]:
     from medtune.data.registry import load_source
     from medtune.data.rejects import Rejects
 
-    if task.name in cfg.task_sources:
-        sources = [cfg.task_sources[task.name]]
-    else:
-        sources = [SourceConfig.model_validate(s) for s in (task.source, *task.extra_sources)]
     per_source = []
-    for src in sources:
+    for src in _ppl_sources(task, cfg):
         docs = []
         for d in load_source(src, Path(cfg.data_root), Rejects()):
             if hasattr(d, "text"):  # a text document as it is
@@ -233,11 +236,13 @@ def _ppl_task(task: Task, cfg: EvalConfig, tokenizer: Any, model: Any) -> tuple[
     import numpy as np
 
     from medtune.evaluate import metrics
-    from medtune.evaluate.perplexity import document_nll, sliding_window_nll, token_documents, token_stream
+    from medtune.evaluate.perplexity import document_nll, scored_tokens, sliding_window_nll, token_documents, token_stream
 
     docs = _ppl_docs(task, cfg)[: cfg.limit]
     texts = [t for _, t in docs]
     ids = token_stream(tokenizer, texts, cfg.ppl_max_tokens)
+    if scored_tokens(len(ids)) == 0:  # before any results are written: a perplexity of nothing is no number
+        raise _nothing_to_score(task, cfg, len(docs), len(ids))
     window = min(cfg.ppl_window, getattr(model.config, "max_position_embeddings", cfg.ppl_window))
     started = time.perf_counter()
     res = sliding_window_nll(model, ids, window=window, stride=min(cfg.ppl_stride, window), progress=cfg.progress)
@@ -256,6 +261,16 @@ def _ppl_task(task: Task, cfg: EvalConfig, tokenizer: Any, model: Any) -> tuple[
               "seconds": round(seconds, 2), "tokens_per_s": round(res.tokens / seconds, 1) if seconds else None,
               "domain": task.domain}
     return result, rows
+
+
+def _nothing_to_score(task: Task, cfg: EvalConfig, n_docs: int, n_ids: int) -> Exception:
+    from medtune.data.registry import resolve_path
+    from medtune.errors import DataError
+
+    where = ", ".join(str(resolve_path(s, Path(cfg.data_root)) or s.hub) for s in _ppl_sources(task, cfg))
+    what = (f"its {n_docs} document(s) hold {n_ids} token(s) in all, and the first token is never scored (it has no "
+            "context): give at least 2 tokens of text") if n_docs else "none of its documents has any text"
+    return DataError(where, None, None, f"perplexity task {task.name} scores 0 tokens: {what}")
 
 
 def score_model(model: Any, tokenizer: Any, cfg: EvalConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -132,6 +132,16 @@ def unsupported_parallelism(running: str, fsdp_version: int | None, zero_stage: 
     return None
 
 
+def launch_refusal(env: dict[str, str], save_every: int) -> str | None:
+    """:func:`unsupported_parallelism` for the FSDP version the launch asked for (``accelerate launch``
+    sets ``ACCELERATE_USE_FSDP`` and ``FSDP_VERSION``, default 1), checked before accelerate sets it
+    up: accelerate's FSDP1 set-up fails on a machine without a GPU with an error of its own."""
+    if env.get(LAUNCH_FLAGS["FSDP"], "false").lower() != "true":
+        return None
+    version = env.get("FSDP_VERSION", "1")
+    return unsupported_parallelism("FSDP", int(version) if version.isdigit() else None, None, save_every)
+
+
 def _warner(is_main: bool) -> Any:
     """Print a warning on stderr from the main process only (one line per event, not one per rank)."""
     from rich.console import Console
@@ -150,6 +160,8 @@ def train(cfg: TrainConfig) -> Path:
 
     from medtune.train.loss import CausalLMLoss
 
+    if (refused := launch_refusal(dict(os.environ), cfg.save_every)) is not None:
+        raise TrainError(refused)
     cuda = torch.cuda.is_available()
     acc = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and torch.cuda.is_bf16_supported() else "no")
     if (fallback := parallelism_fallback(dict(os.environ), acc.distributed_type.name)) is not None:
