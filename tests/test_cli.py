@@ -45,3 +45,14 @@ def test_missing_file_names_it(tmp_path, tiny_llama):
     cfg.write_text(f"tokenizer: {tiny_llama}\ntrain:\n  - adapter: medmcqa\n    path: {tmp_path}/missing.jsonl\n")
     out = medtune("data", "stats", str(cfg))
     assert out.returncode == 2 and "missing.jsonl" in out.stderr
+
+
+def test_tables_written_to_a_log_are_not_cut_at_80_columns(tmp_path, tiny_llama):
+    """Piped output (a log) lays rich's tables out wide, so no column is cut to '…'."""
+    cfg = tmp_path / "data.yaml"
+    long_name = "a_source_with_a_long_name_that_a_narrow_table_would_cut"
+    cfg.write_text(f"data_root: {FIXTURES}\ntokenizer: {tiny_llama}\n"
+                   f"train: [{{adapter: pubmedqa, name: {long_name}, path: pubmedqa/ori_pqal.json}}]\n")
+    done = medtune("data", "stats", str(cfg))
+    assert done.returncode == 0, done.stderr
+    assert long_name in done.stdout and "…" not in done.stdout

@@ -92,6 +92,25 @@ def test_sliding_window_perplexity_scores_each_token_once(tiny_model):
     assert strided.tokens == 99  # every token after the first, exactly once
 
 
+def test_the_perplexity_progress_bar_ends_at_its_total(tiny_model, monkeypatch):
+    """The bar's total is the windows run: it ends at 6/6, not at 6 of a larger total."""
+    import tqdm.auto
+
+    seen = []
+
+    class Bar(list):
+        def __init__(self, it, **kw):
+            super().__init__(it)
+            seen.append(self)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    ids = list(range(3, 103))
+    sliding_window_nll(tiny_model, ids, window=32, stride=16)
+    assert list(seen[0]) == [0, 16, 32, 48, 64, 80]  # 80 + 32 >= 100 tokens: the last window
+    sliding_window_nll(tiny_model, ids, window=200, stride=200)
+    assert list(seen[1]) == [0]
+
+
 def test_eval_stage_on_fixtures(tiny_llama, tmp_path):
     from medtune.evaluate.run import EvalConfig, evaluate
 

@@ -36,5 +36,19 @@ def test_a_model_answering_one_choice_is_flagged_as_its_prior(tmp_path):
     found = priors(SimpleNamespace(tasks=["pubmedqa", "arc_easy"], rows=rows))
     assert [(p.model, p.choice, p.share) for p in found] == [("base", 2, 1.0), ("lora", 1, 0.95)]  # avg: 55 % #1
     assert found[1].majority == 0.55
-    assert found[1].text() == ("lora gives answer #1 on 95 % of pubmedqa items: its accuracy there is mostly that "
+    assert found[1].text() == ("lora answers #1 on 95 % of pubmedqa items: its accuracy there is mostly that "
                                "answer's prior (always the most frequent gold answer scores 55.0 %)")
+
+
+def test_a_prior_is_named_by_the_answer_the_model_gave(tmp_path):
+    """A person reads 'answers "yes" on 95 %', not a choice number, when the predictions record the answer."""
+    import json
+    from types import SimpleNamespace
+
+    from medtune.study.outcome import priors
+
+    path = tmp_path / "lora.jsonl"
+    path.write_text("".join(json.dumps({"task": "pubmedqa", "id": i, "pred": 0, "gold": i % 2, "answer": "yes"}) + "\n"
+                            for i in range(20)))
+    found = priors(SimpleNamespace(tasks=["pubmedqa"], rows=[SimpleNamespace(label="lora", step="eval/lora", predictions=path)]))
+    assert found[0].text().startswith('lora answers "yes" on 100 % of pubmedqa items')

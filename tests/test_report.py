@@ -136,8 +136,35 @@ def test_answer_spread_names_the_modal_answer_and_the_majority_accuracy(report):
     spread = data["spread"]
     assert spread["majority"]["pubmedqa"] == 1.0  # every gold answer is choice 0 in the fixture
     # the tuned model always predicts the gold (choice 1, 1-based) -> 100 %; the base predicts 0 when right, 1 when wrong
-    assert spread["rows"]["tuned"]["pubmedqa"] == {"choice": 1, "share": 1.0, "n": 40}
+    assert spread["rows"]["tuned"]["pubmedqa"] == {"choice": 1, "answer": None, "share": 1.0, "n": 40}
     right = np.mean(base_c["pubmedqa"])
     assert spread["rows"]["base"]["pubmedqa"]["share"] == pytest.approx(max(right, 1 - right))
     md = render.markdown(data, [])
     assert "## Answer spread" in md and "#1 on 100 %" in md
+
+
+def test_the_answer_spread_shows_the_answer_as_the_model_said_it():
+    """'"yes" on 98 %' in the table when the predictions record the answer; '#1' only for older results."""
+    assert render.shown_answer(1, "yes") == '"yes"' and render.shown_answer(2, None) == "#2"
+    assert render.shown_answer(1, "a very long option text that goes on") == '"a very long option text…"'
+
+
+def test_the_headline_gives_each_general_change_with_its_interval_and_item_count(report):
+    """The shipped model's general cost is the paired change per general task with its interval and n, and a
+    change inside its interval says so (a few items' change is not a cost)."""
+    data = report[0]
+    data["ship"] = {"row": "tuned", "rule": "retain", "candidates": [], "selected": None, "rule_name": "retain", "retain": 0.98, "base_general": None}
+    head = render.markdown(data, []).split("\n\n")[1]
+    d = data["deltas"]["tuned"]["arc_easy"]
+    assert f"{data['display']['arc_easy']} {100 * d['value']:+.1f} points" in head and "(20 items)" in head
+    assert ("within its interval" in head) == (d["ci95"][0] <= 0 <= d["ci95"][1])
+    assert "general average" not in head
+
+
+def test_selection_scores_say_what_they_are():
+    """A perplexity score is named as 100 / perplexity, never as a mean accuracy."""
+    from medtune.evaluate.scores import describe
+
+    assert describe(["arc_easy"]) == "accuracy on arc_easy"
+    assert describe(["ppl_general"]) == "100 / perplexity on ppl_general"
+    assert describe(["pubmedqa", "ppl_medical"]) == "mean of accuracy on pubmedqa and 100 / perplexity on ppl_medical"

@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # peft reads a property that transformers 5 deprecated; nothing a medtune user can act on.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
+    _log_width()
     try:
         app.main(args=argv, prog_name="medtune", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -208,6 +209,19 @@ def main(argv: list[str] | None = None) -> None:
         if message is None or os.environ.get("MEDTUNE_DEBUG"):
             raise
         _error(message)
+
+
+LOG_COLUMNS = 200
+"""Width of rich's tables when the output is a file or a pipe (a log): rich falls back to 80 columns there,
+which cuts the study's tables; a terminal keeps its own width."""
+
+
+def _log_width() -> None:
+    """Lay tables out at least LOG_COLUMNS wide when standard output is not a terminal (COLUMNS is often
+    exported as the terminal's width, which says nothing about a log file)."""
+    if not sys.stdout.isatty():
+        given = os.environ.get("COLUMNS", "")
+        os.environ["COLUMNS"] = str(max(int(given) if given.isdigit() else 0, LOG_COLUMNS))
 
 
 DISK_ERRORS = {errno.ENOSPC: "cannot write", errno.EDQUOT: "cannot write", errno.EFBIG: "cannot write",

@@ -77,7 +77,9 @@ def sliding_window_nll(model: Any, ids: Sequence[int], *, window: int, stride: i
     seq = torch.tensor(list(ids), device=device)
     nlls, counts, per_token = [], [], []
     prev_end = 0
-    starts = range(0, max(len(seq) - 1, 1), stride)
+    # the windows' first tokens, up to the first window that reaches the end (so the bar's total is the windows run)
+    last = -(-max(len(seq) - window, 0) // stride) * stride
+    starts = range(0, last + 1, stride)
     for begin in tqdm(starts, desc="perplexity", unit="window", disable=not progress, dynamic_ncols=True):
         end = min(begin + window, len(seq))
         new = end - max(prev_end, begin + 1)  # tokens this window scores (the first token is never scored)

@@ -171,7 +171,8 @@ def _mc_task(task: Task, cfg: EvalConfig, tokenizer: Any, scorer: Any) -> tuple[
         return shots[: cfg.fewshot]
 
     groups = [str(r.meta.get(task.group_by, "")) if task.group_by else "" for r in records]
-    requests = [build_request(tokenizer, eval_prompt(r, template, fewshot=exemplars(r)), g) for r, g in zip(records, groups)]
+    prompts = [eval_prompt(r, template, fewshot=exemplars(r)) for r in records]
+    requests = [build_request(tokenizer, pr, g) for pr, g in zip(prompts, groups)]
     started = time.perf_counter()
     if cfg.fewshot and task.group_by:  # each group shares its own exemplar prefix
         lls: list[list[float]] = [[] for _ in requests]
@@ -194,9 +195,10 @@ def _mc_task(task: Task, cfg: EvalConfig, tokenizer: Any, scorer: Any) -> tuple[
         result[f"acc_by_{task.group_by}"] = metrics.by_group(acc, groups)
     result.update({"n": len(requests), "fewshot": cfg.fewshot, "seconds": round(seconds, 2),
                    "items_per_s": round(len(requests) / seconds, 2) if seconds else None, "domain": task.domain})
-    rows = [{"task": task.name, "id": r.id, "gold": r.gold, "pred": p, "pred_norm": pn, "loglikelihoods": ll,
-             **({task.group_by: r.group} if task.group_by else {})}
-            for r, p, pn, ll in zip(requests, preds, preds_norm, lls)]
+    # "answer": the predicted choice as the model said it ("yes", "B"), for a person reading the answer spread
+    rows = [{"task": task.name, "id": r.id, "gold": r.gold, "pred": p, "pred_norm": pn, "answer": pr.continuations[p].strip(),
+             "loglikelihoods": ll, **({task.group_by: r.group} if task.group_by else {})}
+            for r, pr, p, pn, ll in zip(requests, prompts, preds, preds_norm, lls)]
     return result, rows
 
 

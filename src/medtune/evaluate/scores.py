@@ -27,3 +27,12 @@ def selection_score(name: str, results: Mapping[str, Any], groups: Mapping[str, 
 def mean_score(names: Sequence[str], results: Mapping[str, Any], groups: Mapping[str, Any]) -> float:
     """Mean of :func:`selection_score` over ``names`` (a study's medical or general score)."""
     return sum(selection_score(n, results, groups) for n in names) / len(names)
+
+
+def describe(names: Sequence[str]) -> str:
+    """What :func:`mean_score` over ``names`` is, as a person reads it: "accuracy on arc_easy",
+    "100 / perplexity on ppl_general", "mean of accuracy on pubmedqa, medqa4" (shown in %)."""
+    acc = [n for n in names if n in GROUPS or TASKS[n].kind != "ppl"]
+    ppl = [n for n in names if n not in GROUPS and TASKS[n].kind == "ppl"]
+    parts = ([f"accuracy on {', '.join(acc)}"] if acc else []) + ([f"100 / perplexity on {', '.join(ppl)}"] if ppl else [])
+    return ("mean of " if len(names) > 1 else "") + " and ".join(parts)

@@ -29,6 +29,7 @@ from medtune import outdir, weights_hash
 from medtune.config import ModelConfig, StrictModel
 from medtune.data.spec import SourceConfig
 from medtune.errors import MedtuneError
+from medtune.evaluate.scores import describe
 from medtune.merge import methods as M
 from medtune.merge.records import SweepPoint, SweepResult
 from medtune.merge.selection import SelectionRule
@@ -244,7 +245,7 @@ def sweep(cfg: SweepConfig) -> SweepResult:
     base_general = result.find("linear", {"alpha": 0.0}).general  # type: ignore[union-attr]
     result.mark(cfg.selection_rule(), base_general)
     result.save(path)
-    plot_frontier(result, out / "frontier.png")
+    plot_frontier(result, out / "frontier.png", axes=(describe(cfg.general_tasks.split(",")), describe(cfg.medical_tasks.split(","))))
     sel = result.selected_point
     assert sel is not None
     console.print(f"selected {sel.label} by rule '{cfg.rule}': medical {100 * sel.medical:.1f}, "
@@ -271,7 +272,10 @@ def draw_points(ax: Any, result: SweepResult, color: str | None = None, prefix: 
                    color=color or f"C{i + 2}", alpha=0.7, label=f"{prefix}{name}", zorder=2)
 
 
-def plot_frontier(result: SweepResult, path: Path, title: str = "medical vs general ability") -> None:
+def plot_frontier(result: SweepResult, path: Path, title: str = "medical vs general ability",
+                  axes: tuple[str, str] = ("mean score", "mean score")) -> None:
+    """The sweep's points, Pareto front and selection; ``axes``: what the general and medical scores are
+    (:func:`medtune.evaluate.scores.describe`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -293,8 +297,8 @@ def plot_frontier(result: SweepResult, path: Path, title: str = "medical vs gene
                    zorder=4)
         if result.rule is not None and result.rule.rule == "retain" and result.base_general is not None:
             ax.axvline(100 * result.rule.retain * result.base_general, color="#ff7f0e", ls="--", lw=1, alpha=0.6)
-    ax.set_xlabel("general score (mean accuracy, %)")
-    ax.set_ylabel("medical score (mean accuracy, %)")
+    ax.set_xlabel(f"general score: {axes[0]} (%)")
+    ax.set_ylabel(f"medical score: {axes[1]} (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")

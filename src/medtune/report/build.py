@@ -140,21 +140,26 @@ def _ppl_changes(ref: dict[tuple[str, str], tuple[float, int]], mine: dict[tuple
 
 def answer_spread(rows: list[ModelEval], tasks: list[str], read: Reader = _predictions) -> dict[str, Any]:
     """Per task: the accuracy of always giving the most frequent gold answer, and per row (by label) the
-    share of items that got the row's own most frequent answer (with which choice, 1-based). A model that
+    share of items that got the row's own most frequent answer (which choice, 1-based, and the answer as the
+    model said it, when the predictions record it). A model that
     gives one answer to every item scores its prior, whatever it learned: this says when a score is that."""
     out: dict[str, Any] = {"majority": {}, "rows": {}}
     seen: dict[str, dict[str, Any]] = {}
     for r in rows:
         if r.step not in seen:
             per: dict[str, list[tuple[int, int]]] = {}
+            said: dict[tuple[str, int], str] = {}  # (task, choice) -> the answer as the model said it
             for p in read(r.predictions):
                 if "gold" in p and p["task"] in tasks:
                     per.setdefault(p["task"], []).append((int(p["pred"]), int(p["gold"])))
+                    if "answer" in p:
+                        said[(p["task"], int(p["pred"]))] = str(p["answer"])
             spread: dict[str, Any] = {}
             for t, pairs in per.items():
                 preds = [p for p, _ in pairs]
                 top = max(set(preds), key=preds.count)
-                spread[t] = {"choice": top + 1, "share": preds.count(top) / len(preds), "n": len(preds)}
+                spread[t] = {"choice": top + 1, "answer": said.get((t, top)), "share": preds.count(top) / len(preds),
+                             "n": len(preds)}
                 golds = [g for _, g in pairs]
                 out["majority"].setdefault(t, max(golds.count(g) for g in set(golds)) / len(golds))
             seen[r.step] = spread

@@ -65,9 +65,15 @@ def frontier(data: dict[str, Any], path: Path) -> Path | None:
         test.scatter([100 * x["value"]], [100 * y["value"]], marker=m, s=size, color=c, zorder=3,
                      edgecolors="gold" if r["step"] == ship_step else "none", linewidths=2.5, label=r["label"])
     test.set_title("test: reported scores with 95 % intervals (gold edge: shipped)")
+    from medtune.evaluate.scores import describe
+
+    chosen_on = data["validation"]
+    val.set_xlabel(f"general score: {describe(chosen_on['general'])} (%)")
+    val.set_ylabel(f"medical score: {describe(chosen_on['medical'])} (%)")
+    cols = data["columns"]
+    test.set_xlabel(f"general average: mean accuracy on {', '.join(cols['general'])} (%)")
+    test.set_ylabel(f"medical average: mean accuracy on {', '.join(cols['medical_in'] + cols['medical_ood'])} (%)")
     for ax in (val, test):
-        ax.set_xlabel("general score (mean accuracy, %)")
-        ax.set_ylabel("medical score (mean accuracy, %)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     fig.suptitle(f"{data['name']}: medical vs general ability", fontsize=12)

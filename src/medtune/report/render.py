@@ -8,6 +8,7 @@ import html as H
 from pathlib import Path
 from typing import Any
 
+from medtune.evaluate.scores import describe
 from medtune.evaluate.tasks import GROUPS, TASKS
 
 
@@ -83,6 +84,14 @@ def suite_tables(data: dict[str, Any], rows: list[dict[str, Any]]) -> list[Block
     return out
 
 
+def shown_answer(choice: int, answer: str | None) -> str:
+    """An answer as a person reads it: the model's words (``"yes"``, ``"B"``; cut at 24 characters), or the
+    choice number (``#2``) when the predictions do not record them (results of an older medtune)."""
+    if answer is None:
+        return f"#{choice}"
+    return f'"{answer if len(answer) <= 24 else answer[:23] + "…"}"'
+
+
 def spread_table(data: dict[str, Any]) -> list[Block]:
     """How often each model gives its most frequent answer, next to the majority-class accuracy."""
     spread = data.get("spread") or {}
@@ -90,12 +99,12 @@ def spread_table(data: dict[str, Any]) -> list[Block]:
     if not tasks:
         return []
     show = data["display"]
-    cell = lambda m: f"#{m['choice']} on {100 * m['share']:.0f} %" if m else "–"
+    cell = lambda m: f"{shown_answer(m['choice'], m.get('answer'))} on {100 * m['share']:.0f} %" if m else "–"
     return [("h2", "Answer spread"),
             ("table", ["model"] + [show.get(t, t) for t in tasks],
              [["always the most frequent gold answer (accuracy)"] + [f"{100 * spread['majority'][t]:.1f} %" for t in tasks]]
              + [[label] + [cell(per.get(t)) for t in tasks] for label, per in spread["rows"].items()]),
-            ("note", "Per model: its most frequent answer (choice number, 1-based, in the task's option order) and the "
+            ("note", "Per model: its most frequent answer (#N: choice N in the task's option order) and the "
                      "share of items it gave that answer. A model that gives one answer to nearly every item scores "
                      "about its prior: compare its accuracy with the first row, the accuracy of always answering the "
                      "most frequent gold answer.")]
@@ -148,10 +157,33 @@ def _headline(data: dict[str, Any]) -> list[Block]:
                       f"the rule: {ship['rule']}. The tables below show what tuning did on the test splits.")]
     text = (f"**Ship: {row['label']}.** On the test splits its medical average is {pct(row['medical_avg'], False)} % "
             f"({delta(row['medical_avg'], base['medical_avg']) if base else ''})")
-    if row["general_avg"]:
-        text += f" and its general average {pct(row['general_avg'], False)} % ({delta(row['general_avg'], base['general_avg'])})"
+    general = _general_changes(data, row["label"])
+    if general:
+        text += "; its general ability, paired with the base on the same items: " + "; ".join(general)
     text += f". It was chosen on validation splits by the rule: {ship['rule']}; the test splits were only scored to report."
     return [("p", text)]
+
+
+def _general_changes(data: dict[str, Any], label: str) -> list[str]:
+    """The paired change vs the base on each general task of the test splits, with its interval and item
+    count, and whether it clears the interval: a few items' change is shown as what it is, not as a cost."""
+    out = []
+    deltas = data.get("deltas", {}).get(label, {})
+    ppl_general = [t for t in data["columns"]["ppl"] if TASKS[t].domain == "general"]
+    for t in data["columns"]["general"] + ppl_general:
+        d = deltas.get(t)
+        if not d:
+            continue
+        name = data["display"].get(t, t)
+        if t in ppl_general:
+            value, ci, unit = 100 * d["rel"], d.get("rel_ci95"), " % perplexity"
+        else:
+            value, ci, unit = 100 * d["value"], d.get("ci95"), " points"
+        ci = [100 * c for c in ci] if ci else None
+        where = (f" [{ci[0]:+.1f}, {ci[1]:+.1f}]" + ("" if ci[0] > 0 or ci[1] < 0 else ", within its interval")) if ci \
+            else ", no interval"
+        out.append(f"{name} {value:+.1f}{unit}{where} ({d['n']} {'documents' if t in ppl_general else 'items'})")
+    return out
 
 
 def blocks(data: dict[str, Any], images: list[str]) -> list[Block]:
@@ -230,8 +262,8 @@ def _selection(data: dict[str, Any]) -> list[Block]:
     ship, val = data.get("ship"), data["validation"]
     if ship:
         out += [("h2", "How the model was chosen (validation splits)"),
-                ("p", f"Medical score: mean accuracy on {', '.join(val['medical'])}; general score: mean accuracy on "
-                      f"{', '.join(val['general'])}; up to {val['limit'] or 'all'} items per task. Rule: {ship['rule']}."),
+                ("p", f"Medical score: {describe(val['medical'])}; general score: {describe(val['general'])} (in %); "
+                      f"up to {val['limit'] or 'all'} items per task. Rule: {ship['rule']}."),
                 ("table", ["candidate", "validation medical", "validation general", "chosen"],
                  [[c["label"], f"{100 * c['medical']:.1f}", f"{100 * c['general']:.1f}", "✓" if i == ship["selected"] else ""]
                   for i, c in enumerate(ship["candidates"])]),

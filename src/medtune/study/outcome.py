@@ -65,12 +65,17 @@ class Prior:
     task: str
     choice: int
     """1-based."""
+    answer: str | None
+    """The answer as the model said it ("yes"); None in results of an older medtune."""
     share: float
     majority: float
     """Accuracy of always giving the most frequent gold answer."""
 
     def text(self) -> str:
-        return (f"{self.model} gives answer #{self.choice} on {100 * self.share:.0f} % of {self.task} items: its accuracy "
+        from medtune.report.render import shown_answer
+
+        return (f"{self.model} answers {shown_answer(self.choice, self.answer)} on {100 * self.share:.0f} % of "
+                f"{self.task} items: its accuracy "
                 f"there is mostly that answer's prior (always the most frequent gold answer scores "
                 f"{100 * self.majority:.1f} %)")
 
@@ -89,7 +94,7 @@ def priors(results: StudyResults) -> list[Prior]:
     for row in results.rows:
         for task, s in spread["rows"].get(row.label, {}).items():
             if s["share"] >= PRIOR_SHARE and s["n"] >= 10:
-                out.append(Prior(row.label, task, s["choice"], s["share"], spread["majority"][task]))
+                out.append(Prior(row.label, task, s["choice"], s.get("answer"), s["share"], spread["majority"][task]))
     return out
 
 
