@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from medtune import atomic
+from medtune import atomic, outdir
 from medtune.cli import DISK_ERRORS, main
 from medtune.config import validate
 from medtune.errors import ConfigError
@@ -192,7 +192,7 @@ def test_a_merge_killed_by_sigterm_leaves_a_staging_directory_the_next_merge_rem
     main(["merge", str(cfg)])
     assert not leftover[0].exists(), "the dead merge's staging directory is removed"
     assert foreign.is_dir() and (out / "merge_provenance.json").is_file()
-    assert not (out / atomic.STAGING_MARK).exists(), "the writer mark is not part of the output"
+    assert not (out / outdir.STAGING_MARK).exists(), "the writer mark is not part of the output"
 
 
 def test_a_live_writers_staging_directory_is_left_alone(tmp_path):
@@ -200,15 +200,15 @@ def test_a_live_writers_staging_directory_is_left_alone(tmp_path):
     target = tmp_path / "out"
     live = tmp_path / ".tmp-out-live"
     live.mkdir()
-    (live / atomic.STAGING_MARK).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    (live / outdir.STAGING_MARK).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
     elsewhere = tmp_path / ".tmp-out-elsewhere"
     elsewhere.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (elsewhere / atomic.STAGING_MARK).write_text(json.dumps({"pid": int(dead.stdout), "host": "another-host"}))
+    (elsewhere / outdir.STAGING_MARK).write_text(json.dumps({"pid": int(dead.stdout), "host": "another-host"}))
     gone = tmp_path / ".tmp-out-gone"
     gone.mkdir()
-    (gone / atomic.STAGING_MARK).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
-    with atomic.staging_dir(target, "merge") as tmp:
+    (gone / outdir.STAGING_MARK).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    with outdir.staging_dir(target, "merge") as tmp:
         (tmp / "x").write_text("x")
     assert live.is_dir() and elsewhere.is_dir() and not gone.exists()
     assert sorted(p.name for p in target.iterdir()) == [".medtune-artifact.json", "x"]

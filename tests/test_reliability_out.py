@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from medtune import atomic
+from medtune import atomic, outdir
 from medtune.config import load_config, validate
 from medtune.demo import demo_data_dir
 from medtune.errors import ConfigError, MedtuneError
@@ -180,9 +180,9 @@ def test_what_counts_as_a_medtune_artifact(tmp_path, monkeypatch):
 
 def test_a_failed_replacement_keeps_the_old_output(tmp_path):
     out = tmp_path / "m"
-    with atomic.staging_dir(out, "merge") as tmp:
+    with outdir.staging_dir(out, "merge") as tmp:
         (tmp / "weights").write_text("old")
-    with pytest.raises(RuntimeError), atomic.staging_dir(out, "merge") as tmp:
+    with pytest.raises(RuntimeError), outdir.staging_dir(out, "merge") as tmp:
         (tmp / "weights").write_text("new, half written")
         raise RuntimeError("killed")
     assert (out / "weights").read_text() == "old"
@@ -403,7 +403,7 @@ def test_the_validator_names_the_same_step_directories_as_the_plan(tiny_llama, t
 
 
 def test_checkpoints_follow_the_umask(tiny_llama, tmp_path):
-    """Checkpoints are staged by the trainer itself (not atomic.staging_dir): their files too get
+    """Checkpoints are staged by the trainer itself (not outdir.staging_dir): their files too get
     0666 less the umask, although safetensors writes 0600."""
     from medtune.train.config import TrainConfig
     from medtune.train.run import train

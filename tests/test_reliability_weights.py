@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from medtune import models
+from medtune import models, outdir
 from medtune.config import ModelConfig
 from medtune.errors import MedtuneError, ModelError
 from medtune.finite import NonFiniteError, check_finite
@@ -405,7 +405,7 @@ def test_staging_dir_fsyncs_what_libraries_wrote_before_the_rename(tmp_path, mon
     from medtune import atomic
 
     events = fsync_log(monkeypatch)
-    with atomic.staging_dir(tmp_path / "art", "merge") as tmp:
+    with outdir.staging_dir(tmp_path / "art", "merge") as tmp:
         save_file({"w": torch.ones(2)}, str(tmp / "model.safetensors"))  # safetensors does not fsync
         (tmp / "sub").mkdir()
         (tmp / "sub" / "x.txt").write_text("x")

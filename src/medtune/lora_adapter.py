@@ -20,16 +20,14 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from medtune import atomic
 from medtune.errors import ModelError
 from medtune.finite import check_finite
-
-if TYPE_CHECKING:
-    from medtune.models import ResolvedModel
+from medtune.resolved import ResolvedModel
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

@@ -21,12 +21,12 @@ import importlib.util
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from medtune import atomic, hub_access
+from medtune import atomic, hub_access, outdir
 from medtune.errors import ModelError
+from medtune.resolved import ResolvedModel
 
 EMBEDDED_MODELS: dict[str, dict[str, str]] = {
     "smollm2-135m": {
@@ -43,16 +43,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 """A directory with one of these is enough where only the tokenizer is needed (building data)."""
 CACHE_ENV = "MEDTUNE_CACHE"
 CACHE_FORMAT = 1  # bump when the cache layout changes, so old caches are rebuilt
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    """Where a spec's weights are, after resolution (and conversion, for GGUF)."""
-
-    spec: str
-    kind: Literal["embedded", "gguf", "local", "hub"]
-    path: str
-    """A local directory for embedded/gguf/local; the Hub id for hub."""
 
 
 def cache_root() -> Path:
@@ -161,7 +151,7 @@ def ensure_gguf_cache(gguf: Path, target: Path) -> Path:
     console = Console(stderr=True)
     console.print(f"[bold]medtune[/]: converting {gguf.name} to a safetensors cache at {target} (once) ...")
     started = time.time()
-    with atomic.staging_dir(target, "gguf-cache") as tmp:
+    with outdir.staging_dir(target, "gguf-cache") as tmp:
         _convert_gguf(gguf, tmp)
         atomic.write_json(tmp / "medtune_provenance.json", {**stamp, "converted_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                                              "seconds": round(time.time() - started, 1), **_versions()})

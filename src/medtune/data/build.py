@@ -265,7 +265,7 @@ def build_command(cfg: DataConfig) -> Path:
 
     Everything is written into a staging directory renamed into place at the end, so a killed build
     leaves the previous output as it was; its leftovers are removed by the next build of ``out``
-    (:func:`medtune.atomic.staging_dir` does both).
+    (:func:`medtune.outdir.staging_dir` does both).
     """
     from rich.console import Console
 
@@ -277,7 +277,7 @@ def build_command(cfg: DataConfig) -> Path:
     outdir.check(cfg.out, "data")  # before the work: refuse an --out medtune may not replace
     tokenizer = models.load_tokenizer(cfg.tokenizer)
     out = Path(cfg.out)
-    with atomic.staging_dir(out, "data") as tmp:
+    with outdir.staging_dir(out, "data") as tmp:
         loaded = load(cfg, tokenizer, tmp / "cache")
         if not any(loaded.domain.values()):
             raise ConfigError("data build: no training items left (add 'train' sources, or check the leakage guard)")

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from medtune import atomic
+from medtune import atomic, outdir
 from medtune.config import ModelConfig, StrictModel
 from medtune.errors import ConfigError, MedtuneError, ModelError
 from medtune.finite import check_finite
@@ -202,7 +202,7 @@ def merge(cfg: MergeConfig) -> Path:
                             "base": cfg.base.spec, "tuned": cfg.tuned, "inputs": "lora" if lora else "full",
                             "lora_exact": entry.lora is not None,
                             "convention": "alpha is the weight on the tuned model: (1-alpha)*base + alpha*tuned"}
-    with atomic.staging_dir(out, "merge") as tmp:
+    with outdir.staging_dir(out, "merge") as tmp:
         chosen = list(cfg.tuned)
         if entry.search == "greedy":
             from medtune.merge.soup import greedy_soup

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from medtune import atomic
+from medtune import atomic, outdir
 from medtune.config import dump_config
 from medtune.lora_adapter import BaseIdentity
 from medtune.train.config import TrainConfig
@@ -79,7 +79,7 @@ def save_model(out: Path, model: Any, tokenizer: Any, state_dict: dict[str, Any]
     ``state_dict``: the weights to write, when the model's own are shards (FSDP2)."""
     from medtune import weights_hash
 
-    with atomic.staging_dir(out, "model") as tmp:
+    with outdir.staging_dir(out, "model") as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(str(tmp))
         if base is not None:
