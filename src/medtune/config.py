@@ -7,7 +7,7 @@ docstring is its documentation and its CLI ``--help`` text.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -132,3 +132,8 @@ class ModelConfig(StrictModel):
     """Run Python code shipped with a Hub model. Off unless you trust the model's authors."""
     allow_pickle: bool = False
     """Allow pickled weights (.bin/.pt). Off by default: unpickling can run arbitrary code."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype: auto = fp32 on CPU; on a GPU bf16 (fp16 where it has no native bf16) for frozen weights
+    (inference, the LoRA base), fp32 master weights under mixed precision for full fine-tuning."""
+    attn_implementation: str | None = None
+    """transformers' attention implementation (eager, sdpa, flash_attention_2, ...); None: the model's default."""
