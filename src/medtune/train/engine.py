@@ -148,8 +148,9 @@ class MedtuneCallback(TrainerCallback):
                              f"The last good checkpoint is {self.run.last_good or 'none (no checkpoint written yet)'}; "
                              "lower the learning rate and resume with --resume.")
         self.run.tokens += self.run.tokens_per_step
+        norm = logs.get("grad_norm")  # of the live (possibly sharded) gradients, before clipping
         self.run.history.append({"step": state.global_step, "loss": loss, "lr": float(logs.get("learning_rate", 0.0)),
-                                 "tokens": self.run.tokens})
+                                 "tokens": self.run.tokens, "grad_norm": None if norm is None else float(norm)})
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{loss:.4f}")
             self.bar.update(state.global_step - self.bar.n)

@@ -103,8 +103,25 @@ def summed_token_loss(model: nn.Module, input_ids: torch.Tensor, labels: torch.T
     rows = (targets != IGNORE_INDEX).nonzero()[:, 0]
     if rows.numel() < targets.numel():
         hidden, targets = hidden.index_select(0, rows), targets.index_select(0, rows)
-    weight = model.get_output_embeddings().weight
-    return chunked_ce_sum(hidden, weight, targets, chunk=chunk, scale=scale)
+    head = model.get_output_embeddings()
+    if getattr(head, "medtune_chunked_loss", False):  # through the module, so FSDP2 unshards its weight first
+        return head(hidden, targets=targets, chunk=chunk, scale=scale)
+    return chunked_ce_sum(hidden, head.weight, targets, chunk=chunk, scale=scale)
+
+
+def _loss_head(head: nn.Module) -> None:
+    """Let the LM head module compute the chunked loss when called with ``targets``: FSDP2 gathers a
+    module's sharded weight in that module's forward hooks (and reduce-scatters its gradient after), so
+    the weight is used inside a call of the module that owns it, never read off it from outside."""
+    own = head.forward
+
+    def forward(hidden: torch.Tensor, targets: torch.Tensor | None = None, chunk: int = 1024, scale: float = 1.0) -> torch.Tensor:
+        if targets is None:
+            return own(hidden)
+        return chunked_ce_sum(hidden, head.weight, targets, chunk=chunk, scale=scale)
+
+    head.forward = forward
+    head.medtune_chunked_loss = True
 
 
 class CausalLMLoss(nn.Module):
@@ -135,6 +152,7 @@ def install(model: nn.Module, chunk: int) -> None:
     """
     causal = model.get_base_model() if hasattr(model, "get_base_model") else model
     own_forward = causal.forward
+    _loss_head(causal.get_output_embeddings())
 
     def forward(input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, num_items_in_batch: Any = None, **kwargs: Any) -> Any:
