@@ -1,0 +1,127 @@
+"""``medtune train`` on transformers' Trainer: the plug-ins compute what the engine computes, the
+engine's accumulation boundaries (what DeepSpeed steps on), mixed precision on CPU, packing's
+position ids, the weights' dtypes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from medtune.train.config import TrainConfig
+from test_train import config
+
+
+def _plain_trainer_losses(cfg: TrainConfig, tiny_llama: Path, out: Path, steps: int) -> list[float]:
+    """Per-step losses of plain ``Trainer`` (+ peft for LoRA) on medtune's built blocks, in medtune's
+    block order, with the model's own loss and peft's own layers."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    from medtune.data.build import open_blocks
+    from medtune.train.engine import BlockDataset, collate, sample_order
+
+    blocks = open_blocks(out / "data")
+    order = sample_order(len(blocks), cfg.seed, steps * cfg.micro_batch_size * cfg.grad_accum)
+    examples = BlockDataset(blocks, cfg.loss).__getitems__(order.tolist())
+    torch.manual_seed(cfg.seed)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32)
+    if cfg.method == "lora":
+        model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.0,
+                                                 target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM"))
+    args = TrainingArguments(output_dir=str(out / "plain"), per_device_train_batch_size=cfg.micro_batch_size,
+                             gradient_accumulation_steps=cfg.grad_accum, max_steps=steps,
+                             learning_rate=cfg.learning_rate, lr_scheduler_type="cosine",
+                             warmup_steps=int(cfg.warmup_ratio * steps), max_grad_norm=cfg.max_grad_norm,
+                             seed=cfg.seed, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
+                             optim="adamw_torch_fused", train_sampling_strategy="sequential", disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collate)
+    trainer.train()
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_plugins_give_the_losses_of_plain_trainer_and_peft(tiny_llama, tmp_path, method):
+    """Dropout 0, same seed and batch order: medtune train (CPU plug-ins on) and plain Trainer + peft
+    agree per step to 1e-3 relative over 20 steps."""
+    from medtune.train.run import train
+
+    out = tmp_path / method
+    lr = 5e-3 if method == "lora" else 1e-3
+    cfg = TrainConfig.model_validate(config(tiny_llama, out, method=method, max_steps=20, epochs=3, save_every=0,
+                                            learning_rate=lr, **{"lora.dropout": 0.0}))
+    train(cfg)
+    curves = json.loads((out / "curves.json").read_text())
+    assert curves["run"]["plugins"] is True
+    ours = [h["loss"] for h in curves["history"]]
+    plain = _plain_trainer_losses(cfg, tiny_llama, out, 20)
+    assert len(ours) == len(plain) == 20
+    worst = max(abs(a - b) / abs(b) for a, b in zip(ours, plain))
+    assert worst <= 1e-3, (worst, ours, plain)
+    assert ours[-1] < ours[0]  # and training moved
+
+
+class _RecordingDeepSpeedEngine:
+    """Stands in for a DeepSpeed engine behind accelerate's ``DeepSpeedEngineWrapper``: records the
+    accumulation boundary of each backward and each ``step`` (where DeepSpeed clips and steps)."""
+
+    def __init__(self, optimizer_steps: list[int]) -> None:
+        self.boundaries: list[bool] = []
+        self.steps = 0
+        self.optimizer_steps = optimizer_steps
+
+    def set_gradient_accumulation_boundary(self, is_boundary: bool) -> None:
+        self.boundaries.append(is_boundary)
+
+    def backward(self, loss: torch.Tensor, **kwargs) -> None:
+        loss.backward()
+
+    def step(self) -> None:
+        self.steps += 1
+
+
+def test_deepspeed_steps_once_per_accumulated_batch(tiny_llama, tmp_path, monkeypatch):
+    """With grad_accum 3, the engine marks every third micro-batch as the accumulation boundary, which
+    is where accelerate lets DeepSpeed clip and step: one DeepSpeed step per optimizer step, not per micro-batch."""
+    from accelerate.utils.deepspeed import DeepSpeedEngineWrapper
+
+    from medtune.train import run
+
+    engines: list[_RecordingDeepSpeedEngine] = []
+    real_trainer = run._trainer
+
+    def recording(*args, **kwargs):
+        trainer = real_trainer(*args, **kwargs)
+        acc = trainer.accelerator
+        engine = _RecordingDeepSpeedEngine([])
+        engines.append(engine)
+        wrapped = DeepSpeedEngineWrapper(engine)
+        # accelerate's DeepSpeed branch of Accelerator.backward, as it runs under DeepSpeed
+        monkeypatch.setattr(acc, "backward", lambda loss, **kw: wrapped.backward(loss, sync_gradients=acc.sync_gradients, **kw))
+        return trainer
+
+    monkeypatch.setattr(run, "_trainer", recording)
+    out = run.train(TrainConfig.model_validate(config(tiny_llama, tmp_path / "ds", grad_accum=3, micro_batch_size=1,
+                                                      max_steps=4, save_every=0)))
+    (engine,) = engines
+    assert engine.boundaries == [False, False, True] * 4
+    assert engine.steps == 4
+    assert [h["step"] for h in json.loads((out / "curves.json").read_text())["history"]] == [1, 2, 3, 4]
+
+
+def test_bf16_mixed_precision_steps_on_cpu(tiny_llama, tmp_path):
+    """The engine's bf16 autocast on CPU (Accelerator(cpu=True, mixed_precision="bf16")): a LoRA run
+    steps with finite losses, peft's layers taking over from the fused update under autocast."""
+    from medtune.train.run import train
+
+    out = train(TrainConfig.model_validate(config(tiny_llama, tmp_path / "bf16", max_steps=3, save_every=0,
+                                                  engine={"bf16": True})))
+    curves = json.loads((out / "curves.json").read_text())
+    assert curves["run"]["mixed_precision"] == "bf16"
+    assert all(np.isfinite(h["loss"]) for h in curves["history"]) and len(curves["history"]) == 3
+    adapter = load_file(str(out / "model" / "adapter_model.safetensors"))
+    assert all(t.dtype == torch.float32 for t in adapter.values())
