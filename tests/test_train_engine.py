@@ -125,3 +125,79 @@ def test_bf16_mixed_precision_steps_on_cpu(tiny_llama, tmp_path):
     assert all(np.isfinite(h["loss"]) for h in curves["history"]) and len(curves["history"]) == 3
     adapter = load_file(str(out / "model" / "adapter_model.safetensors"))
     assert all(t.dtype == torch.float32 for t in adapter.values())
+
+
+def test_position_ids_restart_at_each_document():
+    """Packed blocks: positions count from 0 at the block start and after every EOS separator (a real
+    token of no source); the padding after the last EOS counts as one more (label-less) document."""
+    from medtune.train.engine import position_ids
+
+    # sources: doc 0 (3 tokens), EOS, doc 1 (2 tokens), EOS, padding x2 / a block cut mid-document
+    src = np.array([[0, 0, 0, -1, 1, 1, -1, -1, -1], [1, 1, -1, 0, 0, 0, 0, 0, 0]])
+    attn = np.array([[1, 1, 1, 1, 1, 1, 1, 0, 0], [1] * 9])
+    assert position_ids(attn, src).tolist() == [[0, 1, 2, 3, 0, 1, 2, 0, 1], [0, 1, 2, 0, 1, 2, 3, 4, 5]]
+
+
+def test_packed_documents_do_not_attend_to_each_other(tiny_llama, tmp_path):
+    """A document packed after another gets the logits it gets alone: the blocks' position ids (and no
+    attention mask) make the model's attention block-diagonal (SDPA / eager on CPU, varlen flash-attention on GPU)."""
+    from transformers import AutoModelForCausalLM
+
+    from medtune.train.engine import position_ids
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32).eval()
+    a, b, eos = [5, 17, 33, 60, 7], [81, 9, 44, 12], 2
+    ids = torch.tensor([a + [eos] + b])
+    src = np.array([[0] * len(a) + [-1] + [1] * len(b)])
+    pos = torch.from_numpy(position_ids(np.ones_like(src), src))
+    with torch.no_grad():
+        packed = model(input_ids=ids, position_ids=pos, use_cache=False).logits[0, len(a) + 1 :]
+        alone = model(input_ids=torch.tensor([b]), use_cache=False).logits[0]
+        leaky = model(input_ids=ids, use_cache=False).logits[0, len(a) + 1 :]  # what packing did before
+    torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(leaky, alone, atol=1e-3)
+
+
+def test_gpus_without_native_bf16_get_fp16(monkeypatch):
+    """V100 / T4 (compute capability 7.x) report bf16 "supported" by emulation: they get fp16 weights
+    and fp16 mixed precision; Ampere and newer get bf16."""
+    from medtune import models
+    from medtune.train.run import mixed_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (7, 0))
+    assert models.default_dtype() == torch.float16
+    assert mixed_precision({}, cuda=True) == {"bf16": False, "fp16": True}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (8, 0))
+    assert models.default_dtype() == torch.bfloat16
+    assert mixed_precision({}, cuda=True) == {"bf16": True, "fp16": False}
+    assert mixed_precision({"fp16": True}, cuda=True) == {}  # the config's engine settings decide
+    assert mixed_precision({}, cuda=False) == {}
+
+
+def _bf16_copy(tiny_llama: Path, out: Path) -> Path:
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.bfloat16).save_pretrained(str(out))
+    for f in tiny_llama.iterdir():
+        if "token" in f.name:
+            shutil.copy(f, out / f.name)
+    return out
+
+
+@pytest.mark.parametrize(("dtype", "saved"), [("auto", torch.bfloat16), ("float32", torch.float32)])
+def test_a_full_model_is_saved_in_its_base_dtype(tiny_llama, tmp_path, dtype, saved):
+    """Full fine-tuning of a bf16 model (trained in fp32 on CPU) writes bf16 weights, so it merges with
+    its base as it came; a dtype named in the config wins."""
+    from medtune.train.run import train
+
+    base = _bf16_copy(tiny_llama, tmp_path / "bf16-base")
+    cfg = config(tiny_llama, tmp_path / "full", method="full", max_steps=2, save_every=0)
+    cfg["model"] = {"spec": str(base), "dtype": dtype}
+    out = train(TrainConfig.model_validate(cfg))
+    weights = load_file(str(out / "model" / "model.safetensors"))
+    assert {t.dtype for t in weights.values()} == {saved}
+    assert json.loads((out / "model" / "config.json").read_text()).get("use_cache") is not False

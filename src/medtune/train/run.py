@@ -112,8 +112,6 @@ def training_arguments(cfg: TrainConfig, out: Path, total_steps: int, cuda: bool
     keys checked against the engine's fields; medtune's own are refused by the config)."""
     from transformers import TrainingArguments
 
-    from medtune import models
-
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
     unknown = sorted(set(cfg.engine) - fields)
     if unknown:
@@ -130,14 +128,24 @@ def training_arguments(cfg: TrainConfig, out: Path, total_steps: int, cuda: bool
         "dataloader_pin_memory": cuda, "activation_checkpointing": checkpointing,
         "activation_checkpointing_kwargs": {"use_reentrant": False} if checkpointing else None,
     }
-    if cuda and not {"bf16", "fp16"} & set(cfg.engine):
-        native = models.native_bf16()
-        args.update(bf16=native, fp16=not native)
+    args.update(mixed_precision(cfg.engine, cuda))
     if cuda and not plugins and "use_liger_kernel" not in cfg.engine:
         import importlib.util
 
         args["use_liger_kernel"] = importlib.util.find_spec("liger_kernel") is not None
     return TrainingArguments(**{**args, **cfg.engine})
+
+
+def mixed_precision(engine_settings: dict[str, Any], cuda: bool) -> dict[str, bool]:
+    """The engine's bf16 / fp16 flags unless the config's engine settings name one: none on CPU
+    (bf16 matmul is slower than fp32 on most CPUs), bf16 on a GPU that has it natively, fp16 on one
+    that does not (V100, T4: ``torch.cuda.is_bf16_supported()`` says yes there, by emulation)."""
+    from medtune import models
+
+    if not cuda or {"bf16", "fp16"} & set(engine_settings):
+        return {}
+    native = models.native_bf16()
+    return {"bf16": native, "fp16": not native}
 
 
 def weights_spec(model: Any, method: str) -> tuple[str, dict[str, tuple[int, ...]]]:
@@ -259,6 +267,8 @@ def train(cfg: TrainConfig) -> Path:
     order = sample_order(n_blocks, cfg.seed, total_steps * global_batch)
     plugins = plugins_on(cfg, cuda)
     model, tokenizer, save_dtype = _model(cfg, cuda, plugins)
+    # No KV cache while training: without one, the attention keeps packed documents apart by their position ids.
+    use_cache, model.config.use_cache = model.config.use_cache, False
     args = training_arguments(cfg, out, total_steps, cuda, plugins, gradient_checkpointing(cfg, model))
     run = engine.RunState(global_batch * block)
     trainer = _trainer(cfg, out, blocks, model, args, order, run)
@@ -273,6 +283,7 @@ def train(cfg: TrainConfig) -> Path:
         run.restore(resumed[1], resumed[0])
     trainer.train(resume_from_checkpoint=str(resumed[0]) if resumed else None)
     final_model, full = _final_weights(trainer, save_dtype, cfg.method)
+    final_model.config.use_cache = use_cache
     if trainer.args.should_save:
         from medtune.train.artifacts import write_outputs
 
