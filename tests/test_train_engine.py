@@ -201,3 +201,38 @@ def test_a_full_model_is_saved_in_its_base_dtype(tiny_llama, tmp_path, dtype, sa
     weights = load_file(str(out / "model" / "model.safetensors"))
     assert {t.dtype for t in weights.values()} == {saved}
     assert json.loads((out / "model" / "config.json").read_text()).get("use_cache") is not False
+
+
+def test_documents_lead_with_bos_where_the_tokenizer_adds_one(tiny_llama, tmp_path):
+    """A tokenizer that starts every encoding with BOS (as evaluation contexts then do) gets BOS at the
+    start of every training document: position 0, no source, no loss on it; one that adds none, none."""
+    import shutil
+
+    from tokenizers import Tokenizer
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    from medtune.data.build import DataConfig, bos_id, build_command, open_blocks
+    from medtune.train.engine import BlockDataset
+
+    with_bos = tmp_path / "bos-tokenizer"
+    shutil.copytree(tiny_llama, with_bos)
+    tok = Tokenizer.from_file(str(with_bos / "tokenizer.json"))
+    tok.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok.save(str(with_bos / "tokenizer.json"))
+    assert bos_id(AutoTokenizer.from_pretrained(str(tiny_llama))) is None
+    assert bos_id(AutoTokenizer.from_pretrained(str(with_bos))) == 1
+
+    data = config(tiny_llama, tmp_path / "unused")["data"]
+    build_command(DataConfig.model_validate({**data, "tokenizer": str(with_bos), "out": str(tmp_path / "d")}))
+    blocks = open_blocks(tmp_path / "d")
+    rows = blocks.all()
+    ids, src = rows["input_ids"].reshape(-1), rows["token_source"].reshape(-1)
+    after_eos = np.flatnonzero((ids[:-1] == 2) & (src[:-1] == -1)) + 1
+    after_eos = after_eos[rows["attention_mask"].reshape(-1)[after_eos] == 1]
+    assert len(after_eos) > 5 and (ids[after_eos] == 1).all() and (src[after_eos] == -1).all()
+    examples = BlockDataset(blocks, "all_tokens").__getitems__(list(range(len(blocks))))
+    pos = torch.stack([e["position_ids"] for e in examples]).reshape(-1).numpy()
+    labels = torch.stack([e["labels"] for e in examples]).reshape(-1).numpy()
+    assert (pos[after_eos] == 0).all() and (pos[after_eos + 1] == 1).all()  # the BOS is no document boundary
+    assert (labels[after_eos] == -100).all()

@@ -34,10 +34,14 @@ class TrainError(MedtuneError):
     """Training stopped (non-finite loss, bad resume)."""
 
 
-def position_ids(attention_mask: np.ndarray, token_source: np.ndarray) -> np.ndarray:
+def position_ids(attention_mask: np.ndarray, token_source: np.ndarray, input_ids: np.ndarray | None = None,
+                 eos_id: int | None = None) -> np.ndarray:
     """``(n, block)`` positions restarting at 0 at each document: after every EOS separator (a real token
-    of no source) and at the start of the block (a document cut by the block boundary restarts there)."""
+    of no source; with ``eos_id``, of that id, so a BOS leading a document is not one) and at the start
+    of the block (a document cut by the block boundary restarts there)."""
     sep = (token_source == NO_SOURCE) & (attention_mask == 1)
+    if eos_id is not None and input_ids is not None:
+        sep &= input_ids == eos_id
     start = np.zeros_like(sep)
     start[:, 0] = True
     start[:, 1:] = sep[:, :-1]
@@ -47,8 +51,8 @@ def position_ids(attention_mask: np.ndarray, token_source: np.ndarray) -> np.nda
 
 class BlockDataset(torch.utils.data.Dataset):
     """The packed blocks of a build (memory-mapped shards) as training examples: ``input_ids``,
-    ``labels`` (:data:`IGNORE_INDEX` outside the loss mask: padding, and the question under
-    answer_only) and ``position_ids`` (restarting at each document). No attention mask: padding
+    ``labels`` (:data:`IGNORE_INDEX` outside the loss mask: padding, each document's first token, and
+    the question under answer_only) and ``position_ids`` (restarting at each document). No attention mask: padding
     only ever ends the last block, where causal attention keeps it from every real token, and
     without one the model's attention sees the documents apart by their position ids."""
 
@@ -62,8 +66,9 @@ class BlockDataset(torch.utils.data.Dataset):
         """Several examples read at once (the DataLoader asks for a micro-batch this way)."""
         rows = self.blocks.rows(np.asarray(idx, dtype=np.int64))
         mask = rows["answer_mask"] if self.loss == "answer_only" else rows["attention_mask"]
-        labels = np.where(mask == 1, rows["input_ids"], IGNORE_INDEX)
-        pos = position_ids(rows["attention_mask"], rows["token_source"])
+        pos = position_ids(rows["attention_mask"], rows["token_source"], rows["input_ids"], self.blocks.eos_id)
+        # A document's first token is not predicted from the one before it (another document's EOS).
+        labels = np.where((mask == 1) & (pos > 0), rows["input_ids"], IGNORE_INDEX)
         tensors = {"input_ids": rows["input_ids"], "labels": labels, "position_ids": pos}
         return [{k: torch.from_numpy(np.ascontiguousarray(v[i])) for k, v in tensors.items()} for i in range(len(idx))]
 
