@@ -236,3 +236,58 @@ def test_documents_lead_with_bos_where_the_tokenizer_adds_one(tiny_llama, tmp_pa
     labels = torch.stack([e["labels"] for e in examples]).reshape(-1).numpy()
     assert (pos[after_eos] == 0).all() and (pos[after_eos + 1] == 1).all()  # the BOS is no document boundary
     assert (labels[after_eos] == -100).all()
+
+
+def test_memory_estimate_by_hand():
+    """The estimate's parts for a hidden-32, MLP-64, 2-layer, vocab-400 model, micro-batch 2 x 32 tokens."""
+    from types import SimpleNamespace
+
+    from medtune.train.memory import RUNTIME, estimate
+
+    cfg = SimpleNamespace(hidden_size=32, intermediate_size=64, num_hidden_layers=2, vocab_size=400)
+    est = estimate(cfg, 1000, 100, 2, micro_batch=2, block=32, checkpointing=False, chunked_loss=1024,
+                   activation_bytes=4, cpu=True)
+    per_layer = (10 * 32 + 4 * 64) * 64 * 4
+    assert (est.weights, est.gradients, est.optimizer) == (900 * 2 + 100 * 4, 400, 800)
+    assert est.activations == 2 * per_layer + 64 * 400 * 4 + 64 * 32 * 4
+    assert est.runtime == RUNTIME and est.total == 2200 + 400 + 800 + est.activations + RUNTIME
+    ckpt = estimate(cfg, 1000, 100, 2, micro_batch=2, block=32, checkpointing=True, chunked_loss=None,
+                    activation_bytes=2, cpu=False)
+    assert ckpt.activations == 2 * 64 * 32 * 2 + (10 * 32 + 4 * 64) * 64 * 2 + 3 * 64 * 400 * 4
+    assert ckpt.runtime == 0
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_memory_estimate_counts_the_model_on_the_meta_device(tiny_llama, method):
+    """Parameters and trainable parameters counted from the config alone equal the loaded model's."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from medtune.train.config import LoraSettings
+    from medtune.train.memory import count
+
+    lora = LoraSettings()
+    config, n, trainable = count(str(tiny_llama), method, lora)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama))
+    if method == "lora":
+        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, target_modules=lora.target_modules,
+                                                 task_type="CAUSAL_LM"))
+    assert config.hidden_size == 32
+    assert n == sum(p.numel() for p in model.parameters())
+    assert trainable == sum(p.numel() for p in model.parameters() if p.requires_grad) and (trainable < n) == (method == "lora")
+
+
+def test_the_estimate_is_printed_and_out_of_memory_names_what_lowers_it(tiny_llama, tmp_path, monkeypatch, capsys):
+    """Before step 1 the run prints its estimated peak memory beside the free memory; a CUDA out-of-memory
+    stops it with an error naming the settings that lower memory."""
+    from medtune.train import engine
+    from medtune.train.run import TrainError, train
+
+    def oom(self, *a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(engine.MedtuneTrainer, "train", oom)
+    with pytest.raises(TrainError, match=r"out of GPU memory \(CUDA out of memory.*estimated peak memory .* GiB.*"
+                                         r"micro_batch_size.*gradient_checkpointing: true"):
+        train(TrainConfig.model_validate(config(tiny_llama, tmp_path / "oom", max_steps=2, save_every=0)))
+    assert "estimated peak memory" in capsys.readouterr().err

@@ -110,17 +110,24 @@ class RunState:
         self.history: list[dict[str, Any]] = []
         self.tokens, self.seconds_before = 0, 0.0
         self.started = time.perf_counter()
+        self.ended: float | None = None
         self.last_good: Path | None = None
 
     def restore(self, state: dict[str, Any], path: Path) -> None:
         """Continue from a checkpoint's medtune state (see :func:`medtune.train.checkpoint.validate`)."""
         self.history, self.tokens, self.seconds_before = list(state["history"]), state["tokens"], state["seconds"]
-        self.started = time.perf_counter()
         self.last_good = path
+
+    def start(self) -> None:
+        self.started, self.ended = time.perf_counter(), None
+
+    def stop(self) -> None:
+        self.ended = time.perf_counter()
 
     @property
     def seconds(self) -> float:
-        return self.seconds_before + time.perf_counter() - self.started
+        """Training time over every session of the run (the engine's loop, not model loading or the final save)."""
+        return self.seconds_before + (self.ended or time.perf_counter()) - self.started
 
     def as_dict(self, step: int, world: int) -> dict[str, Any]:
         return {"step": step, "history": self.history, "tokens": self.tokens, "seconds": self.seconds, "world_size": world}
@@ -134,6 +141,7 @@ class MedtuneCallback(TrainerCallback):
         self.run, self.progress, self.bar = run, progress, None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.run.start()
         if self.progress and state.is_world_process_zero:
             from tqdm.auto import tqdm
 
@@ -161,6 +169,7 @@ class MedtuneCallback(TrainerCallback):
             self.bar.update(state.global_step - self.bar.n)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.run.stop()
         if self.bar is not None:
             self.bar.close()
 

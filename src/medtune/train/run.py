@@ -66,11 +66,10 @@ def base_dtype(path: str) -> torch.dtype | None:
     return declared if isinstance(declared, torch.dtype) else None
 
 
-def _model(cfg: TrainConfig, cuda: bool, plugins: bool) -> tuple[Any, Any, torch.dtype | None]:
+def _model(cfg: TrainConfig, resolved: Any, cuda: bool, plugins: bool) -> tuple[Any, Any, torch.dtype | None]:
     """(model, tokenizer, dtype to save full weights in) with adapters (LoRA) and the plug-ins installed."""
     from medtune import models
 
-    resolved = models.resolve(cfg.model.spec, allow_pickle=cfg.model.allow_pickle)
     torch.manual_seed(cfg.seed)
     model = models.load_model(resolved, dtype=_dtype(cfg, cuda), trust_remote_code=cfg.model.trust_remote_code,
                               allow_pickle=cfg.model.allow_pickle, attn_implementation=cfg.model.attn_implementation)
@@ -97,10 +96,25 @@ def plugins_on(cfg: TrainConfig, cuda: bool) -> bool:
     return cfg.plugins == "on" or (cfg.plugins == "auto" and not cuda)
 
 
-def gradient_checkpointing(cfg: TrainConfig, model: Any) -> bool:
+def gradient_checkpointing(cfg: TrainConfig, n_params: int) -> bool:
     if cfg.gradient_checkpointing is not None:
         return cfg.gradient_checkpointing
-    return sum(p.numel() for p in model.parameters()) >= BIG_MODEL
+    return n_params >= BIG_MODEL
+
+
+def _memory_estimate(cfg: TrainConfig, resolved: Any, cuda: bool, plugins: bool, block: int) -> tuple[str, int]:
+    """The estimated peak memory beside the device's free memory (a line to print before step 1), and the
+    model's parameter count, both from its config on the meta device."""
+    from medtune.train import memory
+
+    config, n, trainable = memory.count(resolved.path, cfg.method, cfg.lora, cfg.model.trust_remote_code)
+    precision = {**mixed_precision(cfg.engine, cuda), **{k: cfg.engine[k] for k in ("bf16", "fp16") if k in cfg.engine}}
+    half = any(precision.values())  # activations in 16 bits under autocast
+    est = memory.estimate(config, n, trainable, _dtype(cfg, cuda).itemsize, micro_batch=cfg.micro_batch_size,
+                          block=block, checkpointing=gradient_checkpointing(cfg, n),
+                          chunked_loss=cfg.loss_chunk_tokens if plugins else None,
+                          activation_bytes=2 if half else 4, cpu=not cuda)
+    return est.line(*memory.free_memory(cuda)), n
 
 
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
@@ -195,13 +209,14 @@ def unsupported_parallelism(running: str, fsdp_version: int | None) -> str | Non
     return None
 
 
-def _warner(is_main: bool) -> Any:
-    """Print a warning on stderr from the main process only (one line per event, not one per rank)."""
+def _warner(is_main: bool, style: str = "bold yellow") -> Any:
+    """Print a warning (or, in another style, a note) on stderr from the main process only (one line per
+    event, not one per rank)."""
     from rich.console import Console
     from rich.markup import escape
 
     console = Console(stderr=True, soft_wrap=True)  # paths stay on one line
-    return lambda msg: console.print(f"[bold yellow]medtune[/]: {escape(msg)}", highlight=False) if is_main else None
+    return lambda msg: console.print(f"[{style}]medtune[/]: {escape(msg)}", highlight=False) if is_main else None
 
 
 def _trainer(cfg: TrainConfig, out: Path, blocks: Any, model: Any, args: Any, order: np.ndarray,
@@ -256,7 +271,7 @@ def train(cfg: TrainConfig) -> Path:
 
     cuda = torch.cuda.is_available()
     state = PartialState(cpu=not cuda)
-    warn = _warner(state.is_main_process)
+    warn, say = _warner(state.is_main_process), _warner(state.is_main_process, "bold")
     out = Path(cfg.out)
     if not cfg.resume and checkpoint.latest(out):
         raise TrainError(f"{out} already has checkpoints: pass --resume to continue, or choose another --out")
@@ -266,10 +281,16 @@ def train(cfg: TrainConfig) -> Path:
     global_batch, total_steps = plan(cfg, n_blocks, block, state.num_processes)
     order = sample_order(n_blocks, cfg.seed, total_steps * global_batch)
     plugins = plugins_on(cfg, cuda)
-    model, tokenizer, save_dtype = _model(cfg, cuda, plugins)
+    from medtune import models
+    from medtune.train import memory
+
+    resolved = models.resolve(cfg.model.spec, allow_pickle=cfg.model.allow_pickle)
+    estimate, n_params = _memory_estimate(cfg, resolved, cuda, plugins, block)
+    say(estimate)
+    model, tokenizer, save_dtype = _model(cfg, resolved, cuda, plugins)
     # No KV cache while training: without one, the attention keeps packed documents apart by their position ids.
     use_cache, model.config.use_cache = model.config.use_cache, False
-    args = training_arguments(cfg, out, total_steps, cuda, plugins, gradient_checkpointing(cfg, model))
+    args = training_arguments(cfg, out, total_steps, cuda, plugins, gradient_checkpointing(cfg, n_params))
     run = engine.RunState(global_batch * block)
     trainer = _trainer(cfg, out, blocks, model, args, order, run)
     running = trainer.accelerator.distributed_type.name
@@ -281,7 +302,10 @@ def train(cfg: TrainConfig) -> Path:
     resumed = _resume(cfg, out, trainer, warn)
     if resumed is not None:
         run.restore(resumed[1], resumed[0])
-    trainer.train(resume_from_checkpoint=str(resumed[0]) if resumed else None)
+    try:
+        trainer.train(resume_from_checkpoint=str(resumed[0]) if resumed else None)
+    except torch.OutOfMemoryError as err:
+        raise TrainError(memory.out_of_memory_message(err, estimate)) from None
     final_model, full = _final_weights(trainer, save_dtype, cfg.method)
     final_model.config.use_cache = use_cache
     if trainer.args.should_save:
