@@ -247,14 +247,17 @@ def test_memory_estimate_by_hand():
     cfg = SimpleNamespace(hidden_size=32, intermediate_size=64, num_hidden_layers=2, vocab_size=400)
     est = estimate(cfg, 1000, 100, 2, micro_batch=2, block=32, checkpointing=False, chunked_loss=1024,
                    activation_bytes=4, cpu=True)
-    per_layer = (10 * 32 + 4 * 64) * 64 * 4
+    per_layer = (12 * 32 + 5 * 64) * 64 * 4
     assert (est.weights, est.gradients, est.optimizer) == (900 * 2 + 100 * 4, 400, 800)
     assert est.activations == 2 * per_layer + 64 * 400 * 4 + 64 * 32 * 4
     assert est.runtime == RUNTIME and est.total == 2200 + 400 + 800 + est.activations + RUNTIME
     ckpt = estimate(cfg, 1000, 100, 2, micro_batch=2, block=32, checkpointing=True, chunked_loss=None,
                     activation_bytes=2, cpu=False)
-    assert ckpt.activations == 2 * 64 * 32 * 2 + (10 * 32 + 4 * 64) * 64 * 2 + 3 * 64 * 400 * 4
+    assert ckpt.activations == 2 * 64 * 32 * 2 + (12 * 32 + 5 * 64) * 64 * 2 + 3 * 64 * 400 * 4
     assert ckpt.runtime == 0
+    lora = estimate(cfg, 1000, 100, 2, micro_batch=2, block=32, checkpointing=False, chunked_loss=1024,
+                    activation_bytes=4, cpu=True, dropout=3 * 32 + 64)
+    assert lora.activations - est.activations == 2 * (3 * 32 + 64) * (4 + 1) * 64  # fp32 copies and 1-byte masks
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])

@@ -4,13 +4,16 @@ error that names the settings that lower it.
 
 The estimate counts, per process: the weights (in the dtype they train in; LoRA adapters fp32),
 fp32 gradients and AdamW's two fp32 moments for the trainable parameters, and the activations autograd
-keeps for one micro-batch. Per decoder layer and token a LLaMA layer keeps about ``10 h + 4 i``
-values (h hidden size, i MLP size: the two norms' inputs and outputs, q/k/v/o inputs and outputs, the
-gate, up, activation and product of the MLP; SDPA keeps no attention matrix), or ``h`` with gradient
-checkpointing (the layer's input) plus one layer recomputed; the LM head adds one chunk of fp32
-logits with the loss plug-in, else the full ``tokens x vocab`` logits three times (logits, their fp32
-copy, the softmax gradient). On CPU the process's own runtime (torch, transformers: :data:`RUNTIME`)
-is added, since peak RSS is what a CPU run is measured by.
+keeps for one micro-batch. Per decoder layer and token a LLaMA layer keeps about ``12 h + 5 i``
+values (h hidden size, i MLP size: the two norms' inputs, fp32 intermediates and outputs, q/k/v/o
+inputs and outputs and the rotated q and k, the gate, up, activation and product of the MLP), or
+``h`` with gradient checkpointing (the layer's input) plus one layer recomputed; LoRA dropout adds
+its dropped copies of the adapted layers' inputs and their 1-byte masks; the LM head adds one chunk of
+fp32 logits with the loss plug-in, else the full ``tokens x vocab`` logits three times (logits, their
+fp32 copy, the softmax gradient). On CPU the process's own runtime (torch, transformers:
+:data:`RUNTIME`) is added, since peak RSS is what a CPU run is measured by. The per-layer count was
+checked against measured peak RSS on SmolLM2-135M (docs/benchmarks.md): 6 % under for LoRA, 8 % over
+for full fine-tuning (the gradients and the activations are not all alive at once).
 """
 
 from __future__ import annotations
@@ -47,14 +50,23 @@ class MemoryEstimate:
         return f"estimated peak memory {self.total / GIB:.2f} GiB per process ({parts} GiB){room}"
 
 
+def dropout_values(config: Any, shared: bool) -> int:
+    """Values per token and layer that LoRA dropout on every linear layer keeps: one dropped copy per
+    distinct input with medtune's shared masks (q/k/v, o, gate/up, down), one per layer with peft's."""
+    h, i = config.hidden_size, config.intermediate_size
+    return 3 * h + i if shared else 6 * h + i
+
+
 def estimate(config: Any, n_params: int, n_trainable: int, weight_bytes: int, *, micro_batch: int, block: int,
-             checkpointing: bool, chunked_loss: int | None, activation_bytes: int, cpu: bool) -> MemoryEstimate:
+             checkpointing: bool, chunked_loss: int | None, activation_bytes: int, cpu: bool,
+             dropout: int = 0) -> MemoryEstimate:
     """The estimate for a model of ``n_params`` parameters (``n_trainable`` trained, in fp32) whose frozen
     weights take ``weight_bytes`` each, from its transformers ``config`` (hidden_size,
-    intermediate_size, num_hidden_layers, vocab_size)."""
+    intermediate_size, num_hidden_layers, vocab_size); ``dropout``: :func:`dropout_values` under LoRA
+    dropout, else 0."""
     h, i, layers, vocab = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
     tokens = micro_batch * block
-    per_layer = (10 * h + 4 * i) * tokens * activation_bytes
+    per_layer = ((12 * h + 5 * i) * activation_bytes + dropout * (activation_bytes + 1)) * tokens
     kept = layers * tokens * h * activation_bytes + per_layer if checkpointing else layers * per_layer
     head = (min(chunked_loss, tokens) * vocab * 4 + tokens * h * 4) if chunked_loss else 3 * tokens * vocab * 4
     frozen = n_params - n_trainable

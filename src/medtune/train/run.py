@@ -113,7 +113,8 @@ def _memory_estimate(cfg: TrainConfig, resolved: Any, cuda: bool, plugins: bool,
     est = memory.estimate(config, n, trainable, _dtype(cfg, cuda).itemsize, micro_batch=cfg.micro_batch_size,
                           block=block, checkpointing=gradient_checkpointing(cfg, n),
                           chunked_loss=cfg.loss_chunk_tokens if plugins else None,
-                          activation_bytes=2 if half else 4, cpu=not cuda)
+                          activation_bytes=2 if half else 4, cpu=not cuda,
+                          dropout=memory.dropout_values(config, plugins) if cfg.method == "lora" and cfg.lora.dropout else 0)
     return est.line(*memory.free_memory(cuda)), n
 
 
