@@ -294,3 +294,29 @@ def test_the_estimate_is_printed_and_out_of_memory_names_what_lowers_it(tiny_lla
                                          r"micro_batch_size.*gradient_checkpointing: true"):
         train(TrainConfig.model_validate(config(tiny_llama, tmp_path / "oom", max_steps=2, save_every=0)))
     assert "estimated peak memory" in capsys.readouterr().err
+
+
+BNB = __import__("importlib").util.find_spec("bitsandbytes") is not None
+
+
+@pytest.mark.skipif(BNB, reason="bitsandbytes is installed: the QLoRA run below covers it")
+def test_qlora_without_bitsandbytes_is_refused_up_front(tiny_llama, tmp_path):
+    """method: qlora needs bitsandbytes; without it the run stops before any work, saying so."""
+    from medtune.errors import ConfigError
+    from medtune.train.run import train
+
+    with pytest.raises(ConfigError, match=r"method: qlora quantizes the base with bitsandbytes, which is not installed"):
+        train(TrainConfig.model_validate(config(tiny_llama, tmp_path / "q", method="qlora", max_steps=2, save_every=0)))
+    assert not (tmp_path / "q" / "data").exists()
+
+
+@pytest.mark.skipif(not BNB, reason="needs bitsandbytes (not installed here; the GPU device check covers QLoRA)")
+def test_qlora_trains_an_adapter_over_a_4bit_base(tiny_llama, tmp_path):
+    """A QLoRA run (4-bit NF4 base, double quantization) writes a LoRA adapter, and its model card says
+    merging applies it to the dequantized base."""
+    from medtune.train.run import train
+
+    out = train(TrainConfig.model_validate(config(tiny_llama, tmp_path / "q", method="qlora", max_steps=2, save_every=0)))
+    adapter = load_file(str(out / "model" / "adapter_model.safetensors"))
+    assert adapter and all("lora_" in k for k in adapter)
+    assert "4-bit NF4" in (out / "README.md").read_text() and "dequantized" in (out / "README.md").read_text()

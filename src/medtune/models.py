@@ -247,12 +247,15 @@ def load_model(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     attn_implementation: str | None = None,
+    quantization_config: Any = None,
 ) -> Any:
-    """Load a causal LM from a spec. ``trust_remote_code`` and ``allow_pickle`` stay off unless asked."""
+    """Load a causal LM from a spec. ``trust_remote_code`` and ``allow_pickle`` stay off unless asked;
+    ``quantization_config`` (QLoRA's bitsandbytes 4-bit) quantizes the weights as they load."""
     from transformers import AutoModelForCausalLM
 
     resolved = spec if isinstance(spec, ResolvedModel) else resolve(spec, allow_pickle=allow_pickle)
-    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    extra = {k: v for k, v in (("attn_implementation", attn_implementation), ("quantization_config", quantization_config))
+             if v is not None}
     try:
         model = AutoModelForCausalLM.from_pretrained(
             resolved.path,

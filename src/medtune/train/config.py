@@ -42,10 +42,11 @@ class TrainConfig(StrictModel):
     """The model to train."""
     data: DataConfig = Field(default_factory=DataConfig)
     """The training data (built into OUT/data before training; see `medtune data build`)."""
-    method: Literal["lora", "full"] = "lora"
-    """lora: train low-rank adapters (peft), the base stays frozen; full: train every weight."""
+    method: Literal["lora", "qlora", "full"] = "lora"
+    """lora: train low-rank adapters (peft), the base stays frozen; qlora: the same over a 4-bit NF4 base
+    (bitsandbytes, double quantization; needs bitsandbytes, and a GPU for its kernels); full: train every weight."""
     lora: LoraSettings = Field(default_factory=LoraSettings)
-    """LoRA settings (method: lora)."""
+    """LoRA settings (method: lora and qlora)."""
     loss: Literal["all_tokens", "answer_only"] = "all_tokens"
     """all_tokens: continued pretraining on every token (LMFlow's); answer_only: loss on the answer span
     of QA documents (and on all of the general replay text)."""
@@ -95,6 +96,11 @@ class TrainConfig(StrictModel):
     """Show a progress bar."""
     base_dir: str | None = Field(None, json_schema_extra={"cli": False})
     """Directory of the config file (set automatically); data paths are relative to it."""
+
+    @property
+    def adapters(self) -> bool:
+        """LoRA adapters are what trains (lora, qlora): the output is an adapter, evaluated, merged and averaged alike."""
+        return self.method in ("lora", "qlora")
 
     @field_validator("engine")
     @classmethod

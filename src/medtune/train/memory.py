@@ -57,11 +57,11 @@ def dropout_values(config: Any, shared: bool) -> int:
     return 3 * h + i if shared else 6 * h + i
 
 
-def estimate(config: Any, n_params: int, n_trainable: int, weight_bytes: int, *, micro_batch: int, block: int,
+def estimate(config: Any, n_params: int, n_trainable: int, weight_bytes: float, *, micro_batch: int, block: int,
              checkpointing: bool, chunked_loss: int | None, activation_bytes: int, cpu: bool,
              dropout: int = 0) -> MemoryEstimate:
     """The estimate for a model of ``n_params`` parameters (``n_trainable`` trained, in fp32) whose frozen
-    weights take ``weight_bytes`` each, from its transformers ``config`` (hidden_size,
+    weights take ``weight_bytes`` each (0.5 for QLoRA's 4-bit base), from its transformers ``config`` (hidden_size,
     intermediate_size, num_hidden_layers, vocab_size); ``dropout``: :func:`dropout_values` under LoRA
     dropout, else 0."""
     h, i, layers, vocab = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
@@ -70,7 +70,7 @@ def estimate(config: Any, n_params: int, n_trainable: int, weight_bytes: int, *,
     kept = layers * tokens * h * activation_bytes + per_layer if checkpointing else layers * per_layer
     head = (min(chunked_loss, tokens) * vocab * 4 + tokens * h * 4) if chunked_loss else 3 * tokens * vocab * 4
     frozen = n_params - n_trainable
-    return MemoryEstimate(weights=frozen * weight_bytes + n_trainable * 4, gradients=n_trainable * 4,
+    return MemoryEstimate(weights=int(frozen * weight_bytes) + n_trainable * 4, gradients=n_trainable * 4,
                           optimizer=2 * n_trainable * 4, activations=kept + head, runtime=RUNTIME if cpu else 0)
 
 
@@ -81,7 +81,7 @@ def count(path: str, method: str, lora: Any, trust_remote_code: bool = False) ->
     from medtune.models import ResolvedModel
 
     meta = models.meta_model(ResolvedModel(path, "local", path), trust_remote_code=trust_remote_code)
-    if method == "lora":
+    if method in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
 
         meta = get_peft_model(meta, LoraConfig(r=lora.r, lora_alpha=lora.alpha, target_modules=lora.target_modules,

@@ -50,7 +50,7 @@ def _dtype(cfg: TrainConfig, cuda: bool) -> torch.dtype:
 
     if cfg.model.dtype != "auto":
         return models.named_dtype(cfg.model.dtype)
-    return models.half_dtype() if cuda and cfg.method == "lora" else torch.float32
+    return models.half_dtype() if cuda and cfg.adapters else torch.float32
 
 
 def base_dtype(path: str) -> torch.dtype | None:
@@ -66,16 +66,43 @@ def base_dtype(path: str) -> torch.dtype | None:
     return declared if isinstance(declared, torch.dtype) else None
 
 
-def _model(cfg: TrainConfig, resolved: Any, cuda: bool, plugins: bool) -> tuple[Any, Any, torch.dtype | None]:
-    """(model, tokenizer, dtype to save full weights in) with adapters (LoRA) and the plug-ins installed."""
+def quantization(cfg: TrainConfig, cuda: bool) -> Any:
+    """QLoRA's base quantization: bitsandbytes 4-bit NF4 with double quantization, computing in the
+    GPU's 16-bit dtype (fp32 on CPU); None for the other methods. Refused up front without bitsandbytes."""
+    if cfg.method != "qlora":
+        return None
+    import importlib.util
+
+    from transformers import BitsAndBytesConfig
+
+    from medtune import models
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("method: qlora quantizes the base with bitsandbytes, which is not installed "
+                          "(pip install bitsandbytes); or train with method: lora")
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=models.half_dtype() if cuda else torch.float32)
+
+
+def _model(cfg: TrainConfig, resolved: Any, cuda: bool, plugins: bool, checkpointing: bool,
+           quantized: Any) -> tuple[Any, Any, torch.dtype | None]:
+    """(model, tokenizer, dtype to save full weights in) with adapters (LoRA) and the plug-ins installed;
+    ``quantized``: QLoRA's :func:`quantization` of the base, or None."""
     from medtune import models
 
     torch.manual_seed(cfg.seed)
     model = models.load_model(resolved, dtype=_dtype(cfg, cuda), trust_remote_code=cfg.model.trust_remote_code,
-                              allow_pickle=cfg.model.allow_pickle, attn_implementation=cfg.model.attn_implementation)
+                              allow_pickle=cfg.model.allow_pickle, attn_implementation=cfg.model.attn_implementation,
+                              quantization_config=quantized)
     tokenizer = models.load_tokenizer(resolved, trust_remote_code=cfg.model.trust_remote_code)
     save_dtype = models.named_dtype(cfg.model.dtype) if cfg.model.dtype != "auto" else base_dtype(resolved.path)
-    if cfg.method == "lora":
+    if quantized is not None:
+        from peft import prepare_model_for_kbit_training
+
+        # peft's k-bit preparation: norms and the LM head in fp32, input gradients for checkpointing
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.adapters:
         from peft import LoraConfig, get_peft_model
 
         lc = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
@@ -84,7 +111,7 @@ def _model(cfg: TrainConfig, resolved: Any, cuda: bool, plugins: bool) -> tuple[
     if plugins:
         from medtune.train import loss, lora_fast
 
-        if cfg.method == "lora":
+        if cfg.adapters:
             lora_fast.install(model)  # shared-input dropout masks and a fused LoRA update (same arithmetic as peft)
         loss.install(model, cfg.loss_chunk_tokens)
     model.train()
@@ -110,11 +137,12 @@ def _memory_estimate(cfg: TrainConfig, resolved: Any, cuda: bool, plugins: bool,
     config, n, trainable = memory.count(resolved.path, cfg.method, cfg.lora, cfg.model.trust_remote_code)
     precision = {**mixed_precision(cfg.engine, cuda), **{k: cfg.engine[k] for k in ("bf16", "fp16") if k in cfg.engine}}
     half = any(precision.values())  # activations in 16 bits under autocast
-    est = memory.estimate(config, n, trainable, _dtype(cfg, cuda).itemsize, micro_batch=cfg.micro_batch_size,
+    weight_bytes = 0.5 if cfg.method == "qlora" else _dtype(cfg, cuda).itemsize
+    est = memory.estimate(config, n, trainable, weight_bytes, micro_batch=cfg.micro_batch_size,
                           block=block, checkpointing=gradient_checkpointing(cfg, n),
                           chunked_loss=cfg.loss_chunk_tokens if plugins else None,
                           activation_bytes=2 if half else 4, cpu=not cuda,
-                          dropout=memory.dropout_values(config, plugins) if cfg.method == "lora" and cfg.lora.dropout else 0)
+                          dropout=memory.dropout_values(config, plugins) if cfg.adapters and cfg.lora.dropout else 0)
     return est.line(*memory.free_memory(cuda)), n
 
 
@@ -165,7 +193,7 @@ def mixed_precision(engine_settings: dict[str, Any], cuda: bool) -> dict[str, bo
 
 def weights_spec(model: Any, method: str) -> tuple[str, dict[str, tuple[int, ...]]]:
     """The trainable weights file of a checkpoint, and the shape of each tensor it must hold."""
-    if method == "lora":
+    if method in ("lora", "qlora"):
         from peft import get_peft_model_state_dict
 
         return "adapter_model.safetensors", {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
@@ -276,6 +304,7 @@ def train(cfg: TrainConfig) -> Path:
     out = Path(cfg.out)
     if not cfg.resume and checkpoint.latest(out):
         raise TrainError(f"{out} already has checkpoints: pass --resume to continue, or choose another --out")
+    quantized = quantization(cfg, cuda)
     set_seed(cfg.seed)
     blocks = _data(cfg, out, state.is_main_process, state.wait_for_everyone)
     n_blocks, block = len(blocks), blocks.block_size
@@ -288,10 +317,11 @@ def train(cfg: TrainConfig) -> Path:
     resolved = models.resolve(cfg.model.spec, allow_pickle=cfg.model.allow_pickle)
     estimate, n_params = _memory_estimate(cfg, resolved, cuda, plugins, block)
     say(estimate)
-    model, tokenizer, save_dtype = _model(cfg, resolved, cuda, plugins)
+    checkpointing = gradient_checkpointing(cfg, n_params)
+    model, tokenizer, save_dtype = _model(cfg, resolved, cuda, plugins, checkpointing, quantized)
     # No KV cache while training: without one, the attention keeps packed documents apart by their position ids.
     use_cache, model.config.use_cache = model.config.use_cache, False
-    args = training_arguments(cfg, out, total_steps, cuda, plugins, gradient_checkpointing(cfg, n_params))
+    args = training_arguments(cfg, out, total_steps, cuda, plugins, checkpointing)
     run = engine.RunState(global_batch * block)
     trainer = _trainer(cfg, out, blocks, model, args, order, run)
     running = trainer.accelerator.distributed_type.name
