@@ -222,14 +222,11 @@ def default_dtype() -> Any:
     return half_dtype() if torch.cuda.is_available() else torch.float32
 
 
-DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
-
-
 def named_dtype(name: str) -> Any:
     """``torch.float32`` / ``bfloat16`` / ``float16`` for a :class:`medtune.config.ModelConfig` dtype name."""
     import torch
 
-    return getattr(torch, DTYPES[name])
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 def load_tokenizer(spec: str | ResolvedModel, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> Any:

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from medtune import outdir
+from medtune import models, outdir
 from medtune.errors import ConfigError
-from medtune.train import checkpoint, engine, sharded
+from medtune.train import checkpoint, engine, memory, sharded
 from medtune.train.config import TrainConfig
 from medtune.train.engine import TrainError, sample_order
 
@@ -46,8 +46,6 @@ def _dtype(cfg: TrainConfig, cuda: bool) -> torch.dtype:
     """The weights' dtype while training: the config's, else fp32 on CPU; on a GPU a LoRA base in the
     GPU's 16-bit dtype (frozen: no fp32 copy, and no bf16 copy saved for backward under autocast) and a
     fully trained model in fp32 (the master weights of mixed precision)."""
-    from medtune import models
-
     if cfg.model.dtype != "auto":
         return models.named_dtype(cfg.model.dtype)
     return models.half_dtype() if cuda and cfg.adapters else torch.float32
@@ -75,8 +73,6 @@ def quantization(cfg: TrainConfig, cuda: bool) -> Any:
 
     from transformers import BitsAndBytesConfig
 
-    from medtune import models
-
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError("method: qlora quantizes the base with bitsandbytes, which is not installed "
                           "(pip install bitsandbytes); or train with method: lora")
@@ -88,8 +84,6 @@ def _model(cfg: TrainConfig, resolved: Any, cuda: bool, plugins: bool, checkpoin
            quantized: Any) -> tuple[Any, Any, torch.dtype | None]:
     """(model, tokenizer, dtype to save full weights in) with adapters (LoRA) and the plug-ins installed;
     ``quantized``: QLoRA's :func:`quantization` of the base, or None."""
-    from medtune import models
-
     torch.manual_seed(cfg.seed)
     model = models.load_model(resolved, dtype=_dtype(cfg, cuda), trust_remote_code=cfg.model.trust_remote_code,
                               allow_pickle=cfg.model.allow_pickle, attn_implementation=cfg.model.attn_implementation,
@@ -132,8 +126,6 @@ def gradient_checkpointing(cfg: TrainConfig, n_params: int) -> bool:
 def _memory_estimate(cfg: TrainConfig, resolved: Any, cuda: bool, plugins: bool, block: int) -> tuple[str, int]:
     """The estimated peak memory beside the device's free memory (a line to print before step 1), and the
     model's parameter count, both from its config on the meta device."""
-    from medtune.train import memory
-
     config, n, trainable = memory.count(resolved.path, cfg.method, cfg.lora, cfg.model.trust_remote_code)
     precision = {**mixed_precision(cfg.engine, cuda), **{k: cfg.engine[k] for k in ("bf16", "fp16") if k in cfg.engine}}
     half = any(precision.values())  # activations in 16 bits under autocast
@@ -183,8 +175,6 @@ def mixed_precision(engine_settings: dict[str, Any], cuda: bool) -> dict[str, bo
     """The engine's bf16 / fp16 flags unless the config's engine settings name one: none on CPU
     (bf16 matmul is slower than fp32 on most CPUs), bf16 on a GPU that has it natively, fp16 on one
     that does not (V100, T4: ``torch.cuda.is_bf16_supported()`` says yes there, by emulation)."""
-    from medtune import models
-
     if not cuda or {"bf16", "fp16"} & set(engine_settings):
         return {}
     native = models.native_bf16()
@@ -292,6 +282,18 @@ def _final_weights(trainer: engine.MedtuneTrainer, save_dtype: torch.dtype | Non
     return model, full
 
 
+def _check_parallelism(trainer: engine.MedtuneTrainer, warn: Any) -> str:
+    """The distributed mode the engine runs (accelerate's name); a mode asked for but not run is named,
+    one whose model files medtune cannot write is refused (before anything is prepared)."""
+    running = trainer.accelerator.distributed_type.name
+    if (fallback := parallelism_fallback(dict(os.environ), running)) is not None:
+        warn(fallback)
+    fsdp_plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+    if (unsupported := unsupported_parallelism(running, getattr(fsdp_plugin, "fsdp_version", None))) is not None:
+        raise TrainError(unsupported)
+    return running
+
+
 @outdir.writes_into("train", lock="training run")
 def train(cfg: TrainConfig) -> Path:
     """Train, checkpoint, and write the final model with its provenance; returns OUT."""
@@ -311,9 +313,6 @@ def train(cfg: TrainConfig) -> Path:
     global_batch, total_steps = plan(cfg, n_blocks, block, state.num_processes)
     order = sample_order(n_blocks, cfg.seed, total_steps * global_batch)
     plugins = plugins_on(cfg, cuda)
-    from medtune import models
-    from medtune.train import memory
-
     resolved = models.resolve(cfg.model.spec, allow_pickle=cfg.model.allow_pickle)
     estimate, n_params = _memory_estimate(cfg, resolved, cuda, plugins, block)
     say(estimate)
@@ -324,12 +323,7 @@ def train(cfg: TrainConfig) -> Path:
     args = training_arguments(cfg, out, total_steps, cuda, plugins, checkpointing)
     run = engine.RunState(global_batch * block)
     trainer = _trainer(cfg, out, blocks, model, args, order, run)
-    running = trainer.accelerator.distributed_type.name
-    if (fallback := parallelism_fallback(dict(os.environ), running)) is not None:
-        warn(fallback)
-    fsdp_plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
-    if (unsupported := unsupported_parallelism(running, getattr(fsdp_plugin, "fsdp_version", None))) is not None:
-        raise TrainError(unsupported)
+    running = _check_parallelism(trainer, warn)
     resumed = _resume(cfg, out, trainer, warn)
     if resumed is not None:
         run.restore(resumed[1], resumed[0])
