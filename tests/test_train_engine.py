@@ -320,3 +320,40 @@ def test_qlora_trains_an_adapter_over_a_4bit_base(tiny_llama, tmp_path):
     adapter = load_file(str(out / "model" / "adapter_model.safetensors"))
     assert adapter and all("lora_" in k for k in adapter)
     assert "4-bit NF4" in (out / "README.md").read_text() and "dequantized" in (out / "README.md").read_text()
+
+
+def test_engine_settings_pass_through_and_medtune_owned_keys_are_refused(tiny_llama, tmp_path):
+    """`engine:` reaches TrainingArguments as given; a key medtune sets from its own field is refused naming
+    that field, and a key TrainingArguments does not have is refused naming it."""
+    from medtune.config import validate
+    from medtune.errors import ConfigError
+    from medtune.train.run import training_arguments
+
+    with pytest.raises(ConfigError, match=r"engine: .*learning_rate \(use learning_rate\).*save_steps \(use save_every\)"):
+        validate(TrainConfig, {"engine": {"learning_rate": 1e-3, "save_steps": 5}}, "t.yaml")
+    cfg = validate(TrainConfig, {"out": str(tmp_path), "engine": {"torch_compile": False, "adam_beta2": 0.95,
+                                                                   "report_to": "tensorboard"}}, "t.yaml")
+    args = training_arguments(cfg, tmp_path, 10, cuda=False, plugins=True, checkpointing=False)
+    assert (args.adam_beta2, args.report_to, args.max_steps, args.optim) == (0.95, ["tensorboard"], 10, "adamw_torch_fused")
+    with pytest.raises(ConfigError, match=r"engine: no_such_setting: not a setting of transformers' TrainingArguments"):
+        training_arguments(cfg.model_copy(update={"engine": {"no_such_setting": 1}}), tmp_path, 10, cuda=False,
+                           plugins=True, checkpointing=False)
+
+
+def test_the_chunked_loss_follows_autocast_and_keeps_no_buffer_under_it():
+    """Under autocast the loss plug-in's logits GEMM runs in the autocast dtype (not an fp32 GEMM into a
+    buffer kept for the process's life); without autocast it matches the fp32 loss."""
+    from medtune.train import loss as L
+
+    torch.manual_seed(0)
+    h, w = torch.randn(64, 32, requires_grad=True), torch.randn(100, 32)
+    y = torch.randint(0, 100, (64,))
+    L._BUFFERS.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = L.chunked_ce_sum(h, w, y, chunk=16)
+    assert L._BUFFERS == {}
+    plain = L.chunked_ce_sum(h, w, y, chunk=16)
+    ref = torch.nn.functional.cross_entropy(h @ w.T, y, reduction="sum")
+    torch.testing.assert_close(plain, ref, rtol=1e-5, atol=1e-4)
+    gap = float((mixed - ref).detach().abs() / ref.detach())
+    assert 0 < gap < 2e-2  # bf16 logits: close, not the fp32 GEMM

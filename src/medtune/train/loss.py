@@ -26,10 +26,11 @@ def _logits(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     A fresh chunk of logits is hundreds of MB (1024 x 49152 fp32 = 201 MB): the allocator hands it
     out as new pages each time, and faulting them in made this GEMM run at about half the speed of
     the same GEMM into warm memory (profiled on the CPU). The buffer is overwritten chunk by chunk;
-    nothing outside the loss ever holds it.
+    nothing outside the loss ever holds it. Under autocast (and with 16-bit weights) the GEMM runs in
+    that dtype instead, without the buffer: ``torch.mm(out=)`` would bypass autocast.
     """
-    if h.dtype != torch.float32 or weight.dtype != torch.float32:
-        return (h @ weight.T).float()
+    if h.dtype != torch.float32 or weight.dtype != torch.float32 or torch.is_autocast_enabled(h.device.type):
+        return (h @ weight.T).float()  # the GEMM in the autocast / weights' dtype, like the model's own LM head
     key = (str(h.device), weight.shape[0])
     buf = _BUFFERS.get(key)
     if buf is None or buf.shape[0] < h.shape[0]:
@@ -48,12 +49,14 @@ class ChunkedLinearCE(torch.autograd.Function):
         grad_h = torch.zeros_like(hidden)
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_dw else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        on_cpu = hidden.device.type == "cpu"
         for start in range(0, hidden.shape[0], chunk):
             h = hidden[start : start + chunk]
             y = labels[start : start + chunk]
             valid = y != IGNORE_INDEX
-            all_valid = bool(valid.all())
-            if not all_valid and not bool(valid.any()):
+            # Skipping settled chunks needs the answer on the host: worth it on the CPU, a sync per chunk elsewhere.
+            all_valid = bool(valid.all()) if on_cpu else False
+            if on_cpu and not all_valid and not bool(valid.any()):
                 continue
             target = y.clamp(min=0)[:, None]
             # One buffer, updated in place: logits -> exp(logits - max) -> softmax -> softmax - one_hot.
