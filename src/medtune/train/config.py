@@ -85,7 +85,7 @@ class TrainConfig(StrictModel):
     seed: int = 0
     """Seed for initialisation, data order and dropout."""
     save_every: int = Field(100, ge=0)
-    """Write a checkpoint every N steps (0: only at the end)."""
+    """Write a checkpoint every N steps (0: none; a finished run's model/ is its output)."""
     keep_checkpoints: int = Field(2, ge=1)
     """How many recent checkpoints to keep."""
     resume: bool = False
