@@ -123,25 +123,25 @@ def child_build(corpus: str, out: str, n: int) -> dict:
 
 
 def child_train(build: str, out: str) -> dict:
-    from medtune.train import run
+    from medtune.train import engine, run
     from medtune.train.config import TrainConfig
 
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "data").symlink_to(build)
     marks: dict[str, float] = {}
-    real_data, real_batch = run._data, run._batch
+    real_data, real_items = run._data, engine.BlockDataset.__getitems__
 
     def data(*a, **k):
         blocks = real_data(*a, **k)
         marks.setdefault("data", time.perf_counter())
         return blocks
 
-    def batch(*a, **k):
-        rows = real_batch(*a, **k)
+    def items(self, idx):  # the engine's dataloader reads a micro-batch's blocks
+        rows = real_items(self, idx)
         marks.setdefault("first_batch", time.perf_counter())
         return rows
 
-    run._data, run._batch = data, batch
+    run._data, engine.BlockDataset.__getitems__ = data, items
     cfg = TrainConfig.model_validate({"model": {"spec": "smollm2-135m"}, "data": {"tokenizer": "smollm2-135m"},
                                       "micro_batch_size": 1, "max_steps": 3, "save_every": 0, "out": out,
                                       "progress": False})

@@ -419,7 +419,7 @@ def test_checkpoints_follow_the_umask(tiny_llama, tmp_path):
         train(cfg)
     finally:
         os.umask(old)
-    ckpt = tmp_path / "run" / "checkpoints" / "step-000002"
+    ckpt = tmp_path / "run" / "checkpoints" / "checkpoint-2"
     files = [p for p in ckpt.iterdir() if p.is_file()]
     assert files and {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o640}
     assert stat.S_IMODE(ckpt.stat().st_mode) == 0o750

@@ -284,7 +284,7 @@ def runs(tiny_llama, tmp_path_factory):
     with pytest.raises(Interrupted):
         train(train_cfg(tiny_llama, root / "stopped"))
     mp.undo()
-    assert [p.name for p in checkpoint.checkpoint_dirs(root / "stopped")] == ["step-000003", "step-000006"]
+    assert [p.name for p in checkpoint.checkpoint_dirs(root / "stopped")] == ["checkpoint-3", "checkpoint-6"]
     return root
 
 
@@ -295,13 +295,31 @@ def _set_tensor_shape(file: Path) -> None:
     save_file(tensors, str(file))
 
 
+def _set_optimizer_shape(file: Path) -> None:
+    opt = torch.load(file, weights_only=True)
+    state = opt["state"][0]
+    state["exp_avg"] = torch.zeros(state["exp_avg"].shape[0], state["exp_avg"].shape[1] + 1)
+    torch.save(opt, file)
+
+
+class _RunsCode:
+    """A pickle that would call print() on load: the kind of file weights_only refuses."""
+
+    def __reduce__(self):
+        return (print, ("unpickled code ran",))
+
+
 CHECKPOINT_DAMAGE = {
-    "truncated weights": (lambda c: truncate(c / "trainable.safetensors"), r"trainable\.safetensors is unreadable"),
-    "bad JSON": (lambda c: (c / "trainer_state.json").write_text('{"step": 6, "hist'), r"trainer_state\.json is unreadable"),
-    "missing optimizer file": (lambda c: (c / "optimizer.safetensors").unlink(), r"optimizer\.safetensors is missing"),
-    "shape mismatch": (lambda c: _set_tensor_shape(c / "trainable.safetensors"), r"trainable\.safetensors tensor '.*' has shape"),
-    "optimizer shape mismatch": (lambda c: _set_tensor_shape(c / "optimizer.safetensors"), r"optimizer\.safetensors tensor '.*' has shape"),
-    "NaN weights": (lambda c: poison(c / "trainable.safetensors", key_part="lora_A"), r"trainable\.safetensors: tensor .* non-finite"),
+    "truncated weights": (lambda c: truncate(c / ADAPTER_WEIGHTS), r"adapter_model\.safetensors is unreadable"),
+    "bad medtune state": (lambda c: (c / "medtune_state.json").write_text('{"step": 6, "hist'), r"medtune_state\.json is unreadable"),
+    "bad engine state": (lambda c: (c / "trainer_state.json").write_text('{"global_step": 6, "lo'), r"trainer_state\.json is unreadable"),
+    "missing optimizer file": (lambda c: (c / "optimizer.pt").unlink(), r"optimizer\.pt is missing"),
+    "truncated optimizer file": (lambda c: truncate(c / "optimizer.pt"), r"optimizer\.pt is unreadable"),
+    "optimizer pickle that runs code": (lambda c: torch.save(_RunsCode(), c / "optimizer.pt"), r"optimizer\.pt is unreadable \(UnpicklingError"),
+    "missing RNG state": (lambda c: (c / "rng_state.pth").unlink(), r"rng_state\.pth is missing"),
+    "shape mismatch": (lambda c: _set_tensor_shape(c / ADAPTER_WEIGHTS), r"adapter_model\.safetensors tensor '.*' has shape"),
+    "optimizer shape mismatch": (lambda c: _set_optimizer_shape(c / "optimizer.pt"), r"optimizer\.pt tensor '.*' has shape"),
+    "NaN weights": (lambda c: poison(c / ADAPTER_WEIGHTS, key_part="lora_A"), r"adapter_model\.safetensors: tensor .* non-finite"),
 }
 
 
@@ -313,13 +331,15 @@ def test_a_corrupt_checkpoint_falls_back_to_the_newest_intact_one(tiny_llama, ru
     out = tmp_path / "run"
     shutil.copytree(runs / "stopped", out)
     breaker, reason = CHECKPOINT_DAMAGE[damage]
-    breaker(out / "checkpoints" / "step-000006")
+    breaker(out / "checkpoints" / "checkpoint-6")
     capsys.readouterr()
     train(train_cfg(tiny_llama, out).model_copy(update={"resume": True}))
-    err = capsys.readouterr().err
-    assert re.search(rf"checkpoint \S*step-000006 is unusable: {reason}", err), err
-    assert re.search(r"resuming from \S*step-000003 \(step 3\), the newest intact checkpoint", err), err
-    assert (out / "checkpoints" / "corrupt-step-000006").is_dir(), "the bad checkpoint is kept, out of the way"
+    captured = capsys.readouterr()
+    err = captured.err
+    assert re.search(rf"checkpoint \S*checkpoint-6 is unusable: {reason}", err), err
+    assert re.search(r"resuming from \S*checkpoint-3 \(step 3\), the newest intact checkpoint", err), err
+    assert "unpickled code ran" not in captured.out + err
+    assert (out / "checkpoints" / "corrupt-checkpoint-6").is_dir(), "the bad checkpoint is kept, out of the way"
     ref = load_file(str(runs / "ref" / "model" / ADAPTER_WEIGHTS))
     got = load_file(str(out / "model" / ADAPTER_WEIGHTS))
     assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
@@ -333,10 +353,10 @@ def test_no_intact_checkpoint_is_a_clear_error(tiny_llama, runs, tmp_path):
 
     out = tmp_path / "run"
     shutil.copytree(runs / "stopped", out)
-    truncate(out / "checkpoints" / "step-000006" / "trainable.safetensors")
-    (out / "checkpoints" / "step-000003" / "scheduler.json").write_text("[")
-    with pytest.raises(CheckpointError, match=r"no intact checkpoint to resume from \(step-000006: trainable\.safetensors "
-                                              r"is unreadable.*step-000003: scheduler\.json is unreadable"):
+    truncate(out / "checkpoints" / "checkpoint-6" / ADAPTER_WEIGHTS)
+    (out / "checkpoints" / "checkpoint-3" / "scheduler.pt").write_text("[")
+    with pytest.raises(CheckpointError, match=r"no intact checkpoint to resume from \(checkpoint-6: adapter_model\.safetensors "
+                                              r"is unreadable.*checkpoint-3: scheduler\.pt is unreadable"):
         train(train_cfg(tiny_llama, out).model_copy(update={"resume": True}))
     assert not (out / "model").exists()
 
@@ -380,24 +400,22 @@ def synced_before_rename(events: list[tuple[str, str]], staging: Path) -> set[st
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name fsynced descriptors")
 def test_checkpoint_files_and_directory_are_fsynced_before_the_rename(tiny_llama, tmp_path, monkeypatch):
-    from transformers import get_scheduler
-
+    """Every file the engine writes into a checkpoint, and the directory, are on disk before its name exists."""
     from medtune.train import checkpoint
+    from medtune.train.run import train
 
-    model = models.load_model(str(tiny_llama))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model(torch.tensor([[1, 2, 3]]), labels=torch.tensor([[1, 2, 3]])).loss.backward()
-    opt.step()
-    sched = get_scheduler("linear", opt, num_warmup_steps=0, num_training_steps=4)
+    out = tmp_path / "run"
+    cfg = train_cfg(tiny_llama, out).model_copy(update={"max_steps": 2, "save_every": 1})
     events = fsync_log(monkeypatch)
-    state = {"history": [], "tokens": 0, "seconds": 0.0}
-    target = checkpoint.save(tmp_path, 1, model, opt, sched, state, 0, 1, keep=2, barrier=lambda: None)
-    staging = tmp_path / "checkpoints" / ".staging-step-000001"
+    train(cfg)
+    monkeypatch.undo()
+    target = out / "checkpoints" / "checkpoint-1"
+    staging = out / "checkpoints" / ".staging" / "checkpoint-1"
     synced = synced_before_rename(events, staging)
-    want = {str(staging.resolve() / f.name) for f in target.iterdir()} | {str(staging.resolve())}
-    assert want <= synced, sorted(want - synced)
-    assert ("fsync", str((tmp_path / "checkpoints").resolve())) in events[events.index(("rename", str(staging.resolve()))):]
-    checkpoint.load(target, model, opt, sched, 0, 1)  # and what was written reads back
+    want = {str(staging.resolve() / f.relative_to(target)) for f in target.rglob("*")} | {str(staging.resolve())}
+    assert len(want) > 6 and want <= synced, sorted(want - synced)
+    assert ("fsync", str((out / "checkpoints").resolve())) in events[events.index(("rename", str(staging.resolve()))):]
+    assert checkpoint.validate(target, 1, None, None)["step"] == 1  # and what was written reads back
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name fsynced descriptors")

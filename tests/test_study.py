@@ -205,9 +205,9 @@ def test_interrupted_during_training_resumes_without_redoing_finished_steps(tiny
         assert "interrupted during train/lora" in killed.stdout and "run the same command again" in killed.stdout
     base_state = json.loads((tmp_path / "s" / "eval" / "base" / ".medtune-step.json").read_text())
     assert base_state["state"] == "done"
-    assert (tmp_path / "s" / "train" / "lora" / "checkpoints" / "step-000002").is_dir()
+    assert (tmp_path / "s" / "train" / "lora" / "checkpoints" / "checkpoint-2").is_dir()
     dry = subprocess.run([sys.executable, "-m", "medtune", "study", str(path), "--dry-run"], capture_output=True, text=True)
-    assert re.search(r"train/lora\s+│ resume\s+│ from step-000002", dry.stdout), dry.stdout
+    assert re.search(r"train/lora\s+│ resume\s+│ from checkpoint-2", dry.stdout), dry.stdout
     again = subprocess.run([sys.executable, "-m", "medtune", "study", str(path)], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "eval/base (done, skipped)" in again.stdout and "train/lora — resuming" in again.stdout

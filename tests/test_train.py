@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from medtune.data.build import open_blocks
 from medtune.errors import MedtuneError
 from medtune.train.config import TrainConfig
+from medtune.train import checkpoint
 from medtune.train.run import TrainError, train
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -77,23 +78,24 @@ def run_cli(cfg_path: Path, *extra: str) -> subprocess.Popen:
 
 
 # Runs `medtune train CONFIG` and SIGKILLs itself at a chosen point, so the test does not race a
-# fast tiny run: "after" = right after checkpoint KILL_STEP is complete, "during" = while its files
-# are being written (the staging directory is half full and the checkpoint name does not exist yet).
+# fast tiny run: "after" = right after checkpoint KILL_STEP is published, "during" = while the engine
+# writes its files (the staging directory is half full and the checkpoint name does not exist yet).
 KILLER = """
 import os, signal, sys
+import torch
 from medtune.train import checkpoint
 when, step = sys.argv[1], int(sys.argv[2])
-real_save, real_save_file = checkpoint.save, checkpoint.save_file
+real_save, real_torch_save = checkpoint.save, torch.save
 def save(root, s, *a, **k):
     path = real_save(root, s, *a, **k)
     if when == "after" and s == step:
         os.kill(os.getpid(), signal.SIGKILL)
     return path
-def save_file(tensors, filename, *a, **k):
-    real_save_file(tensors, filename, *a, **k)
-    if when == "during" and f"step-{step:06d}" in filename and filename.endswith("trainable.safetensors"):
+def torch_save(obj, f, *a, **k):
+    real_torch_save(obj, f, *a, **k)
+    if when == "during" and f"checkpoint-{step}/" in str(f) and str(f).endswith("optimizer.pt"):
         os.kill(os.getpid(), signal.SIGKILL)
-checkpoint.save, checkpoint.save_file = save, save_file
+checkpoint.save, torch.save = save, torch_save
 from medtune.cli import main
 sys.argv = ["medtune", "train", sys.argv[3]]
 main()
@@ -111,7 +113,7 @@ def test_sigkill_and_resume_gives_the_same_weights(tiny_llama, tmp_path, when, k
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     out = tmp_path / "killed"
     assert not (out / "model").exists(), "killed before the end"
-    assert [p.name for p in sorted((out / "checkpoints").glob("step-*"))][-1] == f"step-{resumes_from:06d}"
+    assert [p.name for p in checkpoint.checkpoint_dirs(out)][-1] == f"checkpoint-{resumes_from}"
     resumed = run_cli(cfg, "--resume")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
     ref = load_file(str(tmp_path / "ref" / "model" / "adapter_model.safetensors"))
@@ -143,9 +145,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_llama, tm
 
     monkeypatch.setattr(loss_mod, "chunked_ce_sum", poisoned)
     out = tmp_path / "nan"
-    with pytest.raises(TrainError, match=r"non-finite loss \(nan\) at step 6.*step-000003"):
+    with pytest.raises(TrainError, match=r"non-finite loss \(nan\) at step 6.*checkpoint-3"):
         train(TrainConfig.model_validate(config(tiny_llama, out, save_every=3)))
-    assert (out / "checkpoints" / "step-000003" / "trainable.safetensors").is_file()
+    assert (out / "checkpoints" / "checkpoint-3" / "adapter_model.safetensors").is_file()
+    assert not (out / "checkpoints" / "checkpoint-6").exists(), "the step with the non-finite loss is not saved"
     assert not (out / "model").exists()
 
 
@@ -213,13 +216,11 @@ def test_fsdp_asked_for_on_cpu_warns_and_records_what_ran(tiny_llama, tmp_path):
     assert "parallelism MULTI_CPU" in (tmp_path / "fsdp" / "README.md").read_text()
 
 
-def test_modes_whose_checkpoints_medtune_cannot_write_are_refused_up_front():
+def test_modes_whose_model_files_medtune_cannot_write_are_refused_up_front():
+    """FSDP1 is refused; DeepSpeed (ZeRO-2 and 3) now runs with the engine's checkpoints."""
     from medtune.train.run import unsupported_parallelism
 
-    for running in ("NO", "MULTI_CPU", "MULTI_GPU"):
-        assert unsupported_parallelism(running, None, None, 100) is None
-    assert unsupported_parallelism("FSDP", 2, None, 100) is None
-    assert "fsdp_version: 2" in unsupported_parallelism("FSDP", 1, None, 100)
-    assert "save_every: 0" in unsupported_parallelism("DEEPSPEED", None, 2, 100)
-    assert unsupported_parallelism("DEEPSPEED", None, 2, 0) is None
-    assert "ZeRO-3" in unsupported_parallelism("DEEPSPEED", None, 3, 0)
+    for running in ("NO", "MULTI_CPU", "MULTI_GPU", "DEEPSPEED"):
+        assert unsupported_parallelism(running, None) is None
+    assert unsupported_parallelism("FSDP", 2) is None
+    assert "fsdp_version: 2" in unsupported_parallelism("FSDP", 1)

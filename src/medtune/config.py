@@ -7,7 +7,7 @@ docstring is its documentation and its CLI ``--help`` text.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -135,3 +135,9 @@ class ModelConfig(StrictModel):
     allow_other_base: bool = False
     """Apply a LoRA adapter on this model although the adapter's provenance says it was trained on a base
     with other weights (warned about instead of refused): its deltas were learnt for those weights."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype: auto = fp32 on CPU; on a GPU bf16 (fp16 where it has no native bf16) for frozen weights
+    (inference, the LoRA base), fp32 master weights under mixed precision for full fine-tuning."""
+    attn_implementation: str | None = None
+    """transformers' attention implementation (eager, sdpa, flash_attention_2, ...); None: the model's default."""

@@ -188,13 +188,35 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "transformers": transformers.__version__}
 
 
-def default_dtype() -> Any:
-    """bf16 on a GPU that supports it; fp32 on CPU (bf16 matmul is far slower on most CPUs)."""
+def native_bf16() -> bool:
+    """A CUDA GPU with bf16 in hardware (Ampere, compute capability 8.0, or newer).
+
+    ``torch.cuda.is_bf16_supported()`` also says yes on V100 / T4, where bf16 is emulated (slow, and
+    without bf16 tensor cores); those GPUs get fp16 instead."""
     import torch
 
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
+
+
+def half_dtype() -> Any:
+    """The 16-bit dtype of this GPU: bf16 where native (:func:`native_bf16`), else fp16."""
+    import torch
+
+    return torch.bfloat16 if native_bf16() else torch.float16
+
+
+def default_dtype() -> Any:
+    """The GPU's 16-bit dtype (:func:`half_dtype`); fp32 on CPU (bf16 matmul is far slower on most CPUs)."""
+    import torch
+
+    return half_dtype() if torch.cuda.is_available() else torch.float32
+
+
+def named_dtype(name: str) -> Any:
+    """``torch.float32`` / ``bfloat16`` / ``float16`` for a :class:`medtune.config.ModelConfig` dtype name."""
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 def load_tokenizer(spec: str | ResolvedModel, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> Any:
@@ -211,17 +233,23 @@ def load_model(
     device: str | None = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    attn_implementation: str | None = None,
+    quantization_config: Any = None,
 ) -> Any:
-    """Load a causal LM from a spec. ``trust_remote_code`` and ``allow_pickle`` stay off unless asked."""
+    """Load a causal LM from a spec. ``trust_remote_code`` and ``allow_pickle`` stay off unless asked;
+    ``quantization_config`` (QLoRA's bitsandbytes 4-bit) quantizes the weights as they load."""
     from transformers import AutoModelForCausalLM
 
     resolved = spec if isinstance(spec, ResolvedModel) else resolve(spec, allow_pickle=allow_pickle)
+    extra = {k: v for k, v in (("attn_implementation", attn_implementation), ("quantization_config", quantization_config))
+             if v is not None}
     try:
         model = AutoModelForCausalLM.from_pretrained(
             resolved.path,
             dtype=dtype or default_dtype(),
             trust_remote_code=trust_remote_code,
             use_safetensors=None if allow_pickle else True,
+            **extra,
         )
     except (OSError, ValueError) as err:
         hint = ""

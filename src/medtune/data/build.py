@@ -142,6 +142,12 @@ class Prepared:
     eos_id: int
 
 
+def bos_id(tokenizer: Any) -> int | None:
+    """The BOS id where the tokenizer starts every encoding with it (as evaluation encodes contexts), else None."""
+    bos = tokenizer.bos_token_id
+    return bos if bos is not None and tokenizer.encode("a")[:1] == [bos] else None
+
+
 def _pad_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
@@ -164,7 +170,8 @@ def prepare(cfg: DataConfig, tokenizer: Any | None = None, *, mix_and_pack: bool
     mixed = packed = None
     if mix_and_pack and any(loaded.domain.values()):
         mixed = mix(docs, loaded.groups(), cfg.general_share, cfg.mix_strategy, cfg.seed, cfg.temperature)
-        packed = pack(mixed.docs, cfg.block_size, tokenizer.eos_token_id, drop_tail=cfg.drop_tail, pad_id=_pad_id(tokenizer))
+        packed = pack(mixed.docs, cfg.block_size, tokenizer.eos_token_id, drop_tail=cfg.drop_tail, pad_id=_pad_id(tokenizer),
+                      bos_id=bos_id(tokenizer))
     return Prepared(loaded.sources, loaded.guard, mixed, packed, loaded.rejects, tokenizer.eos_token_id)
 
 
@@ -248,7 +255,7 @@ def _write_shards(cfg: DataConfig, tokenizer: Any, loaded: Loaded, plan: MixPlan
     groups = loaded.groups()
     writer = ShardWriter(root, block_size=cfg.block_size, vocab_size=len(tokenizer), sources=names, groups=groups,
                          eos_id=tokenizer.eos_token_id, pad_id=_pad_id(tokenizer), drop_tail=cfg.drop_tail,
-                         shard_tokens=cfg.shard_tokens)
+                         shard_tokens=cfg.shard_tokens, bos_id=bos_id(tokenizer))
     starts = {i: np.fromiter((d.answer_start for d in docs), np.int64, len(docs)) for i, docs in domain.items()}
     counts = write_plan(writer, plan, tokens, starts)
     for r in readers.values():

@@ -58,7 +58,7 @@ class PackResult:
     source_tokens: dict[str, int]
     """Document tokens per source on the kept blocks (EOS and padding excluded)."""
     eos_tokens: int
-    """EOS separators on the kept blocks."""
+    """EOS separators on the kept blocks (and the BOS leading each document, where the tokenizer adds one)."""
     pad_tokens: int
     """Padding added to the last block (``drop_tail=False``)."""
     tail_dropped_tokens: int
@@ -104,40 +104,49 @@ ANSWER = 2
 
 
 def doc_stream(tokens: np.ndarray, lengths: np.ndarray, source: np.ndarray, answer_start: np.ndarray,
-               eos_id: int, dtype: Any = np.int64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Documents given flat, each followed by EOS: ``(ids, source, answer)``, each ``(sum(lengths + 1),)``.
+               eos_id: int, dtype: Any = np.int64, bos_id: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Documents given flat, each followed by EOS (and led by BOS when ``bos_id`` is given): ``(ids,
+    source, answer)``, each ``(sum(lengths + 1 [+ 1]),)``.
 
     ``tokens`` is the documents' tokens back to back, ``(sum(lengths),)``; ``source`` and
-    ``answer_start`` are per document. ``source`` is :data:`NO_SOURCE` on the EOS; ``answer`` (bool)
-    is true from each document's answer start (capped at its length) through its EOS, which is the
-    span answer-only loss trains on (every token of general text, whose answer start is 0).
+    ``answer_start`` are per document. ``source`` is :data:`NO_SOURCE` on the EOS and BOS; ``answer``
+    (bool) is true from each document's answer start (capped at its length) through its EOS, which is
+    the span answer-only loss trains on (every token of general text, whose answer start is 0).
+    BOS: evaluation contexts start with it where the tokenizer adds one (``tokenizer.encode``), so the
+    training documents do too (see :func:`medtune.data.build.bos_id`).
     """
+    lead = 0 if bos_id is None else 1
     lengths = np.asarray(lengths, dtype=np.int64)
-    span = lengths + 1
+    span = lengths + 1 + lead
     ends = np.cumsum(span)
     total = int(ends[-1]) if len(ends) else 0
     ids = np.empty(total, dtype=dtype)
     eos = np.zeros(total, dtype=bool)
     eos[ends - 1] = True
-    ids[~eos] = tokens
+    bos = np.zeros(total, dtype=bool)
+    if lead:
+        bos[ends - span] = True
+        ids[bos] = bos_id
+    ids[~(eos | bos)] = tokens
     ids[eos] = eos_id
     src = np.repeat(np.asarray(source, dtype=np.int32), span)
-    src[eos] = NO_SOURCE
-    offset = np.arange(total, dtype=np.int64) - np.repeat(ends - span, span)  # position inside the document
+    src[eos | bos] = NO_SOURCE
+    offset = np.arange(total, dtype=np.int64) - np.repeat(ends - span, span) - lead  # position inside the document
     answer = offset >= np.repeat(np.minimum(np.asarray(answer_start, dtype=np.int64), lengths), span)
     return ids, src, answer
 
 
-def _stream(docs: Sequence[Doc], eos_id: int, source_index: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _stream(docs: Sequence[Doc], eos_id: int, source_index: dict[str, int],
+            bos_id: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`doc_stream` of in-memory documents."""
     lengths = np.fromiter((len(d.tokens) for d in docs), dtype=np.int64, count=len(docs))
     tokens = np.fromiter((t for d in docs for t in d.tokens), dtype=np.int64, count=int(lengths.sum()))
     return doc_stream(tokens, lengths, np.fromiter((source_index[d.source] for d in docs), np.int32, len(docs)),
-                      np.fromiter((d.answer_start for d in docs), np.int64, len(docs)), eos_id)
+                      np.fromiter((d.answer_start for d in docs), np.int64, len(docs)), eos_id, bos_id=bos_id)
 
 
 def pack(docs: Sequence[Doc], block_size: int, eos_id: int, drop_tail: bool = False,
-         pad_id: int | None = None) -> PackResult:
+         pad_id: int | None = None, bos_id: int | None = None) -> PackResult:
     """Concatenate ``docs`` with an EOS after each and cut into ``block_size`` blocks.
 
     The last, partial block is dropped (``drop_tail=True``; its size is ``tail_dropped_tokens``) or
@@ -152,7 +161,7 @@ def pack(docs: Sequence[Doc], block_size: int, eos_id: int, drop_tail: bool = Fa
     for d in docs:
         if groups.setdefault(d.source, d.group) != d.group:
             raise MedtuneError(f"source {d.source!r} appears in groups {groups[d.source]!r} and {d.group!r}")
-    ids, src, answer = _stream(docs, eos_id, {s: i for i, s in enumerate(sources)})
+    ids, src, answer = _stream(docs, eos_id, {s: i for i, s in enumerate(sources)}, bos_id)
     tail = len(ids) % block_size
     mask = np.ones(len(ids), dtype=np.int64)
     pad = 0

@@ -73,10 +73,11 @@ class ShardWriter:
     """
 
     def __init__(self, root: Path, *, block_size: int, vocab_size: int, sources: list[str], groups: dict[str, str],
-                 eos_id: int, pad_id: int | None, drop_tail: bool, shard_tokens: int) -> None:
+                 eos_id: int, pad_id: int | None, drop_tail: bool, shard_tokens: int, bos_id: int | None = None) -> None:
         if not drop_tail and pad_id is None:
             raise MedtuneError("shards: pad_id is required to pad the last block (or set drop_tail=True)")
         self.root, self.block_size, self.eos_id, self.pad_id, self.drop_tail = root, block_size, eos_id, pad_id, drop_tail
+        self.bos_id = bos_id
         self.sources, self.groups = sources, groups
         self.ids_dtype, self.src_dtype = ids_dtype(vocab_size), source_dtype(len(sources))
         self.shard_blocks = max(1, shard_tokens // block_size)
@@ -91,7 +92,7 @@ class ShardWriter:
         """Documents ``(sum(lengths),)`` tokens back to back; ``lengths``, ``source``, ``answer_start`` per document."""
         if len(lengths) == 0:
             return
-        ids, src, answer = doc_stream(tokens, lengths, source, answer_start, self.eos_id, self.ids_dtype)
+        ids, src, answer = doc_stream(tokens, lengths, source, answer_start, self.eos_id, self.ids_dtype, self.bos_id)
         mask = (ATTEND | np.where(answer, ANSWER, 0)).astype(np.uint8)
         self._pending.append((ids, mask, src.astype(self.src_dtype)))
         self._pending_n += len(ids)
@@ -137,6 +138,7 @@ class ShardWriter:
         atomic.write_json(self.root / INDEX, {
             "format": FORMAT, "block_size": self.block_size, "ids_dtype": self.ids_dtype.name,
             "source_dtype": self.src_dtype.name, "sources": self.sources, "groups": self.groups,
+            "eos_id": int(self.eos_id), "bos_id": self.bos_id,
             "shards": [{"name": f"{i:05d}", "blocks": n} for i, n in enumerate(self._shards)],
             "counts": counts.__dict__,
         })
@@ -177,6 +179,8 @@ class Blocks:
         self.index = index
         self.block_size: int = index["block_size"]
         self.sources: list[str] = index["sources"]
+        self.eos_id: int | None = index.get("eos_id")
+        """The document separator (None in builds from before it was recorded: every real token of no source is one)."""
         self._files = {k: [Mapped(self.root / f"{s['name']}.{k}.npy") for s in index["shards"]] for k in KINDS}
         maps = {k: [m.array for m in files] for k, files in self._files.items()}
         for k, arrays in maps.items():

@@ -43,7 +43,10 @@ def model_card(cfg: TrainConfig, state: dict[str, Any], run: dict[str, Any], man
     hist = state["history"]
     mix = manifest.get("mix") or {}
     sources = "\n".join(f"| {s['role']} | {s['name']} | {s['items']:,} | {s['tokens']:,} |" for s in manifest.get("sources", []))
-    what = "a LoRA adapter (peft, safetensors)" if cfg.method == "lora" else "full weights (safetensors)"
+    what = "a LoRA adapter (peft, safetensors)" if cfg.adapters else "full weights (safetensors)"
+    if cfg.method == "qlora":
+        what += (", trained over a 4-bit NF4 quantization of the base; merging it applies it to the base's "
+                 "unquantized (dequantized) weights")
     return f"""# medtune training run
 
 `model/` holds {what} for **{cfg.model.spec}**, continued-pretrained on medical QA text
@@ -51,7 +54,7 @@ def model_card(cfg: TrainConfig, state: dict[str, Any], run: dict[str, Any], man
 
 | | |
 |---|---|
-| method | {cfg.method}{f" (r={cfg.lora.r}, alpha={cfg.lora.alpha}, dropout={cfg.lora.dropout}, targets={cfg.lora.target_modules})" if cfg.method == "lora" else ""} |
+| method | {cfg.method}{f" (r={cfg.lora.r}, alpha={cfg.lora.alpha}, dropout={cfg.lora.dropout}, targets={cfg.lora.target_modules})" if cfg.adapters else ""} |
 | loss | {cfg.loss} |
 | steps | {run['steps']} x global batch {run['global_batch']} blocks of {run['block_size']} tokens |
 | tokens | {state['tokens']:,} |

@@ -1,31 +1,39 @@
-"""Training checkpoints without pickles: tensors in safetensors, everything else in JSON.
+"""Training checkpoints: the engine's own (transformers' ``Trainer``), published atomically and
+validated before a resume.
 
-A checkpoint directory ``checkpoints/step-000123/`` holds the trainable weights, the optimizer
-state, the scheduler state, every process's RNG states and the trainer state (step, samples
-consumed, loss history). It is built under a temporary name, fsynced, and renamed into place, so a
-directory with that name is complete unless something damaged it later (a disk error, a copy cut
-short, a hand edit). Resuming therefore validates a checkpoint completely before it changes the
-model, and falls back to the next older one when it is bad (:func:`resume`).
+``checkpoints/checkpoint-N/`` is what ``Trainer`` writes for step N: the trainable weights
+(``adapter_model.safetensors`` or ``model.safetensors``; FSDP and DeepSpeed their sharded
+formats), ``optimizer.pt``, ``scheduler.pt``, ``rng_state*.pth`` (one per process) and
+``trainer_state.json``, plus medtune's ``medtune_state.json`` (loss history, tokens, time, process
+count). The engine writes into ``checkpoints/.staging/checkpoint-N``; :func:`save` fsyncs it and
+renames it into place, so a directory named ``checkpoint-N`` is complete unless something damaged it
+later (a disk error, a copy cut short, a hand edit).
+
+Resuming (:func:`choose`) therefore reads and checks every file of the newest checkpoint before the
+engine loads it, and falls back to the next older one when it is bad (moved aside to
+``corrupt-checkpoint-N`` and reported). The ``.pt`` / ``.pth`` files are the engine's own pickles:
+they are read here, and by the engine, only with ``torch.load(weights_only=True)``, which refuses
+anything but tensors and plain containers.
 """
 
 from __future__ import annotations
 
 import json
-import random
+import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from medtune import atomic
 from medtune.errors import MedtuneError
 from medtune.finite import NonFiniteError, check_finite
-from medtune.train import sharded
+
+PREFIX = "checkpoint-"
+MEDTUNE_STATE = "medtune_state.json"
+STAGING = ".staging"
 
 
 class CheckpointError(MedtuneError):
@@ -36,10 +44,21 @@ class CheckpointError(MedtuneError):
         super().__init__(f"{path}: {reason}")
 
 
+def checkpoints_root(root: Path) -> Path:
+    """Where a run's checkpoints live (the engine's ``output_dir``)."""
+    return root / "checkpoints"
+
+
+def step_of(path: Path) -> int | None:
+    m = re.fullmatch(rf"{PREFIX}(\d+)", path.name)
+    return int(m.group(1)) if m else None
+
+
 def checkpoint_dirs(root: Path) -> list[Path]:
-    """Complete checkpoints under ``root/checkpoints``, oldest first."""
-    base = root / "checkpoints"
-    return sorted(p for p in base.glob("step-*") if p.is_dir()) if base.is_dir() else []
+    """Published checkpoints under ``root/checkpoints``, oldest (lowest step) first."""
+    base = checkpoints_root(root)
+    found = [p for p in base.glob(f"{PREFIX}*") if p.is_dir() and step_of(p) is not None] if base.is_dir() else []
+    return sorted(found, key=lambda p: step_of(p) or 0)
 
 
 def latest(root: Path) -> Path | None:
@@ -47,43 +66,8 @@ def latest(root: Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _optimizer_tensors(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """An ``Optimizer.state_dict()`` (parameters by index) as safetensors tensors plus JSON metadata."""
-    tensors: dict[str, torch.Tensor] = {}
-    meta_state: dict[str, dict[str, Any]] = {}
-    for idx, st in sd["state"].items():
-        meta_state[str(idx)] = {}
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"{idx}.{k}"] = v.contiguous()
-            else:
-                meta_state[str(idx)][k] = v
-    return tensors, {"param_groups": sd["param_groups"], "state": meta_state}
-
-
-def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        tensors.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    py = random.getstate()
-    npy = np.random.get_state()
-    meta = {"python": [py[0], list(py[1]), py[2]],
-            "numpy": [npy[0], npy[1].tolist(), int(npy[2]), int(npy[3]), float(npy[4])]}
-    return tensors, meta
-
-
-def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    torch.set_rng_state(tensors["torch"])
-    if torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([tensors[k] for k in sorted(tensors) if k.startswith("cuda")])
-    v, state, gauss = meta["python"]
-    random.setstate((v, tuple(state), gauss))
-    n = meta["numpy"]
-    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+def staging_root(root: Path) -> Path:
+    return checkpoints_root(root) / STAGING
 
 
 def require_shared(path: Path, rank: int) -> None:
@@ -96,32 +80,26 @@ def require_shared(path: Path, rank: int) -> None:
                            "`out` on a filesystem shared by all nodes (NFS, Lustre, ...)")
 
 
-def save(root: Path, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any,
-         trainer_state: dict[str, Any], rank: int, world: int, keep: int, barrier: Any) -> Path:
-    """Write checkpoint ``step`` (every rank writes its RNG state; rank 0 the rest), then prune old ones.
-    A sharded (FSDP2) model's full weights and optimizer state are gathered first, by every rank."""
-    target = root / "checkpoints" / f"step-{step:06d}"
-    staging = root / "checkpoints" / f".staging-step-{step:06d}"
-    if rank == 0:
+def save(root: Path, step: int, write: Callable[[Path], Any], keep: int, is_main: bool,
+         barrier: Callable[[], Any], rank: int = 0) -> Path:
+    """Checkpoint ``step``: ``write(staging)`` (every process: the engine writes its files there),
+    then, on the main process, fsync and rename it to ``checkpoints/checkpoint-<step>`` and prune
+    all but the newest ``keep``. Returns the published path. ``rank``: this process's, for
+    :func:`require_shared`."""
+    staging = staging_root(root) / f"{PREFIX}{step}"
+    target = checkpoints_root(root) / staging.name
+    if is_main:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
     barrier()
-    require_shared(staging, rank)
-    rng_t, rng_meta = _rng_state()
-    save_file(rng_t, str(staging / f"rng-rank{rank}.safetensors"))
-    atomic.write_json(staging / f"rng-rank{rank}.json", rng_meta)
-    full = (sharded.trainable(model), sharded.optimizer(model, opt)) if sharded.is_sharded(model) else None
+    if not is_main:
+        require_shared(staging, rank)
+    write(staging)
     barrier()
-    if rank == 0:
-        weights, opt_sd = full if full is not None else (trainable_state(model), opt.state_dict())
-        save_file(weights, str(staging / "trainable.safetensors"))
-        opt_t, opt_meta = _optimizer_tensors(opt_sd)
-        save_file(opt_t, str(staging / "optimizer.safetensors"))
-        atomic.write_json(staging / "optimizer.json", opt_meta)
-        atomic.write_json(staging / "scheduler.json", sched.state_dict())
-        atomic.write_json(staging / "trainer_state.json", {**trainer_state, "step": step, "world_size": world})
-        atomic.settle_modes(staging)  # safetensors writes 0600 whatever the umask
-        atomic.fsync_tree(staging)  # safetensors writes without fsync; the name must mean "complete on disk"
+    if is_main:
+        atomic.settle_modes(staging)  # safetensors and torch.save write 0600 whatever the umask
+        atomic.fsync_tree(staging)  # neither fsyncs; the name must mean "complete on disk"
+        shutil.rmtree(target, ignore_errors=True)  # a bad one of this step, left by an earlier run
         staging.rename(target)  # the checkpoint exists only once complete
         atomic.fsync_dir(target.parent)
         for old in checkpoint_dirs(root)[:-keep] if keep > 0 else []:
@@ -130,18 +108,7 @@ def save(root: Path, step: int, model: torch.nn.Module, opt: torch.optim.Optimiz
     return target
 
 
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """Everything a checkpoint restores, read and validated before anything is changed."""
-
-    path: Path
-    state: dict[str, Any]
-    weights: dict[str, torch.Tensor]
-    optimizer: dict[str, Any]
-    scheduler: dict[str, Any]
-    rng: tuple[dict[str, torch.Tensor], dict[str, Any]]
+# ------------------------------------------------------------------------------------ validation
 
 
 def _json(path: Path, file: str) -> Any:
@@ -153,134 +120,133 @@ def _json(path: Path, file: str) -> Any:
         raise CheckpointError(path, f"{file} is unreadable ({err})") from None
 
 
-def _tensors(path: Path, file: str) -> dict[str, torch.Tensor]:
+def _safetensors(path: Path, file: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
     if not (path / file).is_file():
         raise CheckpointError(path, f"{file} is missing")
     try:
         tensors = load_file(str(path / file))
     except Exception as err:  # safetensors raises its own SafetensorError (truncated or garbled file)
         raise CheckpointError(path, f"{file} is unreadable ({err})") from None
+    _finite(path, tensors, file)
+    return tensors
+
+
+def _finite(path: Path, tensors: Any, file: str) -> None:
     try:
         check_finite(tensors, file)
     except NonFiniteError as err:
         raise CheckpointError(path, str(err)) from None
-    return tensors
 
 
-def _check_state(path: Path, state: Any, world: int) -> dict[str, Any]:
+def _torch_file(path: Path, file: str) -> Any:
+    """An engine ``.pt`` / ``.pth`` file, read with ``weights_only=True`` (no code runs on load)."""
+    from transformers.trainer_pt_utils import safe_globals
+
+    if not (path / file).is_file():
+        raise CheckpointError(path, f"{file} is missing")
+    try:
+        with safe_globals():  # numpy arrays and dtypes (the RNG state), as the engine allows them
+            return torch.load(path / file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # a truncated zip, an unpickling refusal, ...
+        raise CheckpointError(path, f"{file} is unreadable ({type(err).__name__}: {err})") from None
+
+
+def _check_medtune_state(path: Path, world: int) -> dict[str, Any]:
+    state = _json(path, MEDTUNE_STATE)
     if not isinstance(state, dict):
-        raise CheckpointError(path, "trainer_state.json is not a JSON object")
+        raise CheckpointError(path, f"{MEDTUNE_STATE} is not a JSON object")
     for key, kind in (("step", int), ("history", list), ("tokens", int), ("seconds", (int, float))):
         if not isinstance(state.get(key), kind):
-            raise CheckpointError(path, f"trainer_state.json field '{key}' is missing or not a {getattr(kind, '__name__', 'number')}")
-    if path.name != f"step-{state['step']:06d}":
-        raise CheckpointError(path, f"trainer_state.json says step {state['step']}, the directory name another")
+            raise CheckpointError(path, f"{MEDTUNE_STATE} field '{key}' is missing or not a {getattr(kind, '__name__', 'number')}")
+    if path.name != f"{PREFIX}{state['step']}":
+        raise CheckpointError(path, f"{MEDTUNE_STATE} says step {state['step']}, the directory name another")
     if state.get("world_size") != world:  # not damage: every checkpoint of the run has it, so no fallback
         raise MedtuneError(f"{path}: written by {state.get('world_size')} process(es), resuming with {world}: "
-                           "resume with the same number of processes (the data order and RNG streams depend on it)")
+                           "resume with the same number of processes (the RNG streams depend on it)")
+    engine = _json(path, "trainer_state.json")
+    if not isinstance(engine, dict) or engine.get("global_step") != state["step"]:
+        raise CheckpointError(path, f"trainer_state.json does not say global_step {state['step']}")
     return state
 
 
-def _check_weights(path: Path, weights: dict[str, torch.Tensor], model: torch.nn.Module) -> None:
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    missing, unexpected = sorted(set(params) - set(weights)), sorted(set(weights) - set(params))
+def _weights(path: Path, file: str, expected: dict[str, tuple[int, ...]]) -> None:
+    """The trainable weights ``file`` (or its shards, by ``<file>.index.json``) hold exactly ``expected``
+    (name -> shape), finite."""
+    files = [file]
+    index = path / file.replace(".safetensors", ".safetensors.index.json")
+    if not (path / file).is_file() and index.is_file():
+        meta = _json(path, index.name)
+        files = sorted(set((meta.get("weight_map") or {}).values())) if isinstance(meta, dict) else []
+        if not files:
+            raise CheckpointError(path, f"{index.name} has no weight_map")
+    weights: dict[str, torch.Tensor] = {}
+    for f in files:
+        weights.update(_safetensors(path, f))
+    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
     if missing or unexpected:
-        raise CheckpointError(path, f"trainable.safetensors does not match the model (missing {missing[:3]}, "
-                                    f"unexpected {unexpected[:3]})")
+        raise CheckpointError(path, f"{file} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
     for n, t in weights.items():
-        if t.shape != params[n].shape:  # copy_ would broadcast some mismatches silently
-            raise CheckpointError(path, f"trainable.safetensors tensor '{n}' has shape {tuple(t.shape)}, "
-                                        f"the model's is {tuple(params[n].shape)}")
+        if tuple(t.shape) != expected[n]:
+            raise CheckpointError(path, f"{file} tensor '{n}' has shape {tuple(t.shape)}, the model's is {expected[n]}")
 
 
-def _optimizer_state(path: Path, opt: torch.optim.Optimizer) -> dict[str, Any]:
-    """The optimizer state dict from optimizer.json + optimizer.safetensors, checked against ``opt``."""
-    meta, tensors = _json(path, "optimizer.json"), _tensors(path, "optimizer.safetensors")
-    if not isinstance(meta, dict) or not isinstance(meta.get("param_groups"), list) or not isinstance(meta.get("state"), dict):
-        raise CheckpointError(path, "optimizer.json needs 'param_groups' (a list) and 'state' (an object)")
-    groups = [len(g["params"]) for g in opt.param_groups]
+def _optimizer(path: Path, groups: list[list[tuple[int, ...]]]) -> None:
+    """optimizer.pt is the state of an optimizer with param groups of these parameter shapes."""
+    sd = _torch_file(path, "optimizer.pt")
+    if not isinstance(sd, dict) or not isinstance(sd.get("param_groups"), list) or not isinstance(sd.get("state"), dict):
+        raise CheckpointError(path, "optimizer.pt needs 'param_groups' (a list) and 'state' (a mapping)")
     try:
-        saved = [len(g["params"]) for g in meta["param_groups"]]
+        saved = [len(g["params"]) for g in sd["param_groups"]]
     except (TypeError, KeyError):
-        raise CheckpointError(path, "optimizer.json: a param group has no 'params' list") from None
-    if saved != groups:
-        raise CheckpointError(path, f"optimizer.json has param groups of sizes {saved}, the optimizer {groups}")
-    by_index = dict(enumerate(p for g in opt.param_groups for p in g["params"]))
-    state: dict[int, dict[str, Any]] = {}
-    try:
-        for idx, extra in meta["state"].items():
-            state[int(idx)] = dict(extra)
-        for key, t in tensors.items():
-            idx, name = key.split(".", 1)
-            state.setdefault(int(idx), {})[name] = t
-    except (ValueError, TypeError):
-        raise CheckpointError(path, "optimizer state keys are not '<param index>.<name>'") from None
-    for idx, entries in state.items():
-        if idx not in by_index:
-            raise CheckpointError(path, f"optimizer state for parameter {idx}, but the optimizer has {len(by_index)}")
+        raise CheckpointError(path, "optimizer.pt: a param group has no 'params' list") from None
+    if saved != [len(g) for g in groups]:
+        raise CheckpointError(path, f"optimizer.pt has param groups of sizes {saved}, the optimizer {[len(g) for g in groups]}")
+    shapes = dict(enumerate(s for g in groups for s in g))
+    for idx, entries in sd["state"].items():
+        if idx not in shapes or not isinstance(entries, dict):
+            raise CheckpointError(path, f"optimizer.pt has state for parameter {idx!r}, but the optimizer has {len(shapes)}")
         for name, t in entries.items():
-            if torch.is_tensor(t) and t.dim() > 0 and t.shape != by_index[idx].shape:
-                raise CheckpointError(path, f"optimizer.safetensors tensor '{idx}.{name}' has shape {tuple(t.shape)}, "
-                                            f"its parameter's is {tuple(by_index[idx].shape)}")
-    return {"state": state, "param_groups": meta["param_groups"]}
+            if torch.is_tensor(t) and t.dim() > 0 and tuple(t.shape) != shapes[idx]:
+                raise CheckpointError(path, f"optimizer.pt tensor '{idx}.{name}' has shape {tuple(t.shape)}, "
+                                            f"its parameter's is {shapes[idx]}")
+            if torch.is_tensor(t):
+                _finite(path, {f"{idx}.{name}": t}, "optimizer.pt")
 
 
-def _rng(path: Path, rank: int, world: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """This rank's RNG state; every rank's files are checked, so all ranks pick the same checkpoint."""
-    mine: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
-    for r in range(world):
-        tensors, meta = _tensors(path, f"rng-rank{r}.safetensors"), _json(path, f"rng-rank{r}.json")
-        ok = (isinstance(tensors.get("torch"), torch.Tensor) and isinstance(meta, dict)
-              and isinstance(meta.get("python"), list) and len(meta["python"]) == 3
-              and isinstance(meta.get("numpy"), list) and len(meta["numpy"]) == 5)
-        if not ok:
-            raise CheckpointError(path, f"rng-rank{r}.safetensors / rng-rank{r}.json do not hold RNG states")
-        if r == rank:
-            mine = (tensors, meta)
-    assert mine is not None
-    return mine
+def _rng(path: Path, world: int) -> None:
+    """Every process's RNG file is there and holds RNG states (so every process picks the same checkpoint)."""
+    files = ["rng_state.pth"] if world == 1 else [f"rng_state_{r}.pth" for r in range(world)]
+    for f in files:
+        rng = _torch_file(path, f)
+        if not (isinstance(rng, dict) and torch.is_tensor(rng.get("cpu")) and "python" in rng and "numpy" in rng):
+            raise CheckpointError(path, f"{f} does not hold RNG states")
 
 
-def read(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, rank: int, world: int) -> Checkpoint:
-    """Read and validate every file of a checkpoint; raise :class:`CheckpointError` naming what is wrong."""
-    state = _check_state(path, _json(path, "trainer_state.json"), world)
-    weights = _tensors(path, "trainable.safetensors")
-    _check_weights(path, weights, model)
-    optimizer = _optimizer_state(path, opt)
-    scheduler = _json(path, "scheduler.json")
+def validate(path: Path, world: int, weights: tuple[str, dict[str, tuple[int, ...]]] | None,
+             optimizer_groups: list[list[tuple[int, ...]]] | None) -> dict[str, Any]:
+    """Read and check every file of a checkpoint; medtune's state from it. ``weights``: the weights
+    file's name and its tensors' shapes by name. ``weights`` / ``optimizer_groups`` None: the engine
+    shards them in its own format (FSDP, DeepSpeed), which only the engine reads."""
+    state = _check_medtune_state(path, world)
+    if weights is not None:
+        _weights(path, *weights)
+    if optimizer_groups is not None:
+        _optimizer(path, optimizer_groups)
+    scheduler = _torch_file(path, "scheduler.pt") if (path / "scheduler.pt").is_file() or optimizer_groups is not None else {}
     if not isinstance(scheduler, dict):
-        raise CheckpointError(path, "scheduler.json is not a JSON object")
-    return Checkpoint(path, state, weights, optimizer, scheduler, _rng(path, rank, world))
+        raise CheckpointError(path, "scheduler.pt is not a scheduler state")
+    _rng(path, world)
+    return state
 
 
-def apply(ckpt: Checkpoint, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and this rank's RNG from a validated checkpoint."""
-    params = dict(model.named_parameters())
-    try:
-        if sharded.is_sharded(model):
-            sharded.load(model, opt, ckpt.weights, ckpt.optimizer)
-        else:
-            with torch.no_grad():
-                for n, t in ckpt.weights.items():
-                    params[n].copy_(t)
-            opt.load_state_dict(ckpt.optimizer)
-        sched.load_state_dict(ckpt.scheduler)
-        _set_rng_state(*ckpt.rng)
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:  # what validation cannot foresee
-        raise CheckpointError(ckpt.path, f"cannot be restored ({type(err).__name__}: {err})") from None
-    return ckpt.state
+def choose(root: Path, check: Callable[[Path], dict[str, Any]], is_main: bool, barrier: Callable[[], Any],
+           warn: Callable[[str], Any]) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint under ``root`` that passes ``check`` (see :func:`validate`), and its
+    medtune state; None when there is none at all.
 
-
-def load(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, rank: int, world: int) -> dict[str, Any]:
-    """Restore one checkpoint (validated first); return the trainer state."""
-    return apply(read(path, model, opt, rank, world), model, opt, sched)
-
-
-def resume(root: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, rank: int, world: int,
-           barrier: Callable[[], Any], warn: Callable[[str], Any]) -> tuple[Path, dict[str, Any]] | None:
-    """Restore the newest intact checkpoint under ``root``; None when there is none at all.
-
-    A bad checkpoint is reported through ``warn`` and moved aside to ``checkpoints/corrupt-step-N``
+    A bad checkpoint is reported through ``warn`` and moved aside to ``checkpoints/corrupt-checkpoint-N``
     (kept for inspection, and out of the way of the run's next save of that step); when every
     checkpoint is bad, :class:`CheckpointError` lists why each one is.
     """
@@ -290,17 +256,17 @@ def resume(root: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, sched
     bad: list[CheckpointError] = []
     for path in reversed(dirs):
         try:
-            state = apply(read(path, model, opt, rank, world), model, opt, sched)
+            state = check(path)
             break
         except CheckpointError as err:
             bad.append(err)
             warn(f"checkpoint {path} is unusable: {err.reason}")
     else:
         reasons = "; ".join(f"{e.path.name}: {e.reason}" for e in bad)
-        raise CheckpointError(root / "checkpoints", f"no intact checkpoint to resume from ({reasons}); "
-                                                    "start afresh with another --out")
-    barrier()  # every rank has read its checkpoint before rank 0 moves the bad ones
-    moved = [_move_aside(err.path) for err in bad] if rank == 0 else []
+        raise CheckpointError(checkpoints_root(root), f"no intact checkpoint to resume from ({reasons}); "
+                                                      "start afresh with another --out")
+    barrier()  # every process has checked before the main one moves the bad ones
+    moved = [_move_aside(err.path) for err in bad] if is_main else []
     barrier()
     if bad:
         warn(f"resuming from {path} (step {state['step']}), the newest intact checkpoint"

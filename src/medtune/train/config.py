@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from medtune.config import ModelConfig, StrictModel
 from medtune.data.build import DataConfig
+
+
+OWNED_ENGINE_KEYS: dict[str, str] = {
+    "output_dir": "out", "learning_rate": "learning_rate", "weight_decay": "weight_decay",
+    "lr_scheduler_type": "scheduler", "warmup_ratio": "warmup_ratio", "warmup_steps": "warmup_ratio",
+    "per_device_train_batch_size": "micro_batch_size", "gradient_accumulation_steps": "grad_accum",
+    "num_train_epochs": "epochs", "max_steps": "max_steps / max_tokens / epochs", "max_grad_norm": "max_grad_norm",
+    "gradient_checkpointing": "gradient_checkpointing", "activation_checkpointing": "gradient_checkpointing",
+    "seed": "seed", "data_seed": "seed", "save_steps": "save_every", "save_strategy": "save_every",
+    "save_total_limit": "keep_checkpoints", "resume_from_checkpoint": "resume", "disable_tqdm": "progress",
+    "logging_steps": "(every step is logged)", "remove_unused_columns": "(medtune's dataset)",
+}
+"""TrainingArguments fields medtune sets from its own config, and the medtune key that sets each."""
 
 
 class LoraSettings(StrictModel):
@@ -29,10 +42,11 @@ class TrainConfig(StrictModel):
     """The model to train."""
     data: DataConfig = Field(default_factory=DataConfig)
     """The training data (built into OUT/data before training; see `medtune data build`)."""
-    method: Literal["lora", "full"] = "lora"
-    """lora: train low-rank adapters (peft), the base stays frozen; full: train every weight."""
+    method: Literal["lora", "qlora", "full"] = "lora"
+    """lora: train low-rank adapters (peft), the base stays frozen; qlora: the same over a 4-bit NF4 base
+    (bitsandbytes, double quantization; needs bitsandbytes, and a GPU for its kernels); full: train every weight."""
     lora: LoraSettings = Field(default_factory=LoraSettings)
-    """LoRA settings (method: lora)."""
+    """LoRA settings (method: lora and qlora)."""
     loss: Literal["all_tokens", "answer_only"] = "all_tokens"
     """all_tokens: continued pretraining on every token (LMFlow's); answer_only: loss on the answer span
     of QA documents (and on all of the general replay text)."""
@@ -56,14 +70,22 @@ class TrainConfig(StrictModel):
     """Stop after this many training tokens (blocks x block size), whichever budget ends first."""
     max_grad_norm: float | None = Field(1.0, gt=0)
     """Clip the gradient norm to this (None: no clipping)."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in backward to save memory (slower)."""
+    gradient_checkpointing: bool | None = None
+    """Recompute activations in backward to save memory (slower). None: on for models of 1B parameters or more."""
     loss_chunk_tokens: int = Field(1024, ge=16)
-    """Tokens per chunk of the LM-head loss: peak extra memory is chunk x vocab fp32 logits."""
+    """Tokens per chunk of the LM-head loss plug-in: peak extra memory is chunk x vocab fp32 logits."""
+    plugins: Literal["auto", "on", "off"] = "auto"
+    """medtune's CPU kernels (the answer-position chunked loss, the fused LoRA update, shared dropout masks):
+    auto = on where they were measured faster (CPU), off on CUDA (peft's layers and the model's own loss,
+    Liger's fused linear cross-entropy when liger-kernel is installed)."""
+    engine: dict[str, Any] = Field(default_factory=dict)
+    """Settings passed through to transformers' TrainingArguments (e.g. report_to: tensorboard,
+    torch_compile: true, bf16: true, optim: adamw_torch). The keys medtune sets from its own fields
+    above are refused here: set those fields instead."""
     seed: int = 0
     """Seed for initialisation, data order and dropout."""
     save_every: int = Field(100, ge=0)
-    """Write a checkpoint every N steps (0: only at the end)."""
+    """Write a checkpoint every N steps (0: none; a finished run's model/ is its output)."""
     keep_checkpoints: int = Field(2, ge=1)
     """How many recent checkpoints to keep."""
     resume: bool = False
@@ -74,6 +96,19 @@ class TrainConfig(StrictModel):
     """Show a progress bar."""
     base_dir: str | None = Field(None, json_schema_extra={"cli": False})
     """Directory of the config file (set automatically); data paths are relative to it."""
+
+    @property
+    def adapters(self) -> bool:
+        """LoRA adapters are what trains (lora, qlora): the output is an adapter, evaluated, merged and averaged alike."""
+        return self.method in ("lora", "qlora")
+
+    @field_validator("engine")
+    @classmethod
+    def _engine_keys_medtune_does_not_own(cls, engine: dict[str, Any]) -> dict[str, Any]:
+        owned = {k: OWNED_ENGINE_KEYS[k] for k in engine if k in OWNED_ENGINE_KEYS}
+        if owned:
+            raise ValueError("set by medtune from its own fields: " + ", ".join(f"{k} (use {v})" for k, v in owned.items()))
+        return engine
 
     @model_validator(mode="after")
     def _pass_base_dir(self) -> "TrainConfig":

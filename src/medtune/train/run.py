@@ -1,33 +1,33 @@
-"""``medtune train``: LoRA or full continued pretraining through accelerate.
+"""``medtune train``: LoRA or full continued pretraining on transformers' ``Trainer``.
 
-The loop is ours (it is short): accelerate does the launching, device placement, mixed precision
-and gradient synchronisation; peft adds the adapters; the loss is the chunked LM-head cross-entropy
-of :mod:`medtune.train.loss`. The token loss of every optimizer step is normalised by the number of
-loss tokens in the whole global batch, so 1 process and N processes with the same global batch
-follow the same loss curve.
+The engine (:mod:`medtune.train.engine`, a ``Trainer`` subclass) does the launching, device placement,
+mixed precision, gradient accumulation, clipping, synchronisation and sharding (DDP, FSDP2, DeepSpeed
+through accelerate configs) and writes its checkpoints; peft adds the adapters. This module builds it
+from medtune's config: the data (built into OUT/data first), the model, the engine settings, the
+checkpoint to resume from (validated first), and the run's artifacts at the end.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
+import dataclasses
 import math
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from medtune import outdir
-from medtune.errors import MedtuneError
-from medtune.train import checkpoint, sharded
+from medtune import models, outdir
+from medtune.errors import ConfigError
+from medtune.train import checkpoint, engine, memory, sharded
 from medtune.train.config import TrainConfig
+from medtune.train.engine import TrainError, sample_order
 
+__all__ = ["TrainError", "sample_order", "train"]
 
-class TrainError(MedtuneError):
-    """Training stopped (non-finite loss, bad resume)."""
+BIG_MODEL = 1_000_000_000
+"""Parameters from which gradient checkpointing is on by default (activations dominate memory there)."""
 
 
 def _data(cfg: TrainConfig, out: Path, rank: int, barrier: Any) -> Any:
@@ -43,48 +43,152 @@ def _data(cfg: TrainConfig, out: Path, rank: int, barrier: Any) -> Any:
     return open_blocks(data_dir)
 
 
-def _batch(blocks: Any, idx: np.ndarray, loss: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask, loss_mask) int64 ``(len(idx), block)`` of blocks ``idx``, read from the shards."""
-    rows = blocks.rows(idx)
-    loss_mask = rows["answer_mask"] if loss == "answer_only" else rows["attention_mask"]
-    return tuple(torch.from_numpy(a) for a in (rows["input_ids"], rows["attention_mask"], loss_mask))  # type: ignore[return-value]
+def _dtype(cfg: TrainConfig, cuda: bool) -> torch.dtype:
+    """The weights' dtype while training: the config's, else fp32 on CPU; on a GPU a LoRA base in the
+    GPU's 16-bit dtype (frozen: no fp32 copy, and no bf16 copy saved for backward under autocast) and a
+    fully trained model in fp32 (the master weights of mixed precision)."""
+    if cfg.model.dtype != "auto":
+        return models.named_dtype(cfg.model.dtype)
+    return models.half_dtype() if cuda and cfg.adapters else torch.float32
 
 
-def sample_order(n: int, seed: int, total: int) -> np.ndarray:
-    """Block indices for ``total`` samples: a fresh seeded permutation of the n blocks per epoch."""
-    epochs = math.ceil(total / n)
-    return np.concatenate([np.random.default_rng(seed + e).permutation(n) for e in range(epochs)])[:total]
+def base_dtype(path: str) -> torch.dtype | None:
+    """The dtype a model directory's config declares for its weights (None when it declares none)."""
+    from transformers import AutoConfig
+
+    try:
+        declared = getattr(AutoConfig.from_pretrained(path), "dtype", None)
+    except (OSError, ValueError):
+        return None
+    if isinstance(declared, str):
+        declared = getattr(torch, declared, None)
+    return declared if isinstance(declared, torch.dtype) else None
 
 
-def _model(cfg: TrainConfig) -> tuple[Any, Any]:
-    from medtune import models
+def quantization(cfg: TrainConfig, cuda: bool) -> Any:
+    """QLoRA's base quantization: bitsandbytes 4-bit NF4 with double quantization, computing in the
+    GPU's 16-bit dtype (fp32 on CPU); None for the other methods. Refused up front without bitsandbytes."""
+    if cfg.method != "qlora":
+        return None
+    import importlib.util
 
-    resolved = models.resolve(cfg.model.spec, allow_pickle=cfg.model.allow_pickle)
+    from transformers import BitsAndBytesConfig
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("method: qlora quantizes the base with bitsandbytes, which is not installed "
+                          "(pip install bitsandbytes); or train with method: lora")
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=models.half_dtype() if cuda else torch.float32)
+
+
+def _model(cfg: TrainConfig, resolved: Any, cuda: bool, plugins: bool, checkpointing: bool,
+           quantized: Any) -> tuple[Any, Any, torch.dtype | None]:
+    """(model, tokenizer, dtype to save full weights in) with adapters (LoRA) and the plug-ins installed;
+    ``quantized``: QLoRA's :func:`quantization` of the base, or None."""
     torch.manual_seed(cfg.seed)
-    model = models.load_model(resolved, dtype=torch.float32, trust_remote_code=cfg.model.trust_remote_code,
-                              allow_pickle=cfg.model.allow_pickle)
+    model = models.load_model(resolved, dtype=_dtype(cfg, cuda), trust_remote_code=cfg.model.trust_remote_code,
+                              allow_pickle=cfg.model.allow_pickle, attn_implementation=cfg.model.attn_implementation,
+                              quantization_config=quantized)
     tokenizer = models.load_tokenizer(resolved, trust_remote_code=cfg.model.trust_remote_code)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    if cfg.method == "lora":
+    save_dtype = models.named_dtype(cfg.model.dtype) if cfg.model.dtype != "auto" else base_dtype(resolved.path)
+    if quantized is not None:
+        from peft import prepare_model_for_kbit_training
+
+        # peft's k-bit preparation: norms and the LM head in fp32, input gradients for checkpointing
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.adapters:
         from peft import LoraConfig, get_peft_model
 
         lc = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                         target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
-        model = get_peft_model(model, lc)
-        from medtune.train import lora_fast
+        model = get_peft_model(model, lc)  # adapters in fp32 over a 16-bit base (peft's autocast_adapter_dtype)
+    if plugins:
+        from medtune.train import loss, lora_fast
 
-        lora_fast.install(model)  # shared-input dropout masks and a fused LoRA update (same arithmetic as peft)
+        if cfg.adapters:
+            lora_fast.install(model)  # shared-input dropout masks and a fused LoRA update (same arithmetic as peft)
+        loss.install(model, cfg.loss_chunk_tokens)
     model.train()
-    return model, tokenizer
+    return model, tokenizer, save_dtype
 
 
-def _schedule(cfg: TrainConfig, opt: torch.optim.Optimizer, total_steps: int) -> Any:
-    from transformers import get_scheduler
+def plugins_on(cfg: TrainConfig, cuda: bool) -> bool:
+    """medtune's CPU kernels run on CPU (where they were measured faster) unless turned off; on CUDA only when asked."""
+    return cfg.plugins == "on" or (cfg.plugins == "auto" and not cuda)
 
-    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.scheduler]
-    return get_scheduler(name, opt, num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps)
+
+def gradient_checkpointing(cfg: TrainConfig, n_params: int) -> bool:
+    if cfg.gradient_checkpointing is not None:
+        return cfg.gradient_checkpointing
+    return n_params >= BIG_MODEL
+
+
+def _memory_estimate(cfg: TrainConfig, resolved: Any, cuda: bool, plugins: bool, block: int) -> tuple[str, int]:
+    """The estimated peak memory beside the device's free memory (a line to print before step 1), and the
+    model's parameter count, both from its config on the meta device."""
+    config, n, trainable = memory.count(resolved.path, cfg.method, cfg.lora, cfg.model.trust_remote_code)
+    precision = {**mixed_precision(cfg.engine, cuda), **{k: cfg.engine[k] for k in ("bf16", "fp16") if k in cfg.engine}}
+    half = any(precision.values())  # activations in 16 bits under autocast
+    weight_bytes = 0.5 if cfg.method == "qlora" else _dtype(cfg, cuda).itemsize
+    est = memory.estimate(config, n, trainable, weight_bytes, micro_batch=cfg.micro_batch_size,
+                          block=block, checkpointing=gradient_checkpointing(cfg, n),
+                          chunked_loss=cfg.loss_chunk_tokens if plugins else None,
+                          activation_bytes=2 if half else 4, cpu=not cuda,
+                          dropout=memory.dropout_values(config, plugins) if cfg.adapters and cfg.lora.dropout else 0)
+    return est.line(*memory.free_memory(cuda)), n
+
+
+SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+
+
+def training_arguments(cfg: TrainConfig, out: Path, total_steps: int, cuda: bool, plugins: bool,
+                       checkpointing: bool) -> Any:
+    """The engine's ``TrainingArguments``: medtune's fields, then ``cfg.engine`` passed through (its
+    keys checked against the engine's fields; medtune's own are refused by the config)."""
+    from transformers import TrainingArguments
+
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    unknown = sorted(set(cfg.engine) - fields)
+    if unknown:
+        raise ConfigError(f"engine: {', '.join(unknown)}: not a setting of transformers' TrainingArguments")
+    args: dict[str, Any] = {
+        "output_dir": str(checkpoint.checkpoints_root(out)), "per_device_train_batch_size": cfg.micro_batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum, "max_steps": total_steps, "learning_rate": cfg.learning_rate,
+        "weight_decay": cfg.weight_decay, "lr_scheduler_type": SCHEDULERS[cfg.scheduler],
+        "warmup_steps": int(cfg.warmup_ratio * total_steps), "max_grad_norm": cfg.max_grad_norm or 0.0,
+        "seed": cfg.seed, "save_strategy": "steps" if cfg.save_every else "no", "save_steps": cfg.save_every or 1,
+        "save_total_limit": None,  # medtune prunes the published checkpoints (checkpoint.save)
+        "logging_strategy": "steps", "logging_steps": 1, "logging_nan_inf_filter": False, "disable_tqdm": True,
+        "report_to": "none", "remove_unused_columns": False, "optim": "adamw_torch_fused", "use_cpu": not cuda,
+        "dataloader_pin_memory": cuda, "activation_checkpointing": checkpointing,
+        "activation_checkpointing_kwargs": {"use_reentrant": False} if checkpointing else None,
+    }
+    args.update(mixed_precision(cfg.engine, cuda))
+    if cuda and not plugins and "use_liger_kernel" not in cfg.engine:
+        import importlib.util
+
+        args["use_liger_kernel"] = importlib.util.find_spec("liger_kernel") is not None
+    return TrainingArguments(**{**args, **cfg.engine})
+
+
+def mixed_precision(engine_settings: dict[str, Any], cuda: bool) -> dict[str, bool]:
+    """The engine's bf16 / fp16 flags unless the config's engine settings name one: none on CPU
+    (bf16 matmul is slower than fp32 on most CPUs), bf16 on a GPU that has it natively, fp16 on one
+    that does not (V100, T4: ``torch.cuda.is_bf16_supported()`` says yes there, by emulation)."""
+    if not cuda or {"bf16", "fp16"} & set(engine_settings):
+        return {}
+    native = models.native_bf16()
+    return {"bf16": native, "fp16": not native}
+
+
+def weights_spec(model: Any, method: str) -> tuple[str, dict[str, tuple[int, ...]]]:
+    """The trainable weights file of a checkpoint, and the shape of each tensor it must hold."""
+    if method in ("lora", "qlora"):
+        from peft import get_peft_model_state_dict
+
+        return "adapter_model.safetensors", {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+    return "model.safetensors", {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
 
 
 def plan(cfg: TrainConfig, n_blocks: int, block: int, world: int) -> tuple[int, int]:
@@ -113,147 +217,142 @@ def parallelism_fallback(env: dict[str, str], running: str) -> str | None:
     return None
 
 
-def unsupported_parallelism(running: str, fsdp_version: int | None, zero_stage: int | None, save_every: int) -> str | None:
-    """Why a run in this mode would fail later (at its first checkpoint or its model files), or None.
+def unsupported_parallelism(running: str, fsdp_version: int | None) -> str | None:
+    """Why a run in this mode would fail later (at its model files), or None.
 
-    Checkpoints and model files hold full tensors: plain and DDP models have them, FSDP2 shards are
-    gathered (:mod:`medtune.train.sharded`); FSDP1's flat parameters, DeepSpeed's partitioned
-    optimizer state (its ``state_dict`` is DeepSpeed's own format) and ZeRO-3's partitioned
-    parameters are none of these."""
+    The final model files hold full tensors: plain and DDP models have them, FSDP2 shards are
+    gathered (:mod:`medtune.train.sharded`), DeepSpeed's through accelerate; FSDP1's flat parameters
+    are none of these."""
     if running == "FSDP" and fsdp_version != 2:
-        return (f"FSDP version {fsdp_version} is not supported: medtune gathers FSDP2 shards for its checkpoints and "
-                "model files; set fsdp_version: 2 in the accelerate config (configs/accelerate/fsdp.yaml does)")
-    if running == "DEEPSPEED" and zero_stage == 3:
-        return ("DeepSpeed ZeRO-3 partitions the parameters, which medtune's checkpoints and model files do not "
-                "gather: use ZeRO-2 with save_every: 0, or FSDP2 (configs/accelerate/fsdp.yaml), which shards as far")
-    if running == "DEEPSPEED" and save_every:
-        return ("DeepSpeed's optimizer state is partitioned in its own format, which medtune's checkpoints do not "
-                "hold: train with save_every: 0 (no checkpoints, no resume), or with FSDP2 (configs/accelerate/fsdp.yaml)")
+        return (f"FSDP version {fsdp_version} is not supported: medtune gathers FSDP2 shards for its model files; "
+                "set fsdp_version: 2 in the accelerate config (configs/accelerate/fsdp.yaml does)")
     return None
 
 
-def launch_refusal(env: dict[str, str], save_every: int) -> str | None:
+def launch_refusal(env: dict[str, str]) -> str | None:
     """:func:`unsupported_parallelism` for the FSDP version the launch asked for (``accelerate launch``
     sets ``ACCELERATE_USE_FSDP`` and ``FSDP_VERSION``, default 1), checked before accelerate sets it
     up: accelerate's FSDP1 set-up fails on a machine without a GPU with an error of its own."""
     if env.get(LAUNCH_FLAGS["FSDP"], "false").lower() != "true":
         return None
     version = env.get("FSDP_VERSION", "1")
-    return unsupported_parallelism("FSDP", int(version) if version.isdigit() else None, None, save_every)
+    return unsupported_parallelism("FSDP", int(version) if version.isdigit() else None)
 
 
-def _warner(is_main: bool) -> Any:
-    """Print a warning on stderr from the main process only (one line per event, not one per rank)."""
+def _warner(is_main: bool, style: str = "bold yellow") -> Any:
+    """Print a warning (or, in another style, a note) on stderr from the main process only (one line per
+    event, not one per rank)."""
     from rich.console import Console
     from rich.markup import escape
 
     console = Console(stderr=True, soft_wrap=True)  # paths stay on one line
-    return lambda msg: console.print(f"[bold yellow]medtune[/]: {escape(msg)}", highlight=False) if is_main else None
+    return lambda msg: console.print(f"[{style}]medtune[/]: {escape(msg)}", highlight=False) if is_main else None
+
+
+def _trainer(cfg: TrainConfig, out: Path, blocks: Any, model: Any, args: Any, order: np.ndarray,
+             run: engine.RunState) -> engine.MedtuneTrainer:
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer = engine.MedtuneTrainer(model=model, args=args, train_dataset=engine.BlockDataset(blocks, cfg.loss),
+                                    data_collator=engine.collate, order=order, run=run, out=out,
+                                    keep=cfg.keep_checkpoints)
+    for printer in (PrinterCallback, ProgressCallback):  # a dict of numbers per step on stdout: medtune's bar instead
+        trainer.remove_callback(printer)
+    trainer.add_callback(engine.MedtuneCallback(run, cfg.progress))
+    return trainer
+
+
+def _resume(cfg: TrainConfig, out: Path, trainer: engine.MedtuneTrainer, warn: Any) -> tuple[Path, dict[str, Any]] | None:
+    """The newest intact checkpoint (every file checked first; the engine's own sharded formats only
+    by the engine) and medtune's state in it; None to start afresh."""
+    if not cfg.resume:
+        return None
+    own_format = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    weights = None if own_format else weights_spec(trainer.model, cfg.method)
+    groups = None if own_format else trainer.optimizer_shapes()
+    world = trainer.args.world_size
+    return checkpoint.choose(out, lambda p: checkpoint.validate(p, world, weights, groups),
+                             trainer.args.should_save, trainer.accelerator.wait_for_everyone, warn)
+
+
+def _final_weights(trainer: engine.MedtuneTrainer, save_dtype: torch.dtype | None, method: str) -> tuple[Any, dict[str, Any] | None]:
+    """(model, full state dict or None) to write: shards gathered (FSDP2 by torch's helpers, DeepSpeed
+    by accelerate; collective), and a fully trained model cast back to its base's dtype (or the
+    config's), so it merges with that base as it came."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    full = None
+    if sharded.is_sharded(trainer.model):
+        full = sharded.trainable(trainer.model)
+    elif trainer.is_deepspeed_enabled:
+        full = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    if method == "full" and save_dtype is not None:
+        if full is not None:
+            full = {k: v.to(save_dtype) if v.is_floating_point() else v for k, v in full.items()}
+        else:
+            model.to(save_dtype)
+    return model, full
+
+
+def _check_parallelism(trainer: engine.MedtuneTrainer, warn: Any) -> str:
+    """The distributed mode the engine runs (accelerate's name); a mode asked for but not run is named,
+    one whose model files medtune cannot write is refused (before anything is prepared)."""
+    running = trainer.accelerator.distributed_type.name
+    if (fallback := parallelism_fallback(dict(os.environ), running)) is not None:
+        warn(fallback)
+    fsdp_plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+    if (unsupported := unsupported_parallelism(running, getattr(fsdp_plugin, "fsdp_version", None))) is not None:
+        raise TrainError(unsupported)
+    return running
 
 
 @outdir.writes_into("train", lock="training run")
 def train(cfg: TrainConfig) -> Path:
     """Train, checkpoint, and write the final model with its provenance; returns OUT."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
+    from accelerate import PartialState
+    from transformers import set_seed
 
-    from medtune.train.loss import CausalLMLoss
-
-    if (refused := launch_refusal(dict(os.environ), cfg.save_every)) is not None:
+    if (refused := launch_refusal(dict(os.environ))) is not None:
         raise TrainError(refused)
     cuda = torch.cuda.is_available()
-    acc = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and torch.cuda.is_bf16_supported() else "no")
-    if (fallback := parallelism_fallback(dict(os.environ), acc.distributed_type.name)) is not None:
-        _warner(acc.is_main_process)(fallback)
-    fsdp_plugin = getattr(acc.state, "fsdp_plugin", None)
-    ds_plugin = getattr(acc.state, "deepspeed_plugin", None)
-    if (unsupported := unsupported_parallelism(acc.distributed_type.name, getattr(fsdp_plugin, "fsdp_version", None),
-                                               getattr(ds_plugin, "zero_stage", None), cfg.save_every)) is not None:
-        raise TrainError(unsupported)
+    state = PartialState(cpu=not cuda)
+    warn, say = _warner(state.is_main_process), _warner(state.is_main_process, "bold")
     out = Path(cfg.out)
-    if acc.is_main_process and not cfg.resume and checkpoint.latest(out):
+    if not cfg.resume and checkpoint.latest(out):
         raise TrainError(f"{out} already has checkpoints: pass --resume to continue, or choose another --out")
-    acc.wait_for_everyone()
+    quantized = quantization(cfg, cuda)
     set_seed(cfg.seed)
-    blocks = _data(cfg, out, acc.process_index, acc.wait_for_everyone)
+    blocks = _data(cfg, out, state.process_index, state.wait_for_everyone)
     n_blocks, block = len(blocks), blocks.block_size
-    global_batch, total_steps = plan(cfg, n_blocks, block, acc.num_processes)
+    global_batch, total_steps = plan(cfg, n_blocks, block, state.num_processes)
     order = sample_order(n_blocks, cfg.seed, total_steps * global_batch)
-
-    model, tokenizer = _model(cfg)
-    deepspeed = acc.distributed_type.name == "DEEPSPEED"
-    if deepspeed:  # DeepSpeed needs the batch geometry up front, as it sees no dataloader here
-        ds = acc.state.deepspeed_plugin.deepspeed_config
-        ds["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
-        ds["gradient_accumulation_steps"] = cfg.grad_accum
-    params = [p for p in model.parameters() if p.requires_grad]
-    # fused: one kernel over all parameters (on CPU too), instead of a loop of per-tensor ops.
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True)
-    # The scheduler is not handed to accelerate: its wrapper steps it once per process per call
-    # (it assumes a sharded dataloader shortens the epoch), and our steps are already global.
-    wrapped, opt = acc.prepare(CausalLMLoss(model, cfg.loss_chunk_tokens), opt)
-    sched = _schedule(cfg, opt, total_steps)
-
-    state: dict[str, Any] = {"history": [], "tokens": 0, "seconds": 0.0}
-    start_step = 0
-    resume_from = None
-    resumed = checkpoint.resume(out, model, opt, sched, acc.process_index, acc.num_processes, acc.wait_for_everyone,
-                                _warner(acc.is_main_process)) if cfg.resume else None
+    plugins = plugins_on(cfg, cuda)
+    resolved = models.resolve(cfg.model.spec, allow_pickle=cfg.model.allow_pickle)
+    estimate, n_params = _memory_estimate(cfg, resolved, cuda, plugins, block)
+    say(estimate)
+    checkpointing = gradient_checkpointing(cfg, n_params)
+    model, tokenizer, save_dtype = _model(cfg, resolved, cuda, plugins, checkpointing, quantized)
+    # No KV cache while training: without one, the attention keeps packed documents apart by their position ids.
+    use_cache, model.config.use_cache = model.config.use_cache, False
+    args = training_arguments(cfg, out, total_steps, cuda, plugins, checkpointing)
+    run = engine.RunState(global_batch * block)
+    trainer = _trainer(cfg, out, blocks, model, args, order, run)
+    running = _check_parallelism(trainer, warn)
+    resumed = _resume(cfg, out, trainer, warn)
     if resumed is not None:
-        resume_from, state = resumed
-        start_step = state["step"]
-    bar = tqdm(total=total_steps, initial=start_step, desc=f"train ({cfg.method})", unit="step",
-               disable=not (cfg.progress and acc.is_main_process), dynamic_ncols=True)
-    last_good = resume_from
-    started = time.perf_counter() - state["seconds"]
-    run_started = time.perf_counter()
-    for step in range(start_step, total_steps):
-        batch_idx = order[step * global_batch : (step + 1) * global_batch]
-        ids, attn, loss_mask = _batch(blocks, batch_idx, cfg.loss)  # (global_batch, block) each
-        # Normalise by the loss tokens of the whole global batch (known to every rank from the data).
-        n_loss = int(loss_mask[:, 1:].sum())
-        # DeepSpeed divides each micro-batch loss by the accumulation steps itself.
-        scale = acc.num_processes * (cfg.grad_accum if deepspeed else 1) / max(n_loss, 1)
-        local_sum = torch.zeros((), device=acc.device)
-        for micro in range(cfg.grad_accum):
-            first = (micro * acc.num_processes + acc.process_index) * cfg.micro_batch_size
-            inputs = [t[first : first + cfg.micro_batch_size].to(acc.device) for t in (ids, attn, loss_mask)]
-            ctx = acc.no_sync(wrapped) if micro < cfg.grad_accum - 1 else contextlib.nullcontext()
-            with ctx, acc.autocast():
-                loss = wrapped(*inputs, scale=scale)
-                acc.backward(loss)
-            local_sum += loss.detach() / scale
-        if cfg.max_grad_norm:
-            acc.clip_grad_norm_(params, cfg.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        step_loss = float(acc.reduce(local_sum, reduction="sum")) / max(n_loss, 1)
-        if not math.isfinite(step_loss):
-            raise TrainError(f"non-finite loss ({step_loss}) at step {step + 1}; training stopped. "
-                             f"The last good checkpoint is {last_good or 'none (no checkpoint written yet)'}; "
-                             "lower the learning rate and resume with --resume.")
-        state["tokens"] += global_batch * block
-        state["history"].append({"step": step + 1, "loss": step_loss, "lr": sched.get_last_lr()[0], "tokens": state["tokens"]})
-        elapsed = time.perf_counter() - started
-        run_tokens = (step + 1 - start_step) * global_batch * block
-        bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{run_tokens / max(time.perf_counter() - run_started, 1e-9):.0f}")
-        bar.update(1)
-        done = step + 1
-        if cfg.save_every and done % cfg.save_every == 0 and done < total_steps:
-            state["seconds"] = elapsed
-            last_good = checkpoint.save(out, done, model, opt, sched, state, acc.process_index, acc.num_processes,
-                                        cfg.keep_checkpoints, acc.wait_for_everyone)
-    bar.close()
-    state["seconds"] = time.perf_counter() - started
-    full = sharded.trainable(model) if sharded.is_sharded(model) else None  # gathered by every rank
-    if acc.is_main_process:
+        run.restore(resumed[1], resumed[0])
+    try:
+        trainer.train(resume_from_checkpoint=str(resumed[0]) if resumed else None)
+    except torch.OutOfMemoryError as err:
+        raise TrainError(memory.out_of_memory_message(err, estimate)) from None
+    final_model, full = _final_weights(trainer, save_dtype, cfg.method)
+    final_model.config.use_cache = use_cache
+    if trainer.args.should_save:
         from medtune.train.artifacts import write_outputs
 
-        write_outputs(cfg, out, acc.unwrap_model(wrapped).model, tokenizer, state,
+        write_outputs(cfg, out, final_model, tokenizer, run.as_dict(total_steps, state.num_processes),
                       {"global_batch": global_batch, "steps": total_steps, "block_size": block, "blocks": n_blocks,
-                       "processes": acc.num_processes, "device": str(acc.device),
-                       "parallelism": acc.distributed_type.name}, state_dict=full)
-    acc.wait_for_everyone()
+                       "processes": state.num_processes, "device": str(trainer.args.device), "parallelism": running,
+                       "mixed_precision": trainer.accelerator.mixed_precision, "plugins": plugins,
+                       "gradient_checkpointing": bool(args.activation_checkpointing)}, state_dict=full)
+    trainer.accelerator.wait_for_everyone()
     return out
