@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
 
-from medtune.data.adapters import arc, medmcqa, medqa, mmlu, pubmedqa, text
+from medtune.data.adapters import arc, medmcqa, medqa, mmlu, pubmedqa, qa, text
 from medtune.data.records import QARecord, TextDoc
 from medtune.data.rejects import Rejects
 from medtune.data.spec import SourceConfig
@@ -28,6 +28,8 @@ ADAPTERS: dict[str, Adapter] = {
     "arc": arc.load_arc,
     "arc_hub": arc.load_arc_hub,
     "mmlu": mmlu.load_mmlu,
+    "qa": qa.load_qa,  # a user's own bank: JSON / JSON-lines / CSV / Parquet through a `fields` mapping
+    "qa_hub": qa.load_qa_hub,
     "text": text.load_text,
     "text_hub": text.load_text_hub,
 }
@@ -43,8 +45,9 @@ TEXT_ADAPTERS = frozenset({"text", "text_hub"})
 QA_ADAPTERS = frozenset(ADAPTERS) - TEXT_ADAPTERS
 HUB_ADAPTERS = frozenset(name for name in ADAPTERS if name.endswith("_hub"))
 """Adapters that read ``hub`` (a Hub id or a local directory in Hub layout) instead of ``path``."""
-SUBJECT_ADAPTERS = frozenset({"mmlu", "medmcqa", "medmcqa_hub"})
-"""Adapters whose records carry ``meta["subject"]``, so ``subjects``/``exclude_subjects`` apply."""
+SUBJECT_ADAPTERS = frozenset({"mmlu", "medmcqa", "medmcqa_hub", "qa", "qa_hub"})
+"""Adapters whose records carry ``meta["subject"]``, so ``subjects``/``exclude_subjects`` apply (``qa``: when
+its ``fields`` map a subject)."""
 
 # The first six are the MMLU subjects of MultiMedQA (Singhal et al., 2023), the usual "MMLU medical"
 # set; nutrition, virology and human_aging are health-related too, so a general (non-medical) MMLU

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from medtune.config import StrictModel
+from medtune.data.fields import QAFields
 
 
 class FoldConfig(StrictModel):
@@ -60,6 +61,9 @@ class SourceConfig(StrictModel):
     streaming: bool = False
     """Hub sources: stream the dataset (datasets streaming) row by row instead of downloading and
     loading it whole; with max_tokens or limit only the rows read are fetched."""
+    fields: QAFields | None = None
+    """Adapters qa / qa_hub: which column or key holds the question, the options, the answer (and how it is
+    written), and optionally a context, explanation, id and subject (see medtune.data.fields.QAFields)."""
 
     @field_validator("adapter")
     @classmethod
@@ -81,6 +85,12 @@ class SourceConfig(StrictModel):
         if self.streaming and self.hub is None:
             raise ValueError("streaming applies to Hub sources ('hub'); local text and JSON-lines files are "
                              "always read lazily")
+        return self
+
+    @model_validator(mode="after")
+    def _fields_for_qa(self) -> "SourceConfig":
+        if (self.fields is not None) != (self.adapter in ("qa", "qa_hub")):
+            raise ValueError("'fields' (a column mapping) is given for adapters qa and qa_hub, and only for them")
         return self
 
     @property

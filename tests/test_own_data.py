@@ -1,0 +1,271 @@
+"""A user's own data: QA banks through a field mapping (``qa``), user evaluation tasks, text corpora
+and chat-format instruction data, each on small files written here."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from medtune.data.records import QARecord  # noqa: E402
+from medtune.data.registry import QA_ADAPTERS, load_source  # noqa: E402
+from medtune.data.rejects import Rejects  # noqa: E402
+from medtune.data.spec import SourceConfig  # noqa: E402
+from medtune.errors import ConfigError, DataError  # noqa: E402
+
+FIX = Path(__file__).resolve().parent / "fixtures"
+
+EXAM = [  # a hospital exam bank: stem, five options as columns, the key as a letter
+    {"stem": "Which drug reverses heparin?", "a": "Protamine", "b": "Vitamin K", "c": "Naloxone", "d": "Flumazenil",
+     "e": "Glucagon", "key": "A"},
+    {"stem": "First-line test for suspected DVT?", "a": "CT", "b": "Compression ultrasound", "c": "MRI",
+     "d": "X-ray", "e": "", "key": "b"},
+    {"stem": "Normal adult resting heart rate?", "a": "20-40", "b": "40-50", "c": "60-100", "d": "120-160",
+     "e": "200-220", "key": "C"},
+]
+COLUMNS = {"question": "stem", "options": ["a", "b", "c", "d", "e"], "answer": "key"}
+
+
+def load(path: Path, fields: dict[str, Any], rejects: Rejects | None = None, **kw: Any) -> list[QARecord]:
+    src = SourceConfig(adapter="qa", path=str(path), fields=fields, **kw)
+    return load_source(src, None, rejects if rejects is not None else Rejects())  # type: ignore[return-value]
+
+
+def write_jsonl(path: Path, rows: list[Any]) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], bom: bool = False) -> Path:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    path.write_text(("\ufeff" if bom else "") + buf.getvalue(), encoding="utf-8")
+    return path
+
+
+def write_parquet(path: Path, rows: list[dict[str, Any]]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def error_of(path: Path, fields: dict[str, Any]) -> DataError:
+    with pytest.raises(DataError) as exc:
+        load(path, fields)
+    return exc.value
+
+
+# --- the qa adapter -------------------------------------------------------------------------------
+
+
+def test_qa_is_a_qa_adapter_and_needs_a_mapping(tmp_path: Path) -> None:
+    """qa / qa_hub read QA records; a qa source without `fields`, or `fields` on another adapter, is refused."""
+    assert {"qa", "qa_hub"} <= QA_ADAPTERS
+    with pytest.raises(ValueError, match="fields"):
+        SourceConfig(adapter="qa", path="x.csv")
+    with pytest.raises(ValueError, match="fields"):
+        SourceConfig(adapter="medqa", path="x.jsonl", fields={"question": "q"})
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "csv", "parquet"])
+def test_qa_reads_each_format_alike(tmp_path: Path, fmt: str) -> None:
+    """The same bank as JSON-lines, a JSON array, CSV and Parquet gives the same records (letters in any
+    case, an empty trailing option column dropped)."""
+    path = tmp_path / f"exam.{fmt}"
+    if fmt == "jsonl":
+        write_jsonl(path, EXAM)
+    elif fmt == "json":
+        path.write_text(json.dumps(EXAM, indent=2), encoding="utf-8")
+    elif fmt == "csv":
+        write_csv(path, EXAM)
+    else:
+        write_parquet(path, EXAM)
+    recs = load(path, COLUMNS)
+    assert [r.answer for r in recs] == [0, 1, 2]
+    assert [len(r.options) for r in recs] == [5, 4, 5]
+    assert recs[1].options[1] == "Compression ultrasound" and recs[1].option_labels == ("A", "B", "C", "D")
+    assert recs[0].question == "Which drug reverses heparin?" and recs[0].dataset == "qa"
+    assert len({r.id for r in recs}) == 3 and all(r.id.startswith("exam:") for r in recs)
+
+
+@pytest.mark.parametrize("fmt, answers, expected", [
+    ("index0", [0, 3, "1"], [0, 3, 1]),
+    ("index1", [1, 4, "2"], [0, 3, 1]),
+    ("text", ["red", " blue ", "green"], [0, 3, 1]),
+    ("letter", ["A", "d", " B "], [0, 3, 1]),
+])
+def test_qa_answer_formats(tmp_path: Path, fmt: str, answers: list[Any], expected: list[int]) -> None:
+    """An answer as a letter, a 0- or 1-based index (numbers or digit strings) or the option's text."""
+    rows = [{"q": f"Q{i}?", "opts": ["red", "green", "yellow", "blue"], "ans": a} for i, a in enumerate(answers)]
+    recs = load(write_jsonl(tmp_path / "x.jsonl", rows), {"question": "q", "options": "opts", "answer": "ans",
+                                                         "answer_format": fmt})
+    assert [r.answer for r in recs] == expected
+
+
+def test_qa_object_options_and_optional_fields(tmp_path: Path) -> None:
+    """Options as an object label -> text (MedQA's layout) use its labels; context, explanation, id and
+    subject land in the record; extra fields in a row are ignored."""
+    row = {"uid": "q-17", "passage": "A trial of 200 patients.", "q": "Did it work?",
+           "choices": {"A": "yes", "B": "no", "C": "maybe"}, "gold": "B", "why": "The primary end point was missed.",
+           "area": "cardiology", "unrelated": [1, 2, 3]}
+    fields = {"question": "q", "options": "choices", "answer": "gold", "context": "passage", "explanation": "why",
+              "id": "uid", "subject": "area"}
+    (rec,) = load(write_jsonl(tmp_path / "x.jsonl", [row]), fields)
+    assert (rec.id, rec.context, rec.options, rec.answer) == ("q-17", "A trial of 200 patients.", ("yes", "no", "maybe"), 1)
+    assert rec.meta["explanation"] == "The primary end point was missed." and rec.meta["subject"] == "cardiology"
+    recs = load(write_jsonl(tmp_path / "y.jsonl", [row]), fields, subjects=["cardiology"])
+    assert len(recs) == 1
+
+
+@pytest.mark.parametrize("row, field, words", [
+    ({"opts": ["a", "b"], "ans": "A"}, "q", "missing field"),
+    ({"q": "Q?", "ans": "A"}, "opts", "missing field"),
+    ({"q": "Q?", "opts": ["a", "b"]}, "ans", "missing field"),
+    ({"q": "Q?", "opts": ["a", "b"], "ans": "C"}, "ans", "'C' is not one of the allowed values A, B"),
+    ({"q": "Q?", "opts": ["a", ""], "ans": "A"}, "opts", "option 2 is empty"),
+    ({"q": "Q?", "opts": ["a"], "ans": "A"}, "opts", "expected 2 to 10 options, got 1"),
+    ({"q": "Q?", "opts": "a, b", "ans": "A"}, "opts", "expected a list of option texts"),
+    ({"q": "", "opts": ["a", "b"], "ans": "A"}, "q", "empty text"),
+])
+def test_qa_row_errors_name_file_line_and_field(tmp_path: Path, row: dict[str, Any], field: str, words: str) -> None:
+    """A malformed JSON-lines row names the file, its line and the mapped field."""
+    path = write_jsonl(tmp_path / "bank.jsonl", [{"q": "Fine?", "opts": ["a", "b"], "ans": "A"}, row])
+    err = error_of(path, {"question": "q", "options": "opts", "answer": "ans"})
+    assert (err.path, err.location, err.field) == (str(path), "line 2", field)
+    assert words in err.message
+
+
+def test_qa_answer_text_must_match_one_option(tmp_path: Path) -> None:
+    """A text answer that matches no option, or two, is an error naming the answer field."""
+    path = write_jsonl(tmp_path / "x.jsonl", [{"q": "Q?", "o": ["x", "y"], "a": "z"}])
+    err = error_of(path, {"question": "q", "options": "o", "answer": "a", "answer_format": "text"})
+    assert err.field == "a" and "matches no option" in err.message
+    path = write_jsonl(tmp_path / "y.jsonl", [{"q": "Q?", "o": ["x", "x"], "a": "x"}])
+    err = error_of(path, {"question": "q", "options": "o", "answer": "a", "answer_format": "text"})
+    assert "matches 2 options (A, B)" in err.message
+
+
+def test_qa_index_out_of_range_names_the_base(tmp_path: Path) -> None:
+    """A 1-based index of 0 is refused, the message naming the base and the allowed values."""
+    path = write_jsonl(tmp_path / "x.jsonl", [{"q": "Q?", "o": ["x", "y", "z"], "a": 0}])
+    err = error_of(path, {"question": "q", "options": "o", "answer": "a", "answer_format": "index1"})
+    assert err.field == "a" and "1..3" in err.message and "1-based" in err.message
+
+
+def test_qa_csv_errors(tmp_path: Path) -> None:
+    """CSV: a header without a mapped column is one error naming it and the columns there are; a malformed
+    row names its line (the line it starts at) and field; a middle option left empty names its column."""
+    path = write_csv(tmp_path / "exam.csv", EXAM)
+    err = error_of(path, COLUMNS | {"answer": "correct"})
+    assert err.field == "correct" and "column missing (available: stem, a, b, c, d, e, key)" in err.message
+    bad = [*EXAM, {**EXAM[0], "stem": "Multi-line\nstem?", "key": "F"}]
+    err = error_of(write_csv(tmp_path / "bad.csv", bad), COLUMNS)
+    assert (err.location, err.field) == ("line 5", "key")
+    hole = [{**EXAM[0], "c": ""}]
+    err = error_of(write_csv(tmp_path / "hole.csv", hole), COLUMNS)
+    assert (err.location, err.field) == ("line 2", "c") and "option is empty" in err.message
+    (tmp_path / "ragged.csv").write_text("stem,a,b,c,d,e,key\nQ?,x,y,z,w,v,A,extra\n", encoding="utf-8")
+    err = error_of(tmp_path / "ragged.csv", COLUMNS)
+    assert err.location == "line 2" and "expected 7 cells" in err.message
+
+
+def test_qa_json_array_errors_name_the_items_line(tmp_path: Path) -> None:
+    """A JSON array's bad item names the line it starts at; a file that is not an array says so."""
+    path = tmp_path / "bank.json"
+    path.write_text(json.dumps([{"q": "A?", "o": ["x", "y"], "a": "A"}, {"q": "B?", "o": ["x", "y"], "a": "Q"}],
+                               indent=2), encoding="utf-8")
+    err = error_of(path, {"question": "q", "options": "o", "answer": "a"})
+    assert (err.location, err.field) == ("line 10", "a")
+    path.write_text('{"q": "A?"}', encoding="utf-8")
+    assert "expected a JSON array" in error_of(path, {"question": "q", "options": "o", "answer": "a"}).message
+
+
+def test_qa_parquet_errors_name_the_row(tmp_path: Path) -> None:
+    """Parquet: a bad row names its 1-based row and field; a missing column names the schema's columns."""
+    rows = [{"q": "A?", "o": ["x", "y"], "a": 1}, {"q": "B?", "o": ["x", "y"], "a": 5}]
+    path = write_parquet(tmp_path / "bank.parquet", rows)
+    err = error_of(path, {"question": "q", "options": "o", "answer": "a", "answer_format": "index0"})
+    assert (err.location, err.field) == ("row 2", "a")
+    err = error_of(path, {"question": "stem", "options": "o", "answer": "a"})
+    assert err.field == "stem" and "available: q, o, a" in err.message
+    (tmp_path / "not.parquet").write_text("not parquet", encoding="utf-8")
+    assert "cannot read Parquet" in error_of(tmp_path / "not.parquet", {"question": "q"}).message
+
+
+def test_qa_bom_and_empty_files(tmp_path: Path) -> None:
+    """A UTF-8 byte-order mark (Excel's CSV) is not part of the first column name; an empty file is an
+    error naming the source."""
+    recs = load(write_csv(tmp_path / "bom.csv", EXAM, bom=True), COLUMNS)
+    assert len(recs) == 3
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps(EXAM[0]).encode() + b"\n")
+    assert len(load(tmp_path / "bom.jsonl", COLUMNS)) == 1
+    for name in ("empty.jsonl", "empty.csv"):
+        (tmp_path / name).write_text("", encoding="utf-8")
+        err = error_of(tmp_path / name, COLUMNS)
+        assert err.path == str(tmp_path / name) and ("empty" in err.message)
+
+
+def test_qa_skip_invalid_keeps_the_rest_and_rejects_duplicates(tmp_path: Path) -> None:
+    """--skip-invalid: bad rows and a repeated id go to the rejects with their lines; the rest load."""
+    rows = [{"id": 1, "q": "A?", "o": ["x", "y"], "a": "A"}, {"id": 2, "q": "B?", "o": ["x"], "a": "A"},
+            {"id": 1, "q": "C?", "o": ["x", "y"], "a": "B"}, "{not json", {"id": 3, "q": "D?", "o": ["x", "y"], "a": "B"}]
+    rejects = Rejects(skip_invalid=True)
+    recs = load(write_jsonl(tmp_path / "x.jsonl", rows), {"question": "q", "options": "o", "answer": "a", "id": "id"},
+                rejects)
+    assert [r.id for r in recs] == ["1", "3"]
+    assert [(r["location"], r["field"]) for r in rejects.rows] == [("line 2", "o"), ("line 3", "id"), ("line 4", None)]
+    assert "duplicate id '1', first seen at line 1" in rejects.rows[1]["error"]
+
+
+def test_qa_folds_and_limits(tmp_path: Path) -> None:
+    """A qa source folds and limits like a built-in one: held_out and rest partition it."""
+    rows = [{"q": f"Q{i}?", "o": ["x", "y"], "a": "AB"[i % 2]} for i in range(20)]
+    path = write_jsonl(tmp_path / "x.jsonl", rows)
+    f = {"question": "q", "options": "o", "answer": "a"}
+    held = load(path, f, fold={"share": 0.25, "take": "held_out", "stratify": "answer"})
+    rest = load(path, f, fold={"share": 0.25, "take": "rest", "stratify": "answer"})
+    assert len(held) == 4 and len(rest) == 16  # round(0.25 x 10) = 2 per answer and not {r.id for r in held} & {r.id for r in rest}
+    assert len(load(path, f, limit=3)) == 3
+
+
+def test_qa_hub_layout_and_parquet_file_match_medqa(tmp_path: Path) -> None:
+    """The MedQA Hub fixture read by qa_hub (and its Parquet file by qa) with a MedQA mapping gives the
+    questions, options and answers that the medqa_hub adapter gives."""
+    hub_dir = FIX / "hub" / "GBaker" / "MedQA-USMLE-4-options"
+    fields = {"question": "question", "options": "options", "answer": "answer_idx"}
+    mine = load_source(SourceConfig(adapter="qa_hub", hub=str(hub_dir), split="test", fields=fields), None, Rejects())
+    theirs = load_source(SourceConfig(adapter="medqa_hub", hub=str(hub_dir), split="test"), None, Rejects())
+    as_file = load(hub_dir / "data" / "test-00000-of-00001.parquet", fields)
+    key = lambda r: (r.question, r.options, r.answer, r.option_labels)  # noqa: E731
+    assert [key(r) for r in mine] == [key(r) for r in theirs] == [key(r) for r in as_file]
+    assert [r.id for r in mine] == [r.id for r in theirs]
+
+
+def test_qa_unsupported_suffix_and_directory(tmp_path: Path) -> None:
+    """A file type the adapter does not read, or a directory, names what it reads."""
+    (tmp_path / "bank.xlsx").write_text("x", encoding="utf-8")
+    assert ".jsonl, .json, .csv, .parquet" in error_of(tmp_path / "bank.xlsx", COLUMNS).message
+    assert "not a directory" in error_of(tmp_path, COLUMNS).message
+
+
+def test_qa_mapping_is_validated() -> None:
+    """A list of option fields needs two distinct names; an unknown mapping key is refused."""
+    with pytest.raises(ValueError, match="at least two"):
+        SourceConfig(adapter="qa", path="x.csv", fields={"options": ["a"]})
+    with pytest.raises(ValueError, match="named twice"):
+        SourceConfig(adapter="qa", path="x.csv", fields={"options": ["a", "a"]})
+    with pytest.raises(ValueError, match="answer_key"):
+        SourceConfig(adapter="qa", path="x.csv", fields={"answer_key": "k"})
