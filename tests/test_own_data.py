@@ -269,3 +269,109 @@ def test_qa_mapping_is_validated() -> None:
         SourceConfig(adapter="qa", path="x.csv", fields={"options": ["a", "a"]})
     with pytest.raises(ValueError, match="answer_key"):
         SourceConfig(adapter="qa", path="x.csv", fields={"answer_key": "k"})
+
+
+# --- a user's own evaluation task -----------------------------------------------------------------
+
+MEDQA_FIX = FIX / "medqa" / "4_options"
+MEDQA_FIELDS = {"question": "question", "options": "options", "answer": "answer_idx"}
+
+
+def medqa_file() -> Path:
+    (path,) = sorted(MEDQA_FIX.glob("*test*.jsonl"))
+    return path
+
+
+def user_task(name: str, formulation: str, path: Path, **kw: Any) -> dict[str, Any]:
+    return {name: {"source": {"adapter": "qa", "path": str(path), "fields": MEDQA_FIELDS}, "formulation": formulation, **kw}}
+
+
+def scored(tiny_llama: Path, cfg: Any) -> dict[str, list[Any]]:
+    """Per task: the per-item (id, gold, log-likelihoods) rows of ``cfg``'s tasks on the tiny model."""
+    from medtune import models
+    from medtune.evaluate.run import score_model
+
+    _, rows = score_model(models.load_model(str(tiny_llama)), models.load_tokenizer(str(tiny_llama)), cfg)
+    out: dict[str, list[Any]] = {}
+    for r in rows:
+        out.setdefault(r["task"], []).append((r["id"], r["gold"], r["loglikelihoods"]))
+    return out
+
+
+def test_user_task_scores_equal_the_builtin_task_item_by_item(tiny_llama: Path) -> None:
+    """MedQA items re-described with a qa mapping, as a user task in both formulations, get exactly the
+    per-item log-likelihoods of medqa4 and medqa4_cloze on the same file."""
+    from medtune.evaluate.run import EvalConfig
+
+    medqa = {"adapter": "medqa", "path": str(medqa_file())}
+    cfg = EvalConfig.model_validate({
+        "model": {"spec": str(tiny_llama)}, "tasks": "medqa4,medqa4_cloze,exam_parity,exam_parity_cloze",
+        "task_defs": user_task("exam_parity", "both", medqa_file()),
+        "task_sources": {"medqa4": medqa, "medqa4_cloze": medqa}, "progress": False})
+    got = scored(tiny_llama, cfg)
+    assert len(got["medqa4"]) >= 2
+    assert got["exam_parity"] == got["medqa4"]
+    assert got["exam_parity_cloze"] == got["medqa4_cloze"]
+    assert got["exam_parity"] != got["exam_parity_cloze"]
+
+
+def test_user_task_with_fewshot_and_context_prompt(tiny_llama: Path, tmp_path: Path) -> None:
+    """A user task's few-shot source gives the exemplars, and an item's context is shown before the question."""
+    from medtune.data.prompts import eval_prompt, template_for
+
+    rows = [{"passage": "Aspirin inhibits COX.", "q": "Is aspirin antiplatelet?", "o": ["yes", "no"], "a": "A"}]
+    (rec,) = load(write_jsonl(tmp_path / "x.jsonl", rows), {"question": "q", "options": "o", "answer": "a",
+                                                          "context": "passage"})
+    prompt = eval_prompt(rec, template_for(rec))
+    assert prompt.context == "Context: Aspirin inhibits COX.\nQuestion: Is aspirin antiplatelet?\nA. yes\nB. no\nAnswer:"
+    assert prompt.continuations == (" A", " B")
+    from medtune.evaluate.run import EvalConfig
+
+    cfg = EvalConfig.model_validate({
+        "model": {"spec": str(tiny_llama)}, "tasks": "exam_shots", "fewshot": 1, "progress": False,
+        "task_defs": user_task("exam_shots", "letter", medqa_file(),
+                               fewshot_source={"adapter": "qa", "path": str(tmp_path / "x.jsonl"),
+                                               "fields": {"question": "q", "options": "o", "answer": "a"}})})
+    assert len(scored(tiny_llama, cfg)["exam_shots"]) >= 2
+
+
+def test_user_group_is_size_weighted_and_reported(tiny_llama: Path, tmp_path: Path) -> None:
+    """A user group of two user tasks scores both and adds the accuracy over all their items, in results.json."""
+    import shutil
+
+    from medtune.evaluate.results import EvalResult
+    from medtune.evaluate.run import EvalConfig, evaluate
+
+    second = tmp_path / "second.jsonl"
+    shutil.copy(medqa_file(), second)
+    write_jsonl(second, [json.loads(line) for line in medqa_file().read_text().splitlines()[:1]])
+    cfg = EvalConfig.model_validate({
+        "model": {"spec": str(tiny_llama)}, "tasks": "hospital", "progress": False, "out": str(tmp_path / "eval"),
+        "task_defs": user_task("exam_one", "letter", medqa_file()) | user_task("exam_two", "cloze", second),
+        "task_groups": {"hospital": ["exam_one", "exam_two"]}})
+    report = evaluate(cfg)
+    one, two = report["tasks"]["exam_one"]["acc"], report["tasks"]["exam_two"]["acc"]
+    group = report["groups"]["hospital"]["acc"]
+    assert group["n"] == one["n"] + two["n"] and two["n"] == 1
+    assert group["value"] == pytest.approx((one["value"] * one["n"] + two["value"] * two["n"]) / group["n"])
+    saved = EvalResult.load(tmp_path / "eval" / "results.json")
+    assert set(saved.tasks) == {"exam_one", "exam_two"}
+
+
+def test_user_task_names_are_checked() -> None:
+    """A user task may not take a built-in name; an unknown name lists the user's own tasks too; a text
+    source is not a multiple-choice task."""
+    from pydantic import ValidationError
+
+    from medtune.evaluate.run import EvalConfig
+
+    with pytest.raises(ValidationError, match="built-in"):
+        EvalConfig.model_validate({"task_defs": user_task("medqa4", "letter", medqa_file()), "tasks": "medqa4"})
+    with pytest.raises(ValidationError, match="built-in"):
+        EvalConfig.model_validate({"task_defs": user_task("pubmedqa", "both", medqa_file()) , "tasks": "medqa4"})
+    with pytest.raises(ValidationError, match="unknown task 'exam_nmaed'.*Did you mean 'exam_named'"):
+        EvalConfig.model_validate({"task_defs": user_task("exam_named", "letter", medqa_file()), "tasks": "exam_nmaed"})
+    with pytest.raises(ValidationError, match="reads text"):
+        EvalConfig.model_validate({"task_defs": {"t": {"source": {"adapter": "text", "path": "x.txt"}}}, "tasks": "t"})
+    with pytest.raises(ValidationError, match="unknown task 'nope'"):
+        EvalConfig.model_validate({"task_groups": {"g": ["nope"]}, "tasks": "pubmedqa"})
