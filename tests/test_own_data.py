@@ -375,3 +375,59 @@ def test_user_task_names_are_checked() -> None:
         EvalConfig.model_validate({"task_defs": {"t": {"source": {"adapter": "text", "path": "x.txt"}}}, "tasks": "t"})
     with pytest.raises(ValidationError, match="unknown task 'nope'"):
         EvalConfig.model_validate({"task_groups": {"g": ["nope"]}, "tasks": "pubmedqa"})
+
+
+# --- text corpora -----------------------------------------------------------------------------------
+
+
+def text_docs(path: Path, **kw: Any) -> list[Any]:
+    return load_source(SourceConfig(adapter="text", path=str(path), **kw), None, Rejects())
+
+
+def test_text_directory_of_markdown_and_text_recursive_with_glob(tmp_path: Path) -> None:
+    """A directory is read recursively in sorted order: a .md file is one document, a .txt file one per line;
+    glob narrows the files; ids name the file below the directory."""
+    (tmp_path / "cardio").mkdir()
+    (tmp_path / "cardio" / "afib.md").write_text("# Atrial fibrillation\n\nAnticoagulate by CHA2DS2-VASc.\n")
+    (tmp_path / "sepsis.md").write_text("\ufeff# Sepsis\n\nAntibiotics within one hour.\n", encoding="utf-8")
+    (tmp_path / "notes.txt").write_text("first note\n\nsecond note\n")
+    (tmp_path / "image.png").write_bytes(b"\x89PNG")
+    docs = text_docs(tmp_path)
+    assert [d.id for d in docs] == ["cardio/afib.md:1", "notes.txt:1", "notes.txt:3", "sepsis.md:1"]
+    assert docs[3].text == "# Sepsis\n\nAntibiotics within one hour." and {d.dataset for d in docs} == {tmp_path.name}
+    assert [d.id for d in text_docs(tmp_path, glob="*.md")] == ["sepsis.md:1"]
+    with pytest.raises(DataError, match="no .txt, .md, .jsonl, .parquet files match glob '\\*.pdf'"):
+        text_docs(tmp_path, glob="*.pdf")
+
+
+def test_text_separator_splits_documents(tmp_path: Path) -> None:
+    """separator cuts each text (a file, a JSON-lines or Parquet row) into documents, empty parts skipped."""
+    (tmp_path / "guide.md").write_text("Para one.\n\nPara two.\n\n\n\nPara three.\n")
+    docs = text_docs(tmp_path / "guide.md", separator="\n\n")
+    assert [(d.id, d.text) for d in docs] == [("guide:1.1", "Para one."), ("guide:1.2", "Para two."),
+                                              ("guide:1.3", "Para three.")]
+    write_jsonl(tmp_path / "c.jsonl", [{"body": "a ||| b"}, {"body": "c"}])
+    assert [d.text for d in text_docs(tmp_path / "c.jsonl", text_field="body", separator="|||")] == ["a", "b", "c"]
+
+
+def test_text_parquet_named_field_and_errors(tmp_path: Path) -> None:
+    """Parquet text: the named column, one document per row; a missing column or a non-string row names
+    file, row and field."""
+    path = write_parquet(tmp_path / "corpus.parquet", [{"content": "doc one", "n": 1}, {"content": " ", "n": 2},
+                                                       {"content": "doc three", "n": 3}])
+    assert [(d.id, d.text) for d in text_docs(path, text_field="content")] == [("corpus:1", "doc one"),
+                                                                              ("corpus:3", "doc three")]
+    with pytest.raises(DataError, match="field 'text': column missing \\(available: content, n\\)"):
+        text_docs(path)
+    bad = write_parquet(tmp_path / "bad.parquet", [{"content": "ok"}, {"content": None}])
+    with pytest.raises(DataError) as exc:
+        text_docs(bad, text_field="content")
+    assert (exc.value.location, exc.value.field) == ("row 2", "content")
+
+
+def test_text_options_only_where_they_apply() -> None:
+    """glob and separator are text-source options; elsewhere they are refused, not ignored."""
+    with pytest.raises(ValueError, match="glob"):
+        SourceConfig(adapter="medqa", path="x", glob="*.jsonl")
+    with pytest.raises(ValueError, match="separator"):
+        SourceConfig(adapter="qa", path="x", separator="\n\n", fields={})
