@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from medtune.config import StrictModel
+from medtune.data.decontam import DecontamConfig, DecontamReport
 from medtune.data.leakage import GuardReport
 from medtune.data.mixing import Doc, MixPlan, MixReport, MixResult, mix, mix_plan
 from medtune.data.packing import PackResult, group_share, pack
@@ -65,7 +66,11 @@ class DataConfig(StrictModel):
     template: str = "qa_text"
     """Training-document template (medtune.data.prompts.TRAIN_TEMPLATES)."""
     drop_leaked: bool = False
-    """Drop training items that also appear in an eval split (and report them) instead of refusing."""
+    """Drop training items that also appear in an eval split, and training or replay documents that share an
+    n-gram with one (decontamination), and report them, instead of refusing."""
+    decontamination: DecontamConfig = Field(default_factory=DecontamConfig)
+    """The n-gram check of every training and replay document against every `eval` split (13-gram, normalised
+    text); what it finds is in manifest.json per source, with examples."""
     skip_invalid: bool = False
     """Write invalid source rows to a rejects file and go on, instead of stopping at the first."""
     shard_tokens: int = Field(1 << 23, ge=8)
@@ -112,6 +117,7 @@ class Prepared:
     packed: PackResult | None
     rejects: Rejects
     eos_id: int
+    decontam: DecontamReport | None = None
 
 
 def _pad_id(tokenizer: Any) -> int:
@@ -137,7 +143,7 @@ def prepare(cfg: DataConfig, tokenizer: Any | None = None, *, mix_and_pack: bool
     if mix_and_pack and any(loaded.domain.values()):
         mixed = mix(docs, loaded.groups(), cfg.general_share, cfg.mix_strategy, cfg.seed, cfg.temperature)
         packed = pack(mixed.docs, cfg.block_size, tokenizer.eos_token_id, drop_tail=cfg.drop_tail, pad_id=_pad_id(tokenizer))
-    return Prepared(loaded.sources, loaded.guard, mixed, packed, loaded.rejects, tokenizer.eos_token_id)
+    return Prepared(loaded.sources, loaded.guard, mixed, packed, loaded.rejects, tokenizer.eos_token_id, loaded.decontam)
 
 
 def _fmt_labels(labels: dict[str, int]) -> str:
@@ -145,7 +151,7 @@ def _fmt_labels(labels: dict[str, int]) -> str:
 
 
 def summary(sources: list[SourceStats], rejects: Rejects, report: GuardReport, mix: MixReport | None,
-            packing: dict[str, Any] | None) -> dict[str, Any]:
+            packing: dict[str, Any] | None, decontam: DecontamReport | None = None) -> dict[str, Any]:
     """JSON-ready record of what the data stage read, dropped, mixed and packed."""
     from dataclasses import asdict
 
@@ -154,6 +160,7 @@ def summary(sources: list[SourceStats], rejects: Rejects, report: GuardReport, m
         "rejected_rows": len(rejects),
         "leakage": {"dropped_items": report.n_dropped, "per_eval_set": report.counts,
                     "examples": [asdict(l) for l in report.dropped[:20]]},
+        "decontamination": asdict(decontam) if decontam else None,
         "mix": asdict(mix) if mix else None,
         "packing": packing,
     }
@@ -204,8 +211,14 @@ def stats_command(cfg: DataConfig) -> dict[str, Any]:
         console.print(f"packed: {p.input_ids.shape[0]:,} blocks of {p.block_size} tokens; {tail}")
         for w in r.warnings:
             console.print(f"[yellow]warning[/]: {w}")
+    if prep.decontam is not None:
+        for name, f in prep.decontam.sources.items():
+            if f.contaminated:
+                console.print(f"[bold]Decontamination[/]: {name}: {f.contaminated} of {f.checked} documents share a "
+                              f"{prep.decontam.ngram}-gram with an eval split, dropped "
+                              f"({', '.join(f'{k}: {v}' for k, v in f.per_eval_set.items())})")
     return summary(prep.sources, prep.rejects, prep.guard, prep.mix.report if prep.mix else None,
-                   prep.packed.summary() if prep.packed else None)
+                   prep.packed.summary() if prep.packed else None, prep.decontam)
 
 
 def _write_shards(cfg: DataConfig, tokenizer: Any, loaded: Loaded, plan: MixPlan, root: Path) -> dict[str, Any]:
@@ -261,7 +274,8 @@ def build_command(cfg: DataConfig) -> Path:
         packing = _write_shards(cfg, tokenizer, loaded, plan, tmp / SHARDS)
         shutil.rmtree(tmp / "cache", ignore_errors=True)
         atomic.write_json(tmp / "manifest.json",
-                          {**summary(loaded.sources, loaded.rejects, loaded.guard, plan.report, packing), **_provenance()})
+                          {**summary(loaded.sources, loaded.rejects, loaded.guard, plan.report, packing, loaded.decontam),
+                           **_provenance()})
         atomic.write_text(tmp / "config.yaml", dump_config(cfg))
         atomic.write_json(tmp / "templates.json", template_provenance(get_train_template(cfg.template)))
         loaded.rejects.write(tmp / "rejects.jsonl")

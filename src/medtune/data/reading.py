@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from medtune.data.decontam import DecontamReport, Screen
 from medtune.data.leakage import GuardReport, guard
 from medtune.data.mixing import Doc
 from medtune.data.prompts import eval_prompt, get_train_template, training_text
@@ -54,6 +55,8 @@ class Loaded:
     rejects: Rejects
     domain: dict[str, list[Doc]]
     general: dict[str, TokenCache]
+    decontam: DecontamReport | None = None
+    """What the n-gram check of training and replay documents against the evaluation splits found."""
 
     def lengths(self) -> dict[str, np.ndarray]:
         """Source -> (n_docs,) tokens per document, domain sources first (the mix's input)."""
@@ -98,13 +101,13 @@ def _tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     return [a.tolist() for a in np.split(ids, np.cumsum(lengths)[:-1])] if texts else []
 
 
-def _text_batches(docs: Iterator[Any], room: Callable[[], int | None]) -> Iterator[list[str]]:
-    """Texts in batches of about BATCH_CHARS characters; smaller near a ``max_tokens`` end (``room()``
+def _text_batches(docs: Iterator[Any], room: Callable[[], int | None]) -> Iterator[list[Any]]:
+    """Documents in batches of about BATCH_CHARS characters; smaller near a ``max_tokens`` end (``room()``
     tokens left), so a capped stream reads little past its cap."""
-    batch: list[str] = []
+    batch: list[Any] = []
     size = 0
     for d in docs:
-        batch.append(d.text)
+        batch.append(d)
         size += len(d.text)
         left = room()
         if size >= (BATCH_CHARS if left is None else min(BATCH_CHARS, max(4096, 8 * left))):
@@ -114,8 +117,11 @@ def _text_batches(docs: Iterator[Any], room: Callable[[], int | None]) -> Iterat
         yield batch
 
 
-def stream_replay(src: SourceConfig, root: Path, rejects: Rejects, tokenizer: Any, path: Path, bar: Any) -> TokenCache:
+def stream_replay(src: SourceConfig, root: Path, rejects: Rejects, tokenizer: Any, path: Path, bar: Any,
+                  screen: Screen | None = None) -> TokenCache:
     """Read, tokenize and cache one replay source; stops at ``src.max_tokens`` (and ``src.limit``).
+    Each batch is checked against the evaluation splits by ``screen`` (decontamination) before it is
+    tokenized, so a dropped document costs no tokens of the cap.
 
     Batch ``k + 1`` is tokenized in a background thread (the Rust encoder releases the GIL and uses
     every core) while this thread turns batch ``k`` into arrays, writes it and reads the batch after:
@@ -132,9 +138,12 @@ def stream_replay(src: SourceConfig, root: Path, rejects: Rejects, tokenizer: An
             if ahead.in_flight is not None and not ahead.may_read_on():
                 ahead.take(bar)
                 continue
-            texts = next(batches, None)
-            if texts is None:
+            docs = next(batches, None)
+            if docs is None:
                 break
+            texts = [d.text for d in (screen.check(src.label, docs) if screen is not None else docs)]
+            if not texts:
+                continue
             submitted = pool.submit(encodings, tokenizer, texts)
             if ahead.in_flight is not None:
                 ahead.take(bar)  # while the new batch is being tokenized
@@ -142,6 +151,8 @@ def stream_replay(src: SourceConfig, root: Path, rejects: Rejects, tokenizer: An
         if ahead.in_flight is not None and not writer.full:
             ahead.take(bar)
     cache = writer.close()
+    if screen is not None:
+        screen.raise_if_found(src.label)
     if len(cache.lengths) == 0:  # as load_source: an empty replay source would silently replay nothing
         raise no_items(src, resolve_path(src, root), len(rejects) - rejected)
     return cache
@@ -218,10 +229,16 @@ def load(cfg: DataConfig, tokenizer: Any, cache_dir: Path) -> Loaded:
     train_by_source: dict[str, list[QARecord]] = {src.label: load_source(src, root, rejects) for src in cfg.train}  # type: ignore[misc]
     report = guard([r for recs in train_by_source.values() for r in recs], eval_sets, drop=cfg.drop_leaked)
     kept_ids = {id(r) for r in report.kept}
+    screen = Screen(cfg.decontamination, eval_sets, drop=cfg.drop_leaked) \
+        if cfg.decontamination.enabled and eval_sets else None
     domain: dict[str, list[Doc]] = {}
     for src in cfg.train:
         recs = [r for r in train_by_source[src.label] if id(r) in kept_ids]
         texts = [training_text(r, template) for r in recs]
+        if screen is not None:  # a training item that quotes an evaluation item (beyond its question string)
+            clean = {id(t) for t in screen.check_all(src.label, texts)}
+            recs, texts = [r for r, t in zip(recs, texts) if id(t) in clean], [t for t in texts if id(t) in clean]
+            screen.raise_if_found(src.label)
         # Prompt and answer are tokenized apart (the answer starts with a space, a natural token
         # boundary) so answer-only loss knows where the answer begins.
         prompts = _tokenize(tokenizer, [t.prompt for t in texts])
@@ -235,6 +252,7 @@ def load(cfg: DataConfig, tokenizer: Any, cache_dir: Path) -> Loaded:
     with tqdm(total=sum(caps) if caps and None not in caps else None, desc="replay tokens", unit="tok",  # type: ignore[arg-type]
               unit_scale=True, disable=None, dynamic_ncols=True) as bar:
         for i, src in enumerate(cfg.replay):
-            cache = general[src.label] = stream_replay(src, root, rejects, tokenizer, cache_dir / f"{i:03d}.ids", bar)
+            cache = general[src.label] = stream_replay(src, root, rejects, tokenizer, cache_dir / f"{i:03d}.ids", bar,
+                                                       screen)
             describe("replay", src, len(cache.lengths), int(cache.offsets[-1]), {})
-    return Loaded(stats, report, rejects, domain, general)
+    return Loaded(stats, report, rejects, domain, general, screen.report if screen is not None else None)
