@@ -431,3 +431,107 @@ def test_text_options_only_where_they_apply() -> None:
         SourceConfig(adapter="medqa", path="x", glob="*.jsonl")
     with pytest.raises(ValueError, match="separator"):
         SourceConfig(adapter="qa", path="x", separator="\n\n", fields={})
+
+
+# --- chat-format instruction data -------------------------------------------------------------------
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+"""ChatML (SmolLM2-Instruct's, Qwen's layout), for the tiny tokenizer, which has no chat template."""
+
+CHATS = [
+    {"instruction": "Name the antidote to heparin.", "input": "Adult patient, 70 kg.", "output": "Protamine sulfate."},
+    {"conversations": [{"from": "system", "value": "You are a careful clinician."},
+                       {"from": "human", "value": "Normal resting heart rate?"}, {"from": "gpt", "value": "60-100 bpm."}]},
+    {"messages": [{"role": "user", "content": "First-line DVT test?"}, {"role": "assistant", "content": "Ultrasound."},
+                  {"role": "user", "content": "And if negative but suspicion stays high?"},
+                  {"role": "assistant", "content": "Repeat it in a week, or get a D-dimer."}]},
+]
+
+
+def chat_load(path: Path, rejects: Rejects | None = None) -> list[Any]:
+    return load_source(SourceConfig(adapter="chat", path=str(path)), None, rejects or Rejects())
+
+
+def test_chat_reads_alpaca_sharegpt_and_messages(tmp_path: Path) -> None:
+    """The three layouts become the same (role, content) turns; alpaca's input follows its instruction."""
+    recs = chat_load(write_jsonl(tmp_path / "sft.jsonl", CHATS))
+    assert recs[0].messages == (("user", "Name the antidote to heparin.\n\nAdult patient, 70 kg."),
+                                ("assistant", "Protamine sulfate."))
+    assert recs[1].messages[0] == ("system", "You are a careful clinician.") and recs[1].messages[2][0] == "assistant"
+    assert [r for r, _ in recs[2].messages] == ["user", "assistant", "user", "assistant"]
+    (tmp_path / "sft.json").write_text(json.dumps(CHATS, indent=1), encoding="utf-8")
+    assert [r.messages for r in chat_load(tmp_path / "sft.json")] == [r.messages for r in recs]
+
+
+@pytest.mark.parametrize("row, field, words", [
+    ({"instruction": "Q?"}, "output", "missing field"),
+    ({"messages": [{"role": "doctor", "content": "x"}]}, "messages[0].role", "'doctor' is not one of"),
+    ({"messages": [{"role": "user", "content": "x"}]}, None, "no assistant turn"),
+    ({"conversations": []}, "conversations", "non-empty list"),
+    ({"prompt": "x", "completion": "y"}, None, "not a conversation: expected alpaca"),
+    ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": 3}]}, "content", "expected a string"),
+])
+def test_chat_row_errors_name_file_line_and_field(tmp_path: Path, row: dict[str, Any], field: str | None, words: str) -> None:
+    """A malformed conversation names its file, line and field."""
+    path = write_jsonl(tmp_path / "sft.jsonl", [CHATS[0], row])
+    with pytest.raises(DataError) as exc:
+        chat_load(path)
+    assert exc.value.path == str(path) and exc.value.location.startswith("line 2") and exc.value.field == field
+    assert words in exc.value.message
+
+
+def chat_build(tiny_llama: Path, tmp_path: Path, **kw: Any) -> Any:
+    from medtune.data.build import DataConfig, prepare
+
+    path = write_jsonl(tmp_path / "sft.jsonl", CHATS)
+    cfg = DataConfig.model_validate({"tokenizer": str(tiny_llama), "block_size": 32, "out": str(tmp_path / "out"),
+                                     "train": [{"adapter": "chat", "name": "sft", "path": str(path)}], **kw})
+    return prepare(cfg)
+
+
+def test_chat_without_a_template_names_the_option(tiny_llama: Path, tmp_path: Path) -> None:
+    """A tokenizer without a chat template is a clear error naming the chat_template option."""
+    with pytest.raises(ConfigError, match="has no chat template.*chat_template option"):
+        chat_build(tiny_llama, tmp_path)
+
+
+def test_chat_loss_is_on_assistant_turns_only_token_by_token(tiny_llama: Path, tmp_path: Path) -> None:
+    """Rendered with the template, each assistant turn is one document whose masked (trained) tokens are exactly
+    that turn's content and end-of-turn plus the EOS, everything before it (system, user, earlier turns, the
+    assistant header) unmasked; the multi-turn conversation gives two documents; packed like the rest."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_llama))
+    tok.chat_template = CHATML
+    prep = chat_build(tiny_llama, tmp_path, chat_template=CHATML)
+    docs = {d.id: d for d in prep.mix.docs}
+    answers = ["Protamine sulfate.", "60-100 bpm.", "Ultrasound.", "Repeat it in a week, or get a D-dimer."]
+    recs = chat_load(tmp_path / "sft.jsonl")
+    turns = {"sft:1#2": recs[0].messages, "sft:2#3": recs[1].messages, "sft:3#2": recs[2].messages[:2],
+             "sft:3#4": recs[2].messages}
+    assert sorted(docs) == sorted(turns)
+    for (doc_id, turn), answer in zip(turns.items(), answers):
+        msgs = [{"role": r, "content": c} for r, c in turn]
+        prompt = tok.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+        whole = tok.apply_chat_template(msgs, tokenize=False)
+        assert whole[len(prompt):] == answer + "<|im_end|>\n" and prompt.endswith("<|im_start|>assistant\n")
+        a, b = tok.encode(prompt, add_special_tokens=False), tok.encode(whole[len(prompt):], add_special_tokens=False)
+        doc = docs[doc_id]
+        assert doc.tokens == a + b and doc.answer_start == len(a)  # trained: b (and the EOS packing adds)
+        assert tok.decode(doc.tokens[doc.answer_start:]) == answer + "<|im_end|>\n"
+    p = prep.packed
+    masked = p.input_ids[(p.answer_mask == 1) & (p.attention_mask == 1)]
+    assert sorted(tok.decode(masked).split(tok.eos_token))[1:] == sorted(f"{a}<|im_end|>\n" for a in answers)
+    train = next(s for s in prep.sources if s.role == "train")
+    assert (train.name, train.items) == ("sft", 4)
+
+
+def test_chat_sources_train_only() -> None:
+    """A chat source is training data: not an eval split (and not replay), and not a task source."""
+    from medtune.data.build import DataConfig
+
+    with pytest.raises(ValueError, match="conversations; use it under 'train'"):
+        DataConfig.model_validate({"eval": [{"adapter": "chat", "path": "x.jsonl"}]})
+    with pytest.raises(ValueError, match="not a text adapter"):
+        DataConfig.model_validate({"replay": [{"adapter": "chat", "path": "x.jsonl"}]})

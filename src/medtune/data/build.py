@@ -29,7 +29,7 @@ from medtune.data.mixing import Doc, MixPlan, MixReport, MixResult, mix, mix_pla
 from medtune.data.packing import PackResult, group_share, pack
 from medtune.data.prompts import get_train_template
 from medtune.data.reading import Loaded, SourceStats, load
-from medtune.data.registry import QA_ADAPTERS, TEXT_ADAPTERS
+from medtune.data.registry import CHAT_ADAPTERS, QA_ADAPTERS, TEXT_ADAPTERS
 from medtune.data.rejects import Rejects
 from medtune.data.shards import Blocks, ShardWriter, write_plan
 from medtune.data.spec import SourceConfig
@@ -65,6 +65,9 @@ class DataConfig(StrictModel):
     """Cut the last partial block (its token count is reported) instead of padding it."""
     template: str = "qa_text"
     """Training-document template (medtune.data.prompts.TRAIN_TEMPLATES)."""
+    chat_template: str | None = None
+    """A Jinja chat template for `chat` training sources, when the tokenizer has none (a base model's) or to
+    use another one; by default the tokenizer's own."""
     drop_leaked: bool = False
     """Drop training items that also appear in an eval split, and training or replay documents that share an
     n-gram with one (decontamination), and report them, instead of refusing."""
@@ -85,8 +88,11 @@ class DataConfig(StrictModel):
 
     @field_validator("train", "eval")
     @classmethod
-    def _qa_only(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
+    def _qa_only(cls, sources: list[SourceConfig], info: Any) -> list[SourceConfig]:
         for i, src in enumerate(sources):
+            if src.adapter in CHAT_ADAPTERS and info.field_name == "eval":
+                raise ValueError(f"source {i}: adapter {src.adapter!r} reads conversations; use it under 'train' "
+                                 f"(eval splits are QA items: {', '.join(sorted(QA_ADAPTERS))})")
             if src.adapter in TEXT_ADAPTERS:
                 raise ValueError(f"source {i}: adapter {src.adapter!r} reads plain text; use it under 'replay' "
                                  f"(QA adapters: {', '.join(sorted(QA_ADAPTERS))})")

@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from medtune.data.adapters.chat import check_template, train_texts
 from medtune.data.decontam import DecontamReport, Screen
 from medtune.data.leakage import GuardReport, guard
 from medtune.data.mixing import Doc
 from medtune.data.prompts import eval_prompt, get_train_template, training_text
 from medtune.data.records import QARecord
-from medtune.data.registry import iter_source, load_source, no_items, resolve_path
+from medtune.data.registry import CHAT_ADAPTERS, iter_source, load_source, no_items, resolve_path
 from medtune.data.rejects import Rejects
 from medtune.data.shards import ids_dtype
 from medtune.data.spec import SourceConfig
@@ -227,25 +228,31 @@ def load(cfg: DataConfig, tokenizer: Any, cache_dir: Path) -> Loaded:
                  label_counts(recs))
 
     train_by_source: dict[str, list[QARecord]] = {src.label: load_source(src, root, rejects) for src in cfg.train}  # type: ignore[misc]
-    report = guard([r for recs in train_by_source.values() for r in recs], eval_sets, drop=cfg.drop_leaked)
+    report = guard([r for recs in train_by_source.values() for r in recs if isinstance(r, QARecord)], eval_sets,
+                   drop=cfg.drop_leaked)
+    if any(src.adapter in CHAT_ADAPTERS for src in cfg.train):
+        check_template(tokenizer, cfg.chat_template)
     kept_ids = {id(r) for r in report.kept}
     screen = Screen(cfg.decontamination, eval_sets, drop=cfg.drop_leaked) \
         if cfg.decontamination.enabled and eval_sets else None
     domain: dict[str, list[Doc]] = {}
     for src in cfg.train:
-        recs = [r for r in train_by_source[src.label] if id(r) in kept_ids]
-        texts = [training_text(r, template) for r in recs]
+        chat = src.adapter in CHAT_ADAPTERS  # conversations: one document per assistant turn, no answer labels
+        recs = [r for r in train_by_source[src.label] if chat or id(r) in kept_ids]
+        texts = train_texts(recs, tokenizer) if chat else [training_text(r, template) for r in recs]  # type: ignore[arg-type]
         if screen is not None:  # a training item that quotes an evaluation item (beyond its question string)
             clean = {id(t) for t in screen.check_all(src.label, texts)}
-            recs, texts = [r for r, t in zip(recs, texts) if id(t) in clean], [t for t in texts if id(t) in clean]
+            recs = recs if chat else [r for r, t in zip(recs, texts) if id(t) in clean]
+            texts = [t for t in texts if id(t) in clean]
             screen.raise_if_found(src.label)
         # Prompt and answer are tokenized apart (the answer starts with a space, a natural token
         # boundary) so answer-only loss knows where the answer begins.
         prompts = _tokenize(tokenizer, [t.prompt for t in texts])
         answers = _tokenize(tokenizer, [t.answer for t in texts])
-        domain[src.label] = [Doc(src.label, "domain", p + a, r.id, answer_start=len(p))
-                             for r, p, a in zip(recs, prompts, answers)]
-        describe("train", src, len(recs), sum(len(d.tokens) for d in domain[src.label]), label_counts(recs))
+        domain[src.label] = [Doc(src.label, "domain", p + a, t.id, answer_start=len(p))
+                             for t, p, a in zip(texts, prompts, answers)]
+        describe("train", src, len(texts) if chat else len(recs), sum(len(d.tokens) for d in domain[src.label]),
+                 {} if chat else label_counts(recs))
 
     general: dict[str, TokenCache] = {}
     caps = [s.max_tokens for s in cfg.replay]
