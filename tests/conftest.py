@@ -93,3 +93,13 @@ def make_random_adapter(base: Path, out: Path, seed: int, std: float) -> Path:
                 p.normal_(0, std)
     model.save_pretrained(str(out))
     return out
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """Tests that call the CLI in-process (``--no-progress`` sets ``HF_HUB_DISABLE_PROGRESS_BARS`` for the
+    processes it launches) must not change the environment of later tests' subprocesses."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

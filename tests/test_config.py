@@ -69,7 +69,7 @@ def test_overrides_are_validated_too(tmp_path):
 
 def test_nested_unknown_key_in_model_section(tmp_path):
     p = write(tmp_path, "model:\n  spec: smollm2-135m\n  trust_remote: true\n")
-    with pytest.raises(ConfigError, match=r"model\.trust_remote: unknown key \(allowed keys: spec, trust_remote_code, allow_pickle\)"):
+    with pytest.raises(ConfigError, match=r"model\.trust_remote: unknown key \(allowed keys: spec, trust_remote_code, allow_pickle, allow_other_base\)"):
         load_config(ModelInfoConfig, p)
 
 

@@ -130,7 +130,7 @@ def test_the_hashed_check_equals_a_set_of_word_tuples() -> None:
     vocab = [f"w{i}" for i in range(6)]
     evals = [QARecord(id=f"e{i}", dataset="qa", question=" ".join(rng.choice(vocab, 12)), context=None,
                       options=("x", "y"), answer=0) for i in range(10)]
-    screen = Screen(DecontamConfig(ngram=5), {"ev": evals}, drop=True)
+    screen = Screen(DecontamConfig(ngram=5), [("ev", evals)], drop=True)
     grams = {tuple(ws[i : i + 5]) for r in evals for ws in [words(r.question + " x y")] for i in range(len(ws) - 4)}
     docs = [doc(i, " ".join(rng.choice(vocab, int(rng.integers(1, 12))))) for i in range(300)]
     kept = screen.check("s", docs)
@@ -161,7 +161,7 @@ def test_replay_is_checked_as_it_streams(tiny_llama: Path, tmp_path: Path) -> No
     path = tmp_path / "big.txt"
     path.write_text("".join(f"Line {i} of a long corpus about rivers and towns in spring.\n" for i in range(3000)))
     evals = load_source(SourceConfig(adapter="pubmedqa", path=str(pubmedqa_test(tmp_path))), None, Rejects())
-    screen = Screen(DecontamConfig(), {"pubmedqa_test": evals}, drop=True)  # type: ignore[dict-item]
+    screen = Screen(DecontamConfig(), [("pubmedqa_test", evals)], drop=True)  # type: ignore[list-item]
     read = 0
     real = rows.iter_lines
 

@@ -136,16 +136,18 @@ def test_only_runs_the_named_variants_and_reports_them_with_the_base(done_study,
     calls = executed(monkeypatch)
     study(tiny_study(tiny_llama, done_study, only="lora-replay30"))
     # (an earlier test may have left its sweep stale) nothing of the other variant is run or reported
-    assert calls[-1] == "report" and all("lora-replay30" in c for c in calls[:-1]), calls
-    labels = [r["label"] for r in json.loads((done_study / "report" / "report.json").read_text())["rows"]]
+    assert calls[-1] == "parts/lora-replay30/report" and all("lora-replay30" in c for c in calls[:-1]), calls
+    part_report = done_study / "parts" / "lora-replay30" / "report" / "report.json"  # each part its own report
+    labels = [r["label"] for r in json.loads(part_report.read_text())["rows"]]
     assert "base" in labels and "lora-replay30" in labels and "lora" not in labels
     capsys.readouterr()
     study(tiny_study(tiny_llama, done_study, only="lora", dry_run=True))
     text = capsys.readouterr().out
     assert "train/lora " in text and "lora-replay30" not in text
+    n_before = len(calls)
     with pytest.raises(ConfigError, match=r"unknown variant\(s\) 'lora-x'.*variants are: lora, lora-replay30"):
         study(tiny_study(tiny_llama, done_study, only="lora,lora-x"))
-    assert calls[-1] == "report" and "report" not in calls[:-1]  # an unknown name runs nothing
+    assert calls[-1] == "parts/lora-replay30/report" and len(calls) == n_before  # an unknown name runs nothing
     cut = study_run.restricted(tiny_study(tiny_llama, done_study, only="lora", **{"averaging.variants": ["lora-replay30"]}))
     assert [v.name for v in cut.variants] == ["lora"] and cut.averaging.variants == [] and cut.swept == []
 
@@ -334,4 +336,4 @@ def test_sweeps_score_perplexity_as_the_study_evaluates_it(tiny_llama, tmp_path,
         pass  # the stub returns no scores; only the config it was given matters here
     assert seen and (seen[0].ppl_max_tokens, seen[0].ppl_stride) == (64, 32)
     # changing them re-scores the points (they are part of the points' key)
-    assert sweep_mod._key(scfg) != sweep_mod._key(scfg.model_copy(update={"ppl_max_tokens": 128}))
+    assert sweep_mod._key(scfg, "b", "t") != sweep_mod._key(scfg.model_copy(update={"ppl_max_tokens": 128}), "b", "t")

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -56,9 +57,12 @@ def write_text(path: str | Path, text: str) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno is not None and err.filename is None:
+            # a failed write or fsync names no file (ENOSPC, EDQUOT, EIO): say which one it was
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
 
 
@@ -70,6 +74,12 @@ def write_jsonl(path: str | Path, rows: list[Any]) -> None:
     write_text(path, "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows))
 
 
+STAGING_MARK = ".medtune-staging.json"
+"""In a staging directory while it is written: its writer's process id and host."""
+_OLD_STAGING_MARKS = (STAGING_MARK, ".medtune-build-pid")
+"""The marks that make a ``.tmp-*`` directory medtune's (the second: ``data build``'s earlier one, a bare pid)."""
+
+
 @contextlib.contextmanager
 def staging_dir(target: str | Path, kind: str) -> Iterator[Path]:
     """Yield a fresh temporary directory next to ``target``; on success mark it as a ``kind`` artifact
@@ -78,18 +88,22 @@ def staging_dir(target: str | Path, kind: str) -> Iterator[Path]:
     ``target`` is replaced only when :func:`medtune.outdir.check` allows it (it does not exist, is
     empty, or is a medtune ``kind`` artifact), checked before the block runs and again before the
     rename. The old directory is renamed aside before the new one takes its name and deleted after,
-    so no moment has a half-deleted ``target``. If the block raises (or the process dies) ``target``
-    is untouched and the partial directory is removed (or left as an ignorable ``.tmp-*`` name
-    after a hard kill).
+    so no moment has a half-deleted ``target``. If the block raises ``target`` is untouched and the
+    partial directory is removed. A process killed outright (SIGTERM, SIGKILL, a power cut) cannot
+    remove it: the staging directory carries its writer's pid (:data:`STAGING_MARK`), and the next
+    staging of the same ``target`` removes those whose writer is gone (:func:`remove_stale`).
     """
     from medtune import outdir
 
     target = Path(target)
     outdir.check(target, kind)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(target)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
     try:
+        write_json(tmp / STAGING_MARK, {"pid": os.getpid(), "host": socket.gethostname()})
         yield tmp
+        (tmp / STAGING_MARK).unlink(missing_ok=True)
         outdir.mark(tmp, kind)
         settle_modes(tmp)
         fsync_tree(tmp)  # libraries (safetensors, save_pretrained) write without fsync
@@ -103,9 +117,43 @@ def staging_dir(target: str | Path, kind: str) -> Iterator[Path]:
         else:
             os.replace(tmp, target)
             fsync_dir(target.parent)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and isinstance(err.filename, str) and Path(err.filename).is_relative_to(tmp):
+            # name the file as the user knows it (in target), not in the staging directory just removed
+            raise OSError(err.errno, err.strerror, str(target / Path(err.filename).relative_to(tmp))) from err
         raise
+
+
+def remove_stale(target: Path) -> None:
+    """Delete the staging directories of ``target`` left by writers that were killed: a ``.tmp-NAME-*``
+    directory next to it that holds medtune's mark, written on this host by a process that is gone.
+    A directory without the mark (not medtune's), of a live process, or of another host (on a shared
+    file system, where this host cannot tell whether its writer lives) is left alone."""
+    for d in target.parent.glob(f".tmp-{target.name}-*"):
+        writer = next((_writer(d / name) for name in _OLD_STAGING_MARKS if (d / name).is_file()), None)
+        if writer is None or writer[1] not in (None, socket.gethostname()):
+            continue
+        try:
+            os.kill(writer[0], 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, another user's
+
+
+def _writer(mark: Path) -> tuple[int, str | None] | None:
+    """(pid, host) from a staging mark (host None for the bare pid ``data build`` used to write)."""
+    try:
+        data = json.loads(mark.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(data, dict) and isinstance(data.get("host"), str):
+        pid, host = data.get("pid"), data["host"]
+    else:
+        pid, host = data, None
+    # 0 and negative numbers name process groups to os.kill, never one writer
+    return (pid, host) if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None
 
 
 def fsync_file(path: str | Path) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from medtune.config import ModelConfig, StrictModel
 
@@ -38,6 +38,14 @@ class ChatConfig(StrictModel):
     seed: int = 0
     """Seed for sampling (temperature > 0)."""
 
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_needs_adapter(cls, alpha: float, info: ValidationInfo) -> float:
+        """Runs only when alpha is given (defaults are not validated); adapter is declared before it."""
+        if info.data.get("adapter") is None:
+            raise ValueError("interpolates between the model and an adapter, so it needs adapter (--adapter DIR)")
+        return alpha
+
 
 def render_prompt(tokenizer: Any, turns: list[dict[str, str]], use_template: bool) -> str:
     """The text the model continues: the chat template if there is one (and it is wanted), else a plain
@@ -56,7 +64,8 @@ def load(cfg: ChatConfig) -> tuple[Any, Any]:
 
     resolved = models.resolve(cfg.model.spec, allow_pickle=cfg.model.allow_pickle)
     model = models.load_model(resolved, trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle)
-    model = models.load_with_adapter(model, cfg.adapter, allow_pickle=cfg.model.allow_pickle)
+    model = models.load_with_adapter(model, cfg.adapter, allow_pickle=cfg.model.allow_pickle, base=resolved,
+                                     allow_other_base=cfg.model.allow_other_base)
     if cfg.adapter is not None and cfg.alpha != 1.0:
         from medtune.merge.sources import LoraScaler
 
@@ -98,6 +107,8 @@ def chat(cfg: ChatConfig) -> list[dict[str, str]]:
         turns.append({"role": "assistant", "content": answer(model, tokenizer, cfg, turns)})
         return turns
     interactive = sys.stdin.isatty()
+    if hasattr(sys.stdin, "reconfigure"):  # a byte that is not UTF-8 becomes U+FFFD, not the end of the session
+        sys.stdin.reconfigure(errors="replace")
     if interactive:
         console.print(f"[bold]{what}[/] — ask a question; /reset forgets the conversation, /exit (or Ctrl-D) quits.")
     while True:

@@ -2,11 +2,14 @@
 
 Each command takes an optional CONFIG.yaml plus one option per config field (generated from the
 pydantic model, so the field's docstring is the ``--help`` text). Errors that medtune raises on
-purpose are printed without a traceback and exit with status 2.
+purpose, and a full or read-only disk (:data:`DISK_ERRORS`), are printed as one line without a
+traceback and exit with status 2; ``MEDTUNE_DEBUG=1`` shows the disk error's traceback.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -199,11 +202,35 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         sys.exit(130)
     except MedtuneError as exc:
-        from rich.console import Console
-        from rich.text import Text
+        _error(str(exc))
+    except OSError as exc:
+        message = disk_error(exc)
+        if message is None or os.environ.get("MEDTUNE_DEBUG"):
+            raise
+        _error(message)
 
-        Console(stderr=True, highlight=False).print(Text("error: ", style="bold red") + Text(str(exc)), soft_wrap=True)
-        sys.exit(2)
+
+DISK_ERRORS = {errno.ENOSPC: "cannot write", errno.EDQUOT: "cannot write", errno.EFBIG: "cannot write",
+               errno.EROFS: "cannot write", errno.EACCES: "cannot access", errno.EPERM: "cannot access"}
+"""OS errors that say the disk is full or not writable by this user -- a fact about the machine, not a
+defect of medtune or of its input -- and how their message begins. Any other OSError keeps its traceback."""
+
+
+def disk_error(exc: OSError) -> str | None:
+    """``cannot write PATH: No space left on device`` for a disk or permission error, else None."""
+    if exc.errno not in DISK_ERRORS:
+        return None
+    where = f" {exc.filename}" if exc.filename is not None else ""
+    return f"{DISK_ERRORS[exc.errno]}{where}: {exc.strerror or os.strerror(exc.errno)}"
+
+
+def _error(message: str) -> None:
+    """Print one ``error:`` line on stderr and exit with status 2."""
+    from rich.console import Console
+    from rich.text import Text
+
+    Console(stderr=True, highlight=False).print(Text("error: ", style="bold red") + Text(message), soft_wrap=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

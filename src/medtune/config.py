@@ -132,3 +132,6 @@ class ModelConfig(StrictModel):
     """Run Python code shipped with a Hub model. Off unless you trust the model's authors."""
     allow_pickle: bool = False
     """Allow pickled weights (.bin/.pt). Off by default: unpickling can run arbitrary code."""
+    allow_other_base: bool = False
+    """Apply a LoRA adapter on this model although the adapter's provenance says it was trained on a base
+    with other weights (warned about instead of refused): its deltas were learnt for those weights."""

@@ -5,22 +5,38 @@ unknown target module) and at worst silently: a rank that disagrees with the con
 modules the config does not target (peft skips them with a warning), give a model that is not the
 one trained — and ``medtune merge`` would write it out again under a fresh name. Every check here
 names the file (and the field or tensor) that is wrong.
+
+An adapter of the right shapes can still belong to another base (another checkpoint of the same
+architecture): :func:`check_base` compares the base it is applied on with the one its
+``medtune_base.json`` (written by ``medtune train``) or ``adapter_config.json`` names.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from medtune import atomic
 from medtune.errors import ModelError
 from medtune.finite import check_finite
+
+if TYPE_CHECKING:
+    from medtune.models import ResolvedModel
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PICKLED_FILE = "adapter_model.bin"
+BASE_FILE = "medtune_base.json"
+"""The base an adapter was trained on (:class:`BaseIdentity`), next to its weights."""
+OTHER_BASE_FLAG = "--model.allow-other-base (--base.allow-other-base for merge and sweep)"
 _LORA_PARTS = {"lora_A": 0, "lora_B": 1, "lora_embedding_A": 0, "lora_embedding_B": 1}
 """LoRA tensor kind -> the dimension that is the rank: A is (r, in), B is (out, r)."""
 
@@ -196,3 +212,141 @@ def _sizes(module: Any) -> tuple[int, int] | None:
     if hasattr(module, "num_embeddings"):
         return int(module.num_embeddings), int(module.embedding_dim)
     return None
+
+
+# ---------------------------------------------------------------- the base an adapter belongs to
+
+FINGERPRINT_1D_VALUES = 4096
+"""Values of a 1-D tensor (a norm, a bias) that go into :func:`weights_fingerprint`."""
+
+
+class OtherBaseWarning(UserWarning):
+    """An adapter is applied on a base other than the one it was trained on."""
+
+
+class BaseIdentity(BaseModel):
+    """``medtune_base.json``: the base an adapter was trained on, written by ``medtune train``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    spec: str
+    """The model spec as given (built-in name, directory, .gguf file or Hub id)."""
+    path: str
+    """Where the spec resolved to: a local directory (for GGUF, its safetensors cache), or the Hub id."""
+    weights: str | None = None
+    """:func:`weights_fingerprint` of the base; None when its weights could not be read (pickles, uncached Hub)."""
+
+    @classmethod
+    def of(cls, base: ResolvedModel) -> BaseIdentity:
+        return cls(spec=base.spec, path=base.path, weights=weights_fingerprint(base))
+
+    @classmethod
+    def load(cls, adapter_dir: str | Path) -> BaseIdentity | None:
+        """The record next to an adapter; None for an adapter from elsewhere (the Hub, another tool)."""
+        file = Path(adapter_dir) / BASE_FILE
+        if not file.is_file():
+            return None
+        try:
+            return cls.model_validate(json.loads(file.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValidationError) as err:
+            raise ModelError(f"{file}: unreadable record of the adapter's base ({type(err).__name__}: "
+                             f"{' '.join(str(err).split())})") from None
+
+    def save(self, adapter_dir: str | Path) -> None:
+        atomic.write_json(Path(adapter_dir) / BASE_FILE, self.model_dump(mode="json"))
+
+
+def weights_fingerprint(base: ResolvedModel) -> str | None:
+    """A sha256 over the first row of every weight tensor of a base (None without safetensors weights).
+
+    Hashing all of an 8B model's 16 GB takes minutes; its 291 tensors' first rows are a few MB, read
+    through safetensors' lazy slices, well under a second. Any other checkpoint of the architecture (a
+    fine-tune, another seed or size of training) differs in those rows. Tensors are taken by name, in
+    name order, and rounded to bf16, so a moved or copied directory, a resharded copy and a bf16 copy of
+    an fp32 base (or a GGUF cache rebuilt elsewhere) all count as the same base. A model differing
+    only beyond its first rows would pass; that is the price of a cheap check."""
+    files = _weight_files(base)
+    if not files:
+        return None
+    import torch
+    from safetensors import safe_open
+
+    rows: dict[str, tuple[list[int], Any]] = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as st:
+            for name in st.keys():  # noqa: SIM118 (safe_open is no mapping)
+                part = st.get_slice(name)
+                shape = list(part.get_shape())
+                head = st.get_tensor(name) if not shape else part[:FINGERPRINT_1D_VALUES] if len(shape) == 1 else part[:1]
+                rows[name] = (shape, head)
+    digest = hashlib.sha256()
+    for name in sorted(rows):
+        shape, head = rows[name]
+        digest.update(f"{name}|{shape}|".encode())
+        digest.update(head.to(torch.bfloat16).contiguous().view(torch.int16).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _weight_files(base: ResolvedModel) -> list[Path]:
+    """A base's safetensors files: those its index names, else every ``*.safetensors`` in its directory
+    (for a Hub model, its snapshot in the local cache)."""
+    folder: Path | None = Path(base.path)
+    if base.kind == "hub":
+        from huggingface_hub import try_to_load_from_cache
+
+        config = try_to_load_from_cache(base.path, "config.json")
+        folder = Path(config).parent if isinstance(config, str) else None
+    if folder is None or not folder.is_dir():
+        return []
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            return sorted({folder / f for f in json.loads(index.read_text())["weight_map"].values()})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass  # an unreadable index: every safetensors file there
+    return sorted(folder.glob("*.safetensors"))
+
+
+def check_base(adapter: Adapter, base: ResolvedModel, *, allow_other_base: bool = False) -> None:
+    """Refuse an adapter whose recorded base has other weights than ``base`` (unless allowed: then warn);
+    warn when only names can be compared and they differ.
+
+    A LoRA delta is learnt for its base's weights: on another checkpoint of the same shapes it loads
+    without complaint and gives a model nobody trained. When the record's fingerprint equals the base's,
+    paths do not matter (a moved directory, another GGUF cache). An adapter without a record (from the
+    Hub) names its base only in ``adapter_config.json``'s ``base_model_name_or_path``: a warning at most."""
+    record = BaseIdentity.load(adapter.path)
+    trained = _trained_names(record, adapter.config)
+    given = f"{base.spec}" + (f" ({base.path})" if base.path != base.spec else "")
+    if record is not None and record.weights is not None:
+        weights = weights_fingerprint(base)
+        if weights == record.weights:
+            return
+        if weights is not None:
+            said = f"{adapter.path}: trained on base {_shown(trained)}, but the base given, {given}, has other weights"
+            if not allow_other_base:
+                raise ModelError(f"{said}; the adapter's deltas were learnt for its own base. Pass {OTHER_BASE_FLAG} "
+                                 "to apply it anyway")
+            warnings.warn(OtherBaseWarning(f"{said}; applied anyway (allow_other_base)"), stacklevel=2)
+            return
+    if trained and not {_normal(n) for n in trained} & {_normal(base.spec), _normal(base.path)}:
+        warnings.warn(OtherBaseWarning(f"{adapter.path}: trained on base {_shown(trained)}, applied on {given}; "
+                                       "their weights could not be compared, so check that this is the same model"),
+                      stacklevel=2)
+
+
+def _trained_names(record: BaseIdentity | None, config: dict[str, Any]) -> list[str]:
+    """The names the adapter gives its base, record first: spec, resolved path, peft's ``base_model_name_or_path``."""
+    names = [record.spec, record.path] if record is not None else []
+    names.append(config.get("base_model_name_or_path") or "")
+    return list(dict.fromkeys(n for n in names if isinstance(n, str) and n))
+
+
+def _shown(names: list[str]) -> str:
+    return names[0] + (f" ({', '.join(names[1:])})" if names[1:] else "")
+
+
+def _normal(name: str) -> str:
+    """A name as compared: an existing path by its real location, anything else as written."""
+    path = os.path.expanduser(name)
+    return os.path.realpath(path) if os.path.exists(path) else name

@@ -271,25 +271,31 @@ def meta_model(resolved: ResolvedModel, *, trust_remote_code: bool = False) -> A
         raise ModelError(f"{resolved.spec}: cannot read the model's config: {err}") from None
 
 
-def check_adapter(model: Any, adapter_dir: str | Path, *, allow_pickle: bool = False) -> None:
+def check_adapter(model: Any, adapter_dir: str | Path, *, allow_pickle: bool = False, base: ResolvedModel | None = None,
+                  allow_other_base: bool = False) -> None:
     """Refuse a LoRA adapter that is broken or does not fit the model, naming the file and tensor.
 
     Checked before any scoring, merging or training: the config, the weights file, ranks, targets and
     finite values (:func:`medtune.lora_adapter.read_adapter`), then that every ``lora_A`` (r, in) /
-    ``lora_B`` (out, r) pair sits on a module of the model with those sizes.
+    ``lora_B`` (out, r) pair sits on a module of the model with those sizes, then (given ``base``, the
+    model's resolved spec) that the adapter was trained on it (:func:`medtune.lora_adapter.check_base`).
     """
     from medtune import lora_adapter
 
-    lora_adapter.check_fits(lora_adapter.read_adapter(adapter_dir, allow_pickle=allow_pickle), model)
+    adapter = lora_adapter.read_adapter(adapter_dir, allow_pickle=allow_pickle)
+    lora_adapter.check_fits(adapter, model)
+    if base is not None:
+        lora_adapter.check_base(adapter, base, allow_other_base=allow_other_base)
 
 
-def load_with_adapter(model: Any, adapter_dir: str | Path | None, *, allow_pickle: bool = False) -> Any:
+def load_with_adapter(model: Any, adapter_dir: str | Path | None, *, allow_pickle: bool = False,
+                      base: ResolvedModel | None = None, allow_other_base: bool = False) -> Any:
     """Wrap ``model`` with a LoRA adapter (after :func:`check_adapter`); returns ``model`` unchanged for None."""
     if adapter_dir is None:
         return model
     from peft import PeftModel
 
-    check_adapter(model, adapter_dir, allow_pickle=allow_pickle)
+    check_adapter(model, adapter_dir, allow_pickle=allow_pickle, base=base, allow_other_base=allow_other_base)
     wrapped = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
     wrapped.eval()
     return wrapped

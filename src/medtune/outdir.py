@@ -38,8 +38,9 @@ STEP_FILE = ".medtune-step.json"
 _BOOKKEEPING = {LOCK}
 """Entries that do not make a directory non-empty (a lock file is left behind on purpose)."""
 _STEP_KINDS = {"eval": "eval", "eval-gen": "eval", "train": "train", "sweep": "sweep", "merge": "merge",
-               "report": "report"}
-"""First part of a study step's name -> the kind of artifact its directory holds."""
+               "report": "report", "parts": "report"}
+"""First part of a study step's name -> the kind of artifact its directory holds (``parts/A,B/report``:
+the report of the part that ran variants A and B)."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -108,3 +108,5 @@ class StudyResults(_Record):
     mix: dict[str, MixSummary] = Field(default_factory=dict)
     steps: list[StepTime] = Field(default_factory=list)
     commands: list[str] = Field(default_factory=list)
+    stale: list[str] = Field(default_factory=list)
+    """Steps left out because their settings or inputs changed since they ran (``--report-only``)."""

@@ -12,7 +12,6 @@ one shard buffer at a time; ``prepare(cfg)`` applies the same plan in memory and
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from medtune.config import StrictModel
 from medtune.data.decontam import DecontamConfig, DecontamReport
@@ -32,8 +31,9 @@ from medtune.data.reading import Loaded, SourceStats, load
 from medtune.data.registry import CHAT_ADAPTERS, QA_ADAPTERS, TEXT_ADAPTERS
 from medtune.data.rejects import Rejects
 from medtune.data.shards import Blocks, ShardWriter, write_plan
-from medtune.data.spec import SourceConfig
+from medtune.data.spec import Placed, SourceConfig, unique_names
 from medtune.data.tokens import TokenCache
+from medtune.errors import ConfigError
 
 SHARDS = "shards"
 """Sub-directory of a build holding the packed shards (layout: medtune.data.shards)."""
@@ -109,8 +109,36 @@ class DataConfig(StrictModel):
                                  f"(valid: {', '.join(sorted(TEXT_ADAPTERS))})")
         return sources
 
+    @model_validator(mode="after")
+    def _distinct_names(self) -> "DataConfig":
+        try:
+            self.source_names(strict=True)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+        return self
+
+    def _placed(self, role: Literal["train", "replay", "eval"]) -> list[Placed]:
+        return [(f"{role} {i}", src) for i, src in enumerate(getattr(self, role))]
+
+    def source_names(self, *, strict: bool = False) -> SourceNames:
+        """Each source's distinct name (:func:`medtune.data.spec.unique_names`). Training and replay
+        sources share one set of names (they are mixed and packed together); eval sources have their
+        own, so a held-out fold and the training rest of one file may both keep the adapter's name."""
+        mixed = unique_names(self._placed("train") + self._placed("replay"), strict=strict)
+        return SourceNames(train=mixed[: len(self.train)], replay=mixed[len(self.train):],
+                           eval=unique_names(self._placed("eval"), strict=strict))
+
     def root(self) -> Path:
         return (Path(self.base_dir or ".") / self.data_root).resolve()
+
+
+@dataclass(frozen=True)
+class SourceNames:
+    """The names the sources of a :class:`DataConfig` go by, in config order, per role."""
+
+    train: list[str]
+    replay: list[str]
+    eval: list[str]
 
 
 @dataclass
@@ -255,7 +283,8 @@ def build_command(cfg: DataConfig) -> Path:
     """Write the packed blocks as memory-mapped shards, with their manifest, config, templates and rejects.
 
     Everything is written into a staging directory renamed into place at the end, so a killed build
-    leaves the previous output as it was; its leftovers are removed by the next build of ``out``.
+    leaves the previous output as it was; its leftovers are removed by the next build of ``out``
+    (:func:`medtune.atomic.staging_dir` does both).
     """
     from rich.console import Console
 
@@ -267,16 +296,14 @@ def build_command(cfg: DataConfig) -> Path:
     outdir.check(cfg.out, "data")  # before the work: refuse an --out medtune may not replace
     tokenizer = models.load_tokenizer(cfg.tokenizer)
     out = Path(cfg.out)
-    remove_stale_builds(out)
     with atomic.staging_dir(out, "data") as tmp:
-        mark_build(tmp)
         loaded = load(cfg, tokenizer, tmp / "cache")
         if not any(loaded.domain.values()):
-            from medtune.errors import ConfigError
-
             raise ConfigError("data build: no training items left (add 'train' sources, or check the leakage guard)")
         console.print("mixing and packing ...")
         plan = mix_plan(loaded.lengths(), loaded.groups(), cfg.general_share, cfg.mix_strategy, cfg.seed, cfg.temperature)
+        for w in plan.report.warnings:
+            console.print(f"[yellow]warning[/]: {w}")
         packing = _write_shards(cfg, tokenizer, loaded, plan, tmp / SHARDS)
         shutil.rmtree(tmp / "cache", ignore_errors=True)
         atomic.write_json(tmp / "manifest.json",
@@ -285,7 +312,6 @@ def build_command(cfg: DataConfig) -> Path:
         atomic.write_text(tmp / "config.yaml", dump_config(cfg))
         atomic.write_json(tmp / "templates.json", template_provenance(get_train_template(cfg.template)))
         loaded.rejects.write(tmp / "rejects.jsonl")
-        (tmp / BUILD_MARK).unlink()
     console.print(f"wrote {packing['blocks']:,} blocks of {cfg.block_size} tokens in {packing['shards']} shard(s) to {out} "
                   f"(general share {packing['general_share']:.1%}; rejected rows: {len(loaded.rejects)})")
     return out
@@ -294,30 +320,6 @@ def build_command(cfg: DataConfig) -> Path:
 def open_blocks(out: str | Path) -> Blocks:
     """The packed blocks of the build in ``out``, memory-mapped."""
     return Blocks(Path(out) / SHARDS)
-
-
-BUILD_MARK = ".medtune-build-pid"
-"""In a staging directory while its build runs: the builder's process id."""
-
-
-def mark_build(tmp: Path) -> None:
-    (tmp / BUILD_MARK).write_text(str(os.getpid()))
-
-
-def remove_stale_builds(out: Path) -> None:
-    """Delete staging directories of ``out`` left by killed builds (their process is gone); a build
-    still running (its process alive) is left alone."""
-    for d in out.parent.glob(f".tmp-{out.name}-*"):
-        try:
-            pid = int((d / BUILD_MARK).read_text())
-        except (OSError, ValueError):
-            continue  # not a build staging directory of ours, or already finished
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(d, ignore_errors=True)
-        except PermissionError:
-            pass  # alive, another user's
 
 
 def _provenance() -> dict[str, Any]:

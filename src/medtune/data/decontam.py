@@ -16,7 +16,7 @@ with the replay reading, so a corpus of any size is checked at the memory of one
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -122,11 +122,12 @@ def eval_texts(record: QARecord) -> list[str]:
 class Screen:
     """The hashed n-gram index of the evaluation splits, and the check of training documents against it."""
 
-    def __init__(self, cfg: DecontamConfig, eval_sets: Mapping[str, Sequence[QARecord]], drop: bool):
+    def __init__(self, cfg: DecontamConfig, eval_sets: Iterable[tuple[str, Sequence[QARecord]]], drop: bool):
+        """``eval_sets``: (name, records) pairs, every split the build guards."""
         self.cfg, self.drop = cfg, drop
         self.items: list[tuple[str, str]] = []  # owner -> (eval set, eval id)
         keys, owners = [], []
-        for name, records in eval_sets.items():
+        for name, records in eval_sets:
             for rec in records:
                 for text in eval_texts(rec):
                     g = ngram_hashes(_word_hashes(words(text)), cfg.ngram)

@@ -9,7 +9,8 @@ A training item leaks into an eval set when
 * ``normalized``: the questions are equal after :func:`normalize_text` (case, Unicode form,
   punctuation, whitespace).
 
-Every eval set is indexed once into hash sets, so the check is O(train + eval).
+Every eval set is indexed once into hash sets, so the check is O(train + eval). Eval sets are
+given as (name, records) pairs (or a mapping): each set is checked, even two under one name.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ LeakKind = Literal["id", "exact", "normalized"]
 
 ID_KEYED_DATASETS = frozenset({"pubmedqa", "medmcqa"})
 """Dataset families whose record ids identify the item (PMID, MedMCQA uuid), so equal ids leak."""
+
+EvalSets = Mapping[str, Sequence[QARecord]] | Sequence[tuple[str, Sequence[QARecord]]]
+"""Named eval sets: a mapping, or (name, records) pairs, which cannot lose a set to a repeated name."""
 
 MAX_EXAMPLES = 5
 """How many leaking ids a :class:`LeakageError` shows."""
@@ -49,7 +53,7 @@ class GuardReport:
     dropped: list[Leak]
     """One entry per (training item, eval set) pair that matched."""
     counts: dict[str, int] = field(default_factory=dict)
-    """Per eval set: how many training items leak into it (0 for clean sets)."""
+    """Per eval set name: how many training items leak into it (0 for clean sets; sets sharing a name add up)."""
     n_dropped: int = 0
     """Distinct training items dropped (an item leaking into two sets counts once)."""
 
@@ -104,26 +108,30 @@ def _match(r: QARecord, norm: str, index: _Index) -> tuple[str, LeakKind] | None
     return None
 
 
-def _scan(train: Sequence[QARecord], eval_sets: Mapping[str, Sequence[QARecord]]) -> list[tuple[int, Leak]]:
+def _pairs(eval_sets: EvalSets) -> list[tuple[str, Sequence[QARecord]]]:
+    return list(eval_sets.items()) if isinstance(eval_sets, Mapping) else list(eval_sets)
+
+
+def _scan(train: Sequence[QARecord], eval_sets: EvalSets) -> list[tuple[int, Leak]]:
     """(position in ``train``, leak) pairs; positions, not ids, say which records to drop."""
-    indexes = {name: _index(records) for name, records in eval_sets.items()}
+    indexes = [(name, _index(records)) for name, records in _pairs(eval_sets)]
     found: list[tuple[int, Leak]] = []
     for i, r in enumerate(train):
         norm = normalize_text(r.question)
-        for name, index in indexes.items():
+        for name, index in indexes:
             hit = _match(r, norm, index)
             if hit is not None:
                 found.append((i, Leak(train_id=r.id, eval_set=name, eval_id=hit[0], how=hit[1])))
     return found
 
 
-def find_leaks(train: Sequence[QARecord], eval_sets: Mapping[str, Sequence[QARecord]]) -> list[Leak]:
+def find_leaks(train: Sequence[QARecord], eval_sets: EvalSets) -> list[Leak]:
     """Every (training item, eval set) overlap, in training order, then eval-set order."""
     return [leak for _, leak in _scan(train, eval_sets)]
 
 
-def _counts(leaks: Sequence[Leak], eval_sets: Mapping[str, object]) -> dict[str, int]:
-    counts = dict.fromkeys(eval_sets, 0)
+def _counts(leaks: Sequence[Leak], eval_sets: EvalSets) -> dict[str, int]:
+    counts = dict.fromkeys((name for name, _ in _pairs(eval_sets)), 0)
     for leak in leaks:
         counts[leak.eval_set] += 1
     return counts
@@ -140,7 +148,7 @@ def leak_message(leaks: Sequence[Leak], counts: Mapping[str, int], n_items: int)
             "or pass --drop-leaked.")
 
 
-def guard(train: Sequence[QARecord], eval_sets: Mapping[str, Sequence[QARecord]], drop: bool) -> GuardReport:
+def guard(train: Sequence[QARecord], eval_sets: EvalSets, drop: bool) -> GuardReport:
     """Refuse (``drop=False``: raise :class:`LeakageError`) or drop leaking training items.
 
     Without leaks both modes return every training record and zero counts.

@@ -19,6 +19,9 @@ Strategies (:data:`STRATEGIES`):
 
 A source's last document is cut when needed to hit its allocation exactly; the cut-off tokens are
 reported in ``cut_tokens``. Fixed and temperature mixes are shuffled with ``seed``.
+
+The report's ``warnings`` also name a general source repeated more than :data:`REPLAY_EPOCHS_WARN`
+times, and general sources left unused because the share asks for no general tokens.
 """
 
 from __future__ import annotations
@@ -31,6 +34,14 @@ from typing import Literal
 import numpy as np
 
 from medtune.errors import MedtuneError
+
+REPLAY_EPOCHS_WARN = 10.0
+"""A general source repeated more than this many times (``epochs``) is warned about. Repeated tokens
+are worth less than fresh ones and soon worth little (Muennighoff et al., 2023, "Scaling
+Data-Constrained Language Models": about 4 epochs are nearly as good as new data, returns fall off
+fast beyond that), and a small text repeated hundreds of times is memorised rather than replayed; 10
+leaves room for ordinary up-sampling of a modest replay set while catching a share that a tiny source
+cannot honestly fill."""
 
 Group = Literal["domain", "general"]
 GROUPS: tuple[Group, ...] = ("domain", "general")
@@ -281,7 +292,9 @@ def mix_plan(lengths: Lengths, groups: Mapping[str, str], general_share: float, 
     if strategy != "concat":
         perm = rng.permutation(len(doc))
         source, doc, length = source[perm], doc[perm], length[perm]
-    return MixPlan(names, source, doc, length, _report(lengths, groups, taken, strategy, seed, general_share, warnings))
+    report = _report(lengths, groups, taken, strategy, seed, general_share, warnings)
+    report.warnings += replay_warnings(report, groups, budget)
+    return MixPlan(names, source, doc, length, report)
 
 
 def mix(docs_by_source: Mapping[str, Sequence[Doc]], groups: Mapping[str, str], general_share: float,
@@ -296,6 +309,20 @@ def mix(docs_by_source: Mapping[str, Sequence[Doc]], groups: Mapping[str, str], 
         d = docs_by_source[plan.sources[s]][i]
         out.append(d if n == len(d.tokens) else replace(d, tokens=list(d.tokens[:n])))
     return MixResult(out, plan.report)
+
+
+def replay_warnings(report: MixReport, groups: Mapping[str, str], budget: int) -> list[str]:
+    """General sources given but unused (a budget of 0 general tokens), or repeated more than
+    :data:`REPLAY_EPOCHS_WARN` times to fill the budget."""
+    general = [s for s in report.available_tokens if groups[s] == "general" and report.available_tokens[s] > 0]
+    if general and budget == 0:
+        return [f"general_share {report.general_share_target} asks for no general tokens, so replay source(s) "
+                f"{', '.join(general)} ({sum(report.available_tokens[s] for s in general)} tokens) are not used; "
+                "raise general_share to mix them in, or leave them out"]
+    return [f"replay source {s} is repeated {report.epochs[s]:.1f} times (epochs; the warning threshold is "
+            f"{REPLAY_EPOCHS_WARN:g}) to fill general_share {report.general_share_target}: its "
+            f"{report.available_tokens[s]} tokens are memorised rather than replayed; add general text or lower general_share"
+            for s in general if report.epochs[s] > REPLAY_EPOCHS_WARN]
 
 
 def _report(lengths: Lengths, groups: Mapping[str, str], taken: Mapping[str, _Taken],

@@ -119,9 +119,10 @@ def _text_batches(docs: Iterator[Any], room: Callable[[], int | None]) -> Iterat
 
 
 def stream_replay(src: SourceConfig, root: Path, rejects: Rejects, tokenizer: Any, path: Path, bar: Any,
-                  screen: Screen | None = None) -> TokenCache:
+                  screen: Screen | None = None, name: str | None = None) -> TokenCache:
     """Read, tokenize and cache one replay source; stops at ``src.max_tokens`` (and ``src.limit``).
-    Each batch is checked against the evaluation splits by ``screen`` (decontamination) before it is
+    Each batch is checked against the evaluation splits by ``screen`` (decontamination, reported under
+    ``name``, the source's unique name, by default its label) before it is
     tokenized, so a dropped document costs no tokens of the cap.
 
     Batch ``k + 1`` is tokenized in a background thread (the Rust encoder releases the GIL and uses
@@ -142,7 +143,7 @@ def stream_replay(src: SourceConfig, root: Path, rejects: Rejects, tokenizer: An
             docs = next(batches, None)
             if docs is None:
                 break
-            texts = [d.text for d in (screen.check(src.label, docs) if screen is not None else docs)]
+            texts = [d.text for d in (screen.check(name or src.label, docs) if screen is not None else docs)]
             if not texts:
                 continue
             submitted = pool.submit(encodings, tokenizer, texts)
@@ -153,7 +154,7 @@ def stream_replay(src: SourceConfig, root: Path, rejects: Rejects, tokenizer: An
             ahead.take(bar)
     cache = writer.close()
     if screen is not None:
-        screen.raise_if_found(src.label)
+        screen.raise_if_found(name or src.label)
     if len(cache.lengths) == 0:  # as load_source: an empty replay source would silently replay nothing
         raise no_items(src, resolve_path(src, root), len(rejects) - rejected)
     return cache
@@ -215,51 +216,53 @@ def load(cfg: DataConfig, tokenizer: Any, cache_dir: Path) -> Loaded:
     template = get_train_template(cfg.template)
     stats: list[SourceStats] = []
 
-    def describe(role: str, src: SourceConfig, items: int, tokens: int, labels: dict[str, int]) -> None:
+    names = cfg.source_names()
+
+    def describe(role: str, src: SourceConfig, name: str, items: int, tokens: int, labels: dict[str, int]) -> None:
         path = _location(src, root)
-        stats.append(SourceStats(role, src.label, src.adapter, str(path) if path else f"hub:{src.hub}", items,  # type: ignore[arg-type]
+        stats.append(SourceStats(role, name, src.adapter, str(path) if path else f"hub:{src.hub}", items,  # type: ignore[arg-type]
                                  tokens, labels, _sha256(path) if path else None))
 
-    eval_sets: dict[str, list[QARecord]] = {}
-    for src in cfg.eval:
-        recs = eval_sets[src.label] = load_source(src, root, rejects)  # type: ignore[assignment]
+    # (name, records) pairs, not a dict: every eval set is guarded, whatever it is called
+    eval_sets: list[tuple[str, list[QARecord]]] = []
+    for name, src in zip(names.eval, cfg.eval):
+        recs: list[QARecord] = load_source(src, root, rejects)  # type: ignore[assignment]
+        eval_sets.append((name, recs))
         # Tokens of the zero-shot evaluation prompt: what scoring the split costs.
-        describe("eval", src, len(recs), sum(map(len, _tokenize(tokenizer, [eval_prompt(r).context for r in recs]))),
-                 label_counts(recs))
+        describe("eval", src, name, len(recs),
+                 sum(map(len, _tokenize(tokenizer, [eval_prompt(r).context for r in recs]))), label_counts(recs))
 
-    train_by_source: dict[str, list[QARecord]] = {src.label: load_source(src, root, rejects) for src in cfg.train}  # type: ignore[misc]
-    report = guard([r for recs in train_by_source.values() for r in recs if isinstance(r, QARecord)], eval_sets,
-                   drop=cfg.drop_leaked)
+    train_records: list[list[QARecord]] = [load_source(src, root, rejects) for src in cfg.train]  # type: ignore[misc]
+    report = guard([r for recs in train_records for r in recs if isinstance(r, QARecord)], eval_sets, drop=cfg.drop_leaked)
     if any(src.adapter in CHAT_ADAPTERS for src in cfg.train):
         check_template(tokenizer, cfg.chat_template)
     kept_ids = {id(r) for r in report.kept}
     screen = Screen(cfg.decontamination, eval_sets, drop=cfg.drop_leaked) \
         if cfg.decontamination.enabled and eval_sets else None
     domain: dict[str, list[Doc]] = {}
-    for src in cfg.train:
+    for name, src, all_recs in zip(names.train, cfg.train, train_records):
         chat = src.adapter in CHAT_ADAPTERS  # conversations: one document per assistant turn, no answer labels
-        recs = [r for r in train_by_source[src.label] if chat or id(r) in kept_ids]
+        recs = [r for r in all_recs if chat or id(r) in kept_ids]
         texts = train_texts(recs, tokenizer) if chat else [training_text(r, template) for r in recs]  # type: ignore[arg-type]
         if screen is not None:  # a training item that quotes an evaluation item (beyond its question string)
-            clean = {id(t) for t in screen.check_all(src.label, texts)}
+            clean = {id(t) for t in screen.check_all(name, texts)}
             recs = recs if chat else [r for r, t in zip(recs, texts) if id(t) in clean]
             texts = [t for t in texts if id(t) in clean]
-            screen.raise_if_found(src.label)
+            screen.raise_if_found(name)
         # Prompt and answer are tokenized apart (the answer starts with a space, a natural token
         # boundary) so answer-only loss knows where the answer begins.
         prompts = _tokenize(tokenizer, [t.prompt for t in texts])
         answers = _tokenize(tokenizer, [t.answer for t in texts])
-        domain[src.label] = [Doc(src.label, "domain", p + a, t.id, answer_start=len(p))
-                             for t, p, a in zip(texts, prompts, answers)]
-        describe("train", src, len(texts) if chat else len(recs), sum(len(d.tokens) for d in domain[src.label]),
+        domain[name] = [Doc(name, "domain", p + a, t.id, answer_start=len(p)) for t, p, a in zip(texts, prompts, answers)]
+        describe("train", src, name, len(texts) if chat else len(recs), sum(len(d.tokens) for d in domain[name]),
                  {} if chat else label_counts(recs))
 
     general: dict[str, TokenCache] = {}
     caps = [s.max_tokens for s in cfg.replay]
     with tqdm(total=sum(caps) if caps and None not in caps else None, desc="replay tokens", unit="tok",  # type: ignore[arg-type]
               unit_scale=True, disable=None, dynamic_ncols=True) as bar:
-        for i, src in enumerate(cfg.replay):
-            cache = general[src.label] = stream_replay(src, root, rejects, tokenizer, cache_dir / f"{i:03d}.ids", bar,
-                                                       screen)
-            describe("replay", src, len(cache.lengths), int(cache.offsets[-1]), {})
+        for i, (name, src) in enumerate(zip(names.replay, cfg.replay)):
+            cache = general[name] = stream_replay(src, root, rejects, tokenizer, cache_dir / f"{i:03d}.ids", bar,
+                                                  screen, name)
+            describe("replay", src, name, len(cache.lengths), int(cache.offsets[-1]), {})
     return Loaded(stats, report, rejects, domain, general, screen.report if screen is not None else None)

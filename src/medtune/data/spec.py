@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import PurePath
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from medtune.config import StrictModel
 from medtune.data.fields import QAFields
+from medtune.errors import ConfigError
 
 
 class FoldConfig(StrictModel):
@@ -33,7 +36,8 @@ class SourceConfig(StrictModel):
     adapter: str
     """Adapter that reads the source; one of the names in medtune.data.registry.ADAPTERS."""
     name: str | None = None
-    """Label used in reports, mixes and stats (defaults to the adapter name plus split)."""
+    """Label used in reports, mixes and stats (defaults to the adapter name plus split; unnamed sources
+    that would share that default are told apart by their file or Hub id, see unique_names)."""
     path: str | None = None
     """Local file (or directory, for MMLU CSVs) in the source's official format. Relative paths
     resolve against the config's data_root."""
@@ -110,6 +114,94 @@ class SourceConfig(StrictModel):
 
     @property
     def label(self) -> str:
+        """``name``, else the default name: the adapter plus split. Unnamed sources may share it; the
+        name a source has among others is :func:`unique_names`'."""
         if self.name:
             return self.name
         return self.adapter + (f"_{self.split}" if self.split else "")
+
+    @property
+    def location(self) -> str:
+        """Where the source is, as written: its path, or ``hub:`` and its Hub id."""
+        return self.path if self.path is not None else f"hub:{self.hub}"
+
+
+Placed = tuple[str, SourceConfig]
+"""A source and where it is in its config, e.g. ``("train 1", src)``: what an error names."""
+
+
+def _parts(src: SourceConfig) -> list[str]:
+    """The source's location as name parts, outermost first: folders and file stem, or Hub id and config."""
+    if src.path is not None:
+        path = PurePath(src.path)
+        parts = [p for p in path.parts if p not in (path.anchor, "..", "~")]
+        if parts:
+            parts[-1] = PurePath(parts[-1]).stem or parts[-1]
+    else:
+        parts = str(src.hub).split("/") + ([src.hub_config] if src.hub_config else [])
+    return [p for p in parts if p] or ["source"]
+
+
+def _tail(parts: list[str], k: int) -> str:
+    return "_".join(parts[-k:])
+
+
+def _derived(label: str, sources: Sequence[SourceConfig]) -> list[str]:
+    """Names for unnamed sources sharing the default ``label``: the label plus the shortest end of each
+    location (file stem, then the folders above it) that no source elsewhere shares; sources at the
+    same location (read with different settings) are numbered in order (``_1``, ``_2``)."""
+    parts = [_parts(s) for s in sources]
+    out = []
+    for j, p in enumerate(parts):
+        k = next((k for k in range(1, len(p)) if all(q == p for q in parts if _tail(q, k) == _tail(p, k))), len(p))
+        same = [i for i, q in enumerate(parts) if q == p]
+        out.append(f"{label}_{_tail(p, k)}" + (f"_{same.index(j) + 1}" if len(same) > 1 else ""))
+    return out
+
+
+def _clash(name: str, first: Placed, second: Placed, how: str) -> ConfigError:
+    return ConfigError(f"source name {name!r} is given to {first[0]} ({first[1].location}) and {how} "
+                       f"{second[0]} ({second[1].location}); give each source its own 'name'")
+
+
+def unique_names(placed: Sequence[Placed], *, strict: bool = False) -> list[str]:
+    """Each source's distinct name, in order: what reports, mixes, packed blocks and the leakage guard
+    key it by (a repeated name would merge or overwrite two sources).
+
+    A ``name`` given twice is refused, naming both sources. An unnamed source keeps its default name
+    (:attr:`SourceConfig.label`) unless another source has it too; then it is named after its location
+    (:func:`_derived`). ``strict`` (config validation) also refuses a ``name`` equal to an unnamed
+    source's default or derived name, which is likely a mistake; without it that source is renamed, so
+    sources added to a validated config (the study's eval splits) never fail on their names.
+    """
+    given: dict[str, Placed] = {}
+    for where, src in placed:
+        if src.name:
+            if src.name in given:
+                raise _clash(src.name, given[src.name], (where, src), "to")
+            given[src.name] = (where, src)
+    unnamed: dict[str, list[int]] = {}
+    for i, (_, src) in enumerate(placed):
+        if not src.name:
+            unnamed.setdefault(src.label, []).append(i)
+    if strict:
+        for label, members in unnamed.items():
+            if label in given:
+                raise _clash(label, given[label], placed[members[0]], "is the default name (adapter plus split) of")
+    names = [src.name or "" for _, src in placed]
+    keep = {label: m[0] for label, m in unnamed.items() if len(m) == 1 and label not in given}
+    taken = set(given) | set(keep)
+    for i in keep.values():
+        names[i] = placed[i][1].label
+    for label, members in unnamed.items():
+        if label in keep:
+            continue
+        for i, name in zip(members, _derived(label, [placed[i][1] for i in members])):
+            if strict and name in given:
+                raise _clash(name, given[name], placed[i], "is the name derived from the location of")
+            n, free = 2, name
+            while free in taken:  # the derived name is some other source's name
+                free, n = f"{name}_{n}", n + 1
+            names[i] = free
+            taken.add(free)
+    return names

@@ -4,7 +4,7 @@ Why not ``tokenizer(texts)``: it builds a Python ``BatchEncoding`` of lists (att
 for every batch, which is most of its cost. The fast tokenizer's own batch encoder
 (``backend_tokenizer.encode_batch_fast``) runs on all cores in Rust threads and gives the same ids;
 we turn them into one flat numpy array per batch at once. On the 2-core machine this is 2.4x
-``tokenizer(texts)`` in one thread (see docs/benchmarks.md). ``TOKENIZERS_PARALLELISM=false`` in the
+``tokenizer(texts)`` in one thread (see bench/JOURNAL.md §5). ``TOKENIZERS_PARALLELISM=false`` in the
 environment is respected (one thread).
 
 A replay source of any size is tokenized batch by batch into a :class:`TokenCache` (ids back to back

@@ -57,10 +57,19 @@ def extract_answer(output: str, record: QARecord, scores_letters: bool) -> int |
     return None
 
 
+def encode_prompt(tokenizer: Any, text: str, *, templated: bool) -> list[int]:
+    """Token ids of a prompt. Text a chat template wrote already holds the special tokens the model
+    expects (Llama-3's starts with ``<|begin_of_text|>``), so it is encoded without the tokenizer's own,
+    which would be a second BOS; plain text gets the tokenizer's special tokens, as lm-eval encodes it.
+    (``medtune chat`` encodes its templated turns by the same rule.)"""
+    return tokenizer.encode(text, add_special_tokens=not templated)
+
+
 @torch.inference_mode()
 def greedy_outputs(model: Any, tokenizer: Any, contexts: Sequence[str], *, max_new_tokens: int, batch_size: int = 8,
-                   progress: bool = True, desc: str = "generating") -> list[str]:
-    """Greedy continuations, batched with left padding, stopping at EOS or a blank line."""
+                   progress: bool = True, desc: str = "generating", templated: bool = False) -> list[str]:
+    """Greedy continuations, batched with left padding, stopping at EOS or a blank line. ``templated``:
+    the contexts are chat-template text (see :func:`encode_prompt`)."""
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
@@ -70,7 +79,7 @@ def greedy_outputs(model: Any, tokenizer: Any, contexts: Sequence[str], *, max_n
     bar = tqdm(total=len(contexts), desc=desc, unit="item", disable=not progress, dynamic_ncols=True)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        enc = [tokenizer.encode(contexts[i]) for i in idx]
+        enc = [encode_prompt(tokenizer, contexts[i], templated=templated) for i in idx]
         width = max(map(len, enc))
         ids = torch.full((len(enc), width), pad, dtype=torch.long)
         mask = torch.zeros((len(enc), width), dtype=torch.long)

@@ -32,6 +32,11 @@ class PerplexityResult:
         return math.exp(self.nll_sum / self.tokens) if self.tokens else math.nan
 
 
+def scored_tokens(n_ids: int) -> int:
+    """How many tokens a stream of ``n_ids`` tokens scores: all but the first, which has no context."""
+    return max(n_ids - 1, 0)
+
+
 def token_stream(tokenizer: Any, texts: Sequence[str], max_tokens: int | None = None) -> list[int]:
     ids: list[int] = tokenizer.encode("\n\n".join(texts))
     return ids[:max_tokens] if max_tokens else ids

@@ -57,7 +57,8 @@ class EvalConfig(StrictModel):
     fewshot: int = Field(0, ge=0)
     """Few-shot exemplars per prompt: the first k items of the task's exemplar split, the same for every question."""
     token_budget: int = Field(4096, ge=64)
-    """Tokens per scoring batch (padded context length x choices x items)."""
+    """Tokens per scoring batch: rows x the padded length of what each item adds beyond the prefix all of a
+    task's prompts share (few-shot exemplars: run once, its cache held once for every row)."""
     ppl_window: int = Field(1024, ge=16)
     """Perplexity: tokens per sliding window."""
     ppl_stride: int = Field(512, ge=1)
@@ -133,6 +134,13 @@ def _load(task: Task, cfg: EvalConfig, fewshot: bool = False) -> list[Any]:
     return load_source(src, Path(cfg.data_root), Rejects())
 
 
+def _ppl_sources(task: Task, cfg: EvalConfig) -> list[SourceConfig]:
+    """A perplexity task's sources: its own, or the one ``task_sources`` gives it."""
+    if task.name in cfg.task_sources:
+        return [cfg.task_sources[task.name]]
+    return [SourceConfig.model_validate(s) for s in (task.source, *task.extra_sources)]
+
+
 def _ppl_docs(task: Task, cfg: EvalConfig) -> list[tuple[str, str]]:
     """(id, text) of a perplexity task's documents: its sources' documents interleaved (one of each in turn), so
     a token limit keeps every source; a ``task_sources`` entry replaces all of them. A QA record's text is its
@@ -140,12 +148,8 @@ def _ppl_docs(task: Task, cfg: EvalConfig) -> list[tuple[str, str]]:
     from medtune.data.registry import load_source
     from medtune.data.rejects import Rejects
 
-    if task.name in cfg.task_sources:
-        sources = [cfg.task_sources[task.name]]
-    else:
-        sources = [SourceConfig.model_validate(s) for s in (task.source, *task.extra_sources)]
     per_source = []
-    for src in sources:
+    for src in _ppl_sources(task, cfg):
         docs = []
         for d in load_source(src, Path(cfg.data_root), Rejects()):
             if hasattr(d, "text"):  # a text document as it is
@@ -214,12 +218,14 @@ def _gen_task(task: Task, cfg: EvalConfig, tokenizer: Any, model: Any) -> tuple[
     records = _load(task, cfg)[: cfg.limit]
     shots = _load(task, cfg, fewshot=True)[: cfg.fewshot] if cfg.fewshot else []
     contexts = [eval_prompt(r, template, fewshot=shots).context for r in records]
-    if cfg.chat_template is True or (isinstance(cfg.chat_template, list) and task.name in cfg.chat_template):
+    templated = cfg.chat_template is True or (isinstance(cfg.chat_template, list) and task.name in cfg.chat_template)
+    if templated:
         contexts = [tokenizer.apply_chat_template([{"role": "user", "content": c}], add_generation_prompt=True, tokenize=False)
                     for c in contexts]
     started = time.perf_counter()
     outputs = parallel_map(contexts, lambda cs: greedy_outputs(model, tokenizer, cs, max_new_tokens=cfg.max_new_tokens,
-                                                               batch_size=cfg.gen_batch_size, progress=cfg.progress, desc=task.name))
+                                                               batch_size=cfg.gen_batch_size, progress=cfg.progress,
+                                                               desc=task.name, templated=templated))
     seconds = time.perf_counter() - started
     preds = [extract_answer(o, r, (template or template_for(r)).choices == "labels") for o, r in zip(outputs, records)]
     correct = [float(p == r.answer) for p, r in zip(preds, records)]
@@ -239,11 +245,13 @@ def _ppl_task(task: Task, cfg: EvalConfig, tokenizer: Any, model: Any) -> tuple[
     import numpy as np
 
     from medtune.evaluate import metrics
-    from medtune.evaluate.perplexity import document_nll, sliding_window_nll, token_documents, token_stream
+    from medtune.evaluate.perplexity import document_nll, scored_tokens, sliding_window_nll, token_documents, token_stream
 
     docs = _ppl_docs(task, cfg)[: cfg.limit]
     texts = [t for _, t in docs]
     ids = token_stream(tokenizer, texts, cfg.ppl_max_tokens)
+    if scored_tokens(len(ids)) == 0:  # before any results are written: a perplexity of nothing is no number
+        raise _nothing_to_score(task, cfg, len(docs), len(ids))
     window = min(cfg.ppl_window, getattr(model.config, "max_position_embeddings", cfg.ppl_window))
     started = time.perf_counter()
     res = sliding_window_nll(model, ids, window=window, stride=min(cfg.ppl_stride, window), progress=cfg.progress)
@@ -262,6 +270,16 @@ def _ppl_task(task: Task, cfg: EvalConfig, tokenizer: Any, model: Any) -> tuple[
               "seconds": round(seconds, 2), "tokens_per_s": round(res.tokens / seconds, 1) if seconds else None,
               "domain": task.domain}
     return result, rows
+
+
+def _nothing_to_score(task: Task, cfg: EvalConfig, n_docs: int, n_ids: int) -> Exception:
+    from medtune.data.registry import resolve_path
+    from medtune.errors import DataError
+
+    where = ", ".join(str(resolve_path(s, Path(cfg.data_root)) or s.hub) for s in _ppl_sources(task, cfg))
+    what = (f"its {n_docs} document(s) hold {n_ids} token(s) in all, and the first token is never scored (it has no "
+            "context): give at least 2 tokens of text") if n_docs else "none of its documents has any text"
+    return DataError(where, None, None, f"perplexity task {task.name} scores 0 tokens: {what}")
 
 
 def score_model(model: Any, tokenizer: Any, cfg: EvalConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -319,7 +337,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
     resolved = models.resolve(cfg.model.spec, allow_pickle=cfg.model.allow_pickle)
     model = models.load_model(resolved, trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle)
-    model = models.load_with_adapter(model, cfg.adapter, allow_pickle=cfg.model.allow_pickle)
+    model = models.load_with_adapter(model, cfg.adapter, allow_pickle=cfg.model.allow_pickle, base=resolved,
+                                     allow_other_base=cfg.model.allow_other_base)
     if cfg.adapter is not None:  # the unmerged LoRA layers cost extra matmuls at every position
         model = model.merge_and_unload()
     if dist_state().num_processes > 1 or torch_cuda_available():

@@ -5,7 +5,9 @@ fp32, returned in base's dtype), in the style of peft's ``utils/merge_utils.py``
 peft's own ``prune`` / ``calculate_majority_sign_mask`` / ``disjoint_merge`` / ``dare_linear``.
 Each :class:`MergeMethod` entry also says
 
-* which parameters it takes (with defaults) and the allowed range of each;
+* which parameters it takes: a pydantic model (:class:`ParamsModel`) with each parameter's type,
+  default and allowed range, checked once by :func:`resolve_params` wherever parameters enter (a
+  merge config, a sweep's or a study's ``methods`` grid);
 * whether it is **exact in LoRA space** (``lora``): a method whose result is
   ``base + sum_i c_i * delta_i`` with coefficients that do not depend on the tensor values (linear
   interpolation, HMA, task arithmetic, soups) is applied to a LoRA adapter by scaling its ``lora_B``
@@ -31,11 +33,12 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import torch
 from peft.utils import merge_utils as peft_merge
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from medtune.errors import MedtuneError
 
@@ -244,6 +247,88 @@ def greedy_soup(names: Sequence[str], score: Callable[[list[str]], float]) -> tu
     return chosen, log
 
 
+# --- the parameters of each method ---------------------------------------------------------------------
+
+Unit = Annotated[float, Field(ge=0, le=1)]
+"""A weight on the tuned model (alpha, an HMA ratio): 0 = base, 1 = tuned."""
+Density = Annotated[float, Field(gt=0, le=1)]
+"""The share of each delta TIES / DARE keep."""
+Weight = Annotated[float, Field(ge=0, le=10)]
+"""The factor on the (summed) task vectors."""
+
+
+class ParamsModel(BaseModel):
+    """Base of every method's parameters: unknown keys are errors, and types are strict -- a quoted
+    ``'0.5'`` or a ``true`` is not taken for a number (a parameter grid is a free-form YAML mapping,
+    where quotes are the only sign of what was meant); a whole number is a valid float."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+
+class NoParams(ParamsModel):
+    """Soups: nothing to set."""
+
+
+class AlphaParams(ParamsModel):
+    alpha: Unit = 0.5
+
+
+class HmaParams(AlphaParams):
+    ratios: list[Unit] = Field(min_length=1)
+    """One ratio per layer block (input .. output), averaging to alpha."""
+
+    @model_validator(mode="after")
+    def _mean_is_alpha(self) -> "HmaParams":
+        try:
+            hma_ratios(self.alpha, len(self.ratios), self.ratios)
+        except MedtuneError as err:
+            raise ValueError(str(err)) from None
+        return self
+
+
+class WeightParams(ParamsModel):
+    weight: Weight = 1.0
+
+
+class TiesParams(ParamsModel):
+    density: Density = 0.5
+    weight: Weight = 1.0
+
+
+class DareParams(TiesParams):
+    seed: int = 0
+    """Seeds each tensor's random drop mask (with the tensor's name)."""
+
+
+def _param_problem(e: Any, model: type[ParamsModel]) -> str:
+    """One pydantic error as ``key: what is wrong`` in the words of a merge parameter."""
+    key = ".".join(str(p) for p in e["loc"])
+    value, kind = e.get("input"), e["type"]
+    if kind == "extra_forbidden":
+        return f"unknown parameter {key!r} (valid: {', '.join(model.model_fields) or 'none'})"
+    if kind == "missing":
+        return f"parameter {key!r} is required"
+    if kind in ("float_type", "int_type") and isinstance(value, str):
+        number = "an integer" if kind == "int_type" else "a number"
+        return (f"{key}: {value!r} is text, not {number}" +
+                (": write it without quotes" if _is_number(value) else ""))
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return f"{key} = {value} is outside the allowed range ({e['msg'].removeprefix('Input ').lower()})"
+    if kind == "too_short":
+        return f"{key}: give at least {e['ctx']['min_length']} value (got {value!r})"
+    if kind == "value_error":
+        return e["msg"].removeprefix("Value error, ")
+    return f"{key}: {e['msg'].removeprefix('Input ').lower()} (got {value!r})"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 # --- the table ------------------------------------------------------------------------------------------
 
 Kit = dict[str, Any]
@@ -255,8 +340,8 @@ only ``base_model``), ``model`` (each tuned model's parameters), ``parameters`` 
 class MergeMethod:
     fn: Callable[..., Tensor]
     """``(base, tuned: list[Tensor], **params) -> Tensor`` on one tensor."""
-    params: dict[str, Any]
-    """Parameter names and defaults (None: required)."""
+    params_model: type[ParamsModel]
+    """The parameters: their types, defaults and ranges (checked by :func:`resolve_params`)."""
     mergekit: str
     """mergekit's ``merge_method`` name."""
     kit: Callable[[Params, int], Kit]
@@ -274,8 +359,11 @@ class MergeMethod:
     """(tensor name, number of layers, params) -> the params for that tensor (HMA's block ratios, DARE's seed)."""
     search: str | None = None
     """A search run on held-out scores before merging (``greedy``: the greedy soup)."""
-    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
-    """Allowed closed range of numeric parameters."""
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Parameter names and defaults (None: required)."""
+        return {k: None if f.is_required() else f.default for k, f in self.params_model.model_fields.items()}
 
 
 def _hma_kit(p: Params, n_layers: int) -> Kit:
@@ -289,45 +377,41 @@ def _hma_kit(p: Params, n_layers: int) -> Kit:
     return {"base": {"weight": weights(False)}, "model": {"weight": weights(True)}, "parameters": {"normalize": False}}
 
 
-_UNIT = (0.0, 1.0)
 _SOUP_KIT = lambda p, n: {"base": None, "model": {"weight": 1.0}, "parameters": {"normalize": True}}  # noqa: E731
 
 MERGE_METHODS: dict[str, MergeMethod] = {
     "linear": MergeMethod(
-        linear, {"alpha": 0.5}, "linear", n_tuned=1, ranges={"alpha": _UNIT},
+        linear, AlphaParams, "linear", n_tuned=1,
         kit=lambda p, n: {"base": {"weight": round(1 - p["alpha"], 6)}, "model": {"weight": round(p["alpha"], 6)},
                           "parameters": {"normalize": False}},
         lora=lambda p, k: [p["alpha"]]),
     "hma": MergeMethod(
-        hma, {"alpha": 0.5, "ratios": None}, "linear", n_tuned=1, ranges={"alpha": _UNIT}, kit=_hma_kit,
-        lora=lambda p, k: [p["alpha"]], per_tensor=_hma_tensor),
+        hma, HmaParams, "linear", n_tuned=1, kit=_hma_kit, lora=lambda p, k: [p["alpha"]], per_tensor=_hma_tensor),
     "task_arithmetic": MergeMethod(
-        task_arithmetic, {"weight": 1.0}, "task_arithmetic", ranges={"weight": (0.0, 10.0)},
+        task_arithmetic, WeightParams, "task_arithmetic",
         kit=lambda p, n: {"base": None, "model": {"weight": p["weight"]}, "parameters": {"normalize": False}},
         lora=lambda p, k: [p["weight"]] * k),
     # peft's TIES divides by the number of agreeing models and multiplies by the weight; mergekit's
     # normalize divides by the agreeing weights' sum: equal for weight 1 per model and lambda = weight.
     "ties": MergeMethod(
-        ties, {"density": 0.5, "weight": 1.0}, "ties", whole_tensor=True,
-        ranges={"density": (1e-6, 1.0), "weight": (0.0, 10.0)},
+        ties, TiesParams, "ties", whole_tensor=True,
         kit=lambda p, n: {"base": None, "model": {"weight": 1.0, "density": p["density"]},
                           "parameters": {"normalize": True, "lambda": p["weight"]}}),
     "dare_ties": MergeMethod(
-        dare_ties, {"density": 0.5, "weight": 1.0, "seed": 0}, "dare_ties", whole_tensor=True, per_tensor=_name_seed,
-        ranges={"density": (1e-6, 1.0), "weight": (0.0, 10.0)},
+        dare_ties, DareParams, "dare_ties", whole_tensor=True, per_tensor=_name_seed,
         kit=lambda p, n: {"base": None, "model": {"weight": 1.0, "density": p["density"]},
                           "parameters": {"normalize": True, "lambda": p["weight"], "rescale": True}}),
     "dare_linear": MergeMethod(
-        dare_linear, {"density": 0.5, "weight": 1.0, "seed": 0}, "dare_linear", whole_tensor=True,
-        per_tensor=_name_seed, ranges={"density": (1e-6, 1.0), "weight": (0.0, 10.0)},
+        dare_linear, DareParams, "dare_linear", whole_tensor=True, per_tensor=_name_seed,
         kit=lambda p, n: {"base": None, "model": {"weight": p["weight"], "density": p["density"]},
                           "parameters": {"normalize": False, "rescale": True}}),
     "slerp": MergeMethod(
-        slerp, {"alpha": 0.5}, "slerp", n_tuned=1, whole_tensor=True, ranges={"alpha": _UNIT},
+        slerp, AlphaParams, "slerp", n_tuned=1, whole_tensor=True,
         kit=lambda p, n: {"base": {}, "model": {}, "parameters": {"t": p["alpha"]}}),
-    "soup_uniform": MergeMethod(soup, {}, "linear", uses_base=False, kit=_SOUP_KIT, lora=lambda p, k: [1.0 / k] * k),
-    "soup_greedy": MergeMethod(soup, {}, "linear", uses_base=False, kit=_SOUP_KIT, lora=lambda p, k: [1.0 / k] * k,
-                               search="greedy"),
+    "soup_uniform": MergeMethod(soup, NoParams, "linear", uses_base=False, kit=_SOUP_KIT,
+                                lora=lambda p, k: [1.0 / k] * k),
+    "soup_greedy": MergeMethod(soup, NoParams, "linear", uses_base=False, kit=_SOUP_KIT,
+                               lora=lambda p, k: [1.0 / k] * k, search="greedy"),
 }
 """Method name -> :class:`MergeMethod`. The one place a method is defined."""
 
@@ -339,21 +423,20 @@ def method(name: str) -> MergeMethod:
 
 
 def resolve_params(name: str, params: Params | None = None, n_tuned: int | None = None) -> Params:
-    """``params`` checked against the method's table entry and completed with its defaults."""
+    """``params`` checked against the method's parameter model and completed with its defaults.
+
+    The values given are kept as given (a whole number stays one), so a sweep point's identity does
+    not change with the check; HMA's ratios become floats."""
     m = method(name)
     given = dict(params or {})
-    unknown = sorted(set(given) - set(m.params))
-    if unknown:
-        raise MedtuneError(f"method {name}: unknown parameter {unknown[0]!r} (valid: {', '.join(m.params) or 'none'})")
-    out = {**m.params, **given}
-    missing = [k for k, v in out.items() if v is None]
-    if missing:
-        raise MedtuneError(f"method {name}: parameter {missing[0]!r} is required")
-    for key, (lo, hi) in m.ranges.items():
-        if not lo <= float(out[key]) <= hi:
-            raise MedtuneError(f"method {name}: {key} = {out[key]} is outside [{lo:g}, {hi:g}]")
-    if name == "hma":
-        out["ratios"] = hma_ratios(out["alpha"], len(out["ratios"]), [float(r) for r in out["ratios"]])
+    try:
+        typed = m.params_model.model_validate(given)
+    except ValidationError as err:
+        problems = [_param_problem(e, m.params_model) for e in err.errors()]
+        raise MedtuneError(f"method {name}: {'; '.join(problems)}") from None
+    out = {**typed.model_dump(), **given}
+    if isinstance(typed, HmaParams):
+        out["ratios"] = list(typed.ratios)
     if n_tuned is not None and m.n_tuned is not None and n_tuned != m.n_tuned:
         raise MedtuneError(f"method {name} averages the base with exactly {m.n_tuned} tuned model (got {n_tuned})")
     return out

@@ -35,7 +35,7 @@ class SweepPoint(BaseModel):
     """Per task, its accuracy metric (value, stderr, ci95, n)."""
     seconds: float = 0.0
     key: str = ""
-    """What the scores depend on besides the point (model, tasks, limit, sources): reused only if equal."""
+    """What the scores depend on besides the point (the weights, tasks, limit, sources): reused only if equal."""
     pareto: bool = False
 
     @property
@@ -76,6 +76,10 @@ class SweepResult(BaseModel):
 
     config: dict[str, Any] = Field(default_factory=dict)
     key: str = ""
+    base_identity: str = ""
+    """The base model's identity when the points were scored (:func:`medtune.merge.sweep.base_identity`)."""
+    tuned_identity: str = ""
+    """The tuned model's weights when the points were scored (sha256, :mod:`medtune.weights_hash`)."""
     points: list[SweepPoint] = Field(default_factory=list)
     selected: int | None = None
     base_general: float | None = None
@@ -90,7 +94,8 @@ class SweepResult(BaseModel):
             return None
         raw = json.loads(path.read_text())
         rule = raw.get("rule")
-        return cls(config=raw.get("config", {}), key=raw.get("key", ""),
+        return cls(config=raw.get("config", {}), key=raw.get("key", ""), base_identity=raw.get("base_identity", ""),
+                   tuned_identity=raw.get("tuned_identity", ""),
                    points=[SweepPoint.from_json(p) for p in raw.get("points", [])], selected=raw.get("selected"),
                    base_general=raw.get("base_general"), rule=SelectionRule(**rule) if isinstance(rule, dict) else None)
 

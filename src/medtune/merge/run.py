@@ -11,7 +11,6 @@ and the ``mergekit.yaml`` that reproduces it.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from pydantic import Field, field_validator, model_validator
 
 from medtune import atomic
 from medtune.config import ModelConfig, StrictModel
-from medtune.errors import ConfigError, MedtuneError
+from medtune.errors import ConfigError, MedtuneError, ModelError
 from medtune.finite import check_finite
 from medtune.merge import methods as M
 from medtune.merge.sources import LoraSource, adapter_dir, full_dir, merged_tensors, peft_base_params
@@ -148,22 +147,56 @@ def _stream(cfg: MergeConfig, params: M.Params, base_dir: Path, tuned: list[str]
     return merge_streaming([base_dir, *[full_dir(t) for t in tuned]], out, combine, whole_tensor=entry.whole_tensor)
 
 
+def _n_layers(base: Any, cfg: ModelConfig) -> int:
+    """The base's layer count (hma's blocks, per-layer parameters), from its config read where loading
+    reads it: a model directory, the GGUF cache, or a Hub id's config (from the local Hub cache offline)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(base.path, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelError(f"{base.spec}: cannot read the model's config: {err}") from None
+    return int(config.get_text_config().num_hidden_layers)
+
+
+def _stream_base_dir(base: Any) -> Path:
+    """The directory a streamed merge reads the base's safetensors from, tensor by tensor: the model
+    directory, or for a Hub id its snapshot in the local Hub cache (complete: every weights file there)."""
+    if base.kind != "hub":
+        return Path(base.path)
+    from huggingface_hub import snapshot_download
+
+    from medtune.merge.stream import tensor_files
+
+    need = (f"a streamed merge of full checkpoints reads the base's safetensors files from a local directory; "
+            f"download the model (`hf download {base.spec}`) or give its local directory as the base")
+    try:
+        snap = Path(snapshot_download(base.path, local_files_only=True))
+        missing = sorted({f.name for f in tensor_files(snap).values() if not f.is_file()})
+    except (OSError, ValueError, MedtuneError) as err:
+        raise ModelError(f"{base.spec}: its weights are not in the local Hugging Face cache ({err}); {need}") from None
+    if missing:
+        raise ModelError(f"{base.spec}: the local Hugging Face cache ({snap}) lacks {', '.join(missing)}; {need}")
+    return snap
+
+
 def merge(cfg: MergeConfig) -> Path:
     from medtune import models
     from medtune.merge.mergekit import mergekit_yaml
 
     entry, params = M.method(cfg.method), cfg.resolved_params()
     base = models.resolve(cfg.base.spec, allow_pickle=cfg.base.allow_pickle)
-    base_cfg = json.loads((Path(base.path) / "config.json").read_text()) if base.kind != "hub" else {}
-    n_layers = int(base_cfg.get("num_hidden_layers", 0))
+    n_layers = _n_layers(base, cfg.base)
     adapters = [adapter_dir(t) for t in cfg.tuned]
     lora = all(a is not None for a in adapters)
     if any(a is not None for a in adapters) and not lora:
         raise ConfigError("tuned: mix of LoRA adapters and full checkpoints; merge adapters into their base first")
+    base_dir = None if lora else _stream_base_dir(base)
     if lora:  # validate every adapter against the base's architecture before any output is written
         skeleton = models.meta_model(base)
         for a in adapters:
-            models.check_adapter(skeleton, a, allow_pickle=cfg.base.allow_pickle)  # type: ignore[arg-type]
+            models.check_adapter(skeleton, a, allow_pickle=cfg.base.allow_pickle, base=base,  # type: ignore[arg-type]
+                                 allow_other_base=cfg.base.allow_other_base)
     out = Path(cfg.out)
     info: dict[str, Any] = {"method": cfg.method, "params": params, "label": M.label(cfg.method, params),
                             "base": cfg.base.spec, "tuned": cfg.tuned, "inputs": "lora" if lora else "full",
@@ -184,7 +217,7 @@ def merge(cfg: MergeConfig) -> Path:
             _lora_full(cfg, params, base, picked, tmp, n_layers)  # type: ignore[arg-type]
             info["output"] = "full"
         else:
-            info["stream"] = _stream(cfg, params, Path(base.path), chosen, tmp, n_layers)
+            info["stream"] = _stream(cfg, params, base_dir, chosen, tmp, n_layers)  # type: ignore[arg-type]
             info["output"] = "full"
         kit_tuned = [f"{base.path}+{a}" for a in picked] if lora else [str(full_dir(t)) for t in chosen]
         atomic.write_text(tmp / "mergekit.yaml", mergekit_yaml(cfg.method, params, base.path, kit_tuned, n_layers))

@@ -4,7 +4,8 @@ Every point -- an alpha (WiSE-FT), HMA ratios, or any method of the table with o
 its parameter grid (``methods: {ties: {density: [0.3, 0.5], weight: [1.0]}}``) -- is scored on the
 medical and the general tasks; each point is appended to ``results.json`` (a
 :class:`~medtune.merge.records.SweepResult`) as soon as it is scored, and a point already there (same
-tasks, limit and sources) is not scored again. The Pareto-optimal points are marked, one is
+base and tuned weights -- the tuned model's content hash, not its path --, tasks, limit and sources)
+is not scored again. The Pareto-optimal points are marked, one is
 selected by a documented rule, and the frontier is drawn to ``frontier.png``.
 
 HMA search: for each alpha in ``hma_alphas``, every combination of per-block ratios from
@@ -24,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from medtune import outdir
+from medtune import outdir, weights_hash
 from medtune.config import ModelConfig, StrictModel
 from medtune.data.spec import SourceConfig
 from medtune.errors import MedtuneError
@@ -108,12 +109,48 @@ def grid_points(grid: Grid, n_tuned: int) -> list[tuple[str, M.Params]]:
     return out
 
 
-def _key(cfg: SweepConfig) -> str:
-    """What a point's scores depend on besides the point itself: reuse only scores made the same way."""
+def _key(cfg: SweepConfig, base_id: str, tuned_id: str) -> str:
+    """What a point's scores depend on besides the point itself: the two models' weights (their
+    identities, not the tuned model's path: a variant retrained in place keeps its path) and the
+    scoring settings. Scores are reused only when all are the same."""
     ppl = [cfg.ppl_max_tokens, cfg.ppl_stride] if (cfg.ppl_max_tokens, cfg.ppl_stride) != (50_000, None) else []
-    basis = json.dumps([cfg.base.spec, cfg.tuned, cfg.medical_tasks, cfg.general_tasks, cfg.limit, cfg.data_root,
+    basis = json.dumps([cfg.base.spec, base_id, tuned_id, cfg.medical_tasks, cfg.general_tasks, cfg.limit, cfg.data_root,
                         {k: v.model_dump() for k, v in sorted(cfg.task_sources.items())}, *ppl], sort_keys=True)
     return hashlib.sha256(basis.encode()).hexdigest()[:16]
+
+
+def base_identity(spec: str) -> str:
+    """The base model's identity, cheaply (it may be many GB, and is read again on every run): a local
+    directory's or GGUF file's (the built-in model's too) file names, sizes and mtimes; a Hub id itself."""
+    from medtune import models
+    from medtune.errors import ModelError
+
+    path = Path(spec).expanduser()
+    if spec in models.EMBEDDED_MODELS:
+        try:
+            path = models.embedded_gguf_path(spec)
+        except ModelError:
+            return spec  # not installed: the sweep fails with this message if it has a point to score
+    return weights_hash.stat_identity(path) if path.exists() else spec
+
+
+def tuned_identity(tuned: str) -> str:
+    """The tuned model's identity: the content hash of its weight files (recorded by training, else computed)."""
+    from medtune.merge.sources import adapter_dir, full_dir
+
+    return weights_hash.identity(adapter_dir(tuned) or full_dir(tuned))
+
+
+def _why_not_reused(old: SweepResult, base_id: str, tuned_id: str) -> str:
+    """Why the points of ``old`` are not this sweep's, for the message that says they are scored again."""
+    if not old.tuned_identity:
+        return "they were scored before sweeps recorded which weights they scored"
+    if old.tuned_identity != tuned_id:
+        return (f"the tuned model changed since these points were scored (weights sha256 {old.tuned_identity[:12]} "
+                f"then, {tuned_id[:12]} now)")
+    if old.base_identity != base_id:
+        return "the base model changed since these points were scored (its files were rewritten or replaced)"
+    return "the scoring settings changed since these points were scored (tasks, sources, limit or perplexity window)"
 
 
 def hma_candidates(alpha: float, grid: list[float], blocks: int) -> list[list[float]]:
@@ -155,7 +192,8 @@ def _averager(cfg: SweepConfig) -> tuple[Any, Any]:
     adapter = adapter_dir(cfg.tuned)
     n_layers = model.config.num_hidden_layers
     if adapter is not None:
-        return Averager(models.load_with_adapter(model, adapter), n_layers), tokenizer
+        adapted = models.load_with_adapter(model, adapter, base=resolved, allow_other_base=cfg.base.allow_other_base)
+        return Averager(adapted, n_layers), tokenizer
     return Averager(model, n_layers, [load_state(full_dir(cfg.tuned))]), tokenizer
 
 
@@ -175,7 +213,7 @@ def _score(avg: Any, tokenizer: Any, cfg: SweepConfig, method: str, params: M.Pa
     return SweepPoint(method=method, params=params, label=M.label(method, params),
                       medical=mean_score(cfg.medical_tasks.split(","), res, groups),
                       general=mean_score(cfg.general_tasks.split(","), res, groups), tasks=per,
-                      seconds=round(time.perf_counter() - started, 1), key=_key(cfg))
+                      seconds=round(time.perf_counter() - started, 1))
 
 
 @outdir.writes_into("sweep")
@@ -185,16 +223,20 @@ def sweep(cfg: SweepConfig) -> SweepResult:
     console = Console()
     out = Path(cfg.out)
     path = out / "results.json"
-    key = _key(cfg)
+    base_id, tuned_id = base_identity(cfg.base.spec), tuned_identity(cfg.tuned)
+    key = _key(cfg, base_id, tuned_id)
     old = SweepResult.load(path)
-    result = SweepResult(config=cfg.model_dump(mode="json"), key=key,
-                         points=[p for p in (old.points if old else []) if p.key == key])
+    kept = [p for p in (old.points if old else []) if p.key == key]
+    if old is not None and old.points and not kept:
+        console.print(f"sweep: {_why_not_reused(old, base_id, tuned_id)}: scoring again")
+    result = SweepResult(config=cfg.model_dump(mode="json"), key=key, base_identity=base_id, tuned_identity=tuned_id,
+                         points=kept)
     loaded: tuple[Any, Any] | None = None
     for method, params in plan(cfg):
         if result.find(method, params) is not None:
             continue
         loaded = loaded or _averager(cfg)
-        point = _score(*loaded, cfg, method, params)
+        point = _score(*loaded, cfg, method, params).model_copy(update={"key": key})
         result.points.append(point)
         result.mark()
         result.save(path)  # every point is saved as soon as it is scored

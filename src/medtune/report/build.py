@@ -214,7 +214,7 @@ def collect(results: StudyResults) -> dict[str, Any]:
         "mix": {v: m.model_dump() for v, m in results.mix.items()},
         "validation": results.validation.model_dump(),
         "steps": [t.model_dump() for t in results.steps],
-        "commands": results.commands}
+        "commands": results.commands, "stale": results.stale}
     suite = [t for tasks in cols["suite"].values() for t in tasks]
     mc = list(dict.fromkeys(cols["medical_in"] + cols["medical_ood"] + cols["cloze"] + suite + cols["general"]))
     read = functools.cache(_predictions)  # deltas and spread read the same files: once each, per report

@@ -157,6 +157,10 @@ def _headline(data: dict[str, Any]) -> list[Block]:
 def blocks(data: dict[str, Any], images: list[str]) -> list[Block]:
     out: list[Block] = [("h1", f"{data['name']} — medical adaptation of {data['model']}")]
     out += _headline(data)
+    if data.get("stale"):
+        out.append(("p", f"**Left out: {len(data['stale'])} stale step(s)**, whose settings or inputs changed since "
+                         f"they ran, so their results are not what the study now asks for: {', '.join(data['stale'])}. "
+                         "Run the study again to bring them up to date."))
     n = {t: m["n"] for r in data["rows"][:1] for t, m in r["tasks"].items() if m}
     out += [("h2", "Results on the test splits"), results_table(data, data["rows"]),
             ("note", "Accuracy in %, with 95 % bootstrap intervals per task; averages are unweighted means of the task "

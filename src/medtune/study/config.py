@@ -7,10 +7,12 @@ third variant is reported as ``variants.2.train.learning_rate`` before anything 
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from medtune.config import ModelConfig, StrictModel, format_validation_error
@@ -193,7 +195,12 @@ class StudyConfig(StrictModel):
     name: str = "study"
     """Title of the report."""
     out: str = "runs/study"
-    """Study directory (relative to the current directory): one sub-directory per step."""
+    """Study directory (relative to the current directory, or see out_base): one sub-directory per step."""
+    out_base: Literal["cwd", "study_file"] = "cwd"
+    """What a relative `out` is relative to: the current directory (cwd), or the study file's directory
+    (study_file). The study.yaml a study saves in its directory has `out: .` and `study_file`, so
+    `medtune study OUT/study.yaml` runs on that directory from any directory, also once it is moved
+    (an --out given with it is then relative to that directory too)."""
     model: ModelConfig = Field(default_factory=ModelConfig)
     """The base model every variant starts from."""
     data: DataConfig = Field(default_factory=DataConfig)
@@ -296,6 +303,34 @@ class StudyConfig(StrictModel):
         except ValidationError as err:
             text = format_validation_error(err, "study").replace("study: ", f"variants.{i}.train.")
             raise ValueError(text) from None
+
+    def out_dir(self) -> Path:
+        """The study directory, ``out`` resolved as ``out_base`` says."""
+        return Path(self.base_dir or ".") / self.out if self.out_base == "study_file" else Path(self.out)
+
+    def saved_file(self, at: Path | None = None) -> str:
+        """This study as the study.yaml it keeps in directory ``at`` (default: the study directory; a part
+        run with --only keeps its own under it), which reloads to the same steps and fingerprints from any
+        directory: every setting written out (defaults too, so a later medtune with other defaults still
+        reruns this study), but not data.tokenizer when it was not given (unset, it is the model's own
+        tokenizer, see `train_config`); ``out`` and relative data roots are written relative to ``at`` (so
+        the study moves with its data), a local model path absolute."""
+        out = self.out_dir().resolve()
+        here = (at or out).resolve()
+        data = self.model_dump(mode="json", include=set(StudyConfig.model_fields) - {"base_dir"})
+        if "tokenizer" not in self.data.model_fields_set:
+            del data["data"]["tokenizer"]
+        data.update(out=os.path.relpath(out, here), out_base="study_file")
+        for section in (data["data"], data["evaluation"]):
+            if not Path(section["data_root"]).expanduser().is_absolute():
+                section["data_root"] = os.path.relpath(self.root(section["data_root"]), here)
+        for section, key in ((data["model"], "spec"), (data["data"], "tokenizer")):
+            if key in section and Path(section[key]).expanduser().exists():  # a local path, else a name
+                section[key] = str(Path(section[key]).expanduser().resolve())
+        StudyConfig.model_validate(data)
+        head = ("# The study as it ran, saved by `medtune study`: `medtune study THIS_FILE` reproduces it from any\n"
+                "# directory (finished steps are skipped). Relative paths are relative to this file's directory.\n")
+        return head + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
     def root(self, relative: str) -> Path:
         """``relative`` resolved against the study file's directory."""

@@ -2,12 +2,19 @@
 
 Every step writes into ``out/<step name>`` (``eval/base``, ``train/lora``, ``sweep/lora``,
 ``merge/lora``, ``eval/lora-averaged``, ``report``), with its state in ``.medtune-step.json``.
+A run of some variants only (``--only A,B``) is a part: the steps are the study's, but its report
+and saved config are its own, ``parts/A,B/report`` and ``parts/A,B/study.yaml``, so one part does
+not replace another's (the whole study's are ``report`` and ``study.yaml``).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+
+PART_NAME_MAX = 100
+"""Longest part directory name spelled out in full; a longer list of variants is shortened with a hash."""
 
 STATE = ".medtune-step.json"
 """A step's state file (fingerprint, state, timings) inside its directory."""
@@ -16,6 +23,18 @@ STATE = ".medtune-step.json"
 @dataclass(frozen=True)
 class StudyLayout:
     root: Path
+    part: str | None = None
+    """The part this run is (:meth:`part_name` of its variants), or None for the whole study."""
+
+    @staticmethod
+    def part_name(variants: list[str]) -> str:
+        """The directory name of the part that runs ``variants``: their names joined by commas (variant
+        names are directory-safe), or, past :data:`PART_NAME_MAX` characters, the first one, the count
+        of the others and a hash of all."""
+        name = ",".join(variants)
+        if len(name) <= PART_NAME_MAX:
+            return name
+        return f"{variants[0]}+{len(variants) - 1}-more-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
     def step_dir(self, step: str) -> Path:
         return self.root / step
@@ -26,8 +45,17 @@ class StudyLayout:
     def state_files(self) -> list[Path]:
         return sorted(self.root.glob(f"*/*/{STATE}"))
 
+    def part_dir(self) -> Path:
+        """Where a part's report and saved config go (the study's root for the whole study)."""
+        return self.root if self.part is None else self.root / "parts" / self.part
+
     def study_file(self) -> Path:
-        return self.root / "study.yaml"
+        """The study config this run saved: the whole study's, or the part's (its variants only)."""
+        return self.part_dir() / "study.yaml"
+
+    def study_files(self) -> list[Path]:
+        """Every saved study config: the whole study's and each part's (none before the study first ran)."""
+        return [p for p in [self.root / "study.yaml", *sorted(self.root.glob("parts/*/study.yaml"))] if p.is_file()]
 
     # --- step names (also their directories) ---------------------------------------------------------
     @staticmethod
@@ -74,8 +102,12 @@ class StudyLayout:
     def merge_dir(self, variant: str, suffix: str = "averaged") -> Path:
         return self.step_dir(self.merge_step(variant, suffix))
 
+    def report_step(self) -> str:
+        """The report step: ``report`` for the whole study, ``parts/<part>/report`` for a part."""
+        return "report" if self.part is None else f"parts/{self.part}/report"
+
     def report_dir(self) -> Path:
-        return self.root / "report"
+        return self.step_dir(self.report_step())
 
     def step_configs(self, kind: str) -> list[Path]:
         """The saved ``config.yaml`` of every step of ``kind`` (eval, eval-gen, sweep, merge, train)."""

@@ -4,12 +4,16 @@ Each step's output is read through the record its stage owns (``EvalResult``, ``
 the training run's curves and data manifest); paths come from :class:`StudyLayout`; the shipping
 choice applies the averaging rule (:class:`~medtune.merge.selection.SelectionRule`) to the base
 and every variant's selected point -- the same rule the sweeps and the comparison points use.
+
+Steps named ``stale`` (their settings or inputs changed since they ran: what is on disk is not what
+the study now asks for) are left out, as if they had not run, and listed in the results.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Collection
 from pathlib import Path
 
 from medtune.evaluate.results import EvalResult
@@ -26,24 +30,30 @@ def selection_rule(cfg: StudyConfig) -> SelectionRule:
     return SelectionRule(av.rule, av.retain, av.weight)
 
 
-def _row(layout: StudyLayout, label: str, kind: str, step: str, **fields: object) -> ModelEval | None:
-    res = EvalResult.load(layout.step_dir(step))
+def _row(layout: StudyLayout, label: str, kind: str, step: str, stale: Collection[str] = (),
+         **fields: object) -> ModelEval | None:
+    res = EvalResult.load(layout.step_dir(step)) if step not in stale else None
     if res is None:
         return None
     return ModelEval(label=label, kind=kind, step=step, result=res,  # type: ignore[arg-type]
                      predictions=layout.step_dir(step) / "predictions.jsonl", **fields)  # type: ignore[arg-type]
 
 
-def model_rows(cfg: StudyConfig, layout: StudyLayout, generate: bool) -> list[ModelEval]:
+def _sweep(layout: StudyLayout, variant: str, stale: Collection[str] = ()) -> SweepResult | None:
+    """The sweep of ``variant`` as far as it ran, unless it is stale."""
+    return None if layout.sweep_step(variant) in stale else SweepResult.load(layout.sweep_results(variant))
+
+
+def model_rows(cfg: StudyConfig, layout: StudyLayout, generate: bool, stale: Collection[str] = ()) -> list[ModelEval]:
     """Base, then per variant: tuned, its selected averaged model, and the points reported for comparison."""
     L = StudyLayout
     rows: list[ModelEval] = []
-    base = _row(layout, "base", "base", L.eval_step("base", generate))
+    base = _row(layout, "base", "base", L.eval_step("base", generate), stale)
     rows += [base] if base else []
     for v in cfg.variants:
-        tuned = _row(layout, v.name, "tuned", L.eval_step(v.name, generate), variant=v.name)
+        tuned = _row(layout, v.name, "tuned", L.eval_step(v.name, generate), stale, variant=v.name)
         rows += [tuned] if tuned else []
-        res = SweepResult.load(layout.sweep_results(v.name))
+        res = _sweep(layout, v.name, stale)
         sel = res.selected_point if res else None
         if res is None or sel is None:
             continue
@@ -56,7 +66,8 @@ def model_rows(cfg: StudyConfig, layout: StudyLayout, generate: bool) -> list[Mo
                     "label": label, "kind": "averaged", "variant": v.name, "point": sel,
                     "note": f"= {'base' if end == 0 else v.name}: the sweep selected α={end:g}"}))
             continue
-        avg = _row(layout, label, "averaged", L.eval_step(L.averaged_label(v.name), generate), variant=v.name, point=sel)
+        avg = _row(layout, label, "averaged", L.eval_step(L.averaged_label(v.name), generate), stale, variant=v.name,
+                   point=sel)
         rows += [avg] if avg else []
         for kind in cfg.averaging.test_best_of:  # reported for comparison, never shipped
             pt = res.best(kind)
@@ -64,18 +75,20 @@ def model_rows(cfg: StudyConfig, layout: StudyLayout, generate: bool) -> list[Mo
                 continue
             note = f"best {'uniform α' if kind == 'uniform' else kind} point on validation, for comparison"
             cmp = _row(layout, f"{v.name} · {pt.label}", "compared", L.eval_step(L.averaged_label(v.name, kind), generate),
-                       variant=v.name, point=pt, note=note)
+                       stale, variant=v.name, point=pt, note=note)
             rows += [cmp] if cmp else []
     return rows
 
 
-def ship_choice(cfg: StudyConfig, layout: StudyLayout, rows: list[ModelEval]) -> ShipChoice | None:
+def ship_choice(cfg: StudyConfig, layout: StudyLayout, rows: list[ModelEval],
+                stale: Collection[str] = ()) -> ShipChoice | None:
     """The model to ship: the rule applied, on validation scores, to the base and every variant's
-    selected averaged model (alpha = 1 being the tuned model itself); None until every sweep is done."""
+    selected averaged model (alpha = 1 being the tuned model itself); None until every sweep is done
+    (and current)."""
     cands: list[Candidate] = []
     base_general = None
     for v in cfg.variants:
-        res = SweepResult.load(layout.sweep_results(v.name))
+        res = _sweep(layout, v.name, stale)
         sel = res.selected_point if res else None
         if res is None or sel is None or res.base_general is None:
             return None
@@ -99,9 +112,12 @@ def _read(path: Path) -> dict | None:  # type: ignore[type-arg]
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def train_summaries(cfg: StudyConfig, layout: StudyLayout) -> tuple[dict[str, TrainSummary], dict[str, MixSummary]]:
+def train_summaries(cfg: StudyConfig, layout: StudyLayout,
+                    stale: Collection[str] = ()) -> tuple[dict[str, TrainSummary], dict[str, MixSummary]]:
     train, mix = {}, {}
     for v in cfg.variants:
+        if layout.train_step(v.name) in stale:
+            continue
         curves = _read(layout.curves(v.name))
         if curves:
             train[v.name] = TrainSummary(run=curves["run"], seconds=round(curves["seconds"], 1), history=curves["history"],
@@ -115,35 +131,43 @@ def train_summaries(cfg: StudyConfig, layout: StudyLayout) -> tuple[dict[str, Tr
     return train, mix
 
 
-def step_times(layout: StudyLayout) -> list[StepTime]:
-    """Wall time of every finished step (from its state file), in the order they finished."""
+def step_times(layout: StudyLayout, stale: Collection[str] = ()) -> list[StepTime]:
+    """Wall time of every finished step (from its state file) that is not stale, in the order they finished."""
     times = []
     for path in layout.state_files():
         state = _read(path)
-        if state and state.get("state") == "done" and "seconds" in state and state.get("step") != "report":
+        if state and state.get("state") == "done" and "seconds" in state and state.get("step") not in ("report", *stale):
             times.append(StepTime(step=state["step"], seconds=state["seconds"], finished=state.get("finished", "")))
     return sorted(times, key=lambda t: (t.finished, t.step))
 
 
-def commands(cfg: StudyConfig, layout: StudyLayout) -> list[str]:
-    """The command that reproduces the study, then each step's own command with its saved config."""
-    lines = ["# the whole study (finished steps are skipped):", f"medtune study {shlex.quote(str(layout.study_file()))}",
+def commands(cfg: StudyConfig, layout: StudyLayout, stale: Collection[str] = ()) -> list[str]:
+    """The command that reproduces the study (a part: with its --only), then each step's own command
+    with its saved config (stale steps' configs left out: they are not what the study now asks for)."""
+    study = f"medtune study {shlex.quote(str(layout.study_file()))}"
+    if layout.part is not None:
+        study += f" --only {','.join(v.name for v in cfg.variants)}"
+    lines = [f"# the whole {'part' if layout.part else 'study'} (finished steps are skipped):", study,
              "# or step by step, from the configs each step saved:"]
+    step_of = lambda d: d.parent.relative_to(layout.root).as_posix()
     for v in cfg.variants:
-        lines.append(f"medtune train {shlex.quote(str(layout.step_dir(layout.train_step(v.name)) / 'config.yaml'))}")
+        if layout.train_step(v.name) not in stale:
+            lines.append(f"medtune train {shlex.quote(str(layout.step_dir(layout.train_step(v.name)) / 'config.yaml'))}")
     for d in layout.step_configs("eval") + layout.step_configs("eval-gen"):
-        lines.append(f"medtune eval {shlex.quote(str(d))}")
+        if step_of(d) not in stale:
+            lines.append(f"medtune eval {shlex.quote(str(d))}")
     for kind in ("sweep", "merge"):
         for d in layout.step_configs(kind):
-            lines.append(f"medtune {kind} {shlex.quote(str(d))}")
+            if step_of(d) not in stale:
+                lines.append(f"medtune {kind} {shlex.quote(str(d))}")
     return lines
 
 
-def gather(cfg: StudyConfig, layout: StudyLayout) -> StudyResults:
-    """The study's results as far as its steps have run."""
-    rows = model_rows(cfg, layout, generate=False)
-    train, mix = train_summaries(cfg, layout)
-    sweeps = {v.name: s for v in cfg.variants if (s := SweepResult.load(layout.sweep_results(v.name))) is not None}
+def gather(cfg: StudyConfig, layout: StudyLayout, stale: Collection[str] = ()) -> StudyResults:
+    """The study's results as far as its steps have run, ``stale`` steps left out (and listed)."""
+    rows = model_rows(cfg, layout, generate=False, stale=stale)
+    train, mix = train_summaries(cfg, layout, stale)
+    sweeps = {v.name: s for v in cfg.variants if (s := _sweep(layout, v.name, stale)) is not None}
     av, ev = cfg.averaging, cfg.evaluation
     return StudyResults(
         name=cfg.name, model=cfg.model.spec, tasks=ev.task_names, groups=ev.group_names,
@@ -151,8 +175,9 @@ def gather(cfg: StudyConfig, layout: StudyLayout) -> StudyResults:
         validation=Validation(medical=av.medical_tasks, general=av.general_tasks, limit=av.limit,
                               sources={t: s.model_dump(mode="json", exclude_none=True)
                                        for t, s in ev.validation_sources.items()}),
-        rows=rows, gen_rows=model_rows(cfg, layout, generate=True), sweeps=sweeps, ship=ship_choice(cfg, layout, rows),
-        train=train, mix=mix, steps=step_times(layout), commands=commands(cfg, layout))
+        rows=rows, gen_rows=model_rows(cfg, layout, generate=True, stale=stale), sweeps=sweeps,
+        ship=ship_choice(cfg, layout, rows, stale), train=train, mix=mix, steps=step_times(layout, stale),
+        commands=commands(cfg, layout, stale), stale=list(stale))
 
 
 def model_dir_of(row: ModelEval, layout: StudyLayout) -> Path | None:

@@ -14,6 +14,7 @@ import json
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,9 @@ from pydantic import Field
 
 from medtune import atomic, outdir
 from medtune.config import dump_config
-from medtune.data.spec import SourceConfig
 from medtune.errors import ConfigError, MedtuneError
-from medtune.evaluate.tasks import TASKS, expand
+from medtune.evaluate.tasks import TASKS
+from medtune.study import fingerprint
 from medtune.study import steps as S
 from medtune.study.config import StudyConfig
 from medtune.study.layout import STATE, StudyLayout
@@ -41,7 +42,8 @@ class StudyRunConfig(StudyConfig):
     resumes)."""
     only: str | None = None
     """Run only these variants (comma-separated names) besides the base model's evaluation, e.g. a grid
-    too long for one machine or session run in parts; the report covers the base and these variants."""
+    too long for one machine or session run in parts; the part's report covers the base and these variants,
+    in OUT/parts/<names>/report beside the part's saved study.yaml."""
 
 
 def restricted(cfg: StudyRunConfig) -> StudyRunConfig:
@@ -62,21 +64,62 @@ def restricted(cfg: StudyRunConfig) -> StudyRunConfig:
     return cfg.model_copy(update={"variants": variants, "averaging": averaging})
 
 
+def layout_of(cfg: StudyConfig, out: Path) -> StudyLayout:
+    """The study's layout; a run restricted by ``--only`` (``cfg`` already :func:`restricted`) is a part,
+    whose report and saved config are its own, so one part does not replace another's."""
+    only = getattr(cfg, "only", None)
+    return StudyLayout(out, StudyLayout.part_name([v.name for v in cfg.variants]) if only else None)
+
+
 def _state(step_dir: Path) -> dict[str, Any] | None:
     path = step_dir / STATE
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def status(step: S.Step, out: Path, fp: str) -> str:
-    """done | run | resume | stale (its inputs or settings changed since it ran)."""
+@dataclass
+class Prints:
+    """The fingerprints of the steps planned so far, and those an older medtune would have computed."""
+
+    out: Path
+    current: dict[str, str] = field(default_factory=dict)
+    legacy: dict[str, str] = field(default_factory=dict)
+
+    def of(self, step: S.Step) -> tuple[dict[str, Any], str]:
+        """(basis, fingerprint) of ``step``, whose input steps were planned before it."""
+        basis = step.basis(self.current, self.out)
+        self.current[step.name] = fingerprint.digest(basis)
+        self.legacy[step.name] = step.legacy_fingerprint(self.legacy)
+        return basis, self.current[step.name]
+
+    def status(self, step: S.Step) -> str:
+        """done | run | resume | stale (its inputs or settings changed since it ran)."""
+        return status(step, self.out, self.current[step.name], self.legacy[step.name])
+
+
+def status(step: S.Step, out: Path, fp: str, legacy: str | None = None) -> str:
+    """done | run | resume | stale (its inputs or settings changed since it ran); ``legacy`` is the
+    fingerprint an older medtune, whose state files have no basis, would have written."""
     st = _state(out / step.name)
     if st is None:
         return "run"
-    if st["fingerprint"] != fp:
+    if st["fingerprint"] != fp and ("basis" in st or st["fingerprint"] != legacy):
         return "stale"
     if st["state"] == "done":
         return "done"
     return "resume" if step.kind in ("train", "sweep") else "run"
+
+
+def stale_reason(step: S.Step, out: Path, basis: dict[str, Any]) -> str:
+    """Why a stale step runs again: the settings that changed since it ran (from the basis kept in its
+    state), or the input steps that changed."""
+    return fingerprint.what_changed((_state(out / step.name) or {}).get("basis"), basis)
+
+
+def _upgrade_state(step_dir: Path, fp: str, basis: dict[str, Any]) -> None:
+    """Give a finished step's state file from an older medtune this fingerprint and its basis."""
+    st = _state(step_dir)
+    if st is not None and "basis" not in st:
+        atomic.write_json(step_dir / STATE, {**st, "fingerprint": fp, "basis": basis})
 
 
 def _run_train(step: S.Step, out: Path, cfg: StudyConfig, resume: bool) -> None:
@@ -94,13 +137,14 @@ def _run_train(step: S.Step, out: Path, cfg: StudyConfig, resume: bool) -> None:
     train(tcfg)
 
 
-def _execute(step: S.Step, out: Path, cfg: StudyConfig, fp: str, state: str) -> None:
+def _execute(step: S.Step, out: Path, cfg: StudyConfig, basis: dict[str, Any], state: str) -> None:
     step_dir = out / step.name
     if state == "stale" and step.kind != "sweep":  # a sweep reuses the points its new config still asks for
         shutil.rmtree(step_dir)
     started = time.time()
+    fp = fingerprint.digest(basis)
     atomic.write_json(step_dir / STATE, {"step": step.name, "fingerprint": fp, "state": "started",
-                                         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                                         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "basis": basis})
     if step.kind == "train":
         from medtune.train import checkpoint
 
@@ -123,11 +167,11 @@ def _execute(step: S.Step, out: Path, cfg: StudyConfig, fp: str, state: str) -> 
         from medtune.report.build import write_report
         from medtune.study.results import gather
 
-        layout = StudyLayout(out)
+        layout = layout_of(cfg, out)
         write_report(gather(cfg, layout), layout.report_dir())
     atomic.write_json(step_dir / STATE, {"step": step.name, "fingerprint": fp, "state": "done",
                                          "seconds": round(time.time() - started, 1),
-                                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "basis": basis})
 
 
 def _steps(cfg: StudyConfig, out: Path) -> list[S.Step | str]:
@@ -146,12 +190,19 @@ def _steps(cfg: StudyConfig, out: Path) -> list[S.Step | str]:
                 compared += S.compared_plan(cfg, out, variant, point)
     plan += compared
     report_deps = [s.name for s in plan if isinstance(s, S.Step)]
-    plan.append(S.Step("report", "report", None, report_deps))
+    plan.append(S.Step(layout_of(cfg, out).report_step(), "report", None, report_deps))
     return plan
 
 
-@outdir.writes_into("study", lock="study")
 def study(cfg: StudyRunConfig) -> Path:
+    """Run (or list, or report) the study in its directory, ``cfg.out`` resolved first."""
+    if cfg.out_base == "study_file":
+        cfg = cfg.model_copy(update={"out": str(cfg.out_dir()), "out_base": "cwd"})
+    return _study(cfg)
+
+
+@outdir.writes_into("study", lock="study")
+def _study(cfg: StudyRunConfig) -> Path:
     from rich.console import Console
     from rich.rule import Rule
 
@@ -167,12 +218,12 @@ def study(cfg: StudyRunConfig) -> Path:
         return out
     if cfg.report_only:
         return _report_only(console, cfg, out)
-    atomic.write_text(StudyLayout(out).study_file(),
-                      dump_config(StudyConfig.model_validate(cfg.model_dump(exclude={"dry_run", "report_only", "only"}))))
+    study_file = layout_of(cfg, out).study_file()
+    atomic.write_text(study_file, cfg.saved_file(at=study_file.parent))
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a "Loading weights" bar per model load says nothing in a study
-    fps: dict[str, str] = {}
+    prints = Prints(out)
     done: set[str] = set()
     timings: list[tuple[str, str, float]] = []
     while True:  # the plan grows as sweeps select their alphas
@@ -184,24 +235,26 @@ def study(cfg: StudyRunConfig) -> Path:
         # steps still unknown (a merge and its eval per unfinished sweep) count as two each
         total = sum(1 if isinstance(s, S.Step) else 2 for s in plan)
         counter = f"[{len(done) + 1}/{total}]"
-        fp = step.fingerprint(fps)
-        state = status(step, out, fp)
+        basis, fp = prints.of(step)
+        state = prints.status(step)
         if step.kind == "report" and state == "done":
             state = "run"  # under a second, and it picks up the newest report layout
         if state == "done":
+            _upgrade_state(out / step.name, fp, basis)
             console.print(f"[green]✓[/] {counter} {step.name} [dim](done, skipped)[/]")
         else:
-            what = {"run": "running", "resume": "resuming", "stale": "settings or inputs changed: running again"}[state]
-            console.print(Rule(f"{counter} {step.name} — {what}" + (f" · {step.note}" if step.note else ""), align="left"))
+            what = {"run": "running", "resume": "resuming", "stale": "running again"}[state]
+            notes = [stale_reason(step, out, basis)] if state == "stale" else []
+            notes += [step.note] if step.note else []
+            console.print(Rule(" · ".join([f"{counter} {step.name} — {what}", *notes]), align="left"))
             t0 = time.perf_counter()
             try:
-                _execute(step, out, cfg, fp, state)
+                _execute(step, out, cfg, basis, state)
             except KeyboardInterrupt:
                 console.print(f"\n[yellow]interrupted during {step.name}[/]: run the same command again to resume "
                               "(finished steps are kept; training continues from its last checkpoint)")
                 raise SystemExit(130) from None
             timings.append((step.name, state, time.perf_counter() - t0))
-        fps[step.name] = fp
         done.add(step.name)
     for name, state, secs in timings:
         console.print(f"  {name:<32} {state:<7} {secs:8.1f} s")
@@ -210,18 +263,29 @@ def study(cfg: StudyRunConfig) -> Path:
 
 
 def _report_only(console: Any, cfg: StudyConfig, out: Path) -> Path:
-    """The report of the finished steps; nothing runs, and no step's state changes."""
+    """The report of the finished steps that are current; nothing runs, and no step's state changes. A
+    finished step whose settings or inputs changed since it ran (stale) is named and left out of the report."""
     from medtune.report.build import write_report
     from medtune.study.results import gather
 
-    layout = StudyLayout(out)
-    if not layout.study_file().is_file():
+    layout = layout_of(cfg, out)
+    if not layout.study_files():
         raise ConfigError(f"{out}: the study has not run yet, so there is nothing to report")
-    plan = [s for s in _steps(cfg, out) if isinstance(s, S.Step) and s.kind != "report"]
-    finished = [s.name for s in plan if (_state(out / s.name) or {}).get("state") == "done"]
-    rdir = write_report(gather(cfg, layout), layout.report_dir())
-    console.print(f"report of {len(finished)} finished step(s) of {len(plan)} known: {(rdir / 'report.html').resolve()}"
-                  + ("" if len(finished) == len(plan) else "  (the study is not complete: run it again to resume)"))
+    prints = Prints(out)
+    states: dict[str, str] = {}
+    for step in _steps(cfg, out):
+        if isinstance(step, S.Step) and step.kind != "report":
+            prints.of(step)
+            states[step.name] = prints.status(step)
+    current = [n for n, st in states.items() if st == "done"]
+    stale = [n for n, st in states.items() if st == "stale"]
+    rdir = write_report(gather(cfg, layout, stale), layout.report_dir())
+    console.print(f"report of {len(current)} finished and current step(s) of {len(states)} known: "
+                  f"{(rdir / 'report.html').resolve()}"
+                  + ("" if len(current) == len(states) else "  (the study is not complete: run it again to resume)"))
+    if stale:
+        console.print(f"[yellow]left out of the report: {len(stale)} stale step(s)[/], whose settings or inputs changed "
+                      f"since they ran: {', '.join(stale)}")
     return out
 
 
@@ -232,7 +296,7 @@ def _print_outcome(console: Any, cfg: StudyConfig, out: Path) -> None:
     from medtune.report.build import columns, model_row
     from medtune.study.results import gather, model_dir_of
 
-    layout = StudyLayout(out)
+    layout = layout_of(cfg, out)
     results = gather(cfg, layout)
     ship = results.ship
     row = next((r for r in results.rows if ship is not None and r.label == ship.row), None)
@@ -291,29 +355,13 @@ def _print_changes(console: Any, cfg: StudyConfig, results: Any) -> None:
         console.print(table)
 
 
-def _inputs(step: S.Step) -> list[tuple[str, SourceConfig, Path]]:
-    """(what, source, data root) for every data source ``step`` reads."""
-    c: Any = step.config
-    if step.kind == "train":
-        return [(f"data.{role}", s, c.data.root()) for role in ("train", "replay", "eval") for s in getattr(c.data, role)]
-    if step.kind in ("eval", "sweep"):
-        names = c.task_names if step.kind == "eval" else f"{c.medical_tasks},{c.general_tasks}".split(",")
-        tasks, _ = expand([n for n in names if n])  # groups read their member tasks' sources
-        found = []
-        for t in tasks:
-            specs = [c.task_sources[t]] if t in c.task_sources else [TASKS[t].source, *TASKS[t].extra_sources]
-            found += [(f"task {t}", SourceConfig.model_validate(spec), Path(c.data_root)) for spec in specs]
-        return found
-    return []
-
-
 def _missing_inputs(plan: list[S.Step]) -> list[str]:
     """One line per local data path some step reads that does not exist, naming the steps."""
     from medtune.data.registry import resolve_path
 
     found: dict[str, list[str]] = {}
     for step in plan:
-        for what, src, root in _inputs(step):
+        for what, src, root in step.inputs():
             try:
                 resolve_path(src, root)
             except MedtuneError as err:
@@ -327,7 +375,7 @@ def _print_plan(console: Any, cfg: StudyConfig, out: Path) -> None:
     table = Table(title=f"study {cfg.name} → {out}", title_justify="left")
     for col in ("step", "state", "note"):
         table.add_column(col)
-    fps: dict[str, str] = {}
+    prints = Prints(out)
     colors = {"done": "green", "run": "yellow", "resume": "cyan", "stale": "magenta", "wait": "dim"}
     plan = _steps(cfg, out)
     waiting = any(isinstance(i, str) for i in plan)
@@ -338,9 +386,11 @@ def _print_plan(console: Any, cfg: StudyConfig, out: Path) -> None:
         if item.kind == "report" and waiting:  # its inputs are not all known yet
             table.add_row(item.name, f"[{colors['wait']}]wait[/]", "after the steps above")
             continue
-        fps[item.name] = item.fingerprint(fps)
-        state = status(item, out, fps[item.name])
+        basis, _ = prints.of(item)
+        state = prints.status(item)
         note = item.note
+        if state == "stale":
+            note = " · ".join([stale_reason(item, out, basis), *([note] if note else [])])
         if state == "resume" and item.kind == "train":
             from medtune.train import checkpoint
 

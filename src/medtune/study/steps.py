@@ -1,10 +1,11 @@
 """The study's steps: what each one runs, where it writes, and what it depends on.
 
 A step is a stage config plus a directory. Its fingerprint is a hash of that config (without
-fields that do not change the result, such as progress bars) and of the fingerprints of the steps
-it reads from, so changing one setting changes the fingerprints of exactly the steps downstream
-of it. Steps whose config depends on an earlier result (the merge at the alpha a sweep selected)
-are built once that result exists.
+fields that do not change the result, such as progress bars, and with its locations made portable:
+:mod:`medtune.study.fingerprint`), of the content of the data files it reads, and of the fingerprints
+of the steps it reads from, so changing one setting changes the fingerprints of exactly the steps
+downstream of it, and moving the study (with its data) changes none. Steps whose config depends on an
+earlier result (the merge at the alpha a sweep selected) are built once that result exists.
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from medtune.config import ModelConfig
+from medtune.data.registry import resolve_path
 from medtune.data.spec import SourceConfig
+from medtune.errors import MedtuneError
 from medtune.evaluate.tasks import GROUPS, TASKS, expand
 from medtune.merge.records import SweepPoint, SweepResult
+from medtune.study import fingerprint
 from medtune.study.config import StudyConfig, VariantConfig
 from medtune.study.layout import StudyLayout as L
 
 Kind = Literal["eval", "train", "sweep", "merge", "report"]
-_VOLATILE = {"progress", "resume"}
-"""Config fields that do not change a step's result."""
 
 
 @dataclass
@@ -39,10 +41,49 @@ class Step:
     deps: list[str] = field(default_factory=list)
     note: str = ""
 
-    def fingerprint(self, upstream: dict[str, str]) -> str:
-        cfg = self.config.model_dump(mode="json", exclude=_VOLATILE) if self.config is not None else None
-        basis = json.dumps({"kind": self.kind, "config": cfg, "deps": [upstream[d] for d in self.deps]}, sort_keys=True)
-        return hashlib.sha256(basis.encode()).hexdigest()[:16]
+    def basis(self, upstream: dict[str, str], out: Path) -> dict[str, Any]:
+        """What the fingerprint hashes (key path -> value), given the fingerprints of the steps before it
+        and the study directory ``out``; kept in the step's state to say what changed."""
+        reads = []
+        for _, src, root in self.inputs():
+            try:
+                path = resolve_path(src, root)
+            except MedtuneError:  # reported before anything runs (study.run._missing_inputs)
+                continue
+            if path is not None:
+                reads.append(path)
+        flat = fingerprint.basis(self.config, out, self.data_root(), reads)
+        return {"kind": self.kind, **flat, **{f"deps.{d}": upstream[d] for d in self.deps}}
+
+    def legacy_fingerprint(self, upstream: dict[str, str]) -> str:
+        """The fingerprint medtune wrote before state files kept the basis (a hash of the config as is,
+        absolute paths included, and of these fingerprints of the steps before): a step finished then
+        is still done, once, if nothing changed, and its state is upgraded."""
+        cfg = self.config.model_dump(mode="json", exclude={"progress", "resume"}) if self.config is not None else None
+        text = json.dumps({"kind": self.kind, "config": cfg, "deps": [upstream[d] for d in self.deps]}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def data_root(self) -> Path | None:
+        """The directory the step's relative data paths resolve against (None: it reads no data files)."""
+        c: Any = self.config
+        if self.kind == "train":
+            return c.data.root()
+        return Path(c.data_root).resolve() if self.kind in ("eval", "sweep") else None
+
+    def inputs(self) -> list[tuple[str, SourceConfig, Path]]:
+        """(what, source, data root) for every data source the step reads."""
+        c: Any = self.config
+        if self.kind == "train":
+            return [(f"data.{role}", s, c.data.root()) for role in ("train", "replay", "eval") for s in getattr(c.data, role)]
+        if self.kind in ("eval", "sweep"):
+            names = c.task_names if self.kind == "eval" else f"{c.medical_tasks},{c.general_tasks}".split(",")
+            tasks, _ = expand([n for n in names if n])  # groups read their member tasks' sources
+            found = []
+            for t in tasks:
+                specs = [c.task_sources[t]] if t in c.task_sources else [TASKS[t].source, *TASKS[t].extra_sources]
+                found += [(f"task {t}", SourceConfig.model_validate(spec), Path(c.data_root)) for spec in specs]
+            return found
+        return []
 
 
 def _absolute(src: SourceConfig, root: Path) -> SourceConfig:

@@ -9,6 +9,7 @@ from typing import Any
 
 from medtune import atomic
 from medtune.config import dump_config
+from medtune.lora_adapter import BaseIdentity
 from medtune.train.config import TrainConfig
 
 
@@ -63,22 +64,35 @@ def model_card(cfg: TrainConfig, state: dict[str, Any], run: dict[str, Any], man
 {sources}
 
 Files: `config.yaml` (the resolved config), `data/manifest.json` (sources with sha256, leakage
-guard, realised mix), `curves.json` / `curves.png` (loss and learning rate per step).
+guard, realised mix), `curves.json` / `curves.png` (loss and learning rate per step),
+`model/medtune_weights.json` (the sha256 of each model file), `model/medtune_base.json` (the base: its
+spec, location and a fingerprint of its weights).
 Intended use: research on domain adaptation; not for clinical decisions.
 """
 
 
-def save_model(out: Path, model: Any, tokenizer: Any, state_dict: dict[str, Any] | None = None) -> None:
-    """``out`` (written atomically): the adapter (LoRA) or the full model, and the tokenizer.
+def save_model(out: Path, model: Any, tokenizer: Any, state_dict: dict[str, Any] | None = None,
+               base: BaseIdentity | None = None) -> None:
+    """``out`` (written atomically): the adapter (LoRA) or the full model, the tokenizer, the model files'
+    sha256 (:mod:`medtune.weights_hash`: what a sweep keys its cached scores on) and ``base``, the model
+    trained from (``medtune_base.json``: eval, merge and chat check an adapter's base against it).
     ``state_dict``: the weights to write, when the model's own are shards (FSDP2)."""
+    from medtune import weights_hash
+
     with atomic.staging_dir(out, "model") as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(str(tmp))
+        if base is not None:
+            base.save(tmp)
+        weights_hash.record(tmp)
 
 
 def write_outputs(cfg: TrainConfig, out: Path, model: Any, tokenizer: Any, state: dict[str, Any], run: dict[str, Any],
                   state_dict: dict[str, Any] | None = None) -> None:
-    save_model(out / "model", model, tokenizer, state_dict)
+    from medtune import models
+
+    base = BaseIdentity.of(models.resolve(cfg.model.spec, allow_pickle=cfg.model.allow_pickle))
+    save_model(out / "model", model, tokenizer, state_dict, base)
     atomic.write_text(out / "config.yaml", dump_config(cfg))
     atomic.write_json(out / "curves.json", {"run": run, "history": state["history"], "seconds": state["seconds"]})
     plot_curves(state["history"], out / "curves.png", f"{cfg.model.spec} · {cfg.method} · {cfg.loss}")

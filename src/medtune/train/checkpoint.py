@@ -86,6 +86,16 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> No
     np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
 
 
+def require_shared(path: Path, rank: int) -> None:
+    """On a rank other than 0, after the barrier that follows rank 0 creating ``path``: refuse to go on
+    when this process cannot see it. Rank 0 alone builds the data and creates each checkpoint's staging
+    directory, which every rank then reads or writes into; a node whose ``out`` is its own local disk
+    would otherwise fail later with an unrelated I/O error, or resume from other checkpoints than rank 0."""
+    if rank != 0 and not path.exists():
+        raise MedtuneError(f"{path}: rank 0 created it, but rank {rank} cannot see it; multi-node training needs "
+                           "`out` on a filesystem shared by all nodes (NFS, Lustre, ...)")
+
+
 def save(root: Path, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any,
          trainer_state: dict[str, Any], rank: int, world: int, keep: int, barrier: Any) -> Path:
     """Write checkpoint ``step`` (every rank writes its RNG state; rank 0 the rest), then prune old ones.
@@ -96,6 +106,7 @@ def save(root: Path, step: int, model: torch.nn.Module, opt: torch.optim.Optimiz
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
     barrier()
+    require_shared(staging, rank)
     rng_t, rng_meta = _rng_state()
     save_file(rng_t, str(staging / f"rng-rank{rank}.safetensors"))
     atomic.write_json(staging / f"rng-rank{rank}.json", rng_meta)

@@ -30,15 +30,16 @@ class TrainError(MedtuneError):
     """Training stopped (non-finite loss, bad resume)."""
 
 
-def _data(cfg: TrainConfig, out: Path, is_main: bool, barrier: Any) -> Any:
+def _data(cfg: TrainConfig, out: Path, rank: int, barrier: Any) -> Any:
     """Packed blocks from OUT/data, memory-mapped (nothing is read until a step asks for its blocks);
-    built there first if missing (the data stage is deterministic)."""
+    built there first by rank 0 if missing (the data stage is deterministic)."""
     from medtune.data.build import build_command, open_blocks
 
     data_dir = out / "data"
-    if is_main and not (data_dir / "manifest.json").is_file():
+    if rank == 0 and not (data_dir / "manifest.json").is_file():
         build_command(cfg.data.model_copy(update={"out": str(data_dir), "tokenizer": cfg.data.tokenizer}))
     barrier()
+    checkpoint.require_shared(data_dir / "manifest.json", rank)
     return open_blocks(data_dir)
 
 
@@ -131,6 +132,16 @@ def unsupported_parallelism(running: str, fsdp_version: int | None, zero_stage: 
     return None
 
 
+def launch_refusal(env: dict[str, str], save_every: int) -> str | None:
+    """:func:`unsupported_parallelism` for the FSDP version the launch asked for (``accelerate launch``
+    sets ``ACCELERATE_USE_FSDP`` and ``FSDP_VERSION``, default 1), checked before accelerate sets it
+    up: accelerate's FSDP1 set-up fails on a machine without a GPU with an error of its own."""
+    if env.get(LAUNCH_FLAGS["FSDP"], "false").lower() != "true":
+        return None
+    version = env.get("FSDP_VERSION", "1")
+    return unsupported_parallelism("FSDP", int(version) if version.isdigit() else None, None, save_every)
+
+
 def _warner(is_main: bool) -> Any:
     """Print a warning on stderr from the main process only (one line per event, not one per rank)."""
     from rich.console import Console
@@ -149,6 +160,8 @@ def train(cfg: TrainConfig) -> Path:
 
     from medtune.train.loss import CausalLMLoss
 
+    if (refused := launch_refusal(dict(os.environ), cfg.save_every)) is not None:
+        raise TrainError(refused)
     cuda = torch.cuda.is_available()
     acc = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and torch.cuda.is_bf16_supported() else "no")
     if (fallback := parallelism_fallback(dict(os.environ), acc.distributed_type.name)) is not None:
@@ -163,7 +176,7 @@ def train(cfg: TrainConfig) -> Path:
         raise TrainError(f"{out} already has checkpoints: pass --resume to continue, or choose another --out")
     acc.wait_for_everyone()
     set_seed(cfg.seed)
-    blocks = _data(cfg, out, acc.is_main_process, acc.wait_for_everyone)
+    blocks = _data(cfg, out, acc.process_index, acc.wait_for_everyone)
     n_blocks, block = len(blocks), blocks.block_size
     global_batch, total_steps = plan(cfg, n_blocks, block, acc.num_processes)
     order = sample_order(n_blocks, cfg.seed, total_steps * global_batch)

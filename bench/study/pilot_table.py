@@ -1,7 +1,7 @@
 """Print the condensed recipe-pilot table of docs/results.md from the pilot's report.json files, and
 draw its budget curves.
 
-    python docs/results/pilot/table.py docs/results/pilot/report.json [MORE.json ...] [--plot budget.png]
+    python bench/study/pilot_table.py docs/results/pilot/report.json [MORE.json ...] [--plot budget.png]
 
 The pilot's 24 points take about 7 CPU hours, more than one session: it runs in parts
 (``medtune study configs/study/recipe_pilot.yaml --only A,B,...``), each part with its own

@@ -1,6 +1,6 @@
 """Print the condensed tables of docs/results.md (issue 15's five questions) from the study's report.json.
 
-    python docs/results/questions.py docs/results/report.json
+    python bench/study/questions.py docs/results/report.json
 
 Every number is read from report.json (the study's own report: paired changes vs the base model
 with their 95 % intervals, per-task scores, the sweeps' validation points). Computed here, and
