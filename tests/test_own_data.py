@@ -535,3 +535,32 @@ def test_chat_sources_train_only() -> None:
         DataConfig.model_validate({"eval": [{"adapter": "chat", "path": "x.jsonl"}]})
     with pytest.raises(ValueError, match="not a text adapter"):
         DataConfig.model_validate({"replay": [{"adapter": "chat", "path": "x.jsonl"}]})
+
+
+# --- the docs example -------------------------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def test_the_own_data_example_study_runs_as_written(tiny_llama: Path, tmp_path: Path) -> None:
+    """docs/own-data/study.yaml runs (on the tiny model): the chat set trains, the user exam is scored in both
+    formulations with its group, and the manifest's decontamination finding is the one docs/own-data.md shows."""
+    from medtune.config import load_config
+    from medtune.evaluate.results import EvalResult
+    from medtune.study.run import StudyRunConfig, study
+
+    cfg = load_config(StudyRunConfig, DOCS / "own-data" / "study.yaml",
+                      {"model.spec": str(tiny_llama), "out": str(tmp_path / "study"), "progress": False})
+    cfg.base_dir = str(DOCS / "own-data")  # as the CLI sets it: paths are relative to the study file
+    study(cfg)
+    for model in ("base", "lora"):
+        res = EvalResult.load(tmp_path / "study" / "eval" / model / "results.json")
+        assert set(res.tasks) == {"ward_exam", "ward_exam_cloze", "everyday"}
+    manifest = json.loads((tmp_path / "study" / "train" / "lora" / "data" / "manifest.json").read_text())
+    found = manifest["decontamination"]["sources"]
+    assert found["ward_sft"]["contaminated"] == 0 and found["guidelines"]["contaminated"] == 1
+    (hit,) = found["guidelines"]["examples"]
+    page = (DOCS / "own-data.md").read_text()
+    for value in (hit["doc_id"], hit["eval_set"], hit["eval_id"], hit["ngram"], f'"checked": {found["guidelines"]["checked"]}'):
+        assert str(value) in page
+    assert (tmp_path / "study" / "report" / "report.md").read_text().count("ward_exam") >= 2
