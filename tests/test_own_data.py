@@ -32,6 +32,15 @@ EXAM = [  # a hospital exam bank: stem, five options as columns, the key as a le
 COLUMNS = {"question": "stem", "options": ["a", "b", "c", "d", "e"], "answer": "key"}
 
 
+@pytest.fixture(autouse=True)
+def _builtin_tasks_after() -> Any:
+    """Each test's user tasks leave the process registry when it ends (later test files see the built-in ones)."""
+    yield
+    from medtune.evaluate.tasks import define_tasks
+
+    define_tasks({})
+
+
 def load(path: Path, fields: dict[str, Any], rejects: Rejects | None = None, **kw: Any) -> list[QARecord]:
     src = SourceConfig(adapter="qa", path=str(path), fields=fields, **kw)
     return load_source(src, None, rejects if rejects is not None else Rejects())  # type: ignore[return-value]

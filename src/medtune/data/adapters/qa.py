@@ -101,10 +101,14 @@ def _record(row: Any, where: str, path: str, default_id: str, f: QAFields, meta:
                     options=texts, answer=answer, option_labels=labels, meta=meta)
 
 
+def _mapped(f: QAFields) -> list[str]:
+    """Every column the mapping names."""
+    return [*f.required, *(k for k in (f.context, f.explanation, f.id, f.subject) if k)]
+
+
 def _require(have: list[str], f: QAFields, label: str | Path) -> None:
-    """A CSV header, Parquet schema or Hub dataset must have every mapped column (once, not per row)."""
-    optional = [k for k in (f.context, f.explanation, f.id, f.subject) if k]
-    for col in [*f.required, *optional]:
+    """A CSV header or Hub dataset must have every mapped column (once, not per row)."""
+    for col in _mapped(f):
         if col not in have:
             raise DataError(label, None, col, f"column missing (available: {', '.join(have)})")
 
@@ -130,22 +134,6 @@ def _csv_rows(path: Path, f: QAFields, rejects: Rejects) -> Iterator[rows.Row]:
         yield f"line {first}", dict(zip(header, cells))
 
 
-def _parquet_rows(path: Path, f: QAFields) -> Iterator[rows.Row]:
-    """``("row N", row)`` per Parquet row (1-based), read batch by batch."""
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as err:  # pyarrow raises several types for a file that is not Parquet
-        raise DataError(path, None, None, f"cannot read Parquet file: {type(err).__name__}: {err}") from None
-    _require(pf.schema_arrow.names, f, path)
-    n = 0
-    for batch in pf.iter_batches(batch_size=4096):
-        for row in batch.to_pylist():
-            n += 1
-            yield f"row {n}", row
-
-
 def _file_rows(path: Path, f: QAFields, rejects: Rejects) -> Iterator[rows.Row]:
     if path.suffix == ".jsonl":
         return rows.jsonl_rows(path, rejects)
@@ -154,7 +142,7 @@ def _file_rows(path: Path, f: QAFields, rejects: Rejects) -> Iterator[rows.Row]:
     if path.suffix == ".csv":
         return _csv_rows(path, f, rejects)
     if path.suffix == ".parquet":
-        return _parquet_rows(path, f)
+        return rows.parquet_rows(path, _mapped(f))
     raise DataError(path, None, None, f"unsupported file type {path.suffix!r} for adapter qa "
                     f"(expected {', '.join(SUFFIXES)})")
 

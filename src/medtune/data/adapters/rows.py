@@ -123,6 +123,26 @@ def json_array_rows(path: Path, rejects: Rejects) -> Iterator[Row]:
         yield where, item
 
 
+def parquet_rows(path: Path, need: Sequence[str], read: Sequence[str] | None = None) -> Iterator[Row]:
+    """``("row N", row)`` per Parquet row (N from 1), batch by batch (only ``read`` columns, default all). A
+    column of ``need`` that the file lacks is one error naming it and the columns there are."""
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as err:  # pyarrow raises several types for a file that is not Parquet
+        raise DataError(path, None, None, f"cannot read Parquet file: {type(err).__name__}: {err}") from None
+    have = pf.schema_arrow.names
+    for col in need:
+        if col not in have:
+            raise DataError(path, None, col, f"column missing (available: {', '.join(have)})")
+    n = 0
+    for batch in pf.iter_batches(batch_size=1024, columns=list(read) if read is not None else None):
+        for row in batch.to_pylist():
+            n += 1
+            yield f"row {n}", row
+
+
 def _parse_line(path: Path, n: int, line: str) -> Any:
     """One JSON-lines row, strictly; raises the :class:`DataError` that names line and field."""
     obj = _loads(path, f"line {n}", line)

@@ -56,23 +56,6 @@ def files_of(path: Path, glob: str) -> list[Path]:
     return files
 
 
-def _parquet_rows(path: Path, field: str) -> Iterator[rows.Row]:
-    """``("row N", row)`` per Parquet row (1-based), only ``field`` read, batch by batch."""
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as err:  # pyarrow raises several types for a file that is not Parquet
-        raise DataError(path, None, None, f"cannot read Parquet file: {type(err).__name__}: {err}") from None
-    if field not in pf.schema_arrow.names:
-        raise DataError(path, None, field, f"column missing (available: {', '.join(pf.schema_arrow.names)})")
-    n = 0
-    for batch in pf.iter_batches(batch_size=1024, columns=[field]):
-        for row in batch.to_pylist():
-            n += 1
-            yield f"row {n}", row
-
-
 def _check_suffix(path: Path) -> None:
     if path.suffix not in SUFFIXES:
         raise DataError(path, None, None, f"unsupported file type {path.suffix!r} (expected {', '.join(SUFFIXES)})")
@@ -93,7 +76,7 @@ def _file_docs(src: SourceConfig, path: Path, stem: str, dataset: str, rejects: 
         body = _body(row, src.text_field, p, where)
         return TextDoc(id=f"{stem}:{where.split(' ', 1)[1]}", dataset=dataset, text=body, meta=dict(meta))
 
-    raw = rows.jsonl_rows(path, rejects) if path.suffix == ".jsonl" else _parquet_rows(path, src.text_field)
+    raw = rows.jsonl_rows(path, rejects) if path.suffix == ".jsonl" else rows.parquet_rows(path, [src.text_field], [src.text_field])
     return rows.iter_converted(raw, convert, rejects)
 
 
