@@ -21,6 +21,7 @@ read, and the process's peak RSS.
     .venv/bin/python bench/data_scale.py                       # 1M, 10M, 100M (about 1.2 GB of disk under /tmp)
     .venv/bin/python bench/data_scale.py --sizes 1e6,1e7       # quicker
     python bench/data_scale.py --data-root DIR --tokenizer MODEL_DIR --no-train   # e.g. on a machine without the model
+    .venv/bin/python bench/data_scale.py --sizes 1e8 --no-train --decontam   # the n-gram check's cost at 100M tokens
 
 Needs the data at ../shared/data (or --data-root). WORKDIR is deleted at the end unless --keep. Not a test.
 """
@@ -45,6 +46,10 @@ WIKITEXT = ["general/replay/wikitext-2_test.tokens.txt", "general/replay/wikitex
 REF_REPEATS = 3
 DOMAIN = {"adapter": "pubmedqa", "name": "pubmedqa_trainval", "path": "pubmedqa/ori_pqal.json", "split": "trainval"}
 REF_TOKENS = 2_000_000
+EVAL_SETS = [{"adapter": "pubmedqa", "name": "pubmedqa_test", "path": "pubmedqa/test_set.json"},
+             {"adapter": "medmcqa", "name": "medmcqa_dev", "path": "medmcqa/dev.json"}]
+"""--decontam: the evaluation splits every build is checked against (PubMedQA test, MedMCQA dev)."""
+DECONTAM = os.environ.get("MEDTUNE_BENCH_DECONTAM")  # "on" / "off" in a --decontam build's child, else unset
 
 
 def peak_rss_mb() -> float:
@@ -103,6 +108,8 @@ def child_build(corpus: str, out: str, n: int) -> dict:
     from medtune.data.build import DataConfig, build_command, prepare
 
     base = {"data_root": str(DATA), "tokenizer": TOKENIZER, "block_size": 512, "out": out, "train": [DOMAIN]}
+    if DECONTAM:  # the same evaluation splits (and leakage guard) in both; only the n-gram check differs
+        base |= {"eval": EVAL_SETS, "drop_leaked": True, "decontamination": {"enabled": DECONTAM == "on"}}
     domain_tokens = prepare(DataConfig.model_validate(base), mix_and_pack=False).sources[0].tokens
     cfg = DataConfig.model_validate({
         **base, "replay": [{"adapter": "text", "name": "wikitext_rep", "path": corpus, "max_tokens": n}],
@@ -152,8 +159,10 @@ def child_train(build: str, out: str) -> dict:
             "total_s": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb()}
 
 
-def in_child(kind: str, *args: str) -> dict:
+def in_child(kind: str, *args: str, decontam: str | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
+    if decontam:
+        env["MEDTUNE_BENCH_DECONTAM"] = decontam
     if kind == "reference-1thread":
         env["TOKENIZERS_PARALLELISM"] = "false"
     elif kind != "build":
@@ -173,6 +182,9 @@ def main() -> None:
     ap.add_argument("--data-root", type=Path, default=DATA, help="the benchmark data (default ../shared/data)")
     ap.add_argument("--tokenizer", default=TOKENIZER, help="model spec whose tokenizer builds (default smollm2-135m)")
     ap.add_argument("--no-train", action="store_true", help="skip the training part (it loads the model)")
+    ap.add_argument("--decontam", action="store_true",
+                    help="also build each size checked against PubMedQA test and MedMCQA dev by the n-gram decontamination, "
+                         "and without the check, and report the time and peak RSS ratios (target <= 1.5)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -201,6 +213,11 @@ def main() -> None:
     for n in sizes:
         result["builds"][n] = in_child("build", str(corpora[n]), str(work / f"build-{n}"), str(n))
         print(n, result["builds"][n], file=sys.stderr)
+    for n in sizes if args.decontam else ():
+        result.setdefault("decontam", {})[n] = {
+            mode: in_child("build", str(corpora[n]), str(work / f"build-{n}-{mode}"), str(n), decontam=mode)
+            for mode in ("off", "on")}
+        print("decontamination", n, result["decontam"][n], file=sys.stderr)
     for n in () if args.no_train else (sizes[0], sizes[-1]):
         result["train"][n] = in_child("train", str(work / f"build-{n}"), str(work / f"train-{n}"))
         print("train", n, result["train"][n], file=sys.stderr)
@@ -225,6 +242,11 @@ def report(r: dict, sizes: list[int]) -> None:
     print(f"\npeak RSS {sizes[-1]:,} / {sizes[0]:,}: {hi['peak_rss_mb'] / lo['peak_rss_mb']:.2f} (target <= 1.5)")
     print(f"tokens/s of the {sizes[-1]:,} build / threaded reference: {hi['tokens_per_s'] / refT:.2f} (target >= 1.5; "
           f"/ one-thread reference: {hi['tokens_per_s'] / ref1:.2f}; {r['machine']['affinity']} cores)")
+    for n, d in r.get("decontam", {}).items():
+        on, off = d["on"], d["off"]
+        print(f"decontamination at {int(n):,} replay tokens (PubMedQA test + MedMCQA dev): wall {on['seconds']:.1f} s / "
+              f"{off['seconds']:.1f} s without = {on['seconds'] / off['seconds']:.2f}, peak RSS {on['peak_rss_mb']:.0f} / "
+              f"{off['peak_rss_mb']:.0f} MB = {on['peak_rss_mb'] / off['peak_rss_mb']:.2f} (targets <= 1.5)")
     if not r["train"]:
         return
     print("\n| training on | blocks | data opened s | first step's batch s | peak RSS MB | load avg before/after |")

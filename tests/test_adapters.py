@@ -58,8 +58,8 @@ def error_of(**kw: Any) -> str:
 
 def test_registry_names_and_kinds() -> None:
     assert set(ADAPTERS) == {"pubmedqa", "pubmedqa_hub", "medmcqa", "medmcqa_hub", "medqa", "medqa_hub",
-                             "arc", "arc_hub", "mmlu", "text", "text_hub"}
-    assert QA_ADAPTERS | TEXT_ADAPTERS == set(ADAPTERS) and not QA_ADAPTERS & TEXT_ADAPTERS
+                             "arc", "arc_hub", "chat", "mmlu", "qa", "qa_hub", "text", "text_hub"}
+    assert QA_ADAPTERS | TEXT_ADAPTERS | {"chat"} == set(ADAPTERS) and not QA_ADAPTERS & TEXT_ADAPTERS
     assert len(MEDICAL_MMLU_SUBJECTS) == 9
 
 

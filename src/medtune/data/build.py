@@ -22,12 +22,13 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from medtune.config import StrictModel
+from medtune.data.decontam import DecontamConfig, DecontamReport
 from medtune.data.leakage import GuardReport
 from medtune.data.mixing import Doc, MixPlan, MixReport, MixResult, mix, mix_plan
 from medtune.data.packing import PackResult, group_share, pack
 from medtune.data.prompts import get_train_template
 from medtune.data.reading import Loaded, SourceStats, load
-from medtune.data.registry import QA_ADAPTERS, TEXT_ADAPTERS
+from medtune.data.registry import CHAT_ADAPTERS, QA_ADAPTERS, TEXT_ADAPTERS
 from medtune.data.rejects import Rejects
 from medtune.data.shards import Blocks, ShardWriter, write_plan
 from medtune.data.spec import Placed, SourceConfig, unique_names
@@ -64,8 +65,15 @@ class DataConfig(StrictModel):
     """Cut the last partial block (its token count is reported) instead of padding it."""
     template: str = "qa_text"
     """Training-document template (medtune.data.prompts.TRAIN_TEMPLATES)."""
+    chat_template: str | None = None
+    """A Jinja chat template for `chat` training sources, when the tokenizer has none (a base model's) or to
+    use another one; by default the tokenizer's own."""
     drop_leaked: bool = False
-    """Drop training items that also appear in an eval split (and report them) instead of refusing."""
+    """Drop training items that also appear in an eval split, and training or replay documents that share an
+    n-gram with one (decontamination), and report them, instead of refusing."""
+    decontamination: DecontamConfig = Field(default_factory=DecontamConfig)
+    """The n-gram check of every training and replay document against every `eval` split (13-gram, normalised
+    text); what it finds is in manifest.json per source, with examples."""
     skip_invalid: bool = False
     """Write invalid source rows to a rejects file and go on, instead of stopping at the first."""
     shard_tokens: int = Field(1 << 23, ge=8)
@@ -80,8 +88,11 @@ class DataConfig(StrictModel):
 
     @field_validator("train", "eval")
     @classmethod
-    def _qa_only(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
+    def _qa_only(cls, sources: list[SourceConfig], info: Any) -> list[SourceConfig]:
         for i, src in enumerate(sources):
+            if src.adapter in CHAT_ADAPTERS and info.field_name == "eval":
+                raise ValueError(f"source {i}: adapter {src.adapter!r} reads conversations; use it under 'train' "
+                                 f"(eval splits are QA items: {', '.join(sorted(QA_ADAPTERS))})")
             if src.adapter in TEXT_ADAPTERS:
                 raise ValueError(f"source {i}: adapter {src.adapter!r} reads plain text; use it under 'replay' "
                                  f"(QA adapters: {', '.join(sorted(QA_ADAPTERS))})")
@@ -140,6 +151,7 @@ class Prepared:
     packed: PackResult | None
     rejects: Rejects
     eos_id: int
+    decontam: DecontamReport | None = None
 
 
 def bos_id(tokenizer: Any) -> int | None:
@@ -172,7 +184,7 @@ def prepare(cfg: DataConfig, tokenizer: Any | None = None, *, mix_and_pack: bool
         mixed = mix(docs, loaded.groups(), cfg.general_share, cfg.mix_strategy, cfg.seed, cfg.temperature)
         packed = pack(mixed.docs, cfg.block_size, tokenizer.eos_token_id, drop_tail=cfg.drop_tail, pad_id=_pad_id(tokenizer),
                       bos_id=bos_id(tokenizer))
-    return Prepared(loaded.sources, loaded.guard, mixed, packed, loaded.rejects, tokenizer.eos_token_id)
+    return Prepared(loaded.sources, loaded.guard, mixed, packed, loaded.rejects, tokenizer.eos_token_id, loaded.decontam)
 
 
 def _fmt_labels(labels: dict[str, int]) -> str:
@@ -180,7 +192,7 @@ def _fmt_labels(labels: dict[str, int]) -> str:
 
 
 def summary(sources: list[SourceStats], rejects: Rejects, report: GuardReport, mix: MixReport | None,
-            packing: dict[str, Any] | None) -> dict[str, Any]:
+            packing: dict[str, Any] | None, decontam: DecontamReport | None = None) -> dict[str, Any]:
     """JSON-ready record of what the data stage read, dropped, mixed and packed."""
     from dataclasses import asdict
 
@@ -189,6 +201,7 @@ def summary(sources: list[SourceStats], rejects: Rejects, report: GuardReport, m
         "rejected_rows": len(rejects),
         "leakage": {"dropped_items": report.n_dropped, "per_eval_set": report.counts,
                     "examples": [asdict(l) for l in report.dropped[:20]]},
+        "decontamination": asdict(decontam) if decontam else None,
         "mix": asdict(mix) if mix else None,
         "packing": packing,
     }
@@ -239,8 +252,14 @@ def stats_command(cfg: DataConfig) -> dict[str, Any]:
         console.print(f"packed: {p.input_ids.shape[0]:,} blocks of {p.block_size} tokens; {tail}")
         for w in r.warnings:
             console.print(f"[yellow]warning[/]: {w}")
+    if prep.decontam is not None:
+        for name, f in prep.decontam.sources.items():
+            if f.contaminated:
+                console.print(f"[bold]Decontamination[/]: {name}: {f.contaminated} of {f.checked} documents share a "
+                              f"{prep.decontam.ngram}-gram with an eval split, dropped "
+                              f"({', '.join(f'{k}: {v}' for k, v in f.per_eval_set.items())})")
     return summary(prep.sources, prep.rejects, prep.guard, prep.mix.report if prep.mix else None,
-                   prep.packed.summary() if prep.packed else None)
+                   prep.packed.summary() if prep.packed else None, prep.decontam)
 
 
 def _write_shards(cfg: DataConfig, tokenizer: Any, loaded: Loaded, plan: MixPlan, root: Path) -> dict[str, Any]:
@@ -295,7 +314,8 @@ def build_command(cfg: DataConfig) -> Path:
         packing = _write_shards(cfg, tokenizer, loaded, plan, tmp / SHARDS)
         shutil.rmtree(tmp / "cache", ignore_errors=True)
         atomic.write_json(tmp / "manifest.json",
-                          {**summary(loaded.sources, loaded.rejects, loaded.guard, plan.report, packing), **_provenance()})
+                          {**summary(loaded.sources, loaded.rejects, loaded.guard, plan.report, packing, loaded.decontam),
+                           **_provenance()})
         atomic.write_text(tmp / "config.yaml", dump_config(cfg))
         atomic.write_json(tmp / "templates.json", template_provenance(get_train_template(cfg.template)))
         loaded.rejects.write(tmp / "rejects.jsonl")

@@ -28,7 +28,8 @@ class EvalTemplate:
 
     name: str
     text: str
-    """Format string over {question}, {question_stripped}, {context}, {options_block}."""
+    """Format string over {question}, {question_stripped}, {context}, {context_block} ("Context: ...\\n" when
+    the item has one), {options_block}."""
     option_line: str = "{label}. {option}\n"
     """One line of {options_block}."""
     choices: Literal["labels", "options"] = "labels"
@@ -77,9 +78,15 @@ EVAL_TEMPLATES: dict[str, EvalTemplate] = {
         choices="options",
         source="lm_eval/tasks/arc/arc_easy.yaml (lm-eval 0.4.13)",
     ),
+    "letter": EvalTemplate(
+        name="letter",
+        text="{context_block}Question: {question}\n{options_block}Answer:",
+        source="lm_eval/tasks/medqa/preprocess_medqa.py (lm-eval 0.4.13), the same string for an item without a "
+               "context; a context is shown first as 'Context: ...', as the training texts show it",
+    ),
     "cloze": EvalTemplate(
         name="cloze",
-        text="Question: {question}\nAnswer:",
+        text="{context_block}Question: {question}\nAnswer:",
         choices="options",
         source="OLMES cloze formulation (Gu et al. 2024, arXiv:2406.08446): no options shown, each answer text "
                "scored after the question; the same strings as lm-eval's arc_easy.yaml",
@@ -102,6 +109,7 @@ DEFAULT_EVAL_TEMPLATE: dict[str, str] = {
     "arc_challenge": "arc",
     "arc": "arc",  # an ARC file whose name says neither Easy nor Challenge (same lm-eval prompt)
     "mmlu": "mmlu",
+    "qa": "letter",  # a user's own bank (adapter qa)
 }
 """Which evaluation template a dataset uses by default."""
 
@@ -133,6 +141,7 @@ def _fields(record: QARecord, template: EvalTemplate) -> dict[str, Any]:
         "question": record.question,
         "question_stripped": record.question.strip(),
         "context": record.context or "",
+        "context_block": f"Context: {record.context}\n" if record.context else "",
         "options_block": block,
     }
 

@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from medtune.data.adapters.chat import check_template, train_texts
+from medtune.data.decontam import DecontamReport, Screen
 from medtune.data.leakage import GuardReport, guard
 from medtune.data.mixing import Doc
 from medtune.data.prompts import eval_prompt, get_train_template, training_text
 from medtune.data.records import QARecord
-from medtune.data.registry import iter_source, load_source, no_items, resolve_path
+from medtune.data.registry import CHAT_ADAPTERS, iter_source, load_source, no_items, resolve_path
 from medtune.data.rejects import Rejects
 from medtune.data.shards import ids_dtype
 from medtune.data.spec import SourceConfig
@@ -54,6 +56,8 @@ class Loaded:
     rejects: Rejects
     domain: dict[str, list[Doc]]
     general: dict[str, TokenCache]
+    decontam: DecontamReport | None = None
+    """What the n-gram check of training and replay documents against the evaluation splits found."""
 
     def lengths(self) -> dict[str, np.ndarray]:
         """Source -> (n_docs,) tokens per document, domain sources first (the mix's input)."""
@@ -98,13 +102,13 @@ def _tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     return [a.tolist() for a in np.split(ids, np.cumsum(lengths)[:-1])] if texts else []
 
 
-def _text_batches(docs: Iterator[Any], room: Callable[[], int | None]) -> Iterator[list[str]]:
-    """Texts in batches of about BATCH_CHARS characters; smaller near a ``max_tokens`` end (``room()``
+def _text_batches(docs: Iterator[Any], room: Callable[[], int | None]) -> Iterator[list[Any]]:
+    """Documents in batches of about BATCH_CHARS characters; smaller near a ``max_tokens`` end (``room()``
     tokens left), so a capped stream reads little past its cap."""
-    batch: list[str] = []
+    batch: list[Any] = []
     size = 0
     for d in docs:
-        batch.append(d.text)
+        batch.append(d)
         size += len(d.text)
         left = room()
         if size >= (BATCH_CHARS if left is None else min(BATCH_CHARS, max(4096, 8 * left))):
@@ -114,8 +118,12 @@ def _text_batches(docs: Iterator[Any], room: Callable[[], int | None]) -> Iterat
         yield batch
 
 
-def stream_replay(src: SourceConfig, root: Path, rejects: Rejects, tokenizer: Any, path: Path, bar: Any) -> TokenCache:
+def stream_replay(src: SourceConfig, root: Path, rejects: Rejects, tokenizer: Any, path: Path, bar: Any,
+                  screen: Screen | None = None, name: str | None = None) -> TokenCache:
     """Read, tokenize and cache one replay source; stops at ``src.max_tokens`` (and ``src.limit``).
+    Each batch is checked against the evaluation splits by ``screen`` (decontamination, reported under
+    ``name``, the source's unique name, by default its label) before it is
+    tokenized, so a dropped document costs no tokens of the cap.
 
     Batch ``k + 1`` is tokenized in a background thread (the Rust encoder releases the GIL and uses
     every core) while this thread turns batch ``k`` into arrays, writes it and reads the batch after:
@@ -132,9 +140,12 @@ def stream_replay(src: SourceConfig, root: Path, rejects: Rejects, tokenizer: An
             if ahead.in_flight is not None and not ahead.may_read_on():
                 ahead.take(bar)
                 continue
-            texts = next(batches, None)
-            if texts is None:
+            docs = next(batches, None)
+            if docs is None:
                 break
+            texts = [d.text for d in (screen.check(name or src.label, docs) if screen is not None else docs)]
+            if not texts:
+                continue
             submitted = pool.submit(encodings, tokenizer, texts)
             if ahead.in_flight is not None:
                 ahead.take(bar)  # while the new batch is being tokenized
@@ -142,6 +153,8 @@ def stream_replay(src: SourceConfig, root: Path, rejects: Rejects, tokenizer: An
         if ahead.in_flight is not None and not writer.full:
             ahead.take(bar)
     cache = writer.close()
+    if screen is not None:
+        screen.raise_if_found(name or src.label)
     if len(cache.lengths) == 0:  # as load_source: an empty replay source would silently replay nothing
         raise no_items(src, resolve_path(src, root), len(rejects) - rejected)
     return cache
@@ -220,24 +233,36 @@ def load(cfg: DataConfig, tokenizer: Any, cache_dir: Path) -> Loaded:
                  sum(map(len, _tokenize(tokenizer, [eval_prompt(r).context for r in recs]))), label_counts(recs))
 
     train_records: list[list[QARecord]] = [load_source(src, root, rejects) for src in cfg.train]  # type: ignore[misc]
-    report = guard([r for recs in train_records for r in recs], eval_sets, drop=cfg.drop_leaked)
+    report = guard([r for recs in train_records for r in recs if isinstance(r, QARecord)], eval_sets, drop=cfg.drop_leaked)
+    if any(src.adapter in CHAT_ADAPTERS for src in cfg.train):
+        check_template(tokenizer, cfg.chat_template)
     kept_ids = {id(r) for r in report.kept}
+    screen = Screen(cfg.decontamination, eval_sets, drop=cfg.drop_leaked) \
+        if cfg.decontamination.enabled and eval_sets else None
     domain: dict[str, list[Doc]] = {}
     for name, src, all_recs in zip(names.train, cfg.train, train_records):
-        recs = [r for r in all_recs if id(r) in kept_ids]
-        texts = [training_text(r, template) for r in recs]
+        chat = src.adapter in CHAT_ADAPTERS  # conversations: one document per assistant turn, no answer labels
+        recs = [r for r in all_recs if chat or id(r) in kept_ids]
+        texts = train_texts(recs, tokenizer) if chat else [training_text(r, template) for r in recs]  # type: ignore[arg-type]
+        if screen is not None:  # a training item that quotes an evaluation item (beyond its question string)
+            clean = {id(t) for t in screen.check_all(name, texts)}
+            recs = recs if chat else [r for r, t in zip(recs, texts) if id(t) in clean]
+            texts = [t for t in texts if id(t) in clean]
+            screen.raise_if_found(name)
         # Prompt and answer are tokenized apart (the answer starts with a space, a natural token
         # boundary) so answer-only loss knows where the answer begins.
         prompts = _tokenize(tokenizer, [t.prompt for t in texts])
         answers = _tokenize(tokenizer, [t.answer for t in texts])
-        domain[name] = [Doc(name, "domain", p + a, r.id, answer_start=len(p)) for r, p, a in zip(recs, prompts, answers)]
-        describe("train", src, name, len(recs), sum(len(d.tokens) for d in domain[name]), label_counts(recs))
+        domain[name] = [Doc(name, "domain", p + a, t.id, answer_start=len(p)) for t, p, a in zip(texts, prompts, answers)]
+        describe("train", src, name, len(texts) if chat else len(recs), sum(len(d.tokens) for d in domain[name]),
+                 {} if chat else label_counts(recs))
 
     general: dict[str, TokenCache] = {}
     caps = [s.max_tokens for s in cfg.replay]
     with tqdm(total=sum(caps) if caps and None not in caps else None, desc="replay tokens", unit="tok",  # type: ignore[arg-type]
               unit_scale=True, disable=None, dynamic_ncols=True) as bar:
         for i, (name, src) in enumerate(zip(names.replay, cfg.replay)):
-            cache = general[name] = stream_replay(src, root, rejects, tokenizer, cache_dir / f"{i:03d}.ids", bar)
+            cache = general[name] = stream_replay(src, root, rejects, tokenizer, cache_dir / f"{i:03d}.ids", bar,
+                                                  screen, name)
             describe("replay", src, name, len(cache.lengths), int(cache.offsets[-1]), {})
-    return Loaded(stats, report, rejects, domain, general)
+    return Loaded(stats, report, rejects, domain, general, screen.report if screen is not None else None)

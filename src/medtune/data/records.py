@@ -45,3 +45,14 @@ class TextDoc:
     dataset: str
     text: str
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class ChatRecord:
+    """One conversation of instruction data (alpaca, sharegpt or OpenAI-style ``messages``), as turns."""
+
+    id: str
+    dataset: str
+    messages: tuple[tuple[str, str], ...]
+    """``(role, content)`` per turn, role ``system`` / ``user`` / ``assistant``; at least one assistant turn."""
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)

@@ -8,13 +8,13 @@ from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
 
-from medtune.data.adapters import arc, medmcqa, medqa, mmlu, pubmedqa, text
-from medtune.data.records import QARecord, TextDoc
+from medtune.data.adapters import arc, chat, medmcqa, medqa, mmlu, pubmedqa, qa, text
+from medtune.data.records import ChatRecord, QARecord, TextDoc
 from medtune.data.rejects import Rejects
 from medtune.data.spec import SourceConfig
 from medtune.errors import ConfigError, DataError
 
-Records = list[QARecord] | list[TextDoc]
+Records = list[QARecord] | list[TextDoc] | list[ChatRecord]
 Adapter = Callable[[SourceConfig, Path | None, Rejects], Records]
 """``(src, resolved local path or None for Hub adapters, rejects) -> records``."""
 
@@ -28,6 +28,9 @@ ADAPTERS: dict[str, Adapter] = {
     "arc": arc.load_arc,
     "arc_hub": arc.load_arc_hub,
     "mmlu": mmlu.load_mmlu,
+    "qa": qa.load_qa,  # a user's own bank: JSON / JSON-lines / CSV / Parquet through a `fields` mapping
+    "qa_hub": qa.load_qa_hub,
+    "chat": chat.load_chat,  # instruction data: alpaca, sharegpt or messages rows, trained through the chat template
     "text": text.load_text,
     "text_hub": text.load_text_hub,
 }
@@ -39,12 +42,15 @@ TEXT_STREAMS: dict[str, Callable[[SourceConfig, Path | None, Rejects], Iterator[
 """The text adapters' lazy readers: a replay source of any size is read document by document."""
 
 TEXT_ADAPTERS = frozenset({"text", "text_hub"})
-"""Adapters that return :class:`TextDoc`; all others return :class:`QARecord`."""
-QA_ADAPTERS = frozenset(ADAPTERS) - TEXT_ADAPTERS
+"""Adapters that return :class:`TextDoc`; all others return :class:`QARecord` (chat: :class:`ChatRecord`)."""
+CHAT_ADAPTERS = frozenset({"chat"})
+"""Adapters that return :class:`ChatRecord`: training sources rendered with the model's chat template."""
+QA_ADAPTERS = frozenset(ADAPTERS) - TEXT_ADAPTERS - CHAT_ADAPTERS
 HUB_ADAPTERS = frozenset(name for name in ADAPTERS if name.endswith("_hub"))
 """Adapters that read ``hub`` (a Hub id or a local directory in Hub layout) instead of ``path``."""
-SUBJECT_ADAPTERS = frozenset({"mmlu", "medmcqa", "medmcqa_hub"})
-"""Adapters whose records carry ``meta["subject"]``, so ``subjects``/``exclude_subjects`` apply."""
+SUBJECT_ADAPTERS = frozenset({"mmlu", "medmcqa", "medmcqa_hub", "qa", "qa_hub"})
+"""Adapters whose records carry ``meta["subject"]``, so ``subjects``/``exclude_subjects`` apply (``qa``: when
+its ``fields`` map a subject)."""
 
 # The first six are the MMLU subjects of MultiMedQA (Singhal et al., 2023), the usual "MMLU medical"
 # set; nutrition, virology and human_aging are health-related too, so a general (non-medical) MMLU

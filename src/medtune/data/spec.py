@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from medtune.config import StrictModel
+from medtune.data.fields import QAFields
 from medtune.errors import ConfigError
 
 
@@ -48,7 +49,14 @@ class SourceConfig(StrictModel):
     """Split to read. Hub: the dataset split (train/validation/test). Official PubMedQA
     ori_pqal.json: all, test (the official 500 test PMIDs) or trainval (the rest)."""
     text_field: str = "text"
-    """Field holding the text, for JSON-lines and Hub text sources."""
+    """Field holding the text, for JSON-lines, Parquet and Hub text sources."""
+    glob: str = "**/*"
+    """Text sources whose path is a directory: the files read (recursive by default), in sorted order; of
+    those, the .txt, .md, .jsonl and .parquet files."""
+    separator: str | None = None
+    """Text sources: the string between documents inside one text (e.g. "\\n\\n" for paragraphs), each part
+    one document. Unset: a .txt file holds one document per line (WikiText's layout), a .md file is one
+    document, a JSON-lines / Parquet / Hub row is one document."""
     subjects: list[str] | None = None
     """MMLU / MedMCQA: keep only these subjects."""
     exclude_subjects: list[str] | Literal["medical"] | None = None
@@ -64,6 +72,9 @@ class SourceConfig(StrictModel):
     streaming: bool = False
     """Hub sources: stream the dataset (datasets streaming) row by row instead of downloading and
     loading it whole; with max_tokens or limit only the rows read are fetched."""
+    fields: QAFields | None = None
+    """Adapters qa / qa_hub: which column or key holds the question, the options, the answer (and how it is
+    written), and optionally a context, explanation, id and subject (see medtune.data.fields.QAFields)."""
 
     @field_validator("adapter")
     @classmethod
@@ -85,6 +96,20 @@ class SourceConfig(StrictModel):
         if self.streaming and self.hub is None:
             raise ValueError("streaming applies to Hub sources ('hub'); local text and JSON-lines files are "
                              "always read lazily")
+        return self
+
+    @model_validator(mode="after")
+    def _text_options(self) -> "SourceConfig":
+        if self.glob != "**/*" and self.adapter != "text":
+            raise ValueError("glob selects files in a directory of a 'text' source only")
+        if self.separator is not None and (self.adapter not in ("text", "text_hub") or not self.separator):
+            raise ValueError("separator: a non-empty string, for 'text' and 'text_hub' sources only")
+        return self
+
+    @model_validator(mode="after")
+    def _fields_for_qa(self) -> "SourceConfig":
+        if (self.fields is not None) != (self.adapter in ("qa", "qa_hub")):
+            raise ValueError("'fields' (a column mapping) is given for adapters qa and qa_hub, and only for them")
         return self
 
     @property

@@ -18,7 +18,7 @@ from pydantic import Field, field_validator
 from medtune import outdir
 from medtune.config import ModelConfig, StrictModel
 from medtune.data.spec import SourceConfig
-from medtune.evaluate.tasks import GROUPS, TASKS, Task, expand, get_task
+from medtune.evaluate.tasks import GROUPS, TASKS, Task, TaskDef, define_groups, define_tasks, expand, get_task
 
 
 class EvalConfig(StrictModel):
@@ -29,6 +29,12 @@ class EvalConfig(StrictModel):
     adapter: str | None = None
     """A LoRA adapter directory to apply on top of the model (checked against it before scoring, then merged
     into the weights: the same model up to float rounding, scored faster)."""
+    task_defs: dict[str, TaskDef] = Field(default_factory=dict)
+    """Your own multiple-choice tasks by name, e.g. {my_exam: {source: {adapter: qa, path: exam.csv, fields: {...}},
+    formulation: both}}; then name them in `tasks` (see docs/own-data.md)."""
+    task_groups: dict[str, list[str]] = Field(default_factory=dict)
+    """Your own groups of tasks by name, e.g. {hospital: [my_exam, my_exam_2]}: named in `tasks`, a group scores its
+    tasks and adds the size-weighted aggregate accuracy, as the built-in groups."""
     tasks: str = "pubmedqa,medmcqa,medqa4"
     """Comma-separated task or group names (medtune.evaluate.tasks.TASKS and GROUPS); a group (multimedqa, mmlu_medical) scores
     its tasks and adds its aggregate line."""
@@ -65,6 +71,9 @@ class EvalConfig(StrictModel):
     """Show progress bars."""
     base_dir: str | None = Field(None, json_schema_extra={"cli": False})
     """Directory of the config file (set automatically); data_root is relative to the working directory."""
+
+    _define_tasks = field_validator("task_defs")(define_tasks)
+    _define_groups = field_validator("task_groups")(define_groups)
 
     @field_validator("tasks")
     @classmethod

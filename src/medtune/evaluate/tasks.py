@@ -7,8 +7,14 @@ source, a Hub dataset included, with ``task_sources``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
+
+from pydantic import model_validator
+
+from medtune.config import StrictModel
+from medtune.data.spec import SourceConfig
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,94 @@ GROUPS: dict[str, TaskGroup] = {
 its aggregate line."""
 
 
+BUILTIN_TASKS = frozenset(TASKS)
+BUILTIN_GROUPS = frozenset(GROUPS)
+_TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class TaskDef(StrictModel):
+    """A user's own multiple-choice task, defined in a config (``task_defs: {my_exam: {...}}``) and then named
+    in ``--tasks`` or a study's task lists like a built-in one, and scored the same way (log-likelihood per
+    choice, acc and acc_norm with intervals, per-item predictions for paired changes)."""
+
+    source: SourceConfig
+    """The evaluated items: any QA source, typically ``adapter: qa`` with a ``fields`` mapping. A relative
+    path is relative to the config's data_root, as the built-in tasks' paths are."""
+    formulation: Literal["letter", "cloze", "both"] = "letter"
+    """letter: the options shown lettered and the letter scored (lm-eval's MedQA prompt; a built-in
+    adapter's source keeps its own lm-eval prompt); cloze: each option's text scored after the question
+    (OLMES); both: two tasks, the name (letter) and ``<name>_cloze``."""
+    fewshot_source: SourceConfig | None = None
+    """Where few-shot exemplars come from (the first k items), for ``fewshot`` > 0."""
+    domain: Literal["medical_in", "medical_ood", "general"] = "medical_in"
+    """What the score stands for in a study's report: in-domain medical, out-of-domain medical, or general."""
+    note: str = ""
+    """A line describing the task in reports."""
+
+    @model_validator(mode="after")
+    def _multiple_choice(self) -> "TaskDef":
+        from medtune.data.registry import QA_ADAPTERS  # the registry imports data modules only
+
+        for field_name in ("source", "fewshot_source"):
+            src = getattr(self, field_name)
+            if src is not None and src.adapter not in QA_ADAPTERS:
+                raise ValueError(f"{field_name}: a task scores multiple-choice items; adapter {src.adapter!r} reads text "
+                                 f"(QA adapters: {', '.join(sorted(QA_ADAPTERS))})")
+        return self
+
+    def tasks(self, name: str) -> list[Task]:
+        """The registry entries this definition makes: one per formulation."""
+        source = self.source.model_dump(mode="json", exclude_none=True)
+        fewshot = self.fewshot_source.model_dump(mode="json", exclude_none=True) if self.fewshot_source else None
+        note = self.note or f"user task ({self.source.path or self.source.hub})"
+        letter = Task(name, "mc", self.domain, source, fewshot, metrics=("acc", "acc_norm"), note=note)
+        if self.formulation == "letter":
+            return [letter]
+        cloze = _cloze(letter)
+        return [replace(cloze, name=name)] if self.formulation == "cloze" else [letter, cloze]
+
+
+def define_tasks(defs: dict[str, TaskDef]) -> dict[str, TaskDef]:
+    """Make a config's user tasks the user entries of :data:`TASKS` (user groups cleared), so every stage, the
+    study and the report resolve them by name as built-in ones. The registry holds the user tasks of the config
+    read last: another config's tasks are gone, so a name is never resolved to a definition this config does not
+    hold. A built-in name cannot be redefined. Returns ``defs`` (a pydantic validator's value)."""
+    for registry, builtin in ((TASKS, BUILTIN_TASKS), (GROUPS, BUILTIN_GROUPS)):
+        for stale in set(registry) - builtin:
+            del registry[stale]
+    for name, task_def in defs.items():
+        if not _TASK_NAME.match(name):
+            raise ValueError(f"task_defs: invalid task name {name!r} (letters, digits, '_', '-', '.')")
+        made = task_def.tasks(name)
+        for task in made:
+            if task.name in BUILTIN_TASKS or task.name in GROUPS:
+                raise ValueError(f"task_defs: {task.name!r} is a built-in task or group name; choose another name")
+        TASKS.update({task.name: task for task in made})
+    return defs
+
+
+def define_groups(groups: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Make a config's task groups the user entries of :data:`GROUPS`: each scores its tasks and adds the size-weighted aggregate
+    accuracy (the mean over all their items), as the built-in groups. Members are task names, built-in or
+    user-defined. Returns ``groups``."""
+    for stale in set(GROUPS) - BUILTIN_GROUPS:
+        del GROUPS[stale]
+    for name, members in groups.items():
+        if name in BUILTIN_GROUPS or name in TASKS or not _TASK_NAME.match(name):
+            raise ValueError(f"task_groups: {name!r} is a task or built-in group name, or not a valid name")
+        unknown = [m for m in members if m not in TASKS]
+        if not members or unknown:
+            raise ValueError(f"task_groups.{name}: " + (f"unknown task {unknown[0]!r} ({_names()})" if unknown
+                                                       else "give at least one task"))
+        GROUPS[name] = TaskGroup(name, tuple(dict.fromkeys(members)), weight_by_size=True,
+                                 note="user group: size-weighted (mean over the items of its tasks)")
+    return groups
+
+
+def _names() -> str:
+    return f"tasks: {', '.join(TASKS)}; groups: {', '.join(GROUPS)}"
+
+
 def _unknown(name: str) -> Exception:
     import difflib
 
@@ -162,7 +256,7 @@ def _unknown(name: str) -> Exception:
     names = [*TASKS, *GROUPS]
     close = difflib.get_close_matches(name, names, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
-    return ConfigError(f"unknown task '{name}' (tasks: {', '.join(TASKS)}; groups: {', '.join(GROUPS)}).{hint}")
+    return ConfigError(f"unknown task '{name}' ({_names()}; your own: task_defs, task_groups).{hint}")
 
 
 def expand(names: list[str]) -> tuple[list[str], list[str]]:

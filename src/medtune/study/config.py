@@ -18,7 +18,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from medtune.config import ModelConfig, StrictModel, format_validation_error
 from medtune.data.build import DataConfig
 from medtune.data.spec import SourceConfig
-from medtune.evaluate.tasks import GROUPS, TASKS, expand
+from medtune.evaluate.tasks import GROUPS, TASKS, TaskDef, define_groups, define_tasks, expand
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _STUDY_OWNED = ("model", "data", "out", "resume", "progress", "base_dir")
@@ -46,6 +46,11 @@ class VariantConfig(StrictModel):
 class StudyEvalConfig(StrictModel):
     """Which tasks report the study's numbers (test splits) and which select among models (validation)."""
 
+    task_defs: dict[str, TaskDef] = Field(default_factory=dict)
+    """Your own multiple-choice tasks by name (as `medtune eval`'s task_defs), usable in `tasks`, the sources
+    below and averaging's medical_tasks / general_tasks; relative paths are relative to data_root."""
+    task_groups: dict[str, list[str]] = Field(default_factory=dict)
+    """Your own groups of tasks (size-weighted aggregate accuracy), as `medtune eval`'s task_groups."""
     tasks: list[str] = Field(default_factory=lambda: ["pubmedqa", "medmcqa", "medqa4", "arc_easy", "arc_challenge",
                                                       "mmlu_general", "ppl_general"])
     """Tasks scored for every model on their test splits; a task's domain (medical in-domain, medical
@@ -81,6 +86,9 @@ class StudyEvalConfig(StrictModel):
     log-likelihood, half the forward passes)."""
     token_budget: int = Field(4096, ge=64)
     """Tokens per scoring batch."""
+
+    _define_tasks = field_validator("task_defs")(define_tasks)
+    _define_groups = field_validator("task_groups")(define_groups)
 
     @field_validator("tasks")
     @classmethod

@@ -135,6 +135,7 @@ def eval_step(cfg: StudyConfig, out: Path, label: str, model: ModelConfig, adapt
     groups = [g for g in ev.group_names if all(t in tasks for t in GROUPS[g].tasks)]
     name = L.eval_step(label, generate)
     ecfg = EvalConfig(model=model, adapter=adapter, tasks=",".join(tasks + groups), data_root=str(cfg.root(ev.data_root)),
+                      task_defs=ev.task_defs, task_groups=ev.task_groups,
                       task_sources={t: test_source(cfg, t, generate) for t in tasks}, limit=ev.limit,
                       mode="generate" if generate else "loglikelihood", max_new_tokens=ev.max_new_tokens,
                       chat_template=generate and ev.chat_template,

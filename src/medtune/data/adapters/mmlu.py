@@ -9,7 +9,6 @@ from 1, header excluded.
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 from typing import Any
 
@@ -52,27 +51,6 @@ def _record(cells: list[str], where: str, path: str, header: bool, subject: str,
                     options=options, answer=answer, option_labels=LABELS, meta=meta | {"subject": subject})
 
 
-def _csv_records(file: Path) -> list[tuple[int, int, list[str]]]:
-    """``(first line, last line, cells)`` of each CSV record, lines counted on ``\\n`` from 1.
-
-    ``strict=True`` turns a quote that is never closed (or text right after a closing quote) into an
-    error; it names the line where that record starts, which is where the stray quote is.
-    """
-    reader = csv.reader(io.StringIO(rows.read_text(file), newline="\n"), strict=True)
-    out: list[tuple[int, int, list[str]]] = []
-    start = 1
-    while True:
-        try:
-            cells = next(reader)
-        except StopIteration:
-            return out
-        except csv.Error as err:
-            raise DataError(file, f"line {start}", None, f"malformed CSV ({err}, at line {reader.line_num}): "
-                            "probably a quote opened here and never closed") from None
-        out.append((start, reader.line_num, cells))
-        start = reader.line_num + 1
-
-
 def _swallowed_row(cells: list[str], header: bool) -> bool:
     """True if a cell holds a line that is itself a whole MMLU row (6+ cells ending in an answer).
 
@@ -91,7 +69,7 @@ def _swallowed_row(cells: list[str], header: bool) -> bool:
 
 
 def _read_file(file: Path, split: str, rejects: Rejects) -> list[QARecord]:
-    table = _csv_records(file)
+    table = rows.csv_records(file)
     header = bool(table) and [c.strip() for c in table[0][2]] == HEADER
     body = table[1:] if header else table
     lines: dict[str, tuple[int, int]] = {}  # "row N" -> (first, last) line of the file

@@ -7,6 +7,8 @@ Converters raise :class:`DataError`; :func:`convert_rows` sends each one to ``re
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -98,6 +100,47 @@ def read_json_object(path: Path, what: str) -> dict[str, Any]:
             field = hit[0].removeprefix(key).lstrip(".") or None
             raise DataError(path, f"key {key}", field, _surrogate_message(hit[1]))
     return data
+
+
+def json_array_rows(path: Path, rejects: Rejects) -> Iterator[Row]:
+    """Yield ``("line N", obj)`` for each item of a whole-file JSON array, N the line the item starts
+    at; an item that is not an object, or holds a lone surrogate, is rejected. A file that is not a
+    strict JSON array is an error naming the file."""
+    text = read_text(path)
+    data = _loads(path, None, text)
+    if not isinstance(data, list):
+        raise DataError(path, None, None, f"expected a JSON array of items (or JSON-lines, one object per line), "
+                        f"got a JSON {type(data).__name__}")
+    for line, item in zip(strict_json.array_item_lines(text), data):
+        where = f"line {line}"
+        if not isinstance(item, dict):
+            rejects.reject(DataError(path, where, None, f"expected a JSON object, got {type(item).__name__}"), item)
+            continue
+        hit = strict_json.surrogate_field(json.dumps(item), item)
+        if hit:
+            rejects.reject(DataError(path, where, hit[0], _surrogate_message(hit[1])), json.dumps(item))
+            continue
+        yield where, item
+
+
+def parquet_rows(path: Path, need: Sequence[str], read: Sequence[str] | None = None) -> Iterator[Row]:
+    """``("row N", row)`` per Parquet row (N from 1), batch by batch (only ``read`` columns, default all). A
+    column of ``need`` that the file lacks is one error naming it and the columns there are."""
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as err:  # pyarrow raises several types for a file that is not Parquet
+        raise DataError(path, None, None, f"cannot read Parquet file: {type(err).__name__}: {err}") from None
+    have = pf.schema_arrow.names
+    for col in need:
+        if col not in have:
+            raise DataError(path, None, col, f"column missing (available: {', '.join(have)})")
+    n = 0
+    for batch in pf.iter_batches(batch_size=1024, columns=list(read) if read is not None else None):
+        for row in batch.to_pylist():
+            n += 1
+            yield f"row {n}", row
 
 
 def _parse_line(path: Path, n: int, line: str) -> Any:
@@ -197,6 +240,27 @@ def int_in_range(value: Any, lo: int, hi: int, field: str, path: str | Path, whe
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise DataError(path, where, field, f"{value!r} is not an allowed value {lo}..{hi}{note}")
     return value
+
+
+def csv_records(file: Path) -> list[tuple[int, int, list[str]]]:
+    """``(first line, last line, cells)`` of each CSV record, lines counted on ``\\n`` from 1.
+
+    ``strict=True`` turns a quote that is never closed (or text right after a closing quote) into an
+    error; it names the line where that record starts, which is where the stray quote is.
+    """
+    reader = csv.reader(io.StringIO(read_text(file), newline="\n"), strict=True)
+    out: list[tuple[int, int, list[str]]] = []
+    start = 1
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return out
+        except csv.Error as err:
+            raise DataError(file, f"line {start}", None, f"malformed CSV ({err}, at line {reader.line_num}): "
+                            "probably a quote opened here and never closed") from None
+        out.append((start, reader.line_num, cells))
+        start = reader.line_num + 1
 
 
 _SPLIT_WORDS = ("train", "dev", "validation", "valid", "val", "test")

@@ -90,3 +90,21 @@ def top_level_key_lines(text: str) -> dict[str, list[int]]:
         _, i = decoder.raw_decode(text, ws.match(text, i).end())
         i = ws.match(text, i).end()
         i += text[i : i + 1] == ","
+
+
+def array_item_lines(text: str) -> list[int]:
+    """Line numbers (from 1) at which each item of the top-level array of ``text`` starts, so a JSON
+    file holding a list of items names the line of a bad item, as JSON-lines files do. Called on text
+    that :func:`loads` parsed, so the walk needs no error handling."""
+    decoder, ws = json.JSONDecoder(), re.compile(r"[ \t\n\r]*")
+    lines: list[int] = []
+    i, line, counted = ws.match(text, 0).end() + 1, 1, 0  # i: just past "["
+    while True:
+        i = ws.match(text, i).end()
+        if i >= len(text) or text[i] == "]":
+            return lines
+        line, counted = line + text.count("\n", counted, i), i
+        lines.append(line)
+        _, i = decoder.raw_decode(text, i)
+        i = ws.match(text, i).end()
+        i += text[i : i + 1] == ","
