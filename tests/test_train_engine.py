@@ -311,15 +311,26 @@ def test_qlora_without_bitsandbytes_is_refused_up_front(tiny_llama, tmp_path):
 
 
 @pytest.mark.skipif(not BNB, reason="needs bitsandbytes (not installed here; the GPU device check covers QLoRA)")
-def test_qlora_trains_an_adapter_over_a_4bit_base(tiny_llama, tmp_path):
-    """A QLoRA run (4-bit NF4 base, double quantization) writes a LoRA adapter, and its model card says
-    merging applies it to the dequantized base."""
+def test_qlora_trains_an_adapter_over_a_4bit_base(tiny_llama, tmp_path, monkeypatch):
+    """A QLoRA run (4-bit NF4 base, double quantization) trains over bitsandbytes' 4-bit layers (its CPU
+    backend here), writes a LoRA adapter, and its model card says merging applies it to the dequantized base."""
+    from medtune.train import run as R
     from medtune.train.run import train
 
+    layers: set[str] = set()
+    real = R._model
+
+    def model(*a, **k):
+        built = real(*a, **k)
+        layers.update(type(m).__name__ for m in built[0].modules())
+        return built
+
+    monkeypatch.setattr(R, "_model", model)
     out = train(TrainConfig.model_validate(config(tiny_llama, tmp_path / "q", method="qlora", max_steps=2, save_every=0)))
     adapter = load_file(str(out / "model" / "adapter_model.safetensors"))
     assert adapter and all("lora_" in k for k in adapter)
     assert "4-bit NF4" in (out / "README.md").read_text() and "dequantized" in (out / "README.md").read_text()
+    assert "Linear4bit" in layers  # the frozen base really is quantized
 
 
 def test_engine_settings_pass_through_and_medtune_owned_keys_are_refused(tiny_llama, tmp_path):
