@@ -1,0 +1,150 @@
+"""The averaging search (medtune.merge.search): synthetic objectives, no model."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from medtune.config import StrictModel  # noqa: F401  (the config edge the search config uses)
+from medtune.errors import MedtuneError
+from medtune.merge import search as S
+from medtune.merge.selection import SelectionRule
+
+N = 120
+ORDER_POOL = {"med": [(f"m{i}", "yes" if i % 3 else "no") for i in range(N)],
+              "gen": [(f"g{i}", "A" if i % 2 else "B") for i in range(N)]}
+OBJECTIVE = S.Objective(medical=(S.Term("med", ("med",)),), general=(S.Term("gen", ("gen",)),))
+
+
+def _difficulty(item: S.Item) -> float:
+    """A fixed per-item offset, the same for every point (how hard the item is), mean about 0."""
+    return random.Random(f"{item[0]}:{item[1]}").uniform(-0.05, 0.05)
+
+
+def hma_truth(params: dict) -> tuple[float, float]:
+    """A known constrained optimum: medical 0.3 + 0.2 r0 + 0.2 r1 + 0.3 r2, general 1 - 0.025 (r0 + r1) - 0.3 r2;
+    with general >= 0.9 x base (base: all ratios 0, general 1) the optimum is r0 = r1 = 1, r2 = 1/6: medical 0.75."""
+    r = params.get("ratios") or [params["alpha"]] * 3
+    return 0.3 + 0.2 * r[0] + 0.2 * r[1] + 0.3 * r[2], 1.0 - 0.025 * (r[0] + r[1]) - 0.3 * r[2]
+
+
+def scorer(truth, calls: list | None = None):
+    def score(cand: S.Candidate, items):
+        med, gen = truth(cand.params)
+        if calls is not None:
+            calls.extend((cand.key, i) for i in items)
+        return [S.ItemScore((med if t == "med" else gen) + _difficulty((t, i))) for t, i in items]
+    return score
+
+
+def run(cfg: S.SearchConfig, truth=hma_truth, calls: list | None = None, cache: S.ScoreCache | None = None,
+        retain: float = 0.9, first=()):
+    order = S.stratified_order(ORDER_POOL, cfg.seed)
+    cache = cache or S.ScoreCache(scorer(truth, calls))
+    return S.search(cfg, order, OBJECTIVE, cache, retain, first=first), cache
+
+
+def test_tpe_finds_the_known_constrained_optimum_within_the_budget():
+    """On a synthetic objective, constrained TPE's selected point is within 0.02 of the constrained optimum (0.75), feasible, and the budget holds."""
+    cfg = S.SearchConfig(space="hma", blocks=3, budget=40_000, seed=3, startup_trials=10)
+    out, cache = run(cfg)
+    best = out.best(SelectionRule("retain", 0.9))
+    med, gen = hma_truth(best.candidate.params)
+    assert gen >= 0.9 - 1e-9
+    assert med >= 0.75 - 0.02
+    assert out.scored == cache.scored <= cfg.budget
+
+
+def test_successive_halving_never_drops_the_true_best_of_a_planted_set():
+    """Whatever the order the planted points come in, the truly best (feasible, highest medical) one is scored on every item."""
+    truth = lambda p: (0.5 + 0.3 * p["alpha"] if p["alpha"] != 0.77 else 0.95, 1.0 - 0.02 * p["alpha"])  # noqa: E731
+    planted = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.77, 0.8, 0.9, 0.95, 0.99]
+    pruned = 0
+    for seed in range(5):
+        random.Random(seed).shuffle(planted)
+        cfg = S.SearchConfig(space="linear", budget=100_000, seed=seed, max_trials=len(planted), first_share=0.1, eta=2)
+        out, _ = run(cfg, truth, retain=0.98, first=[{"alpha": a} for a in planted])
+        got = {p.candidate.params["alpha"]: p for p in out.points}
+        assert set(got) == set(planted)
+        assert got[0.77].complete
+        assert out.best(SelectionRule("retain", 0.98)).candidate.params["alpha"] == 0.77
+        pruned += sum(not p.complete for p in out.points)
+    assert pruned > 0  # halving did stop points early
+
+
+def test_the_same_seed_gives_the_same_points():
+    """Two searches with one seed propose the same points in the same order; another seed proposes others."""
+    cfg = S.SearchConfig(space="hma", budget=6_000, seed=11)
+    a, _ = run(cfg)
+    b, _ = run(cfg)
+    c, _ = run(cfg.model_copy(update={"seed": 12}))
+    assert [p.candidate for p in a.points] == [p.candidate for p in b.points]
+    assert [(p.medical, p.general, p.items) for p in a.points] == [(p.medical, p.general, p.items) for p in b.points]
+    assert [p.candidate for p in a.points] != [p.candidate for p in c.points]
+
+
+def test_a_cached_point_item_is_never_scored_twice():
+    """Within a search and across a rerun sharing the cache, every (point, item) reaches the model at most once."""
+    calls: list = []
+    cfg = S.SearchConfig(space="linear", budget=8_000, seed=0)
+    first, cache = run(cfg, calls=calls)
+    counts = Counter(calls)
+    assert counts and max(counts.values()) == 1
+    assert len(calls) == cache.scored == first.scored
+    again, _ = run(cfg, calls=calls, cache=cache)  # the same seed proposes the same points: all cached
+    assert len(calls) == cache.scored
+    assert max(Counter(calls).values()) == 1
+    assert [p.candidate for p in again.points][: len(first.points)] == [p.candidate for p in first.points]
+
+
+def test_promoted_points_are_scored_on_the_new_items_only():
+    """A point promoted to the next rung costs the rung's new items: the rungs' prefixes are nested."""
+    order = S.stratified_order(ORDER_POOL, 0)
+    small, big = S.prefix(order, 0.25), S.prefix(order, 0.5)
+    assert set(small) < set(big)
+    cache = S.ScoreCache(scorer(hma_truth))
+    cand = S.Candidate("linear", {"alpha": 0.5})
+    cache.scores(cand, small)
+    cache.scores(cand, big)
+    assert cache.scored == len(big)
+
+
+def test_the_budget_is_never_exceeded_and_a_budget_below_the_base_is_refused():
+    """The scored items never pass the budget; one too small to score the base on every item is an error."""
+    for budget in (300, 777, 2_500):
+        out, cache = run(S.SearchConfig(space="hma", budget=budget, seed=1))
+        assert cache.scored <= budget
+    with pytest.raises(MedtuneError, match="cannot score the base"):
+        run(S.SearchConfig(space="hma", budget=2 * N - 1))
+
+
+def test_stratified_prefixes_keep_each_stratum_share():
+    """Every prefix of a task's order holds each stratum's share of the task within one item."""
+    order = S.stratified_order(ORDER_POOL, 5)
+    med = dict(ORDER_POOL["med"])
+    for n in range(1, N + 1):
+        yes = sum(med[i] == "yes" for i in order["med"][:n])
+        assert abs(yes - n * 2 / 3) <= 1
+    assert order["med"] != S.stratified_order(ORDER_POOL, 6)["med"]
+    assert sorted(order["med"]) == sorted(i for i, _ in ORDER_POOL["med"])
+
+
+def test_nsga2_returns_a_front_of_fully_scored_points():
+    """nsga2 scores every point on every item and its non-dominated points trade medical for general."""
+    out, _ = run(S.SearchConfig(space="hma", sampler="nsga2", budget=6_000, seed=0))
+    assert out.points and all(p.complete and p.items == 2 * N for p in out.points)
+    from medtune.merge.selection import Point, pareto_front
+
+    front = [p for p, f in zip(out.points, pareto_front([Point("", p.medical, p.general) for p in out.points])) if f]
+    assert len(front) >= 2
+
+
+def test_a_space_refuses_blocks_it_cannot_split():
+    """Per-block density and weight are not in the method table: ties with 3 blocks is a config error; hma needs 2 or more."""
+    with pytest.raises(ValueError, match="blocks: space ties takes 1"):
+        S.SearchConfig(space="ties", blocks=3)
+    with pytest.raises(ValueError, match="blocks: space hma takes 2 or more"):
+        S.SearchConfig(space="hma", blocks=1)
+    assert S.SearchConfig(space="ties").n_blocks == 1 and S.SearchConfig().n_blocks == 3
