@@ -92,11 +92,11 @@ def test_a_cached_point_item_is_never_scored_twice():
     first, cache = run(cfg, calls=calls)
     counts = Counter(calls)
     assert counts and max(counts.values()) == 1
-    assert len(calls) == cache.scored == first.scored
-    again, _ = run(cfg, calls=calls, cache=cache)  # the same seed proposes the same points: all cached
-    assert len(calls) == cache.scored
-    assert max(Counter(calls).values()) == 1
-    assert [p.candidate for p in again.points][: len(first.points)] == [p.candidate for p in first.points]
+    assert len(calls) == cache.scored == first.scored <= cfg.budget
+    rerun = S.ScoreCache(scorer(hma_truth, calls), table=cache.table)  # a rerun of the sweep: its saved scores
+    again, _ = run(cfg, cache=rerun)
+    assert rerun.scored == 0 and len(calls) == cache.scored
+    assert again.points == first.points and again.scored == first.scored  # the same budget, spent the same way
 
 
 def test_promoted_points_are_scored_on_the_new_items_only():
@@ -115,7 +115,7 @@ def test_the_budget_is_never_exceeded_and_a_budget_below_the_base_is_refused():
     """The scored items never pass the budget; one too small to score the base on every item is an error."""
     for budget in (300, 777, 2_500):
         out, cache = run(S.SearchConfig(space="hma", budget=budget, seed=1))
-        assert cache.scored <= budget
+        assert cache.scored == out.scored <= budget
     with pytest.raises(MedtuneError, match="cannot score the base"):
         run(S.SearchConfig(space="hma", budget=2 * N - 1))
 
@@ -148,3 +148,53 @@ def test_a_space_refuses_blocks_it_cannot_split():
     with pytest.raises(ValueError, match="blocks: space hma takes 2 or more"):
         S.SearchConfig(space="hma", blocks=1)
     assert S.SearchConfig(space="ties").n_blocks == 1 and S.SearchConfig().n_blocks == 3
+
+
+# --- the search in a sweep, on the tiny model -----------------------------------------------------------------
+
+from pathlib import Path  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def search_sweep(tiny_llama, tmp_path, **search):
+    from conftest import make_random_adapter
+
+    from medtune.merge.sweep import SweepConfig
+
+    adapter = make_random_adapter(tiny_llama, tmp_path / "adapter", seed=2, std=0.5)
+    return SweepConfig.model_validate({
+        "base": {"spec": str(tiny_llama)}, "tuned": str(adapter), "alphas": [0.0, 0.5, 1.0],
+        "medical_tasks": "pubmedqa", "general_tasks": "medmcqa", "data_root": str(FIXTURES), "limit": None,
+        "out": str(tmp_path / "sweep"), "progress": False, "retain": 0.5,
+        "search": {"space": "hma", "blocks": 2, "seed": 0, "first_share": 0.5, "startup_trials": 3, **search}})
+
+
+def test_a_sweep_search_records_selectable_points_that_score_as_the_grid_does(tiny_llama, tmp_path, monkeypatch):
+    """Searched points are SweepPoints with their order; a complete one scores what the grid's full evaluation gives
+    the same point; the budget is the grid's by default; a rerun scores nothing."""
+    from medtune.merge import search_run, sweep as sweep_mod
+    from medtune.merge.records import SweepResult
+
+    cfg = search_sweep(tiny_llama, tmp_path)
+    res = sweep_mod.sweep(cfg)
+    found = [p for p in res.points if p.search is not None]
+    assert found and res.search is not None
+    assert res.search.budget == res.search.grid_scored == 3 * res.search.items  # three grid points
+    assert res.search.scored <= res.search.budget
+    assert [p.search.order for p in found] == sorted(p.search.order for p in found)
+    done = [p for p in found if p.search.complete]
+    assert done and all(p.method == "hma" and p.key == res.key for p in done)
+    loaded = sweep_mod._averager(cfg)
+    again, _ = sweep_mod._score(*loaded, cfg, done[0].method, done[0].params)
+    assert (again.medical, again.general) == pytest.approx((done[0].medical, done[0].general), abs=1e-9)
+    assert SweepResult.load(tmp_path / "sweep" / "results.json") == res
+    assert (tmp_path / "sweep" / search_run.CACHE_FILE).is_file()
+
+    calls: list = []
+    real = search_run.model_scorer
+    monkeypatch.setattr(search_run, "model_scorer",
+                        lambda *a: (lambda c, items: calls.append(items) or real(*a)(c, items)))
+    rerun = sweep_mod.sweep(cfg)
+    assert calls == []
+    assert [p for p in rerun.points if p.search] == found

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import time
 from pathlib import Path
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 from pydantic import Field, field_validator
@@ -154,13 +154,22 @@ def _ppl_docs(task: Task, cfg: EvalConfig) -> list[tuple[str, str]]:
     return [d for round_ in itertools.zip_longest(*per_source) for d in round_ if d is not None]
 
 
-def _mc_task(task: Task, cfg: EvalConfig, tokenizer: Any, scorer: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+Only = Mapping[str, Collection[str]]
+"""Task -> the item ids to score (a search's subsample); a task left out is not scored."""
+
+
+def _only(items: list[T], ids: Callable[[T], str], task: Task, only: Only | None) -> list[T]:
+    return items if only is None else [x for x in items if ids(x) in only[task.name]]
+
+
+def _mc_task(task: Task, cfg: EvalConfig, tokenizer: Any, scorer: Any,
+             only: Only | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from medtune.data.prompts import eval_prompt, get_eval_template
     from medtune.evaluate import metrics
     from medtune.evaluate.requests import build_request
 
     template = get_eval_template(task.template) if task.template else None
-    records = _load(task, cfg)[: cfg.limit]
+    records = _only(_load(task, cfg)[: cfg.limit], lambda r: r.id, task, only)
     shots = _load(task, cfg, fewshot=True) if cfg.fewshot else []
 
     def exemplars(r: Any) -> list[Any]:
@@ -202,13 +211,14 @@ def _mc_task(task: Task, cfg: EvalConfig, tokenizer: Any, scorer: Any) -> tuple[
     return result, rows
 
 
-def _gen_task(task: Task, cfg: EvalConfig, tokenizer: Any, model: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _gen_task(task: Task, cfg: EvalConfig, tokenizer: Any, model: Any,
+              only: Only | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from medtune.data.prompts import eval_prompt, get_eval_template, template_for
     from medtune.evaluate import metrics
     from medtune.evaluate.generate import extract_answer, greedy_outputs
 
     template = get_eval_template(task.template) if task.template else None
-    records = _load(task, cfg)[: cfg.limit]
+    records = _only(_load(task, cfg)[: cfg.limit], lambda r: r.id, task, only)
     shots = _load(task, cfg, fewshot=True)[: cfg.fewshot] if cfg.fewshot else []
     contexts = [eval_prompt(r, template, fewshot=shots).context for r in records]
     templated = cfg.chat_template is True or (isinstance(cfg.chat_template, list) and task.name in cfg.chat_template)
@@ -232,17 +242,19 @@ def _gen_task(task: Task, cfg: EvalConfig, tokenizer: Any, model: Any) -> tuple[
     return result, rows
 
 
-def _ppl_task(task: Task, cfg: EvalConfig, tokenizer: Any, model: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _ppl_task(task: Task, cfg: EvalConfig, tokenizer: Any, model: Any,
+              only: Only | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Perplexity over the task's documents as one token stream; per-document sums go to the predictions, for
-    paired comparisons between models over documents."""
+    paired comparisons between models over documents. A subsample (``only``) is its documents' own stream,
+    scored whole (its documents were chosen among those the token limit covers: :func:`task_pool`)."""
     import numpy as np
 
     from medtune.evaluate import metrics
     from medtune.evaluate.perplexity import document_nll, scored_tokens, sliding_window_nll, token_documents, token_stream
 
-    docs = _ppl_docs(task, cfg)[: cfg.limit]
+    docs = _only(_ppl_docs(task, cfg)[: cfg.limit], lambda d: d[0], task, only)
     texts = [t for _, t in docs]
-    ids = token_stream(tokenizer, texts, cfg.ppl_max_tokens)
+    ids = token_stream(tokenizer, texts, cfg.ppl_max_tokens if only is None else None)
     if scored_tokens(len(ids)) == 0:  # before any results are written: a perplexity of nothing is no number
         raise _nothing_to_score(task, cfg, len(docs), len(ids))
     window = min(cfg.ppl_window, getattr(model.config, "max_position_embeddings", cfg.ppl_window))
@@ -275,25 +287,49 @@ def _nothing_to_score(task: Task, cfg: EvalConfig, n_docs: int, n_ids: int) -> E
     return DataError(where, None, None, f"perplexity task {task.name} scores 0 tokens: {what}")
 
 
-def score_model(model: Any, tokenizer: Any, cfg: EvalConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Score an already loaded model on ``cfg``'s tasks: (results per task, per-item predictions)."""
+def score_model(model: Any, tokenizer: Any, cfg: EvalConfig,
+                only: Only | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Score an already loaded model on ``cfg``'s tasks: (results per task, per-item predictions);
+    ``only``: just these items of these tasks (a search's subsample)."""
     from medtune.evaluate.scorer import Scorer
 
-    tasks = [get_task(n) for n in cfg.task_names]
+    tasks = [get_task(n) for n in cfg.task_names if only is None or only.get(n)]
     scorer = Scorer(model, token_budget=cfg.token_budget)
     results: dict[str, Any] = {}
     predictions: list[dict[str, Any]] = []
     for task in tasks:
         if task.kind == "ppl":
-            results[task.name], rows = _ppl_task(task, cfg, tokenizer, model)
+            results[task.name], rows = _ppl_task(task, cfg, tokenizer, model, only)
             predictions.extend(rows)
         elif cfg.mode == "generate":
-            results[task.name], rows = _gen_task(task, cfg, tokenizer, model)
+            results[task.name], rows = _gen_task(task, cfg, tokenizer, model, only)
             predictions.extend(rows)
         else:
-            results[task.name], rows = _mc_task(task, cfg, tokenizer, scorer)
+            results[task.name], rows = _mc_task(task, cfg, tokenizer, scorer, only)
             predictions.extend(rows)
     return results, predictions
+
+
+def task_pool(cfg: EvalConfig, tokenizer: Any) -> dict[str, list[tuple[str, str]]]:
+    """Per task, (item id, stratum) of every item a full evaluation scores, for a search's stratified
+    subsamples: a question's stratum is its gold answer, a perplexity document's its source (only the
+    documents the token limit reaches). Item ids must be unique within a task."""
+    from medtune.errors import MedtuneError
+    from medtune.evaluate.perplexity import token_documents, token_stream
+
+    pool: dict[str, list[tuple[str, str]]] = {}
+    for task in (get_task(n) for n in cfg.task_names):
+        if task.kind == "ppl":
+            docs = _ppl_docs(task, cfg)[: cfg.limit]
+            texts = [t for _, t in docs]
+            reached = set(token_documents(tokenizer, texts, len(token_stream(tokenizer, texts, cfg.ppl_max_tokens))))
+            pool[task.name] = [(d, d.split(":", 1)[0]) for k, (d, _) in enumerate(docs) if k in reached]
+        else:
+            pool[task.name] = [(r.id, str(r.answer)) for r in _load(task, cfg)[: cfg.limit]]
+        ids = [i for i, _ in pool[task.name]]
+        if len(set(ids)) != len(ids):
+            raise MedtuneError(f"task {task.name}: item ids repeat; a search scores items by id")
+    return pool
 
 
 def group_results(groups: Sequence[str], results: dict[str, Any], predictions: Sequence[dict[str, Any]]) -> dict[str, Any]:

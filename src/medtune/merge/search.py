@@ -30,7 +30,7 @@ import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -126,8 +126,9 @@ class SearchConfig(StrictModel):
     sampler: Literal["tpe", "nsga2"] = "tpe"
     """tpe: best medical score with general >= retain x base's (optuna's constrained TPE); nsga2: the Pareto
     front of (medical, general) (optuna's NSGA-II), every point scored on all items."""
-    budget: int = Field(2000, ge=1)
-    """Scored items in all, the base model's included: one (point, item) pair is one; a cached pair is free."""
+    budget: Annotated[int, Field(ge=1)] | Literal["grid"] = "grid"
+    """Scored items in all, the base model's included: one (point, item) pair counts once (scored now or found
+    in the cache); "grid": as many as the sweep's grid points cost (its points x the validation items)."""
     seed: int = 0
     """Seeds the sampler and the item order: the same seed and scores give the same points."""
     first_share: float = Field(0.25, gt=0, le=1)
@@ -192,26 +193,37 @@ def prefix(order: Mapping[str, Sequence[str]], share: float) -> list[Item]:
 
 @dataclass
 class ScoreCache:
-    """Every scored (point, item); :meth:`scores` calls the model only for the pairs it has not seen."""
+    """Every scored (point, item); :meth:`scores` calls the model only for the pairs it has not seen.
+
+    ``spent`` counts the distinct pairs this search has used, whether scored now or found in the cache
+    (an earlier run's, the grid's): the budget is spent the same way on a rerun, which then proposes the
+    same points and scores nothing."""
 
     score: ScoreFn
     table: dict[str, dict[Item, ItemScore]] = field(default_factory=dict)
     scored: int = 0
-    """(point, item) pairs scored so far: what the budget counts."""
+    """Pairs sent to the model (each at most once)."""
+    used: set[tuple[str, Item]] = field(default_factory=set)
 
-    def missing(self, cand: Candidate, items: Sequence[Item]) -> list[Item]:
-        have = self.table.get(cand.key, {})
-        return [i for i in items if i not in have]
+    @property
+    def spent(self) -> int:
+        """Distinct (point, item) pairs used: what the budget counts."""
+        return len(self.used)
+
+    def cost(self, cand: Candidate, items: Sequence[Item]) -> int:
+        """Pairs :meth:`scores` would add to ``spent``."""
+        return sum((cand.key, i) not in self.used for i in items)
 
     def scores(self, cand: Candidate, items: Sequence[Item]) -> dict[Item, ItemScore]:
-        todo = self.missing(cand, items)
+        have = self.table.setdefault(cand.key, {})
+        todo = [i for i in items if i not in have]
         if todo:
             got = list(self.score(cand, todo))
             if len(got) != len(todo):
                 raise MedtuneError(f"search: scoring {len(todo)} items of {cand.method} returned {len(got)} scores")
-            self.table.setdefault(cand.key, {}).update(zip(todo, got))
+            have.update(zip(todo, got))
             self.scored += len(todo)
-        have = self.table[cand.key] if items else {}
+        self.used.update((cand.key, i) for i in items)
         return {i: have[i] for i in items}
 
 
@@ -275,7 +287,7 @@ class SearchOutcome:
     base: tuple[float, float]
     """The base model's (medical, general) on every item."""
     scored: int
-    """(point, item) pairs scored, the base's included."""
+    """(point, item) pairs used (the budget's count), the base's included."""
 
     def best(self, rule: SelectionRule) -> Searched | None:
         """The complete point the rule picks (None when none is complete)."""
@@ -326,7 +338,8 @@ def search(cfg: SearchConfig, order: Mapping[str, Sequence[str]], objective: Obj
     space = SPACES[cfg.space]
     dims = space.dims(cfg.n_blocks)
     everything = prefix(order, 1.0)
-    if cache.scored + len(cache.missing(BASE, everything)) > cfg.budget:
+    assert isinstance(cfg.budget, int), "resolve budget 'grid' first"
+    if cache.spent + cache.cost(BASE, everything) > cfg.budget:
         raise MedtuneError(f"search: a budget of {cfg.budget} scored items cannot score the base model on its "
                            f"{len(everything)} items")
     base = objective.scores(cache.scores(BASE, everything))
@@ -350,9 +363,9 @@ def search(cfg: SearchConfig, order: Mapping[str, Sequence[str]], objective: Obj
         points.append(Searched(n, cand, med, gen, items, complete))
         if on_point is not None:
             on_point(points[-1])
-        if cache.scored >= cfg.budget:
+        if cache.spent >= cfg.budget:
             break
-    return SearchOutcome(points, base, cache.scored)
+    return SearchOutcome(points, base, cache.spent)
 
 
 def _climb(cfg: SearchConfig, trial: Any, cand: Candidate, order: Mapping[str, Sequence[str]], shares: list[float],
@@ -363,7 +376,7 @@ def _climb(cfg: SearchConfig, trial: Any, cand: Candidate, order: Mapping[str, S
     reached = None
     for r, share in enumerate(shares):
         items = prefix(order, share)
-        if cache.scored + len(cache.missing(cand, items)) > cfg.budget:
+        if cache.spent + cache.cost(cand, items) > cfg.budget:
             break
         scores = objective.scores(cache.scores(cand, items))
         base_gen = objective.scores(cache.scores(BASE, items))[1]  # cached: the base was scored on everything
