@@ -198,3 +198,28 @@ def test_a_sweep_search_records_selectable_points_that_score_as_the_grid_does(ti
     rerun = sweep_mod.sweep(cfg)
     assert calls == []
     assert [p for p in rerun.points if p.search] == found
+
+
+def test_a_study_search_reports_search_vs_grid_with_the_paired_test_change(tiny_llama, tmp_path):
+    """averaging.search in a study: the sweep searches, the report puts the search's best next to the grid's at
+    the items each scored, and with test_best_of [search, grid] gives their test difference paired on items."""
+    import json
+
+    from test_study import tiny_study
+
+    from medtune.study.run import study
+
+    out = tmp_path / "s"
+    cfg = tiny_study(tiny_llama, out, **{
+        "averaging.alphas": [0.0, 0.5, 1.0], "averaging.methods": {}, "evaluation.tasks": ["pubmedqa", "arc_easy"],
+        "variants": [{"name": "lora"}], "averaging.retain": 0.5, "averaging.test_best_of": ["search", "grid"],
+        "averaging.search": {"space": "linear", "seed": 1, "first_share": 0.5, "startup_trials": 2}})
+    study(cfg)
+    data = json.loads((out / "report" / "report.json").read_text())
+    sg = data["search_vs_grid"]["lora"]
+    assert sg["search"]["scored"] <= sg["summary"]["budget"] == sg["grid"]["scored"]
+    assert sg["grid"]["label"] and sg["search"]["label"]
+    md = (out / "report" / "report.md").read_text()
+    assert "Search vs grid: lora" in md and "search #" in md
+    if sg["grid"]["label"] != sg["search"]["label"]:
+        assert "pubmedqa" in sg["test"]["change"]

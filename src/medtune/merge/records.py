@@ -164,14 +164,16 @@ class SweepResult(BaseModel):
         return self.points[self.selected] if self.selected is not None else None
 
     def best(self, kind: str) -> SweepPoint | None:
-        """The point of ``kind`` (a method; "uniform" is "linear"; "search": any point the search scored
-        fully; "grid": any other) the sweep's rule picks among those points (linear: only 0 < alpha < 1,
-        the endpoints being the base and tuned models); None when there is none."""
+        """The point of ``kind`` (a method; "uniform" is "linear"; "search": the base model or a point the
+        search scored fully -- the search scores the base too, within its budget; "grid": any point of the
+        grid) the sweep's rule picks among those points (a method: linear only 0 < alpha < 1, the endpoints
+        being the base and tuned models); None when there is none."""
         method = "linear" if kind == "uniform" else kind
         if self.rule is None or self.base_general is None:
             return None
         if kind in ("search", "grid"):
-            pts = [p for p in self.points if p.selectable and (p.search is not None) == (kind == "search")]
+            pts = [p for p in self.points if p.selectable and ((p.search is not None) == (kind == "search")
+                                                               or (kind == "search" and p.is_endpoint() == 0.0))]
         else:
             pts = [p for p in self.points if p.method == method and p.is_endpoint() is None and p.selectable]
         if not pts:
