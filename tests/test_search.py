@@ -223,3 +223,28 @@ def test_a_study_search_reports_search_vs_grid_with_the_paired_test_change(tiny_
     assert "Search vs grid: lora" in md and "search #" in md
     if sg["grid"]["label"] != sg["search"]["label"]:
         assert "pubmedqa" in sg["test"]["change"]
+
+
+def test_a_search_scores_perplexity_documents_as_items(tiny_llama, tmp_path):
+    """A perplexity task is searched per document: the pool is the documents the token limit reaches, and the
+    search's complete points score 1 / perplexity like the grid's."""
+    from medtune.demo import demo_data_dir
+    from medtune.evaluate.run import task_pool
+    from medtune.merge import sweep as sweep_mod
+    from medtune.models import load_tokenizer, resolve
+
+    cfg = search_sweep(tiny_llama, tmp_path, space="linear", blocks=None)
+    cfg = type(cfg).model_validate({**cfg.model_dump(), "general_tasks": "ppl_general", "ppl_max_tokens": 400,
+                                    "task_sources": {"ppl_general": {"adapter": "text",
+                                                                     "path": str(demo_data_dir() / "general_demo.txt")}}})
+    ecfg = sweep_mod._eval_config(cfg)
+    tok = load_tokenizer(resolve(str(tiny_llama)))
+    capped = task_pool(ecfg, tok)["ppl_general"]
+    whole = task_pool(ecfg.model_copy(update={"ppl_max_tokens": None}), tok)["ppl_general"]
+    assert 1 <= len(capped) < len(whole)
+    res = sweep_mod.sweep(cfg)
+    done = [p for p in res.points if p.search is not None and p.search.complete]
+    assert done and res.search.items == len(capped) + len(task_pool(ecfg, tok)["pubmedqa"])
+    grid = [p.general for p in res.points if p.search is None]
+    assert all(0 < p.general <= 1 for p in done)
+    assert min(grid) / 2 < done[0].general < 2 * max(grid)  # the same scale as the grid's 1 / perplexity
