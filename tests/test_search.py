@@ -142,12 +142,43 @@ def test_nsga2_returns_a_front_of_fully_scored_points():
 
 
 def test_a_space_refuses_blocks_it_cannot_split():
-    """Per-block density and weight are not in the method table: ties with 3 blocks is a config error; hma needs 2 or more."""
-    with pytest.raises(ValueError, match="blocks: space ties takes 1"):
-        S.SearchConfig(space="ties", blocks=3)
+    """HMA needs 2 or more blocks, linear and slerp take one; TIES / DARE take any number (one by default)."""
     with pytest.raises(ValueError, match="blocks: space hma takes 2 or more"):
         S.SearchConfig(space="hma", blocks=1)
+    with pytest.raises(ValueError, match="blocks: space linear takes 1"):
+        S.SearchConfig(space="linear", blocks=3)
     assert S.SearchConfig(space="ties").n_blocks == 1 and S.SearchConfig().n_blocks == 3
+    cand = S.SPACES["dare_ties"].point({"d0": 0.2, "w0": 1.0, "d1": 0.6, "w1": 0.5})
+    assert cand.params == {"density": 0.4, "weight": 0.75, "block_density": [0.2, 0.6], "block_weight": [1.0, 0.5],
+                           "seed": 0}
+
+
+def test_per_block_ties_and_dare_merge_each_block_with_its_own_density_and_weight():
+    """A layer tensor is merged with its block's density and weight, other tensors with the scalar ones; equal
+    blocks give the plain merge; mergekit gets one filter per layer for density and weight."""
+    import torch
+
+    from medtune.merge import methods as M
+    from medtune.merge.mergekit import mergekit_doc
+
+    p = M.resolve_params("ties", {"density": 0.5, "weight": 1.0, "block_density": [0.2, 0.9],
+                                  "block_weight": [0.5, 1.5]})
+    assert M.tensor_params("ties", p, "model.layers.0.mlp.up_proj.weight", 4) == {"density": 0.2, "weight": 0.5}
+    assert M.tensor_params("ties", p, "model.layers.3.mlp.up_proj.weight", 4) == {"density": 0.9, "weight": 1.5}
+    assert M.tensor_params("ties", p, "model.embed_tokens.weight", 4) == {"density": 0.5, "weight": 1.0}
+    assert "block_density" not in M.resolve_params("ties", {"density": 0.3})  # unset: no key, the same identity
+    base, tuned = torch.randn(8, 8), [torch.randn(8, 8)]
+    for name in ("ties", "dare_ties", "dare_linear"):
+        flat = M.resolve_params(name, {"density": 0.4, "weight": 0.7})
+        blocks = M.resolve_params(name, {**flat, "block_density": [0.4, 0.4], "block_weight": [0.7, 0.7]})
+        t = "model.layers.2.self_attn.q_proj.weight"
+        assert torch.equal(M.merge_tensor(name, blocks, t, 4, base, tuned), M.merge_tensor(name, flat, t, 4, base, tuned))
+    doc = mergekit_doc("ties", p, "B", ["T"], 4)
+    density, lam = doc["models"][0]["parameters"]["density"], doc["parameters"]["lambda"]
+    assert [c["value"] for c in density] == [0.2, 0.2, 0.9, 0.9, 0.5] and density[1]["filter"] == "model.layers.1."
+    assert [c["value"] for c in lam] == [0.5, 0.5, 1.5, 1.5, 1.0]
+    with pytest.raises(MedtuneError, match="give both"):
+        M.resolve_params("ties", {"block_density": [0.2, 0.9]})
 
 
 # --- the search in a sweep, on the tiny model -----------------------------------------------------------------
@@ -170,13 +201,15 @@ def search_sweep(tiny_llama, tmp_path, **search):
         "search": {"space": "hma", "blocks": 2, "seed": 0, "first_share": 0.5, "startup_trials": 3, **search}})
 
 
-def test_a_sweep_search_records_selectable_points_that_score_as_the_grid_does(tiny_llama, tmp_path, monkeypatch):
+@pytest.mark.parametrize("space", ["hma", "dare_ties"])
+def test_a_sweep_search_records_selectable_points_that_score_as_the_grid_does(tiny_llama, tmp_path, monkeypatch, space):
     """Searched points are SweepPoints with their order; a complete one scores what the grid's full evaluation gives
-    the same point; the budget is the grid's by default; a rerun scores nothing."""
+    the same point (HMA in LoRA space, per-block DARE-TIES written into the weights); the budget is the grid's by
+    default; a rerun scores nothing."""
     from medtune.merge import search_run, sweep as sweep_mod
     from medtune.merge.records import SweepResult
 
-    cfg = search_sweep(tiny_llama, tmp_path)
+    cfg = search_sweep(tiny_llama, tmp_path, space=space)
     res = sweep_mod.sweep(cfg)
     found = [p for p in res.points if p.search is not None]
     assert found and res.search is not None
@@ -184,7 +217,8 @@ def test_a_sweep_search_records_selectable_points_that_score_as_the_grid_does(ti
     assert res.search.scored <= res.search.budget
     assert [p.search.order for p in found] == sorted(p.search.order for p in found)
     done = [p for p in found if p.search.complete]
-    assert done and all(p.method == "hma" and p.key == res.key for p in done)
+    assert done and all(p.method == space and p.key == res.key for p in done)
+    assert space == "hma" or all(len(p.params["block_density"]) == 2 for p in done)
     loaded = sweep_mod._averager(cfg)
     again, _ = sweep_mod._score(*loaded, cfg, done[0].method, done[0].params)
     assert (again.medical, again.general) == pytest.approx((done[0].medical, done[0].general), abs=1e-9)

@@ -97,10 +97,22 @@ def _hma_point(x: dict[str, float]) -> Candidate:
 
 
 def _pruned(method: str) -> Space:
-    """TIES / DARE: density of the kept delta entries and the weight of the merged delta."""
-    return Space(lambda k: [Dim("density", 0.05, 1.0), Dim("weight", 0.0, 2.0)],
-                 lambda x: Candidate(method, {"density": x["density"], "weight": x["weight"],
-                                              **({"seed": 0} if method.startswith("dare") else {})}))
+    """TIES / DARE: density of the kept delta entries and the weight of the merged delta, one pair per layer
+    block when there are several blocks (the tensors outside the layers take their means)."""
+    def dims(k: int) -> list[Dim]:
+        if k == 1:
+            return [Dim("density", 0.05, 1.0), Dim("weight", 0.0, 2.0)]
+        return [d for i in range(k) for d in (Dim(f"d{i}", 0.05, 1.0), Dim(f"w{i}", 0.0, 2.0))]
+
+    def point(x: dict[str, float]) -> Candidate:
+        seed = {"seed": 0} if method.startswith("dare") else {}
+        if "density" in x:
+            return Candidate(method, {"density": x["density"], "weight": x["weight"], **seed})
+        d, w = [x[f"d{i}"] for i in range(len(x) // 2)], [x[f"w{i}"] for i in range(len(x) // 2)]
+        return Candidate(method, {"density": round(sum(d) / len(d), 4), "weight": round(sum(w) / len(w), 4),
+                                  "block_density": d, "block_weight": w, **seed})
+
+    return Space(dims, point, max_blocks=None)
 
 
 SPACES: dict[str, Space] = {
@@ -120,9 +132,11 @@ class SearchConfig(StrictModel):
     """A search of one averaging space at a fixed budget of scored items."""
 
     space: SpaceName = "hma"
-    """linear: alpha; hma: one ratio per layer block; ties, dare_ties, dare_linear: density and weight; slerp: alpha."""
+    """linear: alpha; hma: one ratio per layer block; ties, dare_ties, dare_linear: density and weight (per block);
+    slerp: alpha."""
     blocks: int | None = Field(None, ge=1)
-    """hma: contiguous layer blocks, one ratio each (input .. output; unset: 3); the other spaces have one."""
+    """hma: contiguous layer blocks, one ratio each (input .. output; unset: 3); ties / dare_*: one density and
+    weight per block (unset: 1, one pair for the whole model); linear and slerp have one."""
     sampler: Literal["tpe", "nsga2"] = "tpe"
     """tpe: best medical score with general >= retain x base's (optuna's constrained TPE); nsga2: the Pareto
     front of (medical, general) (optuna's NSGA-II), every point scored on all items."""
