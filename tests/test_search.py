@@ -259,26 +259,21 @@ def test_a_study_search_reports_search_vs_grid_with_the_paired_test_change(tiny_
         assert "pubmedqa" in sg["test"]["change"]
 
 
-def test_a_search_scores_perplexity_documents_as_items(tiny_llama, tmp_path):
-    """A perplexity task is searched per document: the pool is the documents the token limit reaches, and the
-    search's complete points score 1 / perplexity like the grid's."""
+def test_a_search_scores_a_perplexity_task_whole_as_the_evaluation_does(tiny_llama, tmp_path):
+    """A perplexity task is one item of the pool, scored as one stream with the evaluation's token limit, so a
+    searched point's 1 / perplexity is exactly the full evaluation's of the same point."""
     from medtune.demo import demo_data_dir
-    from medtune.evaluate.run import task_pool
+    from medtune.evaluate.run import WHOLE, task_pool
     from medtune.merge import sweep as sweep_mod
-    from medtune.models import load_tokenizer, resolve
 
     cfg = search_sweep(tiny_llama, tmp_path, space="linear", blocks=None)
     cfg = type(cfg).model_validate({**cfg.model_dump(), "general_tasks": "ppl_general", "ppl_max_tokens": 400,
                                     "task_sources": {"ppl_general": {"adapter": "text",
                                                                      "path": str(demo_data_dir() / "general_demo.txt")}}})
-    ecfg = sweep_mod._eval_config(cfg)
-    tok = load_tokenizer(resolve(str(tiny_llama)))
-    capped = task_pool(ecfg, tok)["ppl_general"]
-    whole = task_pool(ecfg.model_copy(update={"ppl_max_tokens": None}), tok)["ppl_general"]
-    assert 1 <= len(capped) < len(whole)
+    pool = task_pool(sweep_mod._eval_config(cfg))
+    assert pool["ppl_general"] == [(WHOLE, "")]
     res = sweep_mod.sweep(cfg)
     done = [p for p in res.points if p.search is not None and p.search.complete]
-    assert done and res.search.items == len(capped) + len(task_pool(ecfg, tok)["pubmedqa"])
-    grid = [p.general for p in res.points if p.search is None]
-    assert all(0 < p.general <= 1 for p in done)
-    assert min(grid) / 2 < done[0].general < 2 * max(grid)  # the same scale as the grid's 1 / perplexity
+    assert done and res.search.items == 1 + len(pool["pubmedqa"])
+    again, _ = sweep_mod._score(*sweep_mod._averager(cfg), cfg, done[0].method, done[0].params)
+    assert (again.medical, again.general) == pytest.approx((done[0].medical, done[0].general), rel=1e-6)  # fp32 sums

@@ -242,19 +242,17 @@ def _gen_task(task: Task, cfg: EvalConfig, tokenizer: Any, model: Any,
     return result, rows
 
 
-def _ppl_task(task: Task, cfg: EvalConfig, tokenizer: Any, model: Any,
-              only: Only | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _ppl_task(task: Task, cfg: EvalConfig, tokenizer: Any, model: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Perplexity over the task's documents as one token stream; per-document sums go to the predictions, for
-    paired comparisons between models over documents. A subsample (``only``) is its documents' own stream,
-    scored whole (its documents were chosen among those the token limit covers: :func:`task_pool`)."""
+    paired comparisons between models over documents."""
     import numpy as np
 
     from medtune.evaluate import metrics
     from medtune.evaluate.perplexity import document_nll, scored_tokens, sliding_window_nll, token_documents, token_stream
 
-    docs = _only(_ppl_docs(task, cfg)[: cfg.limit], lambda d: d[0], task, only)
+    docs = _ppl_docs(task, cfg)[: cfg.limit]
     texts = [t for _, t in docs]
-    ids = token_stream(tokenizer, texts, cfg.ppl_max_tokens if only is None else None)
+    ids = token_stream(tokenizer, texts, cfg.ppl_max_tokens)
     if scored_tokens(len(ids)) == 0:  # before any results are written: a perplexity of nothing is no number
         raise _nothing_to_score(task, cfg, len(docs), len(ids))
     window = min(cfg.ppl_window, getattr(model.config, "max_position_embeddings", cfg.ppl_window))
@@ -299,7 +297,7 @@ def score_model(model: Any, tokenizer: Any, cfg: EvalConfig,
     predictions: list[dict[str, Any]] = []
     for task in tasks:
         if task.kind == "ppl":
-            results[task.name], rows = _ppl_task(task, cfg, tokenizer, model, only)
+            results[task.name], rows = _ppl_task(task, cfg, tokenizer, model)  # whole: see task_pool
             predictions.extend(rows)
         elif cfg.mode == "generate":
             results[task.name], rows = _gen_task(task, cfg, tokenizer, model, only)
@@ -310,26 +308,27 @@ def score_model(model: Any, tokenizer: Any, cfg: EvalConfig,
     return results, predictions
 
 
-def task_pool(cfg: EvalConfig, tokenizer: Any) -> dict[str, list[tuple[str, str]]]:
+def task_pool(cfg: EvalConfig) -> dict[str, list[tuple[str, str]]]:
     """Per task, (item id, stratum) of every item a full evaluation scores, for a search's stratified
-    subsamples: a question's stratum is its gold answer, a perplexity document's its source (only the
-    documents the token limit reaches). Item ids must be unique within a task."""
+    subsamples: a question's stratum is its gold answer. A perplexity task is one item, :data:`WHOLE`: its
+    documents share one token stream (a document's score depends on the ones before it), so it is scored
+    whole, as the evaluation scores it. Item ids must be unique within a task."""
     from medtune.errors import MedtuneError
-    from medtune.evaluate.perplexity import token_documents, token_stream
 
     pool: dict[str, list[tuple[str, str]]] = {}
     for task in (get_task(n) for n in cfg.task_names):
         if task.kind == "ppl":
-            docs = _ppl_docs(task, cfg)[: cfg.limit]
-            texts = [t for _, t in docs]
-            reached = set(token_documents(tokenizer, texts, len(token_stream(tokenizer, texts, cfg.ppl_max_tokens))))
-            pool[task.name] = [(d, d.split(":", 1)[0]) for k, (d, _) in enumerate(docs) if k in reached]
-        else:
-            pool[task.name] = [(r.id, str(r.answer)) for r in _load(task, cfg)[: cfg.limit]]
+            pool[task.name] = [(WHOLE, "")]
+            continue
+        pool[task.name] = [(r.id, str(r.answer)) for r in _load(task, cfg)[: cfg.limit]]
         ids = [i for i, _ in pool[task.name]]
         if len(set(ids)) != len(ids):
             raise MedtuneError(f"task {task.name}: item ids repeat; a search scores items by id")
     return pool
+
+
+WHOLE = "*"
+"""The one item of a perplexity task in a search's pool: the whole task."""
 
 
 def group_results(groups: Sequence[str], results: dict[str, Any], predictions: Sequence[dict[str, Any]]) -> dict[str, Any]:

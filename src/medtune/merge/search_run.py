@@ -37,12 +37,18 @@ def objective(medical: Sequence[str], general: Sequence[str]) -> S.Objective:
 
 
 def item_scores(rows: Sequence[dict[str, Any]]) -> dict[S.Item, S.ItemScore]:
-    """Per (task, id), the item's score from an evaluation's prediction rows: correct (1 / 0) for a question,
-    (nll, tokens) for a perplexity document."""
-    out = {}
+    """Per (task, id), the item's score from an evaluation's prediction rows: correct (1 / 0) for a question;
+    for a perplexity task, its one item (:data:`~medtune.evaluate.run.WHOLE`): the summed nll and tokens of
+    its documents, scored as one stream."""
+    from medtune.evaluate.run import WHOLE
+
+    out: dict[S.Item, S.ItemScore] = {}
     for row in rows:
-        score = S.ItemScore(row["nll"], row["tokens"]) if "nll" in row else S.ItemScore(float(row["pred"] == row["gold"]))
-        out[(row["task"], str(row["id"]))] = score
+        if "nll" in row:
+            was = out.get((row["task"], WHOLE), S.ItemScore(0.0, 0.0))
+            out[(row["task"], WHOLE)] = S.ItemScore(was.value + row["nll"], was.weight + row["tokens"])
+        else:
+            out[(row["task"], str(row["id"]))] = S.ItemScore(float(row["pred"] == row["gold"]))
     return out
 
 
@@ -59,7 +65,7 @@ def model_scorer(avg: Any, tokenizer: Any, ecfg: Any) -> S.ScoreFn:
             only.setdefault(task, set()).add(item)
         _, rows = score_model(avg.model, tokenizer, quiet, only)
         got = item_scores(rows)
-        return [got.get(i, S.ItemScore(0.0, 0.0)) for i in items]  # a document with no scored token weighs 0
+        return [got[i] for i in items]
 
     return score
 

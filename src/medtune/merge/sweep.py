@@ -254,7 +254,7 @@ def _search(cfg: SweepConfig, result: SweepResult, loaded: tuple[Any, Any], rows
                           f"general {100 * point.general:.1f}")
 
     grid = sum(p.search is None for p in result.points)
-    result.search = R.run(cfg.search, task_pool(ecfg, loaded[1]), objective, cache, cfg.retain, grid, result.key, add)
+    result.search = R.run(cfg.search, task_pool(ecfg), objective, cache, cfg.retain, grid, result.key, add)
     R.save_cache(out, result.key, cache)
 
 
