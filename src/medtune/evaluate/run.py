@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import time
 from pathlib import Path
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 from pydantic import Field, field_validator
@@ -163,13 +163,22 @@ def _ppl_docs(task: Task, cfg: EvalConfig) -> list[tuple[str, str]]:
     return [d for round_ in itertools.zip_longest(*per_source) for d in round_ if d is not None]
 
 
-def _mc_task(task: Task, cfg: EvalConfig, tokenizer: Any, scorer: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+Only = Mapping[str, Collection[str]]
+"""Task -> the item ids to score (a search's subsample); a task left out is not scored."""
+
+
+def _only(items: list[T], ids: Callable[[T], str], task: Task, only: Only | None) -> list[T]:
+    return items if only is None else [x for x in items if ids(x) in only[task.name]]
+
+
+def _mc_task(task: Task, cfg: EvalConfig, tokenizer: Any, scorer: Any,
+             only: Only | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from medtune.data.prompts import eval_prompt, get_eval_template
     from medtune.evaluate import metrics
     from medtune.evaluate.requests import build_request
 
     template = get_eval_template(task.template) if task.template else None
-    records = _load(task, cfg)[: cfg.limit]
+    records = _only(_load(task, cfg)[: cfg.limit], lambda r: r.id, task, only)
     shots = _load(task, cfg, fewshot=True) if cfg.fewshot else []
 
     def exemplars(r: Any) -> list[Any]:
@@ -211,13 +220,14 @@ def _mc_task(task: Task, cfg: EvalConfig, tokenizer: Any, scorer: Any) -> tuple[
     return result, rows
 
 
-def _gen_task(task: Task, cfg: EvalConfig, tokenizer: Any, model: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _gen_task(task: Task, cfg: EvalConfig, tokenizer: Any, model: Any,
+              only: Only | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from medtune.data.prompts import eval_prompt, get_eval_template, template_for
     from medtune.evaluate import metrics
     from medtune.evaluate.generate import extract_answer, greedy_outputs
 
     template = get_eval_template(task.template) if task.template else None
-    records = _load(task, cfg)[: cfg.limit]
+    records = _only(_load(task, cfg)[: cfg.limit], lambda r: r.id, task, only)
     shots = _load(task, cfg, fewshot=True)[: cfg.fewshot] if cfg.fewshot else []
     contexts = [eval_prompt(r, template, fewshot=shots).context for r in records]
     templated = cfg.chat_template is True or (isinstance(cfg.chat_template, list) and task.name in cfg.chat_template)
@@ -284,25 +294,50 @@ def _nothing_to_score(task: Task, cfg: EvalConfig, n_docs: int, n_ids: int) -> E
     return DataError(where, None, None, f"perplexity task {task.name} scores 0 tokens: {what}")
 
 
-def score_model(model: Any, tokenizer: Any, cfg: EvalConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Score an already loaded model on ``cfg``'s tasks: (results per task, per-item predictions)."""
+def score_model(model: Any, tokenizer: Any, cfg: EvalConfig,
+                only: Only | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Score an already loaded model on ``cfg``'s tasks: (results per task, per-item predictions);
+    ``only``: just these items of these tasks (a search's subsample)."""
     from medtune.evaluate.scorer import Scorer
 
-    tasks = [get_task(n) for n in cfg.task_names]
+    tasks = [get_task(n) for n in cfg.task_names if only is None or only.get(n)]
     scorer = Scorer(model, token_budget=cfg.token_budget)
     results: dict[str, Any] = {}
     predictions: list[dict[str, Any]] = []
     for task in tasks:
         if task.kind == "ppl":
-            results[task.name], rows = _ppl_task(task, cfg, tokenizer, model)
+            results[task.name], rows = _ppl_task(task, cfg, tokenizer, model)  # whole: see task_pool
             predictions.extend(rows)
         elif cfg.mode == "generate":
-            results[task.name], rows = _gen_task(task, cfg, tokenizer, model)
+            results[task.name], rows = _gen_task(task, cfg, tokenizer, model, only)
             predictions.extend(rows)
         else:
-            results[task.name], rows = _mc_task(task, cfg, tokenizer, scorer)
+            results[task.name], rows = _mc_task(task, cfg, tokenizer, scorer, only)
             predictions.extend(rows)
     return results, predictions
+
+
+def task_pool(cfg: EvalConfig) -> dict[str, list[tuple[str, str]]]:
+    """Per task, (item id, stratum) of every item a full evaluation scores, for a search's stratified
+    subsamples: a question's stratum is its gold answer. A perplexity task is one item, :data:`WHOLE`: its
+    documents share one token stream (a document's score depends on the ones before it), so it is scored
+    whole, as the evaluation scores it. Item ids must be unique within a task."""
+    from medtune.errors import MedtuneError
+
+    pool: dict[str, list[tuple[str, str]]] = {}
+    for task in (get_task(n) for n in cfg.task_names):
+        if task.kind == "ppl":
+            pool[task.name] = [(WHOLE, "")]
+            continue
+        pool[task.name] = [(r.id, str(r.answer)) for r in _load(task, cfg)[: cfg.limit]]
+        ids = [i for i, _ in pool[task.name]]
+        if len(set(ids)) != len(ids):
+            raise MedtuneError(f"task {task.name}: item ids repeat; a search scores items by id")
+    return pool
+
+
+WHOLE = "*"
+"""The one item of a perplexity task in a search's pool: the whole task."""
 
 
 def group_results(groups: Sequence[str], results: dict[str, Any], predictions: Sequence[dict[str, Any]]) -> dict[str, Any]:

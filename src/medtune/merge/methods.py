@@ -222,6 +222,21 @@ def _hma_tensor(name: str, n_layers: int, p: Params) -> Params:
     return {"alpha": tensor_ratio(name, n_layers, p["ratios"], p["alpha"])}
 
 
+def _block_values(name: str, n_layers: int, p: Params) -> Params:
+    """TIES / DARE with per-block density and weight: the tensor's block's values inside transformer layer i,
+    the scalar ones elsewhere (embeddings, final norm, LM head), as HMA's ratios."""
+    out = {k: v for k, v in p.items() if k not in ("block_density", "block_weight")}
+    m = _LAYER.search(name)
+    if p.get("block_density") is not None and m is not None:
+        b = block_of_layer(int(m.group(1)), n_layers, len(p["block_density"]))
+        out["density"], out["weight"] = p["block_density"][b], p["block_weight"][b]
+    return out
+
+
+def _dare_tensor(name: str, n_layers: int, p: Params) -> Params:
+    return _name_seed(name, n_layers, _block_values(name, n_layers, p))
+
+
 def _name_seed(name: str, n_layers: int, p: Params) -> Params:
     """A per-tensor seed: the same tensor gets the same drop mask however the merge is ordered or streamed."""
     return {**p, "seed": (int(p["seed"]) * 1_000_003 + zlib.crc32(name.encode())) % (2**63)}
@@ -293,6 +308,17 @@ class WeightParams(ParamsModel):
 class TiesParams(ParamsModel):
     density: Density = 0.5
     weight: Weight = 1.0
+    block_density: list[Density] | None = None
+    """Per contiguous layer block (input .. output), the density inside its layers (``density``: outside them)."""
+    block_weight: list[Weight] | None = None
+    """Per layer block, the weight inside its layers (``weight``: outside them); as many as block_density."""
+
+    @model_validator(mode="after")
+    def _blocks_pair(self) -> "TiesParams":
+        d, w = self.block_density, self.block_weight
+        if (d is None) != (w is None) or (d is not None and w is not None and (len(d) != len(w) or not d)):
+            raise ValueError("block_density and block_weight: give both, one value per layer block each")
+        return self
 
 
 class DareParams(TiesParams):
@@ -377,6 +403,16 @@ def _hma_kit(p: Params, n_layers: int) -> Kit:
     return {"base": {"weight": weights(False)}, "model": {"weight": weights(True)}, "parameters": {"normalize": False}}
 
 
+def _layered(p: Params, n_layers: int, key: str) -> Any:
+    """A TIES / DARE parameter for mergekit: the scalar, or with per-block values one ``filter`` per layer
+    (mergekit's conditional parameters) and the scalar for the other tensors."""
+    blocks = p.get(f"block_{key}")
+    if blocks is None:
+        return p[key]
+    return [{"filter": f"model.layers.{i}.", "value": blocks[block_of_layer(i, n_layers, len(blocks))]}
+            for i in range(n_layers)] + [{"value": p[key]}]
+
+
 _SOUP_KIT = lambda p, n: {"base": None, "model": {"weight": 1.0}, "parameters": {"normalize": True}}  # noqa: E731
 
 MERGE_METHODS: dict[str, MergeMethod] = {
@@ -394,16 +430,16 @@ MERGE_METHODS: dict[str, MergeMethod] = {
     # peft's TIES divides by the number of agreeing models and multiplies by the weight; mergekit's
     # normalize divides by the agreeing weights' sum: equal for weight 1 per model and lambda = weight.
     "ties": MergeMethod(
-        ties, TiesParams, "ties", whole_tensor=True,
-        kit=lambda p, n: {"base": None, "model": {"weight": 1.0, "density": p["density"]},
-                          "parameters": {"normalize": True, "lambda": p["weight"]}}),
+        ties, TiesParams, "ties", whole_tensor=True, per_tensor=_block_values,
+        kit=lambda p, n: {"base": None, "model": {"weight": 1.0, "density": _layered(p, n, "density")},
+                          "parameters": {"normalize": True, "lambda": _layered(p, n, "weight")}}),
     "dare_ties": MergeMethod(
-        dare_ties, DareParams, "dare_ties", whole_tensor=True, per_tensor=_name_seed,
-        kit=lambda p, n: {"base": None, "model": {"weight": 1.0, "density": p["density"]},
-                          "parameters": {"normalize": True, "lambda": p["weight"], "rescale": True}}),
+        dare_ties, DareParams, "dare_ties", whole_tensor=True, per_tensor=_dare_tensor,
+        kit=lambda p, n: {"base": None, "model": {"weight": 1.0, "density": _layered(p, n, "density")},
+                          "parameters": {"normalize": True, "lambda": _layered(p, n, "weight"), "rescale": True}}),
     "dare_linear": MergeMethod(
-        dare_linear, DareParams, "dare_linear", whole_tensor=True, per_tensor=_name_seed,
-        kit=lambda p, n: {"base": None, "model": {"weight": p["weight"], "density": p["density"]},
+        dare_linear, DareParams, "dare_linear", whole_tensor=True, per_tensor=_dare_tensor,
+        kit=lambda p, n: {"base": None, "model": {"weight": _layered(p, n, "weight"), "density": _layered(p, n, "density")},
                           "parameters": {"normalize": False, "rescale": True}}),
     "slerp": MergeMethod(
         slerp, AlphaParams, "slerp", n_tuned=1, whole_tensor=True,
@@ -434,7 +470,7 @@ def resolve_params(name: str, params: Params | None = None, n_tuned: int | None 
     except ValidationError as err:
         problems = [_param_problem(e, m.params_model) for e in err.errors()]
         raise MedtuneError(f"method {name}: {'; '.join(problems)}") from None
-    out = {**typed.model_dump(), **given}
+    out = {**typed.model_dump(exclude_none=True), **given}  # unset optional ones (per-block values) left out
     if isinstance(typed, HmaParams):
         out["ratios"] = list(typed.ratios)
     if n_tuned is not None and m.n_tuned is not None and n_tuned != m.n_tuned:

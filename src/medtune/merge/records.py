@@ -19,6 +19,39 @@ from medtune.merge import methods as M
 from medtune.merge.selection import Point, SelectionRule, pareto_front
 
 
+class SearchMark(BaseModel):
+    """Where a point found by a search (:mod:`medtune.merge.search`) stands in it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    order: int
+    """Proposal number: the search order."""
+    items: int
+    """Validation items it was scored on (all of them when complete)."""
+    complete: bool
+    """Scored on every item: selectable; False: stopped early by successive halving or the budget, its
+    scores on a subsample only (kept for the search's record, never selected or on the front)."""
+
+
+class SearchSummary(BaseModel):
+    """What a sweep's search spent and found, next to what its grid spent and found (validation)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    space: str
+    sampler: str
+    seed: int
+    budget: int
+    scored: int
+    """(point, item) pairs the search scored, the base's counted whether or not the grid scored it first."""
+    grid_scored: int
+    """(point, item) pairs the grid scored: its points x the validation items."""
+    items: int
+    """Validation items per fully scored point."""
+    proposed: int
+    complete: int
+
+
 class SweepPoint(BaseModel):
     """One averaged model scored on the validation tasks."""
 
@@ -37,6 +70,13 @@ class SweepPoint(BaseModel):
     key: str = ""
     """What the scores depend on besides the point (the weights, tasks, limit, sources): reused only if equal."""
     pareto: bool = False
+    search: SearchMark | None = None
+    """Set on the points a search proposed; None on the grid's."""
+
+    @property
+    def selectable(self) -> bool:
+        """Scored on every validation item (a grid point, or a search point that was not stopped early)."""
+        return self.search is None or self.search.complete
 
     @property
     def identity(self) -> tuple[str, str]:
@@ -84,6 +124,8 @@ class SweepResult(BaseModel):
     selected: int | None = None
     base_general: float | None = None
     rule: SelectionRule | None = None
+    search: SearchSummary | None = None
+    """The search's spend next to the grid's, when the sweep had a search."""
     convention: str = "alpha is the weight on the tuned model"
 
     @classmethod
@@ -97,7 +139,8 @@ class SweepResult(BaseModel):
         return cls(config=raw.get("config", {}), key=raw.get("key", ""), base_identity=raw.get("base_identity", ""),
                    tuned_identity=raw.get("tuned_identity", ""),
                    points=[SweepPoint.from_json(p) for p in raw.get("points", [])], selected=raw.get("selected"),
-                   base_general=raw.get("base_general"), rule=SelectionRule(**rule) if isinstance(rule, dict) else None)
+                   base_general=raw.get("base_general"), rule=SelectionRule(**rule) if isinstance(rule, dict) else None,
+                   search=raw.get("search"))
 
     def save(self, path: str | Path) -> None:
         atomic.write_json(path, self.model_dump(mode="json"))
@@ -107,25 +150,32 @@ class SweepResult(BaseModel):
         return next((p for p in self.points if p.identity == ident), None)
 
     def mark(self, rule: SelectionRule | None = None, base_general: float | None = None) -> None:
-        """Mark the Pareto front and, given the rule and the base model's general score, select."""
-        flags = pareto_front([p.point() for p in self.points])
-        self.points = [p.model_copy(update={"pareto": f}) for p, f in zip(self.points, flags)]
+        """Mark the Pareto front and, given the rule and the base model's general score, select; both among
+        the points scored on every item (:attr:`SweepPoint.selectable`)."""
+        ok = [i for i, p in enumerate(self.points) if p.selectable]
+        flags = dict(zip(ok, pareto_front([self.points[i].point() for i in ok])))
+        self.points = [p.model_copy(update={"pareto": flags.get(i, False)}) for i, p in enumerate(self.points)]
         if rule is not None and base_general is not None:
             self.rule, self.base_general = rule, base_general
-            self.selected = rule.pick([p.point() for p in self.points], base_general)
+            self.selected = ok[rule.pick([self.points[i].point() for i in ok], base_general)]
 
     @property
     def selected_point(self) -> SweepPoint | None:
         return self.points[self.selected] if self.selected is not None else None
 
     def best(self, kind: str) -> SweepPoint | None:
-        """The point of ``kind`` (a method; "uniform" is "linear") the sweep's rule picks among that
-        method's points (linear: only 0 < alpha < 1, the endpoints being the base and tuned models);
-        None when there is none."""
+        """The point of ``kind`` (a method; "uniform" is "linear"; "search": the base model or a point the
+        search scored fully -- the search scores the base too, within its budget; "grid": any point of the
+        grid) the sweep's rule picks among those points (a method: linear only 0 < alpha < 1, the endpoints
+        being the base and tuned models); None when there is none."""
         method = "linear" if kind == "uniform" else kind
         if self.rule is None or self.base_general is None:
             return None
-        pts = [p for p in self.points if p.method == method and p.is_endpoint() is None]
+        if kind in ("search", "grid"):
+            pts = [p for p in self.points if p.selectable and ((p.search is not None) == (kind == "search")
+                                                               or (kind == "search" and p.is_endpoint() == 0.0))]
+        else:
+            pts = [p for p in self.points if p.method == method and p.is_endpoint() is None and p.selectable]
         if not pts:
             return None
         return pts[self.rule.pick([p.point() for p in pts], self.base_general)]

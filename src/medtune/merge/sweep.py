@@ -32,6 +32,7 @@ from medtune.errors import MedtuneError
 from medtune.evaluate.scores import describe
 from medtune.merge import methods as M
 from medtune.merge.records import SweepPoint, SweepResult
+from medtune.merge.search import SearchConfig
 from medtune.merge.selection import SelectionRule
 
 Grid = dict[str, dict[str, list[Any]]]
@@ -80,6 +81,9 @@ class SweepConfig(StrictModel):
     """Output directory: results.json, frontier.png."""
     progress: bool = True
     """Show progress bars."""
+    search: SearchConfig | None = None
+    """After the grid, search an averaging space with a seeded optimizer at a budget of scored items (see
+    docs/averaging.md, "Searching the averaging space"); its fully scored points are selectable like the grid's."""
 
     @field_validator("methods")
     @classmethod
@@ -198,15 +202,23 @@ def _averager(cfg: SweepConfig) -> tuple[Any, Any]:
     return Averager(model, n_layers, [load_state(full_dir(cfg.tuned))]), tokenizer
 
 
-def _score(avg: Any, tokenizer: Any, cfg: SweepConfig, method: str, params: M.Params) -> SweepPoint:
-    from medtune.evaluate.run import EvalConfig, group_results, score_model
+def _eval_config(cfg: SweepConfig) -> Any:
+    """How every point is scored: the sweep's tasks, sources, limit and perplexity window."""
+    from medtune.evaluate.run import EvalConfig
+
+    return EvalConfig(tasks=f"{cfg.medical_tasks},{cfg.general_tasks}", data_root=cfg.data_root, limit=cfg.limit,
+                      task_sources=cfg.task_sources, progress=cfg.progress, ppl_max_tokens=cfg.ppl_max_tokens,
+                      **({"ppl_stride": cfg.ppl_stride} if cfg.ppl_stride else {}))
+
+
+def _score(avg: Any, tokenizer: Any, cfg: SweepConfig, method: str,
+           params: M.Params) -> tuple[SweepPoint, list[dict[str, Any]]]:
+    """The point scored on every validation item, and the per-item prediction rows."""
+    from medtune.evaluate.run import group_results, score_model
     from medtune.evaluate.scores import mean_score
 
     avg.set(method, params)
-    tasks = f"{cfg.medical_tasks},{cfg.general_tasks}"
-    ecfg = EvalConfig(tasks=tasks, data_root=cfg.data_root, limit=cfg.limit, task_sources=cfg.task_sources,
-                      progress=cfg.progress, ppl_max_tokens=cfg.ppl_max_tokens,
-                      **({"ppl_stride": cfg.ppl_stride} if cfg.ppl_stride else {}))
+    ecfg = _eval_config(cfg)
     started = time.perf_counter()
     res, preds = score_model(avg.model, tokenizer, ecfg)
     groups = group_results(ecfg.group_names, res, preds)
@@ -214,7 +226,36 @@ def _score(avg: Any, tokenizer: Any, cfg: SweepConfig, method: str, params: M.Pa
     return SweepPoint(method=method, params=params, label=M.label(method, params),
                       medical=mean_score(cfg.medical_tasks.split(","), res, groups),
                       general=mean_score(cfg.general_tasks.split(","), res, groups), tasks=per,
-                      seconds=round(time.perf_counter() - started, 1))
+                      seconds=round(time.perf_counter() - started, 1)), preds
+
+
+def _search(cfg: SweepConfig, result: SweepResult, loaded: tuple[Any, Any], rows: dict[tuple[str, str], Any],
+            path: Path, console: Any) -> None:
+    """The ``search:`` block after the grid: its points appended to ``result`` (and saved) as they are scored."""
+    from medtune.evaluate.run import task_pool
+    from medtune.merge import search_run as R
+
+    assert cfg.search is not None
+    out, ecfg = path.parent, _eval_config(cfg)
+    cache = R.load_cache(out, result.key, R.model_scorer(loaded[0], loaded[1], ecfg))
+    for (method, params_json), preds in rows.items():
+        R.add_rows(cache, method, json.loads(params_json), preds)
+    objective = R.objective(cfg.medical_tasks.split(","), cfg.general_tasks.split(","))
+
+    def add(point: SweepPoint) -> None:
+        R.save_cache(out, result.key, cache)
+        if result.find(point.method, point.params) is not None:
+            return  # the grid's point (or one proposed before): scored once, recorded once
+        result.points.append(point)
+        result.mark()
+        result.save(path)
+        if point.selectable:
+            console.print(f"search #{point.search.order} {point.label}: medical {100 * point.medical:.1f}, "  # type: ignore[union-attr]
+                          f"general {100 * point.general:.1f}")
+
+    grid = sum(p.search is None for p in result.points)
+    result.search = R.run(cfg.search, task_pool(ecfg), objective, cache, cfg.retain, grid, result.key, add)
+    R.save_cache(out, result.key, cache)
 
 
 @outdir.writes_into("sweep")
@@ -227,21 +268,25 @@ def sweep(cfg: SweepConfig) -> SweepResult:
     base_id, tuned_id = base_identity(cfg.base.spec), tuned_identity(cfg.tuned)
     key = _key(cfg, base_id, tuned_id)
     old = SweepResult.load(path)
-    kept = [p for p in (old.points if old else []) if p.key == key]
+    kept = [p for p in (old.points if old else []) if p.key == key and p.search is None]  # a search runs again
     if old is not None and old.points and not kept:
         console.print(f"sweep: {_why_not_reused(old, base_id, tuned_id)}: scoring again")
     result = SweepResult(config=cfg.model_dump(mode="json"), key=key, base_identity=base_id, tuned_identity=tuned_id,
                          points=kept)
     loaded: tuple[Any, Any] | None = None
+    rows: dict[tuple[str, str], Any] = {}
     for method, params in plan(cfg):
         if result.find(method, params) is not None:
             continue
         loaded = loaded or _averager(cfg)
-        point = _score(*loaded, cfg, method, params).model_copy(update={"key": key})
+        point, rows[(method, json.dumps(params, sort_keys=True))] = _score(*loaded, cfg, method, params)
+        point = point.model_copy(update={"key": key})
         result.points.append(point)
         result.mark()
         result.save(path)  # every point is saved as soon as it is scored
         console.print(f"{point.label}: medical {100 * point.medical:.1f}, general {100 * point.general:.1f}")
+    if cfg.search is not None:
+        _search(cfg, result, loaded or _averager(cfg), rows, path, console)
     base_general = result.find("linear", {"alpha": 0.0}).general  # type: ignore[union-attr]
     result.mark(cfg.selection_rule(), base_general)
     result.save(path)
@@ -250,7 +295,22 @@ def sweep(cfg: SweepConfig) -> SweepResult:
     assert sel is not None
     console.print(f"selected {sel.label} by rule '{cfg.rule}': medical {100 * sel.medical:.1f}, "
                   f"general {100 * sel.general:.1f} (base general {100 * base_general:.1f}); {path}")
+    if result.search is not None:
+        console.print(search_vs_grid(result))
     return result
+
+
+def search_vs_grid(result: SweepResult) -> str:
+    """One line: the grid's and the search's best by the sweep's rule (validation) and the items each scored."""
+    s, grid, found = result.search, result.best("grid"), result.best("search")
+    assert s is not None
+
+    def said(p: SweepPoint | None) -> str:
+        return f"{p.label} (medical {100 * p.medical:.1f}, general {100 * p.general:.1f})" if p else "none"
+
+    return (f"search vs grid (validation, rule '{result.rule.rule if result.rule else '?'}'): grid best {said(grid)} "
+            f"from {s.grid_scored} scored items; search best {said(found)} from {s.scored} scored items "
+            f"({s.proposed} points proposed, {s.complete} scored on all {s.items} items; {s.sampler} seed {s.seed})")
 
 
 MARKERS = {"hma": "^", "task_arithmetic": "s", "ties": "D", "dare_ties": "P", "dare_linear": "X", "slerp": "v"}
@@ -265,11 +325,28 @@ def draw_points(ax: Any, result: SweepResult, color: str | None = None, prefix: 
     for p in plain:
         ax.annotate(f"{p.alpha:g}", (100 * p.general, 100 * p.medical), textcoords="offset points",
                     xytext=(4, 4), fontsize=7, color=color or "#1f77b4")
-    others = sorted({p.method for p in result.points} - {"linear"}, key=list(M.MERGE_METHODS).index)
+    grid = [p for p in result.points if p.search is None]
+    others = sorted({p.method for p in grid} - {"linear"}, key=list(M.MERGE_METHODS).index)
     for i, name in enumerate(others):
-        pts = [p for p in result.points if p.method == name]
+        pts = [p for p in grid if p.method == name]
         ax.scatter([100 * p.general for p in pts], [100 * p.medical for p in pts], marker=MARKERS.get(name, "o"), s=30,
                    color=color or f"C{i + 2}", alpha=0.7, label=f"{prefix}{name}", zorder=2)
+    draw_search(ax, result, prefix)
+
+
+def draw_search(ax: Any, result: SweepResult, prefix: str = "") -> None:
+    """The search's fully scored points, coloured by the order they were proposed in and numbered with it
+    (points stopped early by successive halving were scored on a subsample only and are not drawn)."""
+    pts = sorted([p for p in result.points if p.search is not None and p.selectable], key=lambda p: p.search.order)  # type: ignore[union-attr]
+    if not pts:
+        return
+    order = [p.search.order for p in pts]  # type: ignore[union-attr]
+    ax.scatter([100 * p.general for p in pts], [100 * p.medical for p in pts], c=order, cmap="viridis", s=26,
+               marker=MARKERS.get(pts[0].method, "o"), edgecolors="black", linewidths=0.4, zorder=2,
+               label=f"{prefix}search {pts[0].method} (colour, number: order {order[0]}..{order[-1]})")
+    for p, n in zip(pts, order):
+        ax.annotate(str(n), (100 * p.general, 100 * p.medical), textcoords="offset points", xytext=(3, -7), fontsize=5,
+                    color="#444444")
 
 
 def plot_frontier(result: SweepResult, path: Path, title: str = "medical vs general ability",

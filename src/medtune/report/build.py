@@ -192,6 +192,41 @@ def paired_deltas(rows: list[ModelEval], tasks: list[str], groups: list[str] | N
     return deltas
 
 
+def _row_at(rows: list[ModelEval], variant: str, point: Any) -> ModelEval | None:
+    """The test row of ``variant``'s sweep point (the base's or the tuned model's row at alpha 0 or 1)."""
+    hit = next((r for r in rows if r.variant == variant and r.point is not None and r.point.identity == point.identity),
+               None)
+    end = point.is_endpoint()
+    if hit is None and end is not None:
+        hit = next((r for r in rows if (r.kind == "base" if end == 0 else (r.kind == "tuned" and r.variant == variant))),
+                   None)
+    return hit
+
+
+def search_vs_grid(results: StudyResults, tasks: list[str], groups: list[str],
+                   read: Reader = _predictions) -> dict[str, Any]:
+    """Per variant whose sweep searched: the grid's and the search's best by the rule on validation with the
+    items each scored, and, where both were scored on test, the search's model's accuracy minus the grid's,
+    paired on the same test items."""
+    out: dict[str, Any] = {}
+    for v, sw in results.sweeps.items():
+        if sw.search is None:
+            continue
+        grid, found = sw.best("grid"), sw.best("search")
+        said = lambda p, n: {"label": p.label if p else None, "medical": p.medical if p else None,  # noqa: E731
+                             "general": p.general if p else None, "scored": n}
+        entry: dict[str, Any] = {"grid": said(grid, sw.search.grid_scored), "search": said(found, sw.search.scored),
+                                 "summary": sw.search.model_dump()}
+        g_row = _row_at(results.rows, v, grid) if grid else None
+        s_row = _row_at(results.rows, v, found) if found else None
+        if g_row is not None and s_row is not None:
+            entry["test"] = {"label": f"{s_row.label} − {g_row.label}",
+                             "change": _acc_changes(_correct(read(g_row.predictions)), _correct(read(s_row.predictions)),
+                                                    tasks, groups)}
+        out[v] = entry
+    return out
+
+
 def _ship(results: StudyResults) -> dict[str, Any] | None:
     ship = results.ship
     if ship is None:
@@ -224,6 +259,7 @@ def collect(results: StudyResults) -> dict[str, Any]:
     mc = list(dict.fromkeys(cols["medical_in"] + cols["medical_ood"] + cols["cloze"] + suite + cols["general"]))
     read = functools.cache(_predictions)  # deltas and spread read the same files: once each, per report
     data["deltas"] = paired_deltas(results.rows, mc, cols["groups"], cols["ppl"], read)
+    data["search_vs_grid"] = search_vs_grid(results, mc, cols["groups"], read)
     data["gen_deltas"] = paired_deltas(results.gen_rows, cols["medical_in"] + cols["medical_ood"], read=read)
     data["spread"] = answer_spread(results.rows, cols["medical_in"] + cols["medical_ood"] + cols["cloze"] + cols["general"],
                                    read)

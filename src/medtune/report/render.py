@@ -272,11 +272,43 @@ def _selection(data: dict[str, Any]) -> list[Block]:
                                                            for t, s in val["sources"].items()))]
     for v, sw in data["sweeps"].items():
         out += [("h2", f"Averaging sweep: {v}"),
-                ("table", ["point", "method", "parameters", "validation medical", "validation general", "Pareto",
-                           "selected"],
-                 [[p["label"], p["method"], ", ".join(f"{k}={v}" for k, v in p["params"].items()),
+                ("table", ["point", "method", "parameters", "found by", "validation medical", "validation general",
+                           "Pareto", "selected"],
+                 [[p["label"], p["method"], ", ".join(f"{k}={v}" for k, v in p["params"].items()), _found_by(p),
                    f"{100 * p['medical']:.1f}", f"{100 * p['general']:.1f}", "●" if p.get("pareto") else "",
                    "★" if i == sw["selected"] else ""] for i, p in enumerate(sw["points"])])]
+        if any(p.get("search") and not p["search"]["complete"] for p in sw["points"]):
+            out.append(("note", "Search points stopped early were scored on the subsample in brackets only: their "
+                                "scores are not comparable with the others' and they are never selected."))
+        out += _search_vs_grid(data, v)
+    return out
+
+
+def _found_by(p: dict[str, Any]) -> str:
+    s = p.get("search")
+    if not s:
+        return "grid"
+    return f"search #{s['order']}" + ("" if s["complete"] else f" (stopped at {s['items']} items)")
+
+
+def _search_vs_grid(data: dict[str, Any], variant: str) -> list[Block]:
+    """The search's best next to the grid's at the items each scored, and their test difference, paired."""
+    sg = (data.get("search_vs_grid") or {}).get(variant)
+    if not sg:
+        return []
+    s = sg["summary"]
+    val = lambda m: f"{100 * m:.1f}" if m is not None else "–"  # noqa: E731
+    out: list[Block] = [
+        ("h2", f"Search vs grid: {variant}"),
+        ("table", ["", "scored items", "best by the rule (validation)", "validation medical", "validation general"],
+         [[k, str(sg[k]["scored"]), sg[k]["label"] or "none", val(sg[k]["medical"]), val(sg[k]["general"])]
+          for k in ("grid", "search")]),
+        ("note", f"Search: {s['space']} space, {s['sampler']} seed {s['seed']}, budget {s['budget']} scored items "
+                 f"((point, item) pairs, the base's included), {s['proposed']} points proposed, {s['complete']} scored on "
+                 f"all {s['items']} validation items.")]
+    if sg.get("test"):
+        out += delta_table(data, {sg["test"]["label"]: sg["test"]["change"]}, [t for t in sg["test"]["change"]])
+        out.append(("note", "Here the reference is the grid's model, not the base: the search's model minus the grid's."))
     return out
 
 

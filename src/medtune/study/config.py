@@ -19,6 +19,7 @@ from medtune.config import ModelConfig, StrictModel, format_validation_error
 from medtune.data.build import DataConfig
 from medtune.data.spec import SourceConfig
 from medtune.evaluate.tasks import GROUPS, TASKS, TaskDef, define_groups, define_tasks, expand
+from medtune.merge.search import SearchConfig
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _STUDY_OWNED = ("model", "data", "out", "resume", "progress", "base_dir")
@@ -164,6 +165,10 @@ class AveragingConfig(StrictModel):
     """retain rule: share of the base model's general score to keep."""
     weight: float = Field(0.5, ge=0, le=1)
     """weighted rule: weight of the medical score."""
+    search: SearchConfig | None = None
+    """After each swept variant's grid, search an averaging space with a seeded optimizer at a budget of scored
+    validation items (docs/averaging.md, "Searching the averaging space"); test_best_of: [search, grid] reports
+    the best of each on test."""
 
     @field_validator("alphas", "hma_alphas", "hma_grid")
     @classmethod
@@ -182,7 +187,7 @@ class AveragingConfig(StrictModel):
             grid_points(self.methods, 1)
         except MedtuneError as err:
             raise ValueError(f"methods: {err}") from None
-        kinds = ["uniform", "hma", *self.methods]
+        kinds = ["uniform", "hma", *self.methods, *(["search", "grid"] if self.search else [])]
         for kind in self.test_best_of:
             if kind not in kinds:
                 raise ValueError(f"test_best_of: {kind!r} is not swept (valid: {', '.join(kinds)})")

@@ -65,10 +65,10 @@ def model_rows(cfg: StudyConfig, layout: StudyLayout, generate: bool, stale: Col
                 rows.append(same.model_copy(update={
                     "label": label, "kind": "averaged", "variant": v.name, "point": sel,
                     "note": f"= {'base' if end == 0 else v.name}: the sweep selected α={end:g}"}))
-            continue
-        avg = _row(layout, label, "averaged", L.eval_step(L.averaged_label(v.name), generate), stale, variant=v.name,
-                   point=sel)
-        rows += [avg] if avg else []
+        else:
+            avg = _row(layout, label, "averaged", L.eval_step(L.averaged_label(v.name), generate), stale,
+                       variant=v.name, point=sel)
+            rows += [avg] if avg else []
         for kind in cfg.averaging.test_best_of:  # reported for comparison, never shipped
             pt = res.best(kind)
             if pt is None or pt.identity == sel.identity:

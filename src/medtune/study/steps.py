@@ -185,7 +185,7 @@ def sweep_step(cfg: StudyConfig, out: Path, variant: VariantConfig) -> Step:
                                      for t in expand(av.medical_tasks + av.general_tasks)[0]},
                        data_root=str(root), limit=av.limit, rule=av.rule, retain=av.retain, weight=av.weight,
                        ppl_max_tokens=ev.ppl_max_tokens, ppl_stride=ev.ppl_stride,
-                       out=str(L(out).sweep_dir(variant.name)), progress=cfg.progress)
+                       out=str(L(out).sweep_dir(variant.name)), progress=cfg.progress, search=av.search if full else None)
     return Step(L.sweep_step(variant.name), "sweep", scfg, [L.train_step(variant.name)],
                 note="" if full else "alpha 0 and 1 only (not in averaging.variants)")
 
