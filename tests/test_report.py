@@ -143,8 +143,19 @@ def test_answer_spread_names_the_modal_answer_and_the_majority_accuracy(report):
     assert "## Answer spread" in md and "#1 on 100 %" in md
 
 
-def test_the_answer_spread_shows_the_answer_as_the_model_said_it():
-    """'"yes" on 98 %' in the table when the predictions record the answer; '#1' only for older results."""
+def test_the_answer_spread_shows_the_answer_as_the_model_said_it(tmp_path):
+    """'"yes" on 98 %' in the table when the predictions record the answer and every item's choice there is
+    that answer; '#1' for older results and for tasks whose options differ per item (ARC)."""
+    from types import SimpleNamespace
+
+    from medtune.report.build import answer_spread
+
+    rows = [{"task": "pubmedqa", "id": i, "pred": 0, "gold": 0, "answer": "yes"} for i in range(4)]
+    rows += [{"task": "arc_easy", "id": i, "pred": 0, "gold": 0, "answer": f"option {i}"} for i in range(4)]
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spread = answer_spread([SimpleNamespace(label="m", step="eval/m", predictions=path)], ["pubmedqa", "arc_easy"])
+    assert spread["rows"]["m"]["pubmedqa"]["answer"] == "yes" and spread["rows"]["m"]["arc_easy"]["answer"] is None
     assert render.shown_answer(1, "yes") == '"yes"' and render.shown_answer(2, None) == "#2"
     assert render.shown_answer(1, "a very long option text that goes on") == '"a very long option text…"'
 

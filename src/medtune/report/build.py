@@ -148,18 +148,20 @@ def answer_spread(rows: list[ModelEval], tasks: list[str], read: Reader = _predi
     for r in rows:
         if r.step not in seen:
             per: dict[str, list[tuple[int, int]]] = {}
-            said: dict[tuple[str, int], str] = {}  # (task, choice) -> the answer as the model said it
+            said: dict[tuple[str, int], set[str]] = {}  # (task, choice) -> the answers the model said by it
             for p in read(r.predictions):
                 if "gold" in p and p["task"] in tasks:
                     per.setdefault(p["task"], []).append((int(p["pred"]), int(p["gold"])))
-                    if "answer" in p:
-                        said[(p["task"], int(p["pred"]))] = str(p["answer"])
+                    said.setdefault((p["task"], int(p["pred"])), set()).add(str(p["answer"]) if "answer" in p else "")
             spread: dict[str, Any] = {}
             for t, pairs in per.items():
                 preds = [p for p, _ in pairs]
                 top = max(set(preds), key=preds.count)
-                spread[t] = {"choice": top + 1, "answer": said.get((t, top)), "share": preds.count(top) / len(preds),
-                             "n": len(preds)}
+                # the choice's words when every item's choice there is the same answer ("yes"); a task whose
+                # options differ per item (ARC) shares only the position
+                words = said.get((t, top), set())
+                spread[t] = {"choice": top + 1, "answer": next(iter(words)) if len(words) == 1 and "" not in words else None,
+                             "share": preds.count(top) / len(preds), "n": len(preds)}
                 golds = [g for _, g in pairs]
                 out["majority"].setdefault(t, max(golds.count(g) for g in set(golds)) / len(golds))
             seen[r.step] = spread

@@ -176,7 +176,7 @@ def _general_changes(data: dict[str, Any], label: str) -> list[str]:
             continue
         name = data["display"].get(t, t)
         if t in ppl_general:
-            value, ci, unit = 100 * d["rel"], d.get("rel_ci95"), " % perplexity"
+            value, ci, unit = 100 * d["rel"], d.get("rel_ci95"), " %"
         else:
             value, ci, unit = 100 * d["value"], d.get("ci95"), " points"
         ci = [100 * c for c in ci] if ci else None
