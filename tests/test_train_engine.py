@@ -5,6 +5,7 @@ position ids, the weights' dtypes."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,33 +16,8 @@ from safetensors.torch import load_file
 from medtune.train.config import TrainConfig
 from test_train import config
 
-
-def _plain_trainer_losses(cfg: TrainConfig, tiny_llama: Path, out: Path, steps: int) -> list[float]:
-    """Per-step losses of plain ``Trainer`` (+ peft for LoRA) on medtune's built blocks, in medtune's
-    block order, with the model's own loss and peft's own layers."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
-
-    from medtune.data.build import open_blocks
-    from medtune.train.engine import BlockDataset, collate, sample_order
-
-    blocks = open_blocks(out / "data")
-    order = sample_order(len(blocks), cfg.seed, steps * cfg.micro_batch_size * cfg.grad_accum)
-    examples = BlockDataset(blocks, cfg.loss).__getitems__(order.tolist())
-    torch.manual_seed(cfg.seed)
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32)
-    if cfg.method == "lora":
-        model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.0,
-                                                 target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM"))
-    args = TrainingArguments(output_dir=str(out / "plain"), per_device_train_batch_size=cfg.micro_batch_size,
-                             gradient_accumulation_steps=cfg.grad_accum, max_steps=steps,
-                             learning_rate=cfg.learning_rate, lr_scheduler_type="cosine",
-                             warmup_steps=int(cfg.warmup_ratio * steps), max_grad_norm=cfg.max_grad_norm,
-                             seed=cfg.seed, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
-                             optim="adamw_torch_fused", train_sampling_strategy="sequential", disable_tqdm=True)
-    trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collate)
-    trainer.train()
-    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from plain_trainer import plain_trainer_losses  # noqa: E402  (the reference lives beside the bench that uses it)
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
@@ -58,7 +34,7 @@ def test_plugins_give_the_losses_of_plain_trainer_and_peft(tiny_llama, tmp_path,
     curves = json.loads((out / "curves.json").read_text())
     assert curves["run"]["plugins"] is True
     ours = [h["loss"] for h in curves["history"]]
-    plain = _plain_trainer_losses(cfg, tiny_llama, out, 20)
+    plain = plain_trainer_losses(cfg, tiny_llama, out, 20)
     assert len(ours) == len(plain) == 20
     worst = max(abs(a - b) / abs(b) for a, b in zip(ours, plain))
     assert worst <= 1e-3, (worst, ours, plain)
@@ -349,6 +325,40 @@ def test_engine_settings_pass_through_and_medtune_owned_keys_are_refused(tiny_ll
     with pytest.raises(ConfigError, match=r"engine: no_such_setting: not a setting of transformers' TrainingArguments"):
         training_arguments(cfg.model_copy(update={"engine": {"no_such_setting": 1}}), tmp_path, 10, cuda=False,
                            plugins=True, checkpointing=False)
+
+
+@pytest.mark.parametrize("cuda, plugins, installed, engine, liger", [
+    (True, False, True, {}, True),            # the GPU path with liger-kernel installed: Liger's kernels
+    (True, False, False, {}, False),          # not installed: off
+    (False, True, True, {}, None),            # CPU: the plug-ins, never Liger (Triton needs CUDA)
+    (True, True, True, {}, None),             # plug-ins forced on a GPU: they replace the loss, no Liger
+    (True, False, True, {"use_liger_kernel": False}, False),  # the user's engine setting wins
+])
+def test_liger_kernels_are_used_on_cuda_when_installed(tmp_path, monkeypatch, cuda, plugins, installed, engine, liger):
+    """use_liger_kernel reaches the engine on CUDA without the plug-ins when liger-kernel is installed, and
+    only then (or as the user sets it under engine:)."""
+    import importlib.util
+
+    import transformers
+
+    from medtune.config import validate
+    from medtune.train import run
+
+    seen: dict = {}
+
+    class Recording:
+        def __init__(self, **kwargs):
+            seen.update(kwargs)
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: (object() if installed else None) if name == "liger_kernel" else real_find_spec(name, *a))
+    monkeypatch.setattr(transformers, "TrainingArguments", Recording)
+    monkeypatch.setattr(run.models, "native_bf16", lambda: True)
+    cfg = validate(TrainConfig, {"out": str(tmp_path), "engine": engine}, "t.yaml")
+    run.training_arguments(cfg, tmp_path, 10, cuda=cuda, plugins=plugins, checkpointing=False)
+    assert seen.get("use_liger_kernel") is liger
+    assert seen["use_cpu"] is (not cuda)
 
 
 def test_the_chunked_loss_follows_autocast_and_keeps_no_buffer_under_it():
