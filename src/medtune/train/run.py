@@ -161,9 +161,11 @@ def training_arguments(cfg: TrainConfig, out: Path, total_steps: int, cuda: bool
         "save_total_limit": None,  # medtune prunes the published checkpoints (checkpoint.save)
         "logging_strategy": "steps", "logging_steps": 1, "logging_nan_inf_filter": False, "disable_tqdm": True,
         "report_to": "none", "remove_unused_columns": False, "optim": "adamw_torch_fused", "use_cpu": not cuda,
-        "dataloader_pin_memory": cuda, "activation_checkpointing": checkpointing,
-        "activation_checkpointing_kwargs": {"use_reentrant": False} if checkpointing else None,
+        "dataloader_pin_memory": cuda,
     }
+    # transformers renamed gradient_checkpointing to activation_checkpointing in 5.2x; GPU images carry older 5.x
+    ckpt = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    args[ckpt], args[f"{ckpt}_kwargs"] = checkpointing, {"use_reentrant": False} if checkpointing else None
     args.update(mixed_precision(cfg.engine, cuda))
     if cuda and not plugins and "use_liger_kernel" not in cfg.engine:
         import importlib.util
@@ -353,6 +355,6 @@ def train(cfg: TrainConfig) -> Path:
                       {"global_batch": global_batch, "steps": total_steps, "block_size": block, "blocks": n_blocks,
                        "processes": state.num_processes, "device": str(trainer.args.device), "parallelism": running,
                        "mixed_precision": trainer.accelerator.mixed_precision, "plugins": plugins,
-                       "gradient_checkpointing": bool(args.activation_checkpointing)}, state_dict=full)
+                       "gradient_checkpointing": bool(getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing)}, state_dict=full)
     trainer.accelerator.wait_for_everyone()
     return out
