@@ -59,23 +59,24 @@ def report(tmp_path):
 
 def test_columns_keep_listed_tasks_and_move_group_only_tasks_to_the_suite_table():
     cols = columns(TASKS, ["mmlu_medical"], LISTED)
-    assert cols["medical_in"] == ["pubmedqa"] and cols["medical_ood"] == ["medqa4"]
-    assert cols["cloze"] == ["medqa4_cloze"] and cols["groups"] == ["mmlu_medical"]
-    assert cols["suite"] == {"mmlu_medical": MMLU6}
+    assert cols.medical_in == ["pubmedqa"] and cols.medical_ood == ["medqa4"]
+    assert cols.cloze == ["medqa4_cloze"] and cols.groups == ["mmlu_medical"]
+    assert cols.suite == {"mmlu_medical": MMLU6}
     # a task named by the study itself keeps its column even when a group also holds it
-    assert "mmlu_anatomy" in columns(TASKS, ["mmlu_medical"], [*LISTED, "mmlu_anatomy"])["medical_ood"]
-    assert columns(TASKS)["medical_ood"] == ["medqa4", *MMLU6]  # no groups: every task is a column
+    assert "mmlu_anatomy" in columns(TASKS, ["mmlu_medical"], [*LISTED, "mmlu_anatomy"]).medical_ood
+    assert columns(TASKS).medical_ood == ["medqa4", *MMLU6]  # no groups: every task is a column
 
 
 def test_a_general_cloze_task_has_one_column_and_stays_out_of_the_general_average():
     cols = columns(["arc_easy", "mmlu_general", "mmlu_general_cloze", "medqa4_cloze"])
-    assert cols["cloze"] == ["mmlu_general_cloze", "medqa4_cloze"]  # in the study's task order
-    assert cols["general"] == ["arc_easy", "mmlu_general"]  # the average's tasks: lm-eval's formulations
+    assert cols.cloze == ["mmlu_general_cloze", "medqa4_cloze"]  # in the study's task order
+    assert cols.general == ["arc_easy", "mmlu_general"]  # the average's tasks: lm-eval's formulations
 
 
 def test_report_labels_cloze_and_leaderboard_columns_and_shows_the_suite_table(report):
-    data, base_c, _, _ = report
-    md = render.markdown(data, [])
+    rep, base_c, _, _ = report
+    data = rep.model_dump(mode="json")  # report.json
+    md = render.markdown(rep, [])
     header = next(line for line in md.splitlines() if line.startswith("| model | PubMedQA"))
     assert "MedQA-USMLE cloze (OOD)" in header and "MMLU medical avg (leaderboard)" in header
     assert "MMLU anatomy" not in header  # the group's tasks are in its own table
@@ -92,8 +93,8 @@ def test_report_labels_cloze_and_leaderboard_columns_and_shows_the_suite_table(r
 
 
 def test_paired_changes_of_group_accuracy_and_perplexity_by_hand(report):
-    data, base_c, base_nll, tuned_nll = report
-    d = data["deltas"]["tuned"]
+    rep, base_c, base_nll, tuned_nll = report
+    d = rep.model_dump(mode="json")["deltas"]["tuned"]  # report.json
     # the group's change: the size-weighted mean of the per-item differences over its six tasks
     diffs = [1.0 - x for t in MMLU6 for x in base_c[t]]
     assert d["mmlu_medical"]["value"] == pytest.approx(np.mean(diffs))
@@ -104,7 +105,7 @@ def test_paired_changes_of_group_accuracy_and_perplexity_by_hand(report):
     m = d["ppl_medical"]
     assert m["value"] == pytest.approx(ppl_t - ppl_b) and m["rel"] == pytest.approx(ppl_t / ppl_b - 1)
     assert m["n"] == 4 and m["ci95"][0] <= m["value"] <= m["ci95"][1] and m["ci95"][1] < 0  # every document improved
-    md = render.markdown(data, [])
+    md = render.markdown(rep, [])
     assert "## Perplexity change vs the base model, paired on the same documents" in md
     assert f"{ppl_t - ppl_b:+.2f} [" in md
 
@@ -127,19 +128,19 @@ def test_changes_plot_is_drawn_from_the_paired_changes(report, tmp_path):
     data = report[0]
     path = plots.changes(data, tmp_path / "changes.png")
     assert path is not None and path.stat().st_size > 10_000
-    assert plots.changes({**data, "deltas": {}}, tmp_path / "none.png") is None
+    assert plots.changes(data.model_copy(update={"deltas": {}}), tmp_path / "none.png") is None
     assert "![paired changes vs the base model" in render.markdown(data, ["changes.png"])
 
 
 def test_answer_spread_names_the_modal_answer_and_the_majority_accuracy(report):
-    data, base_c, _, _ = report
-    spread = data["spread"]
+    rep, base_c, _, _ = report
+    spread = rep.model_dump(mode="json")["spread"]  # report.json
     assert spread["majority"]["pubmedqa"] == 1.0  # every gold answer is choice 0 in the fixture
     # the tuned model always predicts the gold (choice 1, 1-based) -> 100 %; the base predicts 0 when right, 1 when wrong
     assert spread["rows"]["tuned"]["pubmedqa"] == {"choice": 1, "answer": None, "share": 1.0, "n": 40}
     right = np.mean(base_c["pubmedqa"])
     assert spread["rows"]["base"]["pubmedqa"]["share"] == pytest.approx(max(right, 1 - right))
-    md = render.markdown(data, [])
+    md = render.markdown(rep, [])
     assert "## Answer spread" in md and "#1 on 100 %" in md
 
 
@@ -155,7 +156,7 @@ def test_the_answer_spread_shows_the_answer_as_the_model_said_it(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     spread = answer_spread([SimpleNamespace(label="m", step="eval/m", predictions=path)], ["pubmedqa", "arc_easy"])
-    assert spread["rows"]["m"]["pubmedqa"]["answer"] == "yes" and spread["rows"]["m"]["arc_easy"]["answer"] is None
+    assert spread.rows["m"]["pubmedqa"].answer == "yes" and spread.rows["m"]["arc_easy"].answer is None
     assert render.shown_answer(1, "yes") == '"yes"' and render.shown_answer(2, None) == "#2"
     assert render.shown_answer(1, "a very long option text that goes on") == '"a very long option text…"'
 
@@ -163,12 +164,14 @@ def test_the_answer_spread_shows_the_answer_as_the_model_said_it(tmp_path):
 def test_the_headline_gives_each_general_change_with_its_interval_and_item_count(report):
     """The shipped model's general cost is the paired change per general task with its interval and n, and a
     change inside its interval says so (a few items' change is not a cost)."""
-    data = report[0]
-    data["ship"] = {"row": "tuned", "rule": "retain", "candidates": [], "selected": None, "rule_name": "retain", "retain": 0.98, "base_general": None}
+    from medtune.report.records import ShipView
+
+    data = report[0].model_copy(update={"ship": ShipView(row="tuned", rule="retain", candidates=[], selected=None,
+                                                         rule_name="retain", retain=0.98, base_general=None)})
     head = render.markdown(data, []).split("\n\n")[1]
-    d = data["deltas"]["tuned"]["arc_easy"]
-    assert f"{data['display']['arc_easy']} {100 * d['value']:+.1f} points" in head and "(20 items)" in head
-    assert ("within its interval" in head) == (d["ci95"][0] <= 0 <= d["ci95"][1])
+    d = data.deltas["tuned"]["arc_easy"]
+    assert f"{data.display['arc_easy']} {100 * d.value:+.1f} points" in head and "(20 items)" in head
+    assert ("within its interval" in head) == (d.ci95[0] <= 0 <= d.ci95[1])
     assert "general average" not in head
 
 

@@ -15,6 +15,7 @@ import yaml
 from medtune.config import load_config
 from medtune.demo import demo_data_dir
 from medtune.errors import ConfigError
+from medtune.evaluate.results import Metric
 from medtune.report.build import mean_with_ci
 from medtune.study import run as study_run
 from medtune.study.run import StudyRunConfig, study
@@ -229,9 +230,9 @@ def test_bad_variant_settings_name_the_variant(tiny_llama, tmp_path):
 
 
 def test_mean_with_ci_by_hand():
-    m = mean_with_ci([{"value": 0.5, "stderr": 0.03, "n": 100}, {"value": 0.7, "stderr": 0.04, "n": 50}])
-    assert m["value"] == pytest.approx(0.6) and m["stderr"] == pytest.approx(0.025) and m["n"] == 150
-    assert m["ci95"] == pytest.approx([0.6 - 1.96 * 0.025, 0.6 + 1.96 * 0.025])
+    m = mean_with_ci([Metric(value=0.5, stderr=0.03, n=100), Metric(value=0.7, stderr=0.04, n=50)])
+    assert m.value == pytest.approx(0.6) and m.stderr == pytest.approx(0.025) and m.n == 150
+    assert m.ci95 == pytest.approx((0.6 - 1.96 * 0.025, 0.6 + 1.96 * 0.025))
 
 
 def test_shipped_demo_study_files_are_the_same_study():

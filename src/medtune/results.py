@@ -11,11 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
+from medtune.data.spec import SourceConfig
 from medtune.evaluate.results import EvalResult
 from medtune.merge.records import SweepPoint, SweepResult
 from medtune.merge.selection import SelectionRule
+from medtune.train.records import CurvePoint, TrainRun
 
 RowKind = Literal["base", "tuned", "averaged", "compared"]
 
@@ -59,9 +61,11 @@ class ShipChoice(_Record):
 
 
 class TrainSummary(_Record):
-    run: dict[str, Any]
+    """A variant's training run, from its curves (:class:`~medtune.train.records.TrainCurves`)."""
+
+    run: TrainRun
     seconds: float
-    history: list[dict[str, Any]]
+    history: list[CurvePoint]
     method: str
 
 
@@ -75,10 +79,17 @@ class MixSummary(_Record):
 
 
 class Validation(_Record):
+    """What the shipping choice and the sweeps were scored on."""
+
     medical: list[str]
     general: list[str]
-    sources: dict[str, dict[str, Any]]
+    sources: dict[str, SourceConfig]
+    """Per task, its validation split."""
     limit: int | None
+
+    @field_serializer("sources")
+    def _sources(self, sources: dict[str, SourceConfig]) -> dict[str, dict[str, Any]]:
+        return {t: s.model_dump(mode="json", exclude_none=True) for t, s in sources.items()}
 
 
 class StepTime(_Record):

@@ -297,6 +297,7 @@ def build_command(cfg: DataConfig) -> Path:
 
     from medtune import atomic, models, outdir
     from medtune.config import dump_config
+    from medtune.data.manifest import DataManifest
     from medtune.data.prompts import template_provenance
 
     console = Console(stderr=True)
@@ -313,9 +314,8 @@ def build_command(cfg: DataConfig) -> Path:
             console.print(f"[yellow]warning[/]: {w}")
         packing = _write_shards(cfg, tokenizer, loaded, plan, tmp / SHARDS)
         shutil.rmtree(tmp / "cache", ignore_errors=True)
-        atomic.write_json(tmp / "manifest.json",
-                          {**summary(loaded.sources, loaded.rejects, loaded.guard, plan.report, packing, loaded.decontam),
-                           **_provenance()})
+        DataManifest.model_validate({**summary(loaded.sources, loaded.rejects, loaded.guard, plan.report, packing,
+                                               loaded.decontam), **_provenance()}).save(tmp / "manifest.json")
         atomic.write_text(tmp / "config.yaml", dump_config(cfg))
         atomic.write_json(tmp / "templates.json", template_provenance(get_train_template(cfg.template)))
         loaded.rejects.write(tmp / "rejects.jsonl")

@@ -214,6 +214,7 @@ def _eval_config(cfg: SweepConfig) -> Any:
 def _score(avg: Any, tokenizer: Any, cfg: SweepConfig, method: str,
            params: M.Params) -> tuple[SweepPoint, list[dict[str, Any]]]:
     """The point scored on every validation item, and the per-item prediction rows."""
+    from medtune.evaluate.results import TaskScore
     from medtune.evaluate.run import group_results, score_model
     from medtune.evaluate.scores import mean_score
 
@@ -222,7 +223,8 @@ def _score(avg: Any, tokenizer: Any, cfg: SweepConfig, method: str,
     started = time.perf_counter()
     res, preds = score_model(avg.model, tokenizer, ecfg)
     groups = group_results(ecfg.group_names, res, preds)
-    per = {t: r.get("acc") or r["perplexity"] for t, r in res.items()} | {g: r["acc"] for g, r in groups.items()}
+    shown = {t: TaskScore.model_validate(r).headline for t, r in res.items()}
+    per = {t: m.model_dump(mode="json") for t, m in shown.items() if m} | {g: r["acc"] for g, r in groups.items()}
     return SweepPoint(method=method, params=params, label=M.label(method, params),
                       medical=mean_score(cfg.medical_tasks.split(","), res, groups),
                       general=mean_score(cfg.general_tasks.split(","), res, groups), tasks=per,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from medtune.report.records import Report
+
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 
 
@@ -28,66 +30,64 @@ def _pyplot() -> Any:
     return plt
 
 
-def frontier(data: dict[str, Any], path: Path) -> Path | None:
+def frontier(data: Report, path: Path) -> Path | None:
     """Left: every sweep point on validation (what selection saw); right: test scores with 95 % intervals."""
     # rows that only repeat another model (an averaged model at alpha 0 or 1) are drawn once
-    rows = [r for r in data["rows"] if r["medical_avg"] and r["general_avg"] and not (r.get("note") or "").startswith("= ")]
-    if not rows and not data["sweeps"]:
+    rows = [r for r in data.rows if r.medical_avg and r.general_avg and not r.repeats]
+    if not rows and not data.sweeps:
         return None
     plt = _pyplot()
     fig, (val, test) = plt.subplots(1, 2, figsize=(12, 5))
-    color = {v: COLORS[i % len(COLORS)] for i, v in enumerate(data["sweeps"] | data["train"])}
-    base_general = (data.get("ship") or {}).get("base_general")
-    from medtune.merge.records import SweepPoint, SweepResult
+    color = {v: COLORS[i % len(COLORS)] for i, v in enumerate(data.sweeps | data.train)}
     from medtune.merge.sweep import draw_points
 
-    for v, sw in data["sweeps"].items():
-        result = SweepResult(points=[SweepPoint.from_json(p) for p in sw["points"]], selected=sw.get("selected"))
+    for v, sw in data.sweeps.items():
+        result = sw.result()
         draw_points(val, result, color=color[v], prefix=f"{v}: ")
         s = result.selected_point
         if s is not None:
             val.scatter([100 * s.general], [100 * s.medical], marker="*", s=220, color=color[v],
                         edgecolors="black", zorder=4, label=f"{v}: selected {s.label}")
-    if base_general is not None and data["ship"]["rule_name"] == "retain":
-        retain = data["ship"]["retain"]
-        val.axvline(100 * base_general * retain, color="grey", ls="--", lw=1, label=f"keeps {retain:.0%} of base general")
+    ship = data.ship
+    if ship is not None and ship.base_general is not None and ship.rule_name == "retain":
+        val.axvline(100 * ship.base_general * ship.retain, color="grey", ls="--", lw=1,
+                    label=f"keeps {ship.retain:.0%} of base general")
     val.set_title("validation: the averaging sweep (selects)")
     markers = {"base": ("o", 90), "tuned": ("s", 70), "averaged": ("*", 220), "compared": ("D", 60)}
-    ship_label = (data.get("ship") or {}).get("row")
-    ship_step = next((r["step"] for r in data["rows"] if r["label"] == ship_label), None)  # a repeat is drawn as its model
+    shipped = data.shipped_row()
+    ship_step = shipped.step if shipped else None  # a repeat is drawn as its model
     for r in rows:
-        m, size = markers[r["kind"]]
-        c = "black" if r["kind"] == "base" else color.get(r.get("variant"), "grey")
-        x, y = r["general_avg"], r["medical_avg"]
-        test.errorbar(100 * x["value"], 100 * y["value"], xerr=[[100 * (x["value"] - x["ci95"][0])], [100 * (x["ci95"][1] - x["value"])]],
-                      yerr=[[100 * (y["value"] - y["ci95"][0])], [100 * (y["ci95"][1] - y["value"])]], fmt="none",
+        m, size = markers[r.kind]
+        c = "black" if r.kind == "base" else color.get(r.variant or "", "grey")
+        x, y = r.general_avg, r.medical_avg
+        assert x is not None and y is not None and x.ci95 is not None and y.ci95 is not None
+        test.errorbar(100 * x.value, 100 * y.value, xerr=[[100 * (x.value - x.ci95[0])], [100 * (x.ci95[1] - x.value)]],
+                      yerr=[[100 * (y.value - y.ci95[0])], [100 * (y.ci95[1] - y.value)]], fmt="none",
                       ecolor=c, alpha=0.35, lw=1)
-        test.scatter([100 * x["value"]], [100 * y["value"]], marker=m, s=size, color=c, zorder=3,
-                     edgecolors="gold" if r["step"] == ship_step else "none", linewidths=2.5, label=r["label"])
+        test.scatter([100 * x.value], [100 * y.value], marker=m, s=size, color=c, zorder=3,
+                     edgecolors="gold" if r.step == ship_step else "none", linewidths=2.5, label=r.label)
     test.set_title("test: reported scores with 95 % intervals (gold edge: shipped)")
     from medtune.evaluate.scores import describe
 
-    chosen_on = data["validation"]
-    val.set_xlabel(f"general score: {describe(chosen_on['general'])} (%)")
-    val.set_ylabel(f"medical score: {describe(chosen_on['medical'])} (%)")
-    cols = data["columns"]
-    test.set_xlabel(f"general average: mean accuracy on {', '.join(cols['general'])} (%)")
-    test.set_ylabel(f"medical average: mean accuracy on {', '.join(cols['medical_in'] + cols['medical_ood'])} (%)")
+    val.set_xlabel(f"general score: {describe(data.validation.general)} (%)")
+    val.set_ylabel(f"medical score: {describe(data.validation.medical)} (%)")
+    test.set_xlabel(f"general average: mean accuracy on {', '.join(data.columns.general)} (%)")
+    test.set_ylabel(f"medical average: mean accuracy on {', '.join(data.columns.medical)} (%)")
     for ax in (val, test):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-    fig.suptitle(f"{data['name']}: medical vs general ability", fontsize=12)
+    fig.suptitle(f"{data.name}: medical vs general ability", fontsize=12)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def curves(data: dict[str, Any], path: Path) -> Path | None:
+def curves(data: Report, path: Path) -> Path | None:
     """Training loss per optimizer step, one line per variant."""
-    if not data["curves"]:
+    if not data.curves:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
-    for i, (v, pts) in enumerate(data["curves"].items()):
+    for i, (v, pts) in enumerate(data.curves.items()):
         ax.plot([p[0] for p in pts], [p[1] for p in pts], color=COLORS[i % len(COLORS)], lw=1.5, label=v)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (nats / token)")
@@ -98,16 +98,15 @@ def curves(data: dict[str, Any], path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def changes(data: dict[str, Any], path: Path) -> Path | None:
+def changes(data: Report, path: Path) -> Path | None:
     """Paired change vs the base model, one panel per task: each model's change with its 95 % interval
     (accuracy in points; perplexity in % of the base's, negative is better), a line at 0. A bar that
     crosses the line is no evidence of a change."""
-    deltas = data.get("deltas") or {}
-    cols = data["columns"]  # the main table's tasks and groups (a group's own tasks are in its table only)
-    shown = [*cols["medical_in"], *cols["medical_ood"], *cols.get("cloze", []), *cols.get("groups", []),
-             *cols["general"], *cols["ppl"]]
+    deltas = data.deltas
+    cols = data.columns  # the main table's tasks and groups (a group's own tasks are in its table only)
+    shown = [*cols.medical, *cols.cloze, *cols.groups, *cols.general, *cols.ppl]
     tasks = [t for t in shown if any(t in per for per in deltas.values())]
-    tasks = [t for t in tasks if any((per.get(t) or {}).get("ci95") for per in deltas.values())]
+    tasks = [t for t in tasks if any((m := per.get(t)) and m.ci95 for per in deltas.values())]
     if not tasks:
         return None
     plt = _pyplot()
@@ -119,16 +118,15 @@ def changes(data: dict[str, Any], path: Path) -> Path | None:
     for ax, t in zip(axes.flat, tasks):
         for i, label in enumerate(labels):
             m = deltas[label].get(t)
-            if not m or not m.get("ci95"):
+            if not m or not m.ci95:
                 continue
-            ppl = "rel" in m
-            v, (lo, hi) = (m["rel"], m["rel_ci95"]) if ppl else (m["value"], m["ci95"])
+            v, (lo, hi) = (m.rel, m.rel_ci95) if m.is_ppl else (m.value, m.ci95)
             beyond = lo > 0 or hi < 0
             c = COLORS[0] if beyond else "grey"
             ax.errorbar([100 * v], [i], xerr=[[100 * (v - lo)], [100 * (hi - v)]], fmt="o", color=c, ms=4, capsize=2)
         ax.axvline(0, color="black", lw=0.8)
-        ppl_task = any("rel" in (deltas[lb].get(t) or {}) for lb in labels)
-        ax.set_title(data["display"].get(t, t) + (" (perplexity, % change)" if ppl_task else " (points)"), fontsize=9)
+        ppl_task = any((m := deltas[lb].get(t)) and m.is_ppl for lb in labels)
+        ax.set_title(data.show(t) + (" (perplexity, % change)" if ppl_task else " (points)"), fontsize=9)
         ax.grid(axis="x", alpha=0.3)
     for ax in axes.flat[len(tasks):]:
         ax.axis("off")

@@ -8,52 +8,55 @@ import html as H
 from pathlib import Path
 from typing import Any
 
+from medtune.evaluate.results import Metric
 from medtune.evaluate.scores import describe
 from medtune.evaluate.tasks import GROUPS, TASKS
-
+from medtune.report.records import Changes, PairedChange, Report, Row, SweepView
 
 Block = tuple[Any, ...]
 """("h1"|"h2"|"p"|"note", text) · ("table", headers, rows) · ("img", file name, alt) · ("code", text)."""
 
 
-def pct(m: dict[str, Any] | None, ci: bool = True) -> str:
+def pct(m: Metric | None, ci: bool = True) -> str:
     if not m:
         return "–"
-    text = f"{100 * m['value']:.1f}"
-    return f"{text} [{100 * m['ci95'][0]:.1f}, {100 * m['ci95'][1]:.1f}]" if ci else text
+    text = f"{100 * m.value:.1f}"
+    return f"{text} [{100 * m.ci95[0]:.1f}, {100 * m.ci95[1]:.1f}]" if ci and m.ci95 else text
 
 
-def ppl(m: dict[str, Any] | None) -> str:
-    return f"{m['value']:.2f} [{m['ci95'][0]:.2f}, {m['ci95'][1]:.2f}]" if m else "–"
+def ppl(m: Metric | None) -> str:
+    return f"{m.value:.2f} [{m.ci95[0]:.2f}, {m.ci95[1]:.2f}]" if m and m.ci95 else "–"
 
 
-def delta(m: dict[str, Any] | None, ref: dict[str, Any] | None) -> str:
+def delta(m: Metric | None, ref: Metric | None) -> str:
     if not m or not ref:
         return ""
-    return f"{100 * (m['value'] - ref['value']):+.1f} points vs base"
+    return f"{100 * (m.value - ref.value):+.1f} points vs base"
 
 
 def _ood(t: str) -> str:
     return " (OOD)" if TASKS[t].domain == "medical_ood" else ""
 
 
-def results_table(data: dict[str, Any], rows: list[dict[str, Any]]) -> Block:
+def results_table(data: Report, rows: list[Row], generated: bool = False) -> Block:
     """Columns: medical letter tasks and their average, cloze tasks, group (leaderboard) averages,
-    general tasks and their average, perplexities."""
-    cols, show = data["columns"], data["display"]
-    med, cloze, groups = cols["medical_in"] + cols["medical_ood"], cols.get("cloze", []), cols.get("groups", [])
-    headers = ["model"] + [show[t] + _ood(t) for t in med] + ["Medical avg"]
-    headers += [show[t] + _ood(t) for t in cloze] + [show.get(g, g) + " (leaderboard)" for g in groups]
-    headers += [show[t] for t in cols["general"]] + (["General avg"] if cols["general"] else [])
-    headers += [f"{show[t]} ↓" for t in cols["ppl"]]
+    general tasks and their average, perplexities (``generated``: the medical ones only)."""
+    cols, show = data.columns, data.display
+    med = cols.medical
+    cloze, groups, general, ppls = ([], [], [], []) if generated else (cols.cloze, cols.groups, cols.general, cols.ppl)
+    headers = ["model", *(show[t] + _ood(t) for t in med), "Medical avg"]
+    headers += [show[t] + _ood(t) for t in cloze] + [data.show(g) + " (leaderboard)" for g in groups]
+    headers += [show[t] for t in general] + (["General avg"] if general else [])
+    headers += [f"{show[t]} ↓" for t in ppls]
+    ship_row = data.ship.row if data.ship else None
     body = []
     for r in rows:
-        name = r["label"] + (" ★ shipped" if r["label"] == (data.get("ship") or {}).get("row") else "")
-        name += f" ({r['note']})" if r.get("note") else ""
-        cells = [name] + [pct(r["tasks"].get(t)) for t in med] + [pct(r["medical_avg"])]
-        cells += [pct(r["tasks"].get(t)) for t in cloze] + [pct((r.get("groups") or {}).get(g)) for g in groups]
-        cells += [pct(r["tasks"].get(t)) for t in cols["general"]] + ([pct(r["general_avg"])] if cols["general"] else [])
-        cells += [ppl(r["tasks"].get(t)) for t in cols["ppl"]]
+        name = r.label + (" ★ shipped" if r.label == ship_row else "")
+        name += f" ({r.note})" if r.note else ""
+        cells = [name] + [pct(r.tasks.get(t)) for t in med] + [pct(r.medical_avg)]
+        cells += [pct(r.tasks.get(t)) for t in cloze] + [pct(r.groups.get(g)) for g in groups]
+        cells += [pct(r.tasks.get(t)) for t in general] + ([pct(r.general_avg)] if general else [])
+        cells += [ppl(r.tasks.get(t)) for t in ppls]
         body.append(cells)
     return ("table", headers, body)
 
@@ -67,17 +70,16 @@ FORMULATIONS = ("Two formulations of the multiple-choice tasks (the medical ones
                 "words (yes / no / maybe) in both.")
 
 
-def suite_tables(data: dict[str, Any], rows: list[dict[str, Any]]) -> list[Block]:
+def suite_tables(data: Report, rows: list[Row]) -> list[Block]:
     """Per group (e.g. the Open Medical-LLM Leaderboard's multimedqa): each model's score on every task of the
     group, then the group's aggregate."""
     out: list[Block] = []
-    show = data["display"]
-    for g, tasks in (data["columns"].get("suite") or {}).items():
-        out += [("h2", f"Leaderboard suite: {show.get(g, g)}"),
-                ("table", ["model"] + [show.get(t, t) for t in tasks] + [show.get(g, g)],
-                 [[r["label"]] + [pct(r["tasks"].get(t)) for t in tasks] + [pct((r.get("groups") or {}).get(g))]
-                  for r in rows]),
-                ("note", f"Accuracy in %, with 95 % bootstrap intervals; {show.get(g, g)}: "
+    show = data.show
+    for g, tasks in data.columns.suite.items():
+        out += [("h2", f"Leaderboard suite: {show(g)}"),
+                ("table", ["model", *map(show, tasks), show(g)],
+                 [[r.label] + [pct(r.tasks.get(t)) for t in tasks] + [pct(r.groups.get(g))] for r in rows]),
+                ("note", f"Accuracy in %, with 95 % bootstrap intervals; {show(g)}: "
                          + ("mean over all items of its tasks (size-weighted, as lm-eval aggregates this group)"
                             if GROUPS[g].weight_by_size else "unweighted mean of its tasks")
                          + ", interval from a bootstrap stratified by task.")]
@@ -92,38 +94,36 @@ def shown_answer(choice: int, answer: str | None) -> str:
     return f'"{answer if len(answer) <= 24 else answer[:23] + "…"}"'
 
 
-def spread_table(data: dict[str, Any]) -> list[Block]:
+def spread_table(data: Report) -> list[Block]:
     """How often each model gives its most frequent answer, next to the majority-class accuracy."""
-    spread = data.get("spread") or {}
-    tasks = [t for t in spread.get("majority", {})]
+    spread = data.spread
+    tasks = list(spread.majority)
     if not tasks:
         return []
-    show = data["display"]
-    cell = lambda m: f"{shown_answer(m['choice'], m.get('answer'))} on {100 * m['share']:.0f} %" if m else "–"
+    cell = lambda m: f"{shown_answer(m.choice, m.answer)} on {100 * m.share:.0f} %" if m else "–"  # noqa: E731
     return [("h2", "Answer spread"),
-            ("table", ["model"] + [show.get(t, t) for t in tasks],
-             [["always the most frequent gold answer (accuracy)"] + [f"{100 * spread['majority'][t]:.1f} %" for t in tasks]]
-             + [[label] + [cell(per.get(t)) for t in tasks] for label, per in spread["rows"].items()]),
+            ("table", ["model", *map(data.show, tasks)],
+             [["always the most frequent gold answer (accuracy)"] + [f"{100 * spread.majority[t]:.1f} %" for t in tasks]]
+             + [[label] + [cell(per.get(t)) for t in tasks] for label, per in spread.rows.items()]),
             ("note", "Per model: its most frequent answer (#N: choice N in the task's option order) and the "
                      "share of items it gave that answer. A model that gives one answer to nearly every item scores "
                      "about its prior: compare its accuracy with the first row, the accuracy of always answering the "
                      "most frequent gold answer.")]
 
 
-def ppl_delta_table(data: dict[str, Any], deltas: dict[str, dict[str, Any]]) -> list[Block]:
+def ppl_delta_table(data: Report, deltas: dict[str, Changes]) -> list[Block]:
     """Perplexity change vs the base model on the same documents, with paired intervals."""
-    tasks = data["columns"].get("ppl", [])
+    tasks = data.columns.ppl
     if not deltas or not tasks or not any(t in per for per in deltas.values() for t in tasks):
         return []
-    show = data["display"]
 
-    def cell(m: dict[str, Any] | None) -> str:
+    def cell(m: PairedChange | None) -> str:
         if not m:
             return "–"
-        ci = (f" [{m['ci95'][0]:+.2f}, {m['ci95'][1]:+.2f}]" if m.get("ci95") else " [no interval: 1 document]")
-        return f"{m['value']:+.2f}{ci} ({100 * m['rel']:+.1f} %)"
+        ci = f" [{m.ci95[0]:+.2f}, {m.ci95[1]:+.2f}]" if m.ci95 else " [no interval: 1 document]"
+        return f"{m.value:+.2f}{ci} ({100 * (m.rel or 0.0):+.1f} %)"
 
-    return [("table", ["model"] + [show.get(t, t) for t in tasks],
+    return [("table", ["model", *map(data.show, tasks)],
              [[label] + [cell(per.get(t)) for t in tasks] for label, per in deltas.items()]),
             ("note", "Change in perplexity vs the base model on the same documents (negative: the model predicts the "
                      "text better), with a 95 % percentile-bootstrap interval over documents (each replicate resamples "
@@ -131,190 +131,207 @@ def ppl_delta_table(data: dict[str, Any], deltas: dict[str, dict[str, Any]]) -> 
                      "base's perplexity. An interval that contains 0 is no evidence of a change.")]
 
 
-def delta_table(data: dict[str, Any], deltas: dict[str, dict[str, Any]], tasks: list[str]) -> list[Block]:
+def delta_table(data: Report, deltas: dict[str, Changes], tasks: list[str]) -> list[Block]:
     """Accuracy change vs the base model on the same items, in points, with paired intervals."""
     if not deltas:
         return []
-    show = data["display"]
-    cell = lambda m: (f"{100 * m['value']:+.1f} [{100 * m['ci95'][0]:+.1f}, {100 * m['ci95'][1]:+.1f}] · {m['changed']}"
-                      if m else "–")
-    return [("table", ["model"] + [show.get(t, t) for t in tasks],
+
+    def cell(m: PairedChange | None) -> str:
+        if not m:
+            return "–"
+        ci = f" [{100 * m.ci95[0]:+.1f}, {100 * m.ci95[1]:+.1f}]" if m.ci95 else ""
+        return f"{100 * m.value:+.1f}{ci} · {m.changed}"
+
+    return [("table", ["model", *map(data.show, tasks)],
              [[label] + [cell(per.get(t)) for t in tasks] for label, per in deltas.items()]),
             ("note", "Change in accuracy vs the base model on the same items, in points, with a 95 % percentile-bootstrap "
                      "interval of the per-item difference; after the dot, the number of items whose correctness "
                      "changed. An interval that contains 0 is no evidence of a change.")]
 
 
-def _headline(data: dict[str, Any]) -> list[Block]:
-    rows = data["rows"]
-    base = next((r for r in rows if r["kind"] == "base"), None)
-    ship = data.get("ship")
-    if not ship or not ship.get("row"):
+def _headline(data: Report) -> list[Block]:
+    base = next((r for r in data.rows if r.kind == "base"), None)
+    ship = data.ship
+    row = data.shipped_row()
+    if ship is None or row is None:
         return [("p", "The study is not complete: no model is selected yet.")]
-    row = next(r for r in rows if r["label"] == ship["row"])
-    if row["kind"] == "base":
+    if row.kind == "base":
         return [("p", f"**Ship: the base model.** No tuned or averaged model beat it on the validation splits under "
-                      f"the rule: {ship['rule']}. The tables below show what tuning did on the test splits.")]
-    text = (f"**Ship: {row['label']}.** On the test splits its medical average is {pct(row['medical_avg'], False)} % "
-            f"({delta(row['medical_avg'], base['medical_avg']) if base else ''})")
-    general = _general_changes(data, row["label"])
+                      f"the rule: {ship.rule}. The tables below show what tuning did on the test splits.")]
+    text = (f"**Ship: {row.label}.** On the test splits its medical average is {pct(row.medical_avg, False)} % "
+            f"({delta(row.medical_avg, base.medical_avg) if base else ''})")
+    general = _general_changes(data, row.label)
     if general:
         text += "; its general ability, paired with the base on the same items: " + "; ".join(general)
-    text += f". It was chosen on validation splits by the rule: {ship['rule']}; the test splits were only scored to report."
+    text += f". It was chosen on validation splits by the rule: {ship.rule}; the test splits were only scored to report."
     return [("p", text)]
 
 
-def _general_changes(data: dict[str, Any], label: str) -> list[str]:
+def _general_changes(data: Report, label: str) -> list[str]:
     """The paired change vs the base on each general task of the test splits, with its interval and item
     count, and whether it clears the interval: a few items' change is shown as what it is, not as a cost."""
     out = []
-    deltas = data.get("deltas", {}).get(label, {})
-    ppl_general = [t for t in data["columns"]["ppl"] if TASKS[t].domain == "general"]
-    for t in data["columns"]["general"] + ppl_general:
+    deltas = data.deltas.get(label, {})
+    ppl_general = [t for t in data.columns.ppl if TASKS[t].domain == "general"]
+    for t in data.columns.general + ppl_general:
         d = deltas.get(t)
         if not d:
             continue
-        name = data["display"].get(t, t)
         if t in ppl_general:
-            value, ci, unit = 100 * d["rel"], d.get("rel_ci95"), " %"
+            value, ci, unit = 100 * (d.rel or 0.0), d.rel_ci95, " %"
         else:
-            value, ci, unit = 100 * d["value"], d.get("ci95"), " points"
-        ci = [100 * c for c in ci] if ci else None
-        where = (f" [{ci[0]:+.1f}, {ci[1]:+.1f}]" + ("" if ci[0] > 0 or ci[1] < 0 else ", within its interval")) if ci \
-            else ", no interval"
-        out.append(f"{name} {value:+.1f}{unit}{where} ({d['n']} {'documents' if t in ppl_general else 'items'})")
+            value, ci, unit = 100 * d.value, d.ci95, " points"
+        where = (f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" + ("" if ci[0] > 0 or ci[1] < 0 else ", within its interval")) \
+            if ci else ", no interval"
+        out.append(f"{data.show(t)} {value:+.1f}{unit}{where} ({d.n} {'documents' if t in ppl_general else 'items'})")
     return out
 
 
-def blocks(data: dict[str, Any], images: list[str]) -> list[Block]:
-    out: list[Block] = [("h1", f"{data['name']} — medical adaptation of {data['model']}")]
+def _items(data: Report, rows: list[Row], unit_ppl: bool) -> str:
+    """The first row's item counts per task ("PubMedQA 50, General perplexity 6520 tokens")."""
+    n = {t: m.n for r in rows[:1] for t, m in r.tasks.items() if m}
+    return ", ".join(f"{data.show(t)} {k}" + (" tokens" if unit_ppl and t in data.columns.ppl else "") for t, k in n.items())
+
+
+def blocks(data: Report, images: list[str]) -> list[Block]:
+    out: list[Block] = [("h1", f"{data.name} — medical adaptation of {data.model}")]
     out += _headline(data)
-    if data.get("stale"):
-        out.append(("p", f"**Left out: {len(data['stale'])} stale step(s)**, whose settings or inputs changed since "
-                         f"they ran, so their results are not what the study now asks for: {', '.join(data['stale'])}. "
+    if data.stale:
+        out.append(("p", f"**Left out: {len(data.stale)} stale step(s)**, whose settings or inputs changed since "
+                         f"they ran, so their results are not what the study now asks for: {', '.join(data.stale)}. "
                          "Run the study again to bring them up to date."))
-    n = {t: m["n"] for r in data["rows"][:1] for t, m in r["tasks"].items() if m}
-    out += [("h2", "Results on the test splits"), results_table(data, data["rows"]),
+    out += [("h2", "Results on the test splits"), results_table(data, data.rows),
             ("note", "Accuracy in %, with 95 % bootstrap intervals per task; averages are unweighted means of the task "
                      "accuracies with normal intervals (tasks independent). Perplexity: lower is better. Items per task: "
-                     + ", ".join(f"{data['display'].get(t, t)} {k}" + (" tokens" if t in data["columns"]["ppl"] else "")
-                               for t, k in n.items()) + ".")]
-    cols = data["columns"]
-    if cols.get("cloze"):
+                     + _items(data, data.rows, True) + ".")]
+    cols = data.columns
+    if cols.cloze:
         out.append(("note", FORMULATIONS))
-    out += suite_tables(data, data["rows"])
-    if data.get("deltas"):
+    out += suite_tables(data, data.rows)
+    if data.deltas:
         out += [("h2", "Change vs the base model, paired on the same items")]
-        out += delta_table(data, data["deltas"], cols["medical_in"] + cols["medical_ood"] + cols.get("cloze", [])
-                           + cols.get("groups", []) + cols["general"])
-        ppl_block = ppl_delta_table(data, data["deltas"])
+        out += delta_table(data, data.deltas, cols.medical + cols.cloze + cols.groups + cols.general)
+        ppl_block = ppl_delta_table(data, data.deltas)
         if ppl_block:
             out += [("h2", "Perplexity change vs the base model, paired on the same documents"), *ppl_block]
         if "changes.png" in images:
             out.append(("img", "changes.png", "paired changes vs the base model with 95 % intervals"))
     out += spread_table(data)
-    if data["gen_rows"]:
-        gen_cols = {**data["columns"], "cloze": [], "groups": [], "general": [], "ppl": [], "suite": {}}
-        out += [("h2", "Generation-based medical scores (greedy decoding + answer extraction, LMFlow-comparable)"),
-                results_table({**data, "columns": gen_cols}, data["gen_rows"])]
-        unparsed = [f"{r['label']}: " + ", ".join(f"{data['display'].get(t, t)} {k} of {r['tasks'][t]['n']}"
-                                                  for t, k in r["unparsed"].items() if k)
-                    for r in data["gen_rows"] if any(r["unparsed"].values())]
-        gen_n = {t: m["n"] for r in data["gen_rows"][:1] for t, m in r["tasks"].items() if m}
-        out.append(("note", "Items per task: " + ", ".join(f"{data['display'].get(t, t)} {k}" for t, k in gen_n.items())
-                            + ". Outputs that name no option count as wrong. Unparsed outputs: "
-                            + ("; ".join(unparsed) if unparsed else "none") + "."))
-        out += delta_table(data, data.get("gen_deltas") or {}, cols["medical_in"] + cols["medical_ood"])
+    if data.gen_rows:
+        out += _generated(data)
     if "frontier.png" in images:
         out += [("h2", "Medical vs general ability"), ("img", "frontier.png", "frontier of medical vs general ability")]
     out += _selection(data)
-    if "curves.png" in images or data["train"]:
+    out += _training(data, images)
+    if data.steps:
+        total = sum(t.seconds for t in data.steps)
+        out += [("h2", "Run time"),
+                ("table", ["step", "seconds", "minutes"],
+                 [[t.step, f"{t.seconds:.0f}", f"{t.seconds / 60:.1f}"] for t in data.steps]
+                 + [["all steps", f"{total:.0f}", f"{total / 60:.1f}"]]),
+                ("note", "Wall time of each step's last run, as recorded in its .medtune-step.json; a step that was "
+                         "interrupted and resumed counts only the run that finished it.")]
+    out += [("h2", "Reproduce"), ("code", "\n".join(data.commands))]
+    return out
+
+
+def _generated(data: Report) -> list[Block]:
+    """The generation-based scores of the medical tasks, their unparsed outputs and their paired changes."""
+    unparsed = [f"{r.label}: " + ", ".join(f"{data.show(t)} {k} of {r.tasks[t].n}"  # type: ignore[union-attr]
+                                           for t, k in r.unparsed.items() if k)
+                for r in data.gen_rows if any(r.unparsed.values())]
+    return [("h2", "Generation-based medical scores (greedy decoding + answer extraction, LMFlow-comparable)"),
+            results_table(data, data.gen_rows, generated=True),
+            ("note", "Items per task: " + _items(data, data.gen_rows, False)
+                     + ". Outputs that name no option count as wrong. Unparsed outputs: "
+                     + ("; ".join(unparsed) if unparsed else "none") + "."),
+            *delta_table(data, data.gen_deltas, data.columns.medical)]
+
+
+def _training(data: Report, images: list[str]) -> list[Block]:
+    """The loss curves, each variant's run, and the data each actually trained on."""
+    out: list[Block] = []
+    if "curves.png" in images or data.train:
         out.append(("h2", "Training"))
         if "curves.png" in images:
             out.append(("img", "curves.png", "training loss curves"))
         out.append(("table", ["variant", "method", "steps", "processes", "global batch (blocks)", "tokens", "seconds",
                               "tokens/s", "final loss"],
-                    [[v, t["method"], t["steps"], t["processes"], t["global_batch"], f"{t['tokens']:,}", t["seconds"],
-                      f"{t['tokens'] / t['seconds']:.0f}" if t["seconds"] else "–",
-                      f"{data['curves'][v][-1][1]:.3f}" if data["curves"].get(v) else "–"]
-                     for v, t in data["train"].items()]))
-    if data["mix"]:
+                    [[v, t.method, t.steps, t.processes, t.global_batch, f"{t.tokens:,}", t.seconds,
+                      f"{t.tokens / t.seconds:.0f}" if t.seconds else "–",
+                      f"{data.curves[v][-1][1]:.3f}" if data.curves.get(v) else "–"]
+                     for v, t in data.train.items()]))
+    if data.mix:
         out += [("h2", "Training data actually used"),
                 ("table", ["variant", "general share asked", "general share realised", "blocks x tokens",
                            "tokens per source", "leaked items dropped"],
-                 [[v, f"{m['general_share_target']:.1%}", f"{m['general_share_realised']:.1%}",
-                   f"{m['blocks']} x {m['block_size']}", ", ".join(f"{s} {k:,}" for s, k in m["source_tokens"].items()),
-                   m["leakage_dropped"]] for v, m in data["mix"].items()])]
-    if data.get("steps"):
-        total = sum(t["seconds"] for t in data["steps"])
-        out += [("h2", "Run time"),
-                ("table", ["step", "seconds", "minutes"],
-                 [[t["step"], f"{t['seconds']:.0f}", f"{t['seconds'] / 60:.1f}"] for t in data["steps"]]
-                 + [["all steps", f"{total:.0f}", f"{total / 60:.1f}"]]),
-                ("note", "Wall time of each step's last run, as recorded in its .medtune-step.json; a step that was "
-                         "interrupted and resumed counts only the run that finished it.")]
-    out += [("h2", "Reproduce"), ("code", "\n".join(data.get("commands", [])))]
+                 [[v, f"{m.general_share_target:.1%}", f"{m.general_share_realised:.1%}",
+                   f"{m.blocks} x {m.block_size}", ", ".join(f"{s} {k:,}" for s, k in m.source_tokens.items()),
+                   m.leakage_dropped] for v, m in data.mix.items()])]
     return out
 
 
-def _selection(data: dict[str, Any]) -> list[Block]:
+def _selection(data: Report) -> list[Block]:
     out: list[Block] = []
-    ship, val = data.get("ship"), data["validation"]
+    ship, val = data.ship, data.validation
     if ship:
+        fold = lambda s: f" (fold {s.fold.take} {s.fold.share:g})" if s.fold else ""  # noqa: E731
         out += [("h2", "How the model was chosen (validation splits)"),
-                ("p", f"Medical score: {describe(val['medical'])}; general score: {describe(val['general'])} (in %); "
-                      f"up to {val['limit'] or 'all'} items per task. Rule: {ship['rule']}."),
+                ("p", f"Medical score: {describe(val.medical)}; general score: {describe(val.general)} (in %); "
+                      f"up to {val.limit or 'all'} items per task. Rule: {ship.rule}."),
                 ("table", ["candidate", "validation medical", "validation general", "chosen"],
-                 [[c["label"], f"{100 * c['medical']:.1f}", f"{100 * c['general']:.1f}", "✓" if i == ship["selected"] else ""]
-                  for i, c in enumerate(ship["candidates"])]),
-                ("note", "Validation sources: " + "; ".join(f"{t}: {s.get('path') or s.get('hub')}"
-                                                           + (f" (fold {s['fold']['take']} {s['fold']['share']:g})" if s.get("fold") else "")
-                                                           for t, s in val["sources"].items()))]
-    for v, sw in data["sweeps"].items():
-        out += [("h2", f"Averaging sweep: {v}"),
-                ("table", ["point", "method", "parameters", "found by", "validation medical", "validation general",
-                           "Pareto", "selected"],
-                 [[p["label"], p["method"], ", ".join(f"{k}={v}" for k, v in p["params"].items()), _found_by(p),
-                   f"{100 * p['medical']:.1f}", f"{100 * p['general']:.1f}", "●" if p.get("pareto") else "",
-                   "★" if i == sw["selected"] else ""] for i, p in enumerate(sw["points"])])]
-        if any(p.get("search") and not p["search"]["complete"] for p in sw["points"]):
+                 [[c.label, f"{100 * c.medical:.1f}", f"{100 * c.general:.1f}", "✓" if i == ship.selected else ""]
+                  for i, c in enumerate(ship.candidates)]),
+                ("note", "Validation sources: " + "; ".join(f"{t}: {s.path or s.hub}" + fold(s)
+                                                           for t, s in val.sources.items()))]
+    for v, sw in data.sweeps.items():
+        out += [("h2", f"Averaging sweep: {v}"), _sweep_table(sw)]
+        if any(p.search and not p.search.complete for p in sw.points):
             out.append(("note", "Search points stopped early were scored on the subsample in brackets only: their "
                                 "scores are not comparable with the others' and they are never selected."))
         out += _search_vs_grid(data, v)
     return out
 
 
-def _found_by(p: dict[str, Any]) -> str:
-    s = p.get("search")
+def _sweep_table(sw: SweepView) -> Block:
+    return ("table", ["point", "method", "parameters", "found by", "validation medical", "validation general",
+                      "Pareto", "selected"],
+            [[p.label, p.method, ", ".join(f"{k}={v}" for k, v in p.params.items()), _found_by(p),
+              f"{100 * p.medical:.1f}", f"{100 * p.general:.1f}", "●" if p.pareto else "",
+              "★" if i == sw.selected else ""] for i, p in enumerate(sw.points)])
+
+
+def _found_by(p: Any) -> str:
+    s = p.search
     if not s:
         return "grid"
-    return f"search #{s['order']}" + ("" if s["complete"] else f" (stopped at {s['items']} items)")
+    return f"search #{s.order}" + ("" if s.complete else f" (stopped at {s.items} items)")
 
 
-def _search_vs_grid(data: dict[str, Any], variant: str) -> list[Block]:
+def _search_vs_grid(data: Report, variant: str) -> list[Block]:
     """The search's best next to the grid's at the items each scored, and their test difference, paired."""
-    sg = (data.get("search_vs_grid") or {}).get(variant)
+    sg = data.search_vs_grid.get(variant)
     if not sg:
         return []
-    s = sg["summary"]
+    s = sg.summary
     val = lambda m: f"{100 * m:.1f}" if m is not None else "–"  # noqa: E731
     out: list[Block] = [
         ("h2", f"Search vs grid: {variant}"),
         ("table", ["", "scored items", "best by the rule (validation)", "validation medical", "validation general"],
-         [[k, str(sg[k]["scored"]), sg[k]["label"] or "none", val(sg[k]["medical"]), val(sg[k]["general"])]
-          for k in ("grid", "search")]),
-        ("note", f"Search: {s['space']} space, {s['sampler']} seed {s['seed']}, budget {s['budget']} scored items "
-                 f"((point, item) pairs, the base's included), {s['proposed']} points proposed, {s['complete']} scored on "
-                 f"all {s['items']} validation items.")]
-    if sg.get("test"):
-        out += delta_table(data, {sg["test"]["label"]: sg["test"]["change"]}, [t for t in sg["test"]["change"]])
+         [[k, str(b.scored), b.label or "none", val(b.medical), val(b.general)]
+          for k, b in (("grid", sg.grid), ("search", sg.search))]),
+        ("note", f"Search: {s.space} space, {s.sampler} seed {s.seed}, budget {s.budget} scored items "
+                 f"((point, item) pairs, the base's included), {s.proposed} points proposed, {s.complete} scored on "
+                 f"all {s.items} validation items.")]
+    if sg.test:
+        out += delta_table(data, {sg.test.label: sg.test.change}, list(sg.test.change))
         out.append(("note", "Here the reference is the grid's model, not the base: the search's model minus the grid's."))
     return out
 
 
 # --- serialisation -----------------------------------------------------------------------------------
 
-def markdown(data: dict[str, Any], images: list[str]) -> str:
+def markdown(data: Report, images: list[str]) -> str:
     parts = []
     for b in blocks(data, images):
         kind = b[0]
@@ -351,7 +368,7 @@ def _inline(text: str) -> str:
     return "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts))
 
 
-def html(data: dict[str, Any], images: dict[str, Path]) -> str:
+def html(data: Report, images: dict[str, Path]) -> str:
     body = []
     first_p = True
     for b in blocks(data, sorted(images)):
@@ -373,5 +390,5 @@ def html(data: dict[str, Any], images: dict[str, Path]) -> str:
             rows = "".join(f"<tr{' class=ship' if '★ shipped' in str(r[0]) else ''}>"
                            + "".join(f"<td>{H.escape(str(c))}</td>" for c in r) + "</tr>" for r in b[2])
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{H.escape(data['name'])}</title>"
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{H.escape(data.name)}</title>"
             f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

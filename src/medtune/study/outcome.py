@@ -92,9 +92,9 @@ def priors(results: StudyResults) -> list[Prior]:
     spread = answer_spread(results.rows, tasks)
     out = []
     for row in results.rows:
-        for task, s in spread["rows"].get(row.label, {}).items():
-            if s["share"] >= PRIOR_SHARE and s["n"] >= 10:
-                out.append(Prior(row.label, task, s["choice"], s.get("answer"), s["share"], spread["majority"][task]))
+        for task, s in spread.rows.get(row.label, {}).items():
+            if s.share >= PRIOR_SHARE and s.n >= 10:
+                out.append(Prior(row.label, task, s.choice, s.answer, s.share, spread.majority[task]))
     return out
 
 
@@ -111,13 +111,11 @@ def changes(results: StudyResults) -> list[Change]:
             d = deltas.get(row.label, {}).get(task)
             if d is None:
                 continue
-            if task in ppl_tasks:
-                ci = d.get("rel_ci95")
-                out.append(Change(row.label, task, "ppl", 100 * d["rel"], (100 * ci[0], 100 * ci[1]) if ci else None, d["n"]))
+            if d.is_ppl:
+                ci, value, kind = d.rel_ci95, d.rel or 0.0, "ppl"
             else:
-                ci = d.get("ci95")
-                out.append(Change(row.label, task, "acc", 100 * d["value"], (100 * ci[0], 100 * ci[1]) if ci else None,
-                                  d["n"]))
+                ci, value, kind = d.ci95, d.value, "acc"
+            out.append(Change(row.label, task, kind, 100 * value, (100 * ci[0], 100 * ci[1]) if ci else None, d.n))
     return out
 
 
@@ -126,7 +124,7 @@ def tradeoffs(results: StudyResults) -> list[Tradeoff]:
     out = []
     for variant, sweep in results.sweeps.items():
         sel = sweep.selected_point
-        pts = sorted((p for p in sweep.points if p.method == "linear"), key=lambda p: p.params["alpha"])
+        pts = sorted((p for p in sweep.points if p.method == "linear"), key=lambda p: p.alpha or 0.0)
         if sel is not None and sel.method != "linear":
             pts.append(sel)
         out += [Tradeoff(variant, p.label, p.medical, p.general, sel is not None and p.identity == sel.identity)

@@ -16,6 +16,7 @@ import shlex
 from collections.abc import Collection
 from pathlib import Path
 
+from medtune.data.manifest import DataManifest
 from medtune.evaluate.results import EvalResult
 from medtune.merge.records import SweepResult
 from medtune.merge.selection import Point, SelectionRule
@@ -23,6 +24,7 @@ from medtune.results import (Candidate, MixSummary, ModelEval, ShipChoice, StepT
                              Validation)
 from medtune.study.config import StudyConfig
 from medtune.study.layout import StudyLayout
+from medtune.train.records import TrainCurves
 
 
 def selection_rule(cfg: StudyConfig) -> SelectionRule:
@@ -114,20 +116,21 @@ def _read(path: Path) -> dict | None:  # type: ignore[type-arg]
 
 def train_summaries(cfg: StudyConfig, layout: StudyLayout,
                     stale: Collection[str] = ()) -> tuple[dict[str, TrainSummary], dict[str, MixSummary]]:
+    """Per variant that trained: its run and loss history (curves.json) and the data it used (manifest.json)."""
     train, mix = {}, {}
     for v in cfg.variants:
         if layout.train_step(v.name) in stale:
             continue
-        curves = _read(layout.curves(v.name))
+        curves = TrainCurves.load(layout.curves(v.name))
         if curves:
-            train[v.name] = TrainSummary(run=curves["run"], seconds=round(curves["seconds"], 1), history=curves["history"],
+            train[v.name] = TrainSummary(run=curves.run, seconds=round(curves.seconds, 1), history=curves.history,
                                          method=cfg.train_config(v, layout.root).method)
-        m = _read(layout.manifest(v.name))
+        m = DataManifest.load(layout.manifest(v.name))
         if m:
-            mix[v.name] = MixSummary(general_share_target=(m["mix"] or {}).get("general_share_target", 0.0),
-                                     general_share_realised=m["packing"]["general_share"],
-                                     source_tokens=m["packing"]["source_tokens"], blocks=m["packing"]["blocks"],
-                                     block_size=m["packing"]["block_size"], leakage_dropped=m["leakage"]["dropped_items"])
+            mix[v.name] = MixSummary(general_share_target=m.mix.general_share_target if m.mix else 0.0,
+                                     general_share_realised=m.packing.general_share,
+                                     source_tokens=m.packing.source_tokens, blocks=m.packing.blocks,
+                                     block_size=m.packing.block_size, leakage_dropped=m.leakage.dropped_items)
     return train, mix
 
 
@@ -173,8 +176,7 @@ def gather(cfg: StudyConfig, layout: StudyLayout, stale: Collection[str] = ()) -
         name=cfg.name, model=cfg.model.spec, tasks=ev.task_names, groups=ev.group_names,
         listed=[t for t in ev.tasks if t not in ev.group_names],
         validation=Validation(medical=av.medical_tasks, general=av.general_tasks, limit=av.limit,
-                              sources={t: s.model_dump(mode="json", exclude_none=True)
-                                       for t, s in ev.validation_sources.items()}),
+                              sources=dict(ev.validation_sources)),
         rows=rows, gen_rows=model_rows(cfg, layout, generate=True, stale=stale), sweeps=sweeps,
         ship=ship_choice(cfg, layout, rows, stale), train=train, mix=mix, steps=step_times(layout, stale),
         commands=commands(cfg, layout, stale), stale=list(stale))

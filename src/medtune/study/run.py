@@ -302,9 +302,9 @@ def _print_outcome(console: Any, cfg: StudyConfig, out: Path) -> None:
     row = next((r for r in results.rows if ship is not None and r.label == ship.row), None)
     if ship is not None and row is not None:
         shown = model_row(row, columns(results.tasks, results.groups, results.listed))
-        med, gen = shown["medical_avg"], shown["general_avg"]
-        console.print(f"[bold]ship:[/] {row.label} — " + (f"test medical avg {100 * med['value']:.1f}" if med else "")
-                      + (f", general avg {100 * gen['value']:.1f}" if gen else "")
+        med, gen = shown.medical_avg, shown.general_avg
+        console.print(f"[bold]ship:[/] {row.label} — " + (f"test medical avg {100 * med.value:.1f}" if med else "")
+                      + (f", general avg {100 * gen.value:.1f}" if gen else "")
                       + f" (chosen on validation: {ship.rule.describe()})")
         chat = f"medtune chat --model.spec {shlex.quote(cfg.model.spec)}"
         model_dir = model_dir_of(row, layout)

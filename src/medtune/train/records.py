@@ -1,0 +1,48 @@
+"""``curves.json`` of ``medtune train``: the run's facts and its loss history, as a typed record with its
+load/save, owned by the training stage (the study and report read it through :class:`TrainCurves`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from medtune import atomic
+from medtune.records import ReadRecord
+
+
+class CurvePoint(ReadRecord):
+    """One logged optimizer step."""
+
+    step: int
+    loss: float
+    """Training loss (nats / token)."""
+    tokens: int
+    """Tokens trained on so far."""
+    lr: float | None = None
+    grad_norm: float | None = None
+
+
+class TrainRun(ReadRecord):
+    """How the run was set up (the rest of the facts: device, parallelism, precision, kept as written)."""
+
+    steps: int
+    processes: int
+    global_batch: int
+    """Blocks per optimizer step, over all processes."""
+
+
+class TrainCurves(ReadRecord):
+    run: TrainRun
+    history: list[CurvePoint]
+    seconds: float
+    """Wall time of the training loop, resumed runs' earlier parts included."""
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainCurves | None":
+        """The curves of a training directory (or the file itself); None when training has not finished."""
+        path = Path(path)
+        path = path / "curves.json" if path.is_dir() else path
+        return cls.model_validate(json.loads(path.read_text())) if path.is_file() else None
+
+    def save(self, path: str | Path) -> None:
+        atomic.write_json(path, self.model_dump(mode="json"))
