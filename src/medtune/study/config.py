@@ -279,8 +279,12 @@ class StudyConfig(StrictModel):
         from medtune.study import plan as P
         from medtune.study.layout import StudyLayout
 
-        items = P.plan(self, StudyLayout(Path(self.out)), P.StandIn(tuple(self.swept)))
-        return [(i.name, i.owner) for i in items if isinstance(i, P.Planned)]
+        items = [i for i in P.plan(self, StudyLayout(Path(self.out)), P.StandIn(tuple(self.swept)))
+                 if isinstance(i, P.Planned)]
+        rank = {v.name: n for n, v in enumerate(self.variants)}
+        # variant by variant, its comparison points with it: a clash is named as a reader of `variants` meets it
+        items.sort(key=lambda i: len(rank) if i.kind == "report" else rank.get(i.variant or "", -1))
+        return [(i.name, i.owner) for i in items]
 
     def train_config(self, variant: VariantConfig, out: Path) -> Any:
         """The full training config of ``variant`` (shared settings, then the variant's), writing to ``out``."""

@@ -92,8 +92,9 @@ class NoPoints:
 
 @dataclass(frozen=True)
 class StandIn:
-    """A distinct stand-in point for every selection (the names of the steps at a point do not depend on it),
-    so the plan holds every step the study can run; a variant not swept selects the tuned model itself."""
+    """A stand-in point for every selection, the best of each kind another than the selected one (the names of
+    the steps at a point do not depend on it), so the plan holds every step the study can run; a variant not
+    swept selects the tuned model itself."""
 
     swept: tuple[str, ...]
 
@@ -102,8 +103,7 @@ class StandIn:
         return SweepPoint(method="linear", params={"alpha": alpha}, label="stand-in", medical=0.0, general=0.0)
 
     def best(self, variant: str, kind: str) -> SweepPoint | None:
-        return SweepPoint(method="linear", params={"alpha": 0.5, "kind": kind}, label="stand-in", medical=0.0,
-                          general=0.0)
+        return SweepPoint(method="linear", params={"alpha": 0.25}, label="stand-in", medical=0.0, general=0.0)
 
 
 def generated_tasks(cfg: Any) -> list[str]:
