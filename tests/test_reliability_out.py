@@ -236,13 +236,11 @@ def test_variant_names_that_make_two_steps_share_a_directory_are_refused(tiny_ll
 
 
 def test_variant_names_that_only_look_alike_are_accepted(tiny_llama, tmp_path):
-    from medtune.study import steps
-
     # "lora-uniform" meets lora's comparison point only when test_best_of asks for it; a variant not
     # swept has no averaged model to collide with
     for names, extra in ((["lora", "lora-uniform"], {}), (["lora", "lora-averaged"], {"averaging.variants": ["lora-averaged"]})):
         cfg = _study(tiny_llama, tmp_path / "s", variants=[{"name": n} for n in names], **extra)
-        dirs = [d for d, _ in steps.step_owners(cfg)]
+        dirs = [d for d, _ in cfg.step_owners()]
         assert len(dirs) == len(set(dirs))
 
 
@@ -394,12 +392,19 @@ def test_no_progress_also_silences_the_weight_loading_bar(tiny_llama, tmp_path):
 @pytest.mark.parametrize("changes", [{}, {"averaging.test_best_of": ["uniform", "hma"]}, {"evaluation.generate": True},
                                      {"averaging.variants": ["lora"]}])
 def test_the_validator_names_the_same_step_directories_as_the_plan(tiny_llama, tmp_path, changes):
-    """The config validator lists the step directories from the layout alone (it cannot import the
-    planner, which imports the config); they must be the directories the plan writes."""
+    """The config validator checks the step directories of the study's plan; they must be the directories
+    the steps built from that plan write into."""
+    from medtune.study import plan as P
     from medtune.study import steps
+    from medtune.study.layout import StudyLayout
 
     cfg = _study(tiny_llama, tmp_path / "s", **changes)
-    assert sorted(cfg.step_owners()) == sorted(steps.step_owners(cfg))
+    layout = StudyLayout(Path(cfg.out))
+    built = steps.built_plan(cfg, layout, P.StandIn(tuple(cfg.swept)))
+    assert sorted(d for d, _ in cfg.step_owners()) == sorted(s.name for s in built if isinstance(s, steps.Step))
+    for s in built:
+        if isinstance(s, steps.Step) and s.config is not None:
+            assert Path(s.config.out) == layout.step_dir(s.name), s.name
 
 
 def test_checkpoints_follow_the_umask(tiny_llama, tmp_path):

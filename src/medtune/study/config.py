@@ -275,20 +275,16 @@ class StudyConfig(StrictModel):
 
     def step_owners(self) -> list[tuple[str, str]]:
         """(step directory, what writes it) for every step the study can run, the ones that wait for a
-        sweep included; names come from the study layout alone (no plan is built here)."""
-        from medtune.study.layout import StudyLayout as L
+        sweep included: the study's plan at stand-in sweep points (the steps' names do not depend on them)."""
+        from medtune.study import plan as P
+        from medtune.study.layout import StudyLayout
 
-        def evals(label: str) -> list[str]:
-            return [L.eval_step(label), *([L.eval_step(label, generate=True)] if self.evaluation.generate else [])]
-
-        owned = [(s, "the base model's evaluation") for s in evals("base")]
-        for v in self.variants:
-            mine = [L.train_step(v.name), *evals(v.name), L.sweep_step(v.name)]
-            owned += [(s, f"variant '{v.name}'") for s in mine]
-            for suffix in ["averaged", *self.averaging.test_best_of] if v.name in self.swept else []:
-                steps = [L.merge_step(v.name, suffix), *evals(L.averaged_label(v.name, suffix))]
-                owned += [(s, f"the {suffix} model of variant '{v.name}'") for s in steps]
-        return [*owned, ("report", "the report")]
+        items = [i for i in P.plan(self, StudyLayout(Path(self.out)), P.StandIn(tuple(self.swept)))
+                 if isinstance(i, P.Planned)]
+        rank = {v.name: n for n, v in enumerate(self.variants)}
+        # variant by variant, its comparison points with it: a clash is named as a reader of `variants` meets it
+        items.sort(key=lambda i: len(rank) if i.kind == "report" else rank.get(i.variant or "", -1))
+        return [(i.name, i.owner) for i in items]
 
     def train_config(self, variant: VariantConfig, out: Path) -> Any:
         """The full training config of ``variant`` (shared settings, then the variant's), writing to ``out``."""

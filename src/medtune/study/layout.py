@@ -10,14 +10,47 @@ not replace another's (the whole study's are ``report`` and ``study.yaml``).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any, Literal
+
+from medtune import atomic
 
 PART_NAME_MAX = 100
 """Longest part directory name spelled out in full; a longer list of variants is shortened with a hash."""
 
 STATE = ".medtune-step.json"
 """A step's state file (fingerprint, state, timings) inside its directory."""
+
+
+@dataclass(frozen=True)
+class StepState:
+    """A step's state file: the fingerprint it ran with, whether it finished, and what the fingerprint hashed
+    (its basis, kept to say which setting changed when it goes stale)."""
+
+    step: str
+    fingerprint: str
+    state: Literal["started", "done"]
+    started: str | None = None
+    """When it started (a started step's file only)."""
+    seconds: float | None = None
+    """Its wall time (a finished step's file only)."""
+    finished: str | None = None
+    basis: dict[str, Any] | None = None
+    """None in a file an older medtune wrote (its fingerprint hashed the config as is)."""
+
+    @classmethod
+    def load(cls, path: Path) -> "StepState | None":
+        """The state in ``path``, or None when the step never started."""
+        if not path.is_file():
+            return None
+        raw = json.loads(path.read_text())
+        return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
+
+    def save(self, path: Path) -> None:
+        """Write it atomically, leaving out what it does not know (the same file as medtune always wrote)."""
+        atomic.write_json(path, {k: v for k, v in asdict(self).items() if v is not None})
 
 
 @dataclass(frozen=True)
@@ -80,6 +113,14 @@ class StudyLayout:
         return f"merge/{variant}" if suffix == "averaged" else f"merge/{variant}-{suffix}"
 
     # --- files ---------------------------------------------------------------------------------------
+    def saved_config(self, step: str) -> Path:
+        """The stage config a sweep or merge step saved beside its outputs (eval and train save their own)."""
+        return self.step_dir(step) / "config.yaml"
+
+    def launcher_config(self, step: str) -> Path:
+        """The training config a training step hands to the study's ``train_launcher``."""
+        return self.step_dir(step) / "train.yaml"
+
     def model_dir(self, variant: str) -> Path:
         """A training variant's model: its LoRA adapter or its full weights."""
         return self.step_dir(self.train_step(variant)) / "model"

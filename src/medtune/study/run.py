@@ -10,25 +10,22 @@ report is written anew on every run (it reads the other steps' results and takes
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
 from medtune import atomic, outdir
-from medtune.config import dump_config
 from medtune.errors import ConfigError, MedtuneError
 from medtune.evaluate.tasks import TASKS
 from medtune.study import fingerprint
 from medtune.study import steps as S
 from medtune.study.config import StudyConfig
-from medtune.study.layout import STATE, StudyLayout
-
+from medtune.study.layout import StepState, StudyLayout
+from medtune.study.plan import Waiting
 
 
 class StudyRunConfig(StudyConfig):
@@ -71,127 +68,71 @@ def layout_of(cfg: StudyConfig, out: Path) -> StudyLayout:
     return StudyLayout(out, StudyLayout.part_name([v.name for v in cfg.variants]) if only else None)
 
 
-def _state(step_dir: Path) -> dict[str, Any] | None:
-    path = step_dir / STATE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 @dataclass
 class Prints:
     """The fingerprints of the steps planned so far, and those an older medtune would have computed."""
 
-    out: Path
+    layout: StudyLayout
     current: dict[str, str] = field(default_factory=dict)
     legacy: dict[str, str] = field(default_factory=dict)
 
     def of(self, step: S.Step) -> tuple[dict[str, Any], str]:
         """(basis, fingerprint) of ``step``, whose input steps were planned before it."""
-        basis = step.basis(self.current, self.out)
+        basis = step.basis(self.current, self.layout.root)
         self.current[step.name] = fingerprint.digest(basis)
         self.legacy[step.name] = step.legacy_fingerprint(self.legacy)
         return basis, self.current[step.name]
 
     def status(self, step: S.Step) -> str:
         """done | run | resume | stale (its inputs or settings changed since it ran)."""
-        return status(step, self.out, self.current[step.name], self.legacy[step.name])
+        return status(step, self.layout, self.current[step.name], self.legacy[step.name])
 
 
-def status(step: S.Step, out: Path, fp: str, legacy: str | None = None) -> str:
+def status(step: S.Step, layout: StudyLayout, fp: str, legacy: str | None = None) -> str:
     """done | run | resume | stale (its inputs or settings changed since it ran); ``legacy`` is the
     fingerprint an older medtune, whose state files have no basis, would have written."""
-    st = _state(out / step.name)
+    st = StepState.load(layout.state_file(step.name))
     if st is None:
         return "run"
-    if st["fingerprint"] != fp and ("basis" in st or st["fingerprint"] != legacy):
+    if st.fingerprint != fp and (st.basis is not None or st.fingerprint != legacy):
         return "stale"
-    if st["state"] == "done":
+    if st.state == "done":
         return "done"
-    return "resume" if step.kind in ("train", "sweep") else "run"
+    return "resume" if S.step_kind(step.kind).resumes else "run"
 
 
-def stale_reason(step: S.Step, out: Path, basis: dict[str, Any]) -> str:
+def stale_reason(step: S.Step, layout: StudyLayout, basis: dict[str, Any]) -> str:
     """Why a stale step runs again: the settings that changed since it ran (from the basis kept in its
     state), or the input steps that changed."""
-    return fingerprint.what_changed((_state(out / step.name) or {}).get("basis"), basis)
+    st = StepState.load(layout.state_file(step.name))
+    return fingerprint.what_changed(st.basis if st else None, basis)
 
 
-def _upgrade_state(step_dir: Path, fp: str, basis: dict[str, Any]) -> None:
+def _upgrade_state(layout: StudyLayout, step: S.Step, fp: str, basis: dict[str, Any]) -> None:
     """Give a finished step's state file from an older medtune this fingerprint and its basis."""
-    st = _state(step_dir)
-    if st is not None and "basis" not in st:
-        atomic.write_json(step_dir / STATE, {**st, "fingerprint": fp, "basis": basis})
-
-
-def _run_train(step: S.Step, out: Path, cfg: StudyConfig, resume: bool) -> None:
-    tcfg = step.config.model_copy(update={"resume": resume})
-    if cfg.train_launcher:
-        path = out / step.name / "train.yaml"
-        atomic.write_text(path, dump_config(tcfg))
-        cmd = [*cfg.train_launcher, "-m", "medtune", "train", str(path)] + (["--resume"] if resume else [])
-        print("+", " ".join(cmd), flush=True)
-        if subprocess.run(cmd).returncode != 0:
-            raise MedtuneError(f"{step.name}: the training command failed: {' '.join(cmd)}")
-        return
-    from medtune.train.run import train
-
-    train(tcfg)
+    path = layout.state_file(step.name)
+    st = StepState.load(path)
+    if st is not None and st.basis is None:
+        replace(st, fingerprint=fp, basis=basis).save(path)
 
 
 def _execute(step: S.Step, out: Path, cfg: StudyConfig, basis: dict[str, Any], state: str) -> None:
-    step_dir = out / step.name
-    if state == "stale" and step.kind != "sweep":  # a sweep reuses the points its new config still asks for
-        shutil.rmtree(step_dir)
+    layout = layout_of(cfg, out)
+    kind = S.step_kind(step.kind)
+    if state == "stale" and not kind.keeps_when_stale:
+        shutil.rmtree(layout.step_dir(step.name))
     started = time.time()
     fp = fingerprint.digest(basis)
-    atomic.write_json(step_dir / STATE, {"step": step.name, "fingerprint": fp, "state": "started",
-                                         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "basis": basis})
-    if step.kind == "train":
-        from medtune.train import checkpoint
-
-        _run_train(step, out, cfg, resume=state == "resume" and checkpoint.latest(step_dir) is not None)
-    elif step.kind == "eval":
-        from medtune.evaluate.run import evaluate
-
-        evaluate(step.config)
-    elif step.kind == "sweep":
-        from medtune.merge.sweep import sweep
-
-        atomic.write_text(step_dir / "config.yaml", dump_config(step.config))
-        sweep(step.config)
-    elif step.kind == "merge":
-        from medtune.merge.run import merge
-
-        merge(step.config)
-        atomic.write_text(step_dir / "config.yaml", dump_config(step.config))
-    else:
-        from medtune.report.build import write_report
-        from medtune.study.results import gather
-
-        layout = layout_of(cfg, out)
-        write_report(gather(cfg, layout), layout.report_dir())
-    atomic.write_json(step_dir / STATE, {"step": step.name, "fingerprint": fp, "state": "done",
-                                         "seconds": round(time.time() - started, 1),
-                                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "basis": basis})
+    path = layout.state_file(step.name)
+    StepState(step.name, fp, "started", started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), basis=basis).save(path)
+    kind.run(step, cfg, layout, state == "resume")
+    StepState(step.name, fp, "done", seconds=round(time.time() - started, 1),
+              finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), basis=basis).save(path)
 
 
-def _steps(cfg: StudyConfig, out: Path) -> list[S.Step | str]:
-    """The whole plan as far as it is known: steps, and for unknown ones a line saying what they wait for."""
-    plan: list[S.Step | str] = []
-    compared: list[S.Step] = []  # points reported for comparison only: after everything else
-    for step in S.static_plan(cfg, out):
-        plan.append(step)
-        if step.kind == "sweep":
-            variant = next(v for v in cfg.variants if f"sweep/{v.name}" == step.name)
-            point = S.selected_point(out, variant.name)
-            if point is None:
-                plan.append(f"merge/{variant.name}, eval/{variant.name}-averaged: wait for {step.name}'s selected alpha")
-            else:
-                plan += S.averaged_plan(cfg, out, variant, point)
-                compared += S.compared_plan(cfg, out, variant, point)
-    plan += compared
-    report_deps = [s.name for s in plan if isinstance(s, S.Step)]
-    plan.append(S.Step(layout_of(cfg, out).report_step(), "report", None, report_deps))
-    return plan
+def _plan(cfg: StudyConfig, out: Path) -> list[S.Step | Waiting]:
+    """The whole plan as far as the sweeps have selected their points: steps, and the ones that wait."""
+    return S.built_plan(cfg, layout_of(cfg, out))
 
 
 def study(cfg: StudyRunConfig) -> Path:
@@ -218,33 +159,34 @@ def _study(cfg: StudyRunConfig) -> Path:
         return out
     if cfg.report_only:
         return _report_only(console, cfg, out)
-    study_file = layout_of(cfg, out).study_file()
+    layout = layout_of(cfg, out)
+    study_file = layout.study_file()
     atomic.write_text(study_file, cfg.saved_file(at=study_file.parent))
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a "Loading weights" bar per model load says nothing in a study
-    prints = Prints(out)
+    prints = Prints(layout)
     done: set[str] = set()
     timings: list[tuple[str, str, float]] = []
     while True:  # the plan grows as sweeps select their alphas
-        plan = _steps(cfg, out)
+        plan = _plan(cfg, out)
         pending = [s for s in plan if isinstance(s, S.Step) and s.name not in done]
         if not pending:
             break
         step = pending[0]
-        # steps still unknown (a merge and its eval per unfinished sweep) count as two each
-        total = sum(1 if isinstance(s, S.Step) else 2 for s in plan)
+        # steps still unknown (a merge and its eval per unfinished sweep) count as the names they are listed by
+        total = sum(1 if isinstance(s, S.Step) else len(s.names) for s in plan)
         counter = f"[{len(done) + 1}/{total}]"
         basis, fp = prints.of(step)
         state = prints.status(step)
         if step.kind == "report" and state == "done":
             state = "run"  # under a second, and it picks up the newest report layout
         if state == "done":
-            _upgrade_state(out / step.name, fp, basis)
+            _upgrade_state(layout, step, fp, basis)
             console.print(f"[green]✓[/] {counter} {step.name} [dim](done, skipped)[/]")
         else:
             what = {"run": "running", "resume": "resuming", "stale": "running again"}[state]
-            notes = [stale_reason(step, out, basis)] if state == "stale" else []
+            notes = [stale_reason(step, layout, basis)] if state == "stale" else []
             notes += [step.note] if step.note else []
             console.print(Rule(" · ".join([f"{counter} {step.name} — {what}", *notes]), align="left"))
             t0 = time.perf_counter()
@@ -271,9 +213,9 @@ def _report_only(console: Any, cfg: StudyConfig, out: Path) -> Path:
     layout = layout_of(cfg, out)
     if not layout.study_files():
         raise ConfigError(f"{out}: the study has not run yet, so there is nothing to report")
-    prints = Prints(out)
+    prints = Prints(layout)
     states: dict[str, str] = {}
-    for step in _steps(cfg, out):
+    for step in _plan(cfg, out):
         if isinstance(step, S.Step) and step.kind != "report":
             prints.of(step)
             states[step.name] = prints.status(step)
@@ -375,13 +317,14 @@ def _print_plan(console: Any, cfg: StudyConfig, out: Path) -> None:
     table = Table(title=f"study {cfg.name} → {out}", title_justify="left")
     for col in ("step", "state", "note"):
         table.add_column(col)
-    prints = Prints(out)
+    layout = layout_of(cfg, out)
+    prints = Prints(layout)
     colors = {"done": "green", "run": "yellow", "resume": "cyan", "stale": "magenta", "wait": "dim"}
-    plan = _steps(cfg, out)
-    waiting = any(isinstance(i, str) for i in plan)
+    plan = _plan(cfg, out)
+    waiting = any(isinstance(i, Waiting) for i in plan)
     for item in plan:
-        if isinstance(item, str):
-            table.add_row(item.split(":")[0], f"[{colors['wait']}]wait[/]", item.split(": ", 1)[1])
+        if isinstance(item, Waiting):
+            table.add_row(", ".join(item.names), f"[{colors['wait']}]wait[/]", item.reason)
             continue
         if item.kind == "report" and waiting:  # its inputs are not all known yet
             table.add_row(item.name, f"[{colors['wait']}]wait[/]", "after the steps above")
@@ -390,11 +333,11 @@ def _print_plan(console: Any, cfg: StudyConfig, out: Path) -> None:
         state = prints.status(item)
         note = item.note
         if state == "stale":
-            note = " · ".join([stale_reason(item, out, basis), *([note] if note else [])])
+            note = " · ".join([stale_reason(item, layout, basis), *([note] if note else [])])
         if state == "resume" and item.kind == "train":
             from medtune.train import checkpoint
 
-            latest = checkpoint.latest(out / item.name)
+            latest = checkpoint.latest(layout.step_dir(item.name))
             note = f"from {latest.name}" if latest else "no checkpoint yet: from the start"
         table.add_row(item.name, f"[{colors[state]}]{state}[/]", note)
     console.print(table)

@@ -1,6 +1,7 @@
 """The study's steps: what each one runs, where it writes, and what it depends on.
 
-A step is a stage config plus a directory. Its fingerprint is a hash of that config (without
+A step is a planned step (:mod:`medtune.study.plan`) with the stage config its kind builds (:data:`KINDS`:
+kind -> config type, builder, run function). Its fingerprint is a hash of that config (without
 fields that do not change the result, such as progress bars, and with its locations made portable:
 :mod:`medtune.study.fingerprint`), of the content of the data files it reads, and of the fingerprints
 of the steps it reads from, so changing one setting changes the fingerprints of exactly the steps
@@ -12,23 +13,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel
 
-from medtune.config import ModelConfig
+from medtune import atomic
+from medtune.config import ModelConfig, dump_config
 from medtune.data.registry import resolve_path
 from medtune.data.spec import SourceConfig
 from medtune.errors import MedtuneError
 from medtune.evaluate.tasks import GROUPS, TASKS, expand
-from medtune.merge.records import SweepPoint, SweepResult
 from medtune.study import fingerprint
+from medtune.study import plan as P
 from medtune.study.config import StudyConfig, VariantConfig
-from medtune.study.layout import StudyLayout as L
-
-Kind = Literal["eval", "train", "sweep", "merge", "report"]
+from medtune.study.layout import StudyLayout
+from medtune.study.plan import Kind, Planned, Waiting, generated_tasks
 
 
 @dataclass
@@ -126,57 +128,64 @@ def guarded_data(cfg: StudyConfig) -> StudyConfig:
     return cfg.model_copy(update={"data": data})
 
 
-def eval_step(cfg: StudyConfig, out: Path, label: str, model: ModelConfig, adapter: str | None, deps: list[str],
-              generate: bool = False) -> Step:
+def _eval_config(cfg: StudyConfig, layout: StudyLayout, step: Planned) -> BaseModel:
     from medtune.evaluate.run import EvalConfig
 
     ev = cfg.evaluation
-    tasks = generated_tasks(cfg) if generate else ev.task_names
+    model, adapter = _evaluated_model(cfg, layout, step)
+    tasks = generated_tasks(cfg) if step.generate else ev.task_names
     groups = [g for g in ev.group_names if all(t in tasks for t in GROUPS[g].tasks)]
-    name = L.eval_step(label, generate)
-    ecfg = EvalConfig(model=model, adapter=adapter, tasks=",".join(tasks + groups), data_root=str(cfg.root(ev.data_root)),
+    return EvalConfig(model=model, adapter=adapter, tasks=",".join(tasks + groups), data_root=str(cfg.root(ev.data_root)),
                       task_defs=ev.task_defs, task_groups=ev.task_groups,
-                      task_sources={t: test_source(cfg, t, generate) for t in tasks}, limit=ev.limit,
-                      mode="generate" if generate else "loglikelihood", max_new_tokens=ev.max_new_tokens,
-                      chat_template=generate and ev.chat_template,
-                      ppl_max_tokens=ev.ppl_max_tokens, token_budget=ev.token_budget, out=str(out / name),
-                      progress=cfg.progress, **({"ppl_stride": ev.ppl_stride} if ev.ppl_stride else {}))
-    return Step(name, "eval", ecfg, deps)
+                      task_sources={t: test_source(cfg, t, step.generate) for t in tasks}, limit=ev.limit,
+                      mode="generate" if step.generate else "loglikelihood", max_new_tokens=ev.max_new_tokens,
+                      chat_template=step.generate and ev.chat_template,
+                      ppl_max_tokens=ev.ppl_max_tokens, token_budget=ev.token_budget,
+                      out=str(layout.step_dir(step.name)), progress=cfg.progress,
+                      **({"ppl_stride": ev.ppl_stride} if ev.ppl_stride else {}))
 
 
-def generated_tasks(cfg: StudyConfig) -> list[str]:
-    """The tasks also scored by generation: ``evaluation.generate_tasks``, else the medical multiple-choice tasks
-    in their lm-eval formulation (a cloze task's prompt shows no options to answer from; perplexity has
-    nothing to generate)."""
-    if cfg.evaluation.generate_tasks is not None:
-        return list(cfg.evaluation.generate_tasks)
-    return [t for t in cfg.evaluation.task_names
-            if TASKS[t].kind == "mc" and TASKS[t].domain != "general" and TASKS[t].template is None]
+def _evaluated_model(cfg: StudyConfig, layout: StudyLayout, step: Planned) -> tuple[ModelConfig, str | None]:
+    """(model, adapter) an evaluation loads: the base model, a trained variant, or a merge. A LoRA variant merged
+    by a method exact in LoRA space is an adapter on the base; by TIES / DARE / SLERP a full model."""
+    from medtune.merge.methods import method
+
+    if step.variant is None:
+        return cfg.model, None
+    if step.point is None or step.suffix is None:
+        return trained_model(cfg, layout, _variant(cfg, step.variant))
+    merged = layout.merge_dir(step.variant, step.suffix)
+    lora = cfg.train_config(_variant(cfg, step.variant), layout.root).method == "lora"
+    if lora and method(step.point.method).lora is not None:
+        return cfg.model, str(merged)
+    return cfg.model.model_copy(update={"spec": str(merged)}), None
 
 
-def model_evals(cfg: StudyConfig, out: Path, label: str, model: ModelConfig, adapter: str | None,
-                deps: list[str]) -> list[Step]:
-    steps = [eval_step(cfg, out, label, model, adapter, deps)]
-    if cfg.evaluation.generate and generated_tasks(cfg):
-        steps.append(eval_step(cfg, out, label, model, adapter, deps, generate=True))
-    return steps
+def _variant(cfg: StudyConfig, name: str) -> VariantConfig:
+    return next(v for v in cfg.variants if v.name == name)
 
 
-def trained_model(cfg: StudyConfig, out: Path, variant: VariantConfig) -> tuple[ModelConfig, str | None]:
+def trained_model(cfg: StudyConfig, layout: StudyLayout, variant: VariantConfig) -> tuple[ModelConfig, str | None]:
     """(model, adapter) that load a trained variant: base + adapter for LoRA, the weights for full."""
-    model_dir = L(out).model_dir(variant.name)
-    if cfg.train_config(variant, out).method == "lora":
+    model_dir = layout.model_dir(variant.name)
+    if cfg.train_config(variant, layout.root).method == "lora":
         return cfg.model, str(model_dir)
     return cfg.model.model_copy(update={"spec": str(model_dir)}), None
 
 
-def sweep_step(cfg: StudyConfig, out: Path, variant: VariantConfig) -> Step:
+def _train_config(cfg: StudyConfig, layout: StudyLayout, step: Planned) -> BaseModel:
+    assert step.variant is not None
+    return guarded_data(cfg).train_config(_variant(cfg, step.variant), layout.step_dir(step.name))
+
+
+def _sweep_config(cfg: StudyConfig, layout: StudyLayout, step: Planned) -> BaseModel:
     from medtune.merge.sweep import SweepConfig
 
+    assert step.variant is not None
     av, ev = cfg.averaging, cfg.evaluation
-    full = variant.name in cfg.swept
+    full = step.variant in cfg.swept
     root = cfg.root(ev.data_root)
-    scfg = SweepConfig(base=cfg.model, tuned=str(L(out).model_dir(variant.name)),
+    return SweepConfig(base=cfg.model, tuned=str(layout.model_dir(step.variant)),
                        alphas=av.alphas if full else [0.0, 1.0], hma_alphas=av.hma_alphas if full else [],
                        hma_blocks=av.hma_blocks, hma_grid=av.hma_grid, methods=av.methods if full else {},
                        medical_tasks=",".join(av.medical_tasks),
@@ -185,86 +194,124 @@ def sweep_step(cfg: StudyConfig, out: Path, variant: VariantConfig) -> Step:
                                      for t in expand(av.medical_tasks + av.general_tasks)[0]},
                        data_root=str(root), limit=av.limit, rule=av.rule, retain=av.retain, weight=av.weight,
                        ppl_max_tokens=ev.ppl_max_tokens, ppl_stride=ev.ppl_stride,
-                       out=str(L(out).sweep_dir(variant.name)), progress=cfg.progress, search=av.search if full else None)
-    return Step(L.sweep_step(variant.name), "sweep", scfg, [L.train_step(variant.name)],
-                note="" if full else "alpha 0 and 1 only (not in averaging.variants)")
+                       out=str(layout.step_dir(step.name)), progress=cfg.progress, search=av.search if full else None)
+
+
+def _merge_config(cfg: StudyConfig, layout: StudyLayout, step: Planned) -> BaseModel:
+    from medtune.merge.run import MergeConfig
+
+    assert step.variant is not None and step.point is not None
+    return MergeConfig(base=cfg.model, tuned=[str(layout.model_dir(step.variant))], method=step.point.method,
+                       params=step.point.params, out=str(layout.step_dir(step.name)))
+
+
+def _run_eval(step: Step, cfg: StudyConfig, layout: StudyLayout, resume: bool) -> None:
+    from medtune.evaluate.run import evaluate
+
+    evaluate(step.config)
+
+
+def _run_train(step: Step, cfg: StudyConfig, layout: StudyLayout, resume: bool) -> None:
+    """Train in this process, or through the study's ``train_launcher``; ``resume`` continues from the step's
+    newest checkpoint, when it has one."""
+    import subprocess
+
+    from medtune.train import checkpoint
+
+    resume = resume and checkpoint.latest(layout.step_dir(step.name)) is not None
+    tcfg = step.config.model_copy(update={"resume": resume})  # type: ignore[union-attr]
+    if cfg.train_launcher:
+        path = layout.launcher_config(step.name)
+        atomic.write_text(path, dump_config(tcfg))
+        cmd = [*cfg.train_launcher, "-m", "medtune", "train", str(path)] + (["--resume"] if resume else [])
+        print("+", " ".join(cmd), flush=True)
+        if subprocess.run(cmd).returncode != 0:
+            raise MedtuneError(f"{step.name}: the training command failed: {' '.join(cmd)}")
+        return
+    from medtune.train.run import train
+
+    train(tcfg)
+
+
+def _run_sweep(step: Step, cfg: StudyConfig, layout: StudyLayout, resume: bool) -> None:
+    from medtune.merge.sweep import sweep
+
+    atomic.write_text(layout.saved_config(step.name), dump_config(step.config))
+    sweep(step.config)
+
+
+def _run_merge(step: Step, cfg: StudyConfig, layout: StudyLayout, resume: bool) -> None:
+    from medtune.merge.run import merge
+
+    merge(step.config)
+    atomic.write_text(layout.saved_config(step.name), dump_config(step.config))
+
+
+def _run_report(step: Step, cfg: StudyConfig, layout: StudyLayout, resume: bool) -> None:
+    from medtune.report.build import write_report
+    from medtune.study.results import gather
+
+    write_report(gather(cfg, layout), layout.report_dir())
+
+
+@dataclass(frozen=True)
+class StepKind:
+    """A kind of study step: its stage config type, how the study builds that config for a planned step, and
+    the function that runs the step with it."""
+
+    config: str | None
+    """``module:Name`` of the stage config type (imported when used: some stages import torch)."""
+    build: Callable[[StudyConfig, StudyLayout, Planned], BaseModel] | None
+    run: Callable[[Step, StudyConfig, StudyLayout, bool], None]
+    resumes: bool = False
+    """An interrupted step continues where it stopped (training from its checkpoint, a sweep from its
+    scored points); the others run again from the start."""
+    keeps_when_stale: bool = False
+    """A stale step's directory is kept (a sweep reuses the points its new config still asks for)."""
+
+    def config_type(self) -> type[BaseModel] | None:
+        if self.config is None:
+            return None
+        import importlib
+
+        module, name = self.config.split(":")
+        return getattr(importlib.import_module(module), name)
+
+
+KINDS: dict[str, StepKind] = {
+    "eval": StepKind("medtune.evaluate.run:EvalConfig", _eval_config, _run_eval),
+    "train": StepKind("medtune.train.config:TrainConfig", _train_config, _run_train, resumes=True),
+    "sweep": StepKind("medtune.merge.sweep:SweepConfig", _sweep_config, _run_sweep, resumes=True, keeps_when_stale=True),
+    "merge": StepKind("medtune.merge.run:MergeConfig", _merge_config, _run_merge),
+    "report": StepKind(None, None, _run_report),
+}
+"""Step kind -> its stage config and run function (the report's inputs are the other steps: no config)."""
+
+
+def step_kind(kind: str) -> StepKind:
+    """The entry of :data:`KINDS` for ``kind``; an unknown kind is an error that lists the valid ones."""
+    if kind not in KINDS:
+        raise MedtuneError(f"unknown step kind {kind!r} (valid: {', '.join(KINDS)})")
+    return KINDS[kind]
+
+
+def build(cfg: StudyConfig, layout: StudyLayout, planned: Planned) -> Step:
+    """The step ``planned`` with the stage config its kind builds."""
+    kind = step_kind(planned.kind)
+    config = kind.build(cfg, layout, planned) if kind.build is not None else None
+    want = kind.config_type()
+    if want is not None and not isinstance(config, want):
+        raise MedtuneError(f"{planned.name}: built a {type(config).__name__}, not the {planned.kind} step's {want.__name__}")
+    return Step(planned.name, planned.kind, config, list(planned.deps), planned.note)
+
+
+def built_plan(cfg: StudyConfig, layout: StudyLayout, points: P.Points | None = None) -> list[Step | Waiting]:
+    """The study's plan (:func:`medtune.study.plan.plan`) as far as ``points`` tell (default: the sweeps on
+    disk), each step with its stage config; steps not known yet stay :class:`Waiting`."""
+    items = P.plan(cfg, layout, P.SweptPoints(layout) if points is None else points)
+    return [build(cfg, layout, i) if isinstance(i, Planned) else i for i in items]
 
 
 def static_plan(cfg: StudyConfig, out: Path) -> list[Step]:
-    """Every step whose config is known before anything runs, in run order."""
-    gcfg = guarded_data(cfg)
-    steps = model_evals(cfg, out, "base", cfg.model, None, [])
-    for v in cfg.variants:
-        steps.append(Step(L.train_step(v.name), "train", gcfg.train_config(v, L(out).step_dir(L.train_step(v.name)))))
-        model, adapter = trained_model(cfg, out, v)
-        steps += model_evals(cfg, out, v.name, model, adapter, [L.train_step(v.name)])
-        steps.append(sweep_step(cfg, out, v))
-    return steps
-
-
-def sweep_result(out: Path, variant: str) -> SweepResult | None:
-    """The sweep of ``variant`` as far as it has run (None before it starts)."""
-    return SweepResult.load(L(out).sweep_results(variant))
-
-
-def selected_point(out: Path, variant: str) -> SweepPoint | None:
-    """The sweep's selected point for ``variant`` (None while the sweep is not complete)."""
-    res = sweep_result(out, variant)
-    return res.selected_point if res else None
-
-
-def best_of_kind(out: Path, variant: str, kind: str) -> SweepPoint | None:
-    """The sweep point of ``kind`` (a method name; "uniform" is linear with 0 < alpha < 1) that the
-    averaging rule picks on validation among points of that kind (None when the sweep has none)."""
-    res = sweep_result(out, variant)
-    return res.best(kind) if res else None
-
-
-def averaged_plan(cfg: StudyConfig, out: Path, variant: VariantConfig, point: SweepPoint,
-                  suffix: str = "averaged") -> list[Step]:
-    """The merge at a sweep point and its evaluation; none when the point is the base or the tuned model.
-    ``suffix`` "averaged" is the selected point (``merge/V``, ``eval/V-averaged``); another suffix is a
-    point reported for comparison (``merge/V-SUFFIX``, ``eval/V-SUFFIX``). A LoRA variant merged by a
-    method exact in LoRA space is an adapter on the base; by TIES / DARE / SLERP a full model."""
-    from medtune.merge.methods import method
-    from medtune.merge.run import MergeConfig
-
-    if point.is_endpoint() is not None:
-        return []
-    merged = L(out).merge_dir(variant.name, suffix)
-    mcfg = MergeConfig(base=cfg.model, tuned=[str(L(out).model_dir(variant.name))], method=point.method,
-                       params=point.params, out=str(merged))
-    merge = Step(L.merge_step(variant.name, suffix), "merge", mcfg, [L.sweep_step(variant.name)], note=point.label)
-    adapter = cfg.train_config(variant, out).method == "lora" and method(point.method).lora is not None
-    model = cfg.model if adapter else cfg.model.model_copy(update={"spec": str(merged)})
-    return [merge, *model_evals(cfg, out, L.averaged_label(variant.name, suffix), model, str(merged) if adapter else None,
-                                [merge.name])]
-
-
-def compared_plan(cfg: StudyConfig, out: Path, variant: VariantConfig, selected: SweepPoint) -> list[Step]:
-    """Merges and test evaluations of ``averaging.test_best_of`` points that differ from the selected one."""
-    steps: list[Step] = []
-    if variant.name not in cfg.swept:
-        return steps
-    for kind in cfg.averaging.test_best_of:
-        point = best_of_kind(out, variant.name, kind)
-        if point is not None and point.identity != selected.identity:
-            steps += averaged_plan(cfg, out, variant, point, suffix=kind)
-    return steps
-
-
-def step_owners(cfg: StudyConfig) -> list[tuple[str, str]]:
-    """(step directory, what writes it) for every step the study can run, the ones that wait for a
-    sweep included (built at a stand-in point: their names do not depend on it)."""
-    out = Path(cfg.out)
-    point = SweepPoint(method="linear", params={"alpha": 0.5}, label="stand-in", medical=0.0, general=0.0)
-    owned = [(s.name, "the base model's evaluation") for s in model_evals(cfg, out, "base", cfg.model, None, [])]
-    gcfg = guarded_data(cfg)
-    for v in cfg.variants:
-        train = Step(L.train_step(v.name), "train", gcfg.train_config(v, L(out).step_dir(L.train_step(v.name))))
-        mine = [train, *model_evals(cfg, out, v.name, *trained_model(cfg, out, v), []), sweep_step(cfg, out, v)]
-        owned += [(s.name, f"variant '{v.name}'") for s in mine]
-        for suffix in ["averaged", *cfg.averaging.test_best_of] if v.name in cfg.swept else []:
-            owned += [(s.name, f"the {suffix} model of variant '{v.name}'")
-                      for s in averaged_plan(cfg, out, v, point, suffix)]
-    return [*owned, ("report", "the report")]
+    """Every step whose config is known before anything runs, in run order (the report aside)."""
+    return [s for s in built_plan(cfg, StudyLayout(out), P.NoPoints()) if isinstance(s, Step) and s.kind != "report"]
