@@ -97,7 +97,8 @@ def write_outputs(cfg: TrainConfig, out: Path, model: Any, tokenizer: Any, state
     base = BaseIdentity.of(models.resolve(cfg.model.spec, allow_pickle=cfg.model.allow_pickle))
     save_model(out / "model", model, tokenizer, state_dict, base)
     atomic.write_text(out / "config.yaml", dump_config(cfg))
-    atomic.write_json(out / "curves.json", {"run": run, "history": state["history"], "seconds": state["seconds"]})
+    atomic.write_json(out / "curves.json", {"run": run, "history": state["history"], "seconds": state["seconds"],
+                                            "validation": state.get("validation", [])})
     plot_curves(state["history"], out / "curves.png", f"{cfg.model.spec} · {cfg.method} · {cfg.loss}")
     manifest = json.loads((out / "data" / "manifest.json").read_text())
     atomic.write_text(out / "README.md", model_card(cfg, state, run, manifest))
