@@ -62,6 +62,11 @@ COMMANDS: dict[str, Command] = {
         _lazy("medtune.evaluate.run", "evaluate"),
         "Score a model (optionally with a LoRA adapter) on medical and general tasks; writes results.json.",
     ),
+    "power": Command(
+        _lazy("medtune.evaluate.power", "PowerConfig"),
+        _lazy("medtune.evaluate.power", "power_table"),
+        "Size the test sets: the paired accuracy change each task's n detects, from a pilot's base and tuned evals.",
+    ),
     "train": Command(
         _lazy("medtune.train.config", "TrainConfig"),
         _lazy("medtune.train.run", "train"),

@@ -139,3 +139,67 @@ def paired_perplexity_change(nll_a: Sequence[float], nll_b: Sequence[float], tok
         rlo, rhi = np.quantile(boot_b / boot_a - 1, [0.025, 0.975])
         out.update(ci95=[float(lo), float(hi)], rel_ci95=[float(rlo), float(rhi)])
     return out
+
+
+def f1_per_class(gold: Sequence[int], pred: Sequence[int], k: int) -> list[float]:
+    """F1 of each of ``k`` classes, ``2 TP / (2 TP + FP + FN)``: 0 for a class never predicted (or never
+    right), NaN for a class that neither a gold answer nor a prediction names. ``pred`` may hold -1 (no
+    answer: a miss for its gold class, a false alarm for none)."""
+    return _f1(np.asarray(gold)[None], np.asarray(pred)[None], k)[0].tolist()
+
+
+def _f1(gold: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    """(rows, k) per-class F1 of each row of (rows, n) gold and predicted class indices."""
+    g = gold[..., None] == np.arange(k)  # (rows, n, k)
+    p = pred[..., None] == np.arange(k)
+    tp, fp, fn = (g & p).sum(1), (~g & p).sum(1), (g & ~p).sum(1)
+    denom = 2 * tp + fp + fn
+    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), np.nan)
+
+
+def _macro(f1: np.ndarray) -> np.ndarray:
+    """Mean over the classes that have an F1 (sklearn's ``f1_score(average="macro")`` with its default labels:
+    the classes in the gold answers or the predictions)."""
+    present = ~np.isnan(f1)
+    return np.where(present, f1, 0.0).sum(-1) / np.maximum(present.sum(-1), 1)
+
+
+def macro_f1(gold: Sequence[int], pred: Sequence[int], k: int) -> float:
+    """Macro-averaged F1 over the classes (PubMedQA's second metric, next to accuracy): every class counts
+    the same however rare, so always answering the majority class scores low."""
+    return float(_macro(_f1(np.asarray(gold)[None], np.asarray(pred)[None], k))[0])
+
+
+def _interval(value: float, boots: np.ndarray, n: int) -> dict[str, Any]:
+    lo, hi = np.quantile(boots, [0.025, 0.975])
+    return {"value": value, "n": n, "stderr": float(np.std(boots, ddof=1)), "ci95": [float(lo), float(hi)]}
+
+
+def class_summary(gold: Sequence[int], pred: Sequence[int], classes: Sequence[str], *, n_boot: int = 2000,
+                  seed: int = 0) -> dict[str, Any]:
+    """A class-labelled task's macro-F1 with a percentile-bootstrap 95 % interval over items (its standard
+    error the replicates' standard deviation), each class's F1, and each class's recall (the accuracy on
+    the items of that gold class, as :func:`summarize`). A class with no gold item has no recall and is
+    left out of ``recall_by_class``."""
+    g, p, k = np.asarray(gold), np.asarray(pred), len(classes)
+    idx = np.random.default_rng(seed).integers(0, len(g), size=(n_boot, len(g)))
+    f1 = f1_per_class(g, p, k)
+    recall = {name: summarize((p[g == c] == c).astype(float).tolist(), seed=seed)
+              for c, name in enumerate(classes) if (g == c).any()}
+    return {"macro_f1": _interval(macro_f1(g, p, k), _macro(_f1(g[idx], p[idx], k)), len(g)),
+            "f1_by_class": {name: (None if math.isnan(v) else v) for name, v in zip(classes, f1)},
+            "recall_by_class": recall, "classes": list(classes)}
+
+
+def paired_macro_f1_change(gold: Sequence[int], pred_a: Sequence[int], pred_b: Sequence[int], k: int, *,
+                           n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Macro-F1 of model b minus model a on the same items, with a percentile-bootstrap 95 % interval
+    (each replicate resamples items once for both models, so the pairing is kept); ``changed``: the items
+    whose predicted class differs."""
+    g, a, b = np.asarray(gold), np.asarray(pred_a), np.asarray(pred_b)
+    if not (len(g) == len(a) == len(b)) or len(g) == 0:
+        raise ValueError("a paired macro-F1 change needs the same non-empty items for both models")
+    idx = np.random.default_rng(seed).integers(0, len(g), size=(n_boot, len(g)))
+    boots = _macro(_f1(g[idx], b[idx], k)) - _macro(_f1(g[idx], a[idx], k))
+    out = _interval(macro_f1(g, b, k) - macro_f1(g, a, k), boots, len(g))
+    return {**out, "changed": int((a != b).sum())}

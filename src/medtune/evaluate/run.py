@@ -211,6 +211,8 @@ def _mc_task(task: Task, cfg: EvalConfig, tokenizer: Any, scorer: Any,
         result["acc_norm"] = metrics.summarize([float(p == r.gold) for p, r in zip(preds_norm, requests)])
     if task.group_by:
         result[f"acc_by_{task.group_by}"] = metrics.by_group(acc, groups)
+    if task.classes and requests:
+        result.update(metrics.class_summary([r.gold for r in requests], preds, task.classes))
     result.update({"n": len(requests), "fewshot": cfg.fewshot, "seconds": round(seconds, 2),
                    "items_per_s": round(len(requests) / seconds, 2) if seconds else None, "domain": task.domain})
     # "answer": the predicted choice as the model said it ("yes", "B"), for a person reading the answer spread
@@ -242,10 +244,13 @@ def _gen_task(task: Task, cfg: EvalConfig, tokenizer: Any, model: Any,
     preds = [extract_answer(o, r, (template or template_for(r)).choices == "labels") for o, r in zip(outputs, records)]
     correct = [float(p == r.answer) for p, r in zip(preds, records)]
     parsed = [c for c, p in zip(correct, preds) if p is not None]
+    classes = metrics.class_summary([r.answer for r in records], [-1 if p is None else p for p in preds],
+                                    task.classes) if task.classes and records else {}
     result = {"acc": metrics.summarize(correct), "unparsed": sum(p is None for p in preds),
               "acc_parsed": metrics.summarize(parsed) if parsed else None, "n": len(records), "mode": "generate",
               "max_new_tokens": cfg.max_new_tokens, "fewshot": cfg.fewshot, "seconds": round(seconds, 2),
-              "items_per_s": round(len(records) / seconds, 2) if seconds else None, "domain": task.domain}
+              "items_per_s": round(len(records) / seconds, 2) if seconds else None, "domain": task.domain,
+              **classes}
     rows = [{"task": task.name, "id": r.id, "gold": r.answer, "pred": p, "output": o}
             for r, p, o in zip(records, preds, outputs)]
     return result, rows
@@ -424,7 +429,7 @@ def _print(console: Any, results: dict[str, Any], out: Path, groups: dict[str, A
     for col in ("task", "metric", "value", "95% CI", "n", "items/s", "note"):
         table.add_column(col, justify="left" if col in ("task", "metric") else "right")
     for name, r in results.items():
-        for metric in ("acc", "acc_norm", "perplexity"):
+        for metric in ("acc", "acc_norm", "macro_f1", "perplexity"):
             if metric in r:
                 m = r[metric]
                 pct = metric != "perplexity"

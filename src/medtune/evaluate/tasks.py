@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import model_validator
 
 from medtune.config import StrictModel
+from medtune.data.adapters.pubmedqa import OPTIONS as PUBMEDQA_CLASSES
 from medtune.data.spec import SourceConfig
 
 
@@ -36,6 +37,9 @@ class Task:
     """Perplexity tasks: further sources whose documents are interleaved with the first one's."""
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    classes: tuple[str, ...] = ()
+    """The answer classes, in choice order, when every item's choices are the same labels (PubMedQA's
+    yes / no / maybe): the results then add macro-F1 and per-class recall next to accuracy."""
 
 
 MMLU_MEDICAL = ("anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics",
@@ -58,7 +62,7 @@ TASKS: dict[str, Task] = {
         "pubmedqa", "mc", "medical_in",
         {"adapter": "pubmedqa", "path": "pubmedqa/test_set.json"},
         {"adapter": "pubmedqa", "path": "pubmedqa/ori_pqal.json", "split": "trainval"},
-        note="official PQA-L test split (500); lm-eval task pubmedqa",
+        note="official PQA-L test split (500); lm-eval task pubmedqa", classes=PUBMEDQA_CLASSES,
     ),
     "medmcqa": Task(
         "medmcqa", "mc", "medical_in",
@@ -280,3 +284,23 @@ def get_task(name: str) -> Task:
         return TASKS[name]
     except KeyError:
         raise _unknown(name) from None
+
+
+def test_split_reason(task: str, src: SourceConfig) -> str | None:
+    """Why ``src`` reads a test split of ``task`` (what training and selection must never score), or None.
+
+    A whole source is a test split when it asks for the split ``test``, when a word of its path is
+    ``test`` (``ARC-Easy-Test.jsonl``, ``test_set.json``), or when it is the task's registered source,
+    which is the split ``medtune eval`` reports (MedMCQA's ``dev.json``). A fold of one is not: it is how a
+    validation split is carved out of a file whose complement fold is then reported (docs/study.md, the
+    MMLU subjects), and keeping the two folds apart is the reporting side's to check."""
+    if src.fold is not None:
+        return None
+    if (src.split or "").lower() == "test":
+        return "its split is test"
+    if src.path is not None and "test" in re.split(r"[^a-z0-9]+", src.path.lower()):
+        return f"its file {src.path} is a test file"
+    registered = SourceConfig.model_validate(TASKS[task].source) if task in TASKS else None
+    if registered is not None and registered.location == src.location and registered.split == src.split:
+        return f"it is the task's own evaluated split ({src.location}), which `medtune eval` reports"
+    return None

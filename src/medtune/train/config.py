@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from medtune.config import ModelConfig, StrictModel
 from medtune.data.build import DataConfig
+from medtune.data.spec import SourceConfig
 
 
 OWNED_ENGINE_KEYS: dict[str, str] = {
@@ -94,6 +95,18 @@ class TrainConfig(StrictModel):
     """Output directory: model/, data/, checkpoints/, curves.json, curves.png, README.md."""
     progress: bool = True
     """Show a progress bar."""
+    eval_every: int = Field(0, ge=0)
+    """Score validation subsets of `eval_tasks` every N optimizer steps (and at step 0 and the last step) into
+    curves.json's `validation` entries, printed as they come; 0: off. Scoring runs on the model being trained,
+    in eval mode without gradients, and leaves the training (its weights and random streams) as it was."""
+    eval_tasks: list[str] = Field(default_factory=list)
+    """Tasks (or groups) scored every `eval_every` steps, e.g. [pubmedqa, arc_easy, ppl_general]; each needs a
+    validation split in `eval_sources`."""
+    eval_limit: int = Field(50, ge=1)
+    """Items (perplexity tasks: documents) of each validation split scored each time."""
+    eval_sources: dict[str, SourceConfig] = Field(default_factory=dict)
+    """Per task of `eval_tasks`, its validation split (never a test split: refused), relative to data.data_root,
+    e.g. {arc_easy: {adapter: arc, path: general/arc/ARC-Easy-Dev.jsonl}}."""
     base_dir: str | None = Field(None, json_schema_extra={"cli": False})
     """Directory of the config file (set automatically); data paths are relative to it."""
 
@@ -109,6 +122,29 @@ class TrainConfig(StrictModel):
         if owned:
             raise ValueError("set by medtune from its own fields: " + ", ".join(f"{k} (use {v})" for k, v in owned.items()))
         return engine
+
+    @model_validator(mode="after")
+    def _validation_splits(self) -> "TrainConfig":
+        from medtune.evaluate.tasks import expand, test_split_reason
+
+        if self.eval_every and not self.eval_tasks:
+            raise ValueError("eval_tasks: name the tasks eval_every scores")
+        try:
+            tasks = expand(self.eval_tasks)[0]
+        except Exception as err:  # ConfigError -> the validation error that names the field
+            raise ValueError(f"eval_tasks: {err}") from None
+        for name in self.eval_sources:
+            if name not in tasks:
+                raise ValueError(f"eval_sources.{name}: not one of eval_tasks ({', '.join(tasks) or 'none'})")
+        missing = [t for t in tasks if t not in self.eval_sources]
+        if missing:
+            raise ValueError(f"eval_sources: give a validation split for {', '.join(missing)} (a task's own source "
+                             "is its test split, which training never scores)")
+        for name, src in self.eval_sources.items():
+            if (reason := test_split_reason(name, src)) is not None:
+                raise ValueError(f"eval_sources.{name}: reads a test split ({reason}); validation curves score "
+                                 "validation splits only")
+        return self
 
     @model_validator(mode="after")
     def _pass_base_dir(self) -> "TrainConfig":

@@ -103,11 +103,13 @@ class OrderSampler(torch.utils.data.Sampler[int]):
 
 
 class RunState:
-    """What medtune keeps across a run beyond the engine's state: the loss history, tokens, time."""
+    """What medtune keeps across a run beyond the engine's state: the loss history, the validation curve
+    entries (:mod:`medtune.train.validation`), tokens, time."""
 
     def __init__(self, tokens_per_step: int) -> None:
         self.tokens_per_step = tokens_per_step
         self.history: list[dict[str, Any]] = []
+        self.validation: list[dict[str, Any]] = []
         self.tokens, self.seconds_before = 0, 0.0
         self.started = time.perf_counter()
         self.ended: float | None = None
@@ -116,6 +118,7 @@ class RunState:
     def restore(self, state: dict[str, Any], path: Path) -> None:
         """Continue from a checkpoint's medtune state (see :func:`medtune.train.checkpoint.validate`)."""
         self.history, self.tokens, self.seconds_before = list(state["history"]), state["tokens"], state["seconds"]
+        self.validation = list(state.get("validation", []))
         self.last_good = path
 
     def start(self) -> None:
@@ -130,7 +133,8 @@ class RunState:
         return self.seconds_before + (self.ended or time.perf_counter()) - self.started
 
     def as_dict(self, step: int, world: int) -> dict[str, Any]:
-        return {"step": step, "history": self.history, "tokens": self.tokens, "seconds": self.seconds, "world_size": world}
+        return {"step": step, "history": self.history, "validation": self.validation, "tokens": self.tokens,
+                "seconds": self.seconds, "world_size": world}
 
 
 class MedtuneCallback(TrainerCallback):

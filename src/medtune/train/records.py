@@ -22,6 +22,18 @@ class CurvePoint(ReadRecord):
     grad_norm: float | None = None
 
 
+class ValidationPoint(ReadRecord):
+    """One point of a validation curve (``eval_every``): a task's metric on its validation subset after
+    ``step`` optimizer steps."""
+
+    step: int
+    task: str
+    metric: str
+    value: float
+    n: int
+    """Items scored (perplexity: tokens)."""
+
+
 class TrainRun(ReadRecord):
     """How the run was set up (the rest of the facts: device, parallelism, precision, kept as written)."""
 
@@ -36,6 +48,8 @@ class TrainCurves(ReadRecord):
     history: list[CurvePoint]
     seconds: float
     """Wall time of the training loop, resumed runs' earlier parts included."""
+    validation: list[ValidationPoint] = []
+    """The validation curves (empty without ``eval_every``)."""
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainCurves | None":

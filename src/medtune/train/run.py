@@ -252,7 +252,7 @@ def _warner(is_main: bool, style: str = "bold yellow") -> Any:
 
 
 def _trainer(cfg: TrainConfig, out: Path, blocks: Any, model: Any, args: Any, order: np.ndarray,
-             run: engine.RunState) -> engine.MedtuneTrainer:
+             run: engine.RunState, tokenizer: Any, say: Any) -> engine.MedtuneTrainer:
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     trainer = engine.MedtuneTrainer(model=model, args=args, train_dataset=engine.BlockDataset(blocks, cfg.loss),
@@ -261,6 +261,10 @@ def _trainer(cfg: TrainConfig, out: Path, blocks: Any, model: Any, args: Any, or
     for printer in (PrinterCallback, ProgressCallback):  # a dict of numbers per step on stdout: medtune's bar instead
         trainer.remove_callback(printer)
     trainer.add_callback(engine.MedtuneCallback(run, cfg.progress))
+    if cfg.eval_every:
+        from medtune.train.validation import ValidationCallback
+
+        trainer.add_callback(ValidationCallback(cfg, tokenizer, run, say, trainer.accelerator.autocast))
     return trainer
 
 
@@ -337,8 +341,13 @@ def train(cfg: TrainConfig) -> Path:
     use_cache, model.config.use_cache = model.config.use_cache, False
     args = training_arguments(cfg, out, total_steps, cuda, plugins, checkpointing)
     run = engine.RunState(global_batch * block)
-    trainer = _trainer(cfg, out, blocks, model, args, order, run)
+    trainer = _trainer(cfg, out, blocks, model, args, order, run, tokenizer, say)
     running = _check_parallelism(trainer, warn)
+    if cfg.eval_every:
+        from medtune.train.validation import sharded_refusal
+
+        if (refused := sharded_refusal(running)) is not None:
+            raise TrainError(refused)
     resumed = _resume(cfg, out, trainer, warn)
     if resumed is not None:
         run.restore(resumed[1], resumed[0])
