@@ -176,6 +176,10 @@ def sweep_step(cfg: StudyConfig, out: Path, variant: VariantConfig) -> Step:
     av, ev = cfg.averaging, cfg.evaluation
     full = variant.name in cfg.swept
     root = cfg.root(ev.data_root)
+    search, parents = av.search if full else None, av.search.parents if av.search else []
+    if search is not None and parents:  # several variants averaged: searched once, in the first one's sweep
+        dirs = [str(L(out).model_dir(n)) for n in parents]
+        search = search.model_copy(update={"parents": dirs}) if variant.name == parents[0] else None
     scfg = SweepConfig(base=cfg.model, tuned=str(L(out).model_dir(variant.name)),
                        alphas=av.alphas if full else [0.0, 1.0], hma_alphas=av.hma_alphas if full else [],
                        hma_blocks=av.hma_blocks, hma_grid=av.hma_grid, methods=av.methods if full else {},
@@ -185,8 +189,9 @@ def sweep_step(cfg: StudyConfig, out: Path, variant: VariantConfig) -> Step:
                                      for t in expand(av.medical_tasks + av.general_tasks)[0]},
                        data_root=str(root), limit=av.limit, rule=av.rule, retain=av.retain, weight=av.weight,
                        ppl_max_tokens=ev.ppl_max_tokens, ppl_stride=ev.ppl_stride,
-                       out=str(L(out).sweep_dir(variant.name)), progress=cfg.progress, search=av.search if full else None)
-    return Step(L.sweep_step(variant.name), "sweep", scfg, [L.train_step(variant.name)],
+                       out=str(L(out).sweep_dir(variant.name)), progress=cfg.progress, search=search)
+    trained = [variant.name, *(n for n in parents if search is not None and n != variant.name)]
+    return Step(L.sweep_step(variant.name), "sweep", scfg, [L.train_step(n) for n in trained],
                 note="" if full else "alpha 0 and 1 only (not in averaging.variants)")
 
 
@@ -225,17 +230,21 @@ def averaged_plan(cfg: StudyConfig, out: Path, variant: VariantConfig, point: Sw
     """The merge at a sweep point and its evaluation; none when the point is the base or the tuned model.
     ``suffix`` "averaged" is the selected point (``merge/V``, ``eval/V-averaged``); another suffix is a
     point reported for comparison (``merge/V-SUFFIX``, ``eval/V-SUFFIX``). A LoRA variant merged by a
-    method exact in LoRA space is an adapter on the base; by TIES / DARE / SLERP a full model."""
+    method exact in LoRA space is an adapter on the base; by TIES / DARE / SLERP a full model. A point of a
+    multi-parent search merges its parents (their model directories), an adapter only when all are LoRA."""
     from medtune.merge.methods import method
     from medtune.merge.run import MergeConfig
+    from medtune.merge.sources import adapter_dir
 
     if point.is_endpoint() is not None:
         return []
     merged = L(out).merge_dir(variant.name, suffix)
-    mcfg = MergeConfig(base=cfg.model, tuned=[str(L(out).model_dir(variant.name))], method=point.method,
-                       params=point.params, out=str(merged))
+    tuned = point.parents or [str(L(out).model_dir(variant.name))]
+    mcfg = MergeConfig(base=cfg.model, tuned=tuned, method=point.method, params=point.params, out=str(merged))
     merge = Step(L.merge_step(variant.name, suffix), "merge", mcfg, [L.sweep_step(variant.name)], note=point.label)
-    adapter = cfg.train_config(variant, out).method == "lora" and method(point.method).lora is not None
+    lora = all(adapter_dir(t) is not None for t in tuned) if point.parents else \
+        cfg.train_config(variant, out).method == "lora"
+    adapter = lora and method(point.method).lora is not None
     model = cfg.model if adapter else cfg.model.model_copy(update={"spec": str(merged)})
     return [merge, *model_evals(cfg, out, L.averaged_label(variant.name, suffix), model, str(merged) if adapter else None,
                                 [merge.name])]
