@@ -36,7 +36,7 @@ class MergeConfig(StrictModel):
     """Tuned models: LoRA adapter dirs, training output dirs (their model/), or full checkpoints."""
     method: str = "linear"
     """Averaging method (linear: WiSE-FT, hma, task_arithmetic, ties, dare_ties, dare_linear, slerp,
-    soup_uniform, soup_greedy); see docs/averaging.md."""
+    soup_uniform, soup_greedy, soup_weighted); see docs/averaging.md."""
     params: dict[str, Any] = Field(default_factory=dict)
     """The method's parameters, e.g. {density: 0.5, weight: 1.0} for ties (defaults from the method table)."""
     alpha: float | None = Field(None, ge=0, le=1)
