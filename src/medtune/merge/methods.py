@@ -88,22 +88,44 @@ def linear(base: Tensor, tuned: list[Tensor], *, alpha: float) -> Tensor:
     return interpolate(base, tuned[0], alpha)
 
 
-def task_arithmetic(base: Tensor, tuned: list[Tensor], *, weight: float) -> Tensor:
-    """``base + weight * sum_i (tuned_i - base)`` (Ilharco et al.), peft's ``task_arithmetic``."""
+def _per_model(tuned: Sequence[Tensor], weights: Sequence[float] | None) -> list[float]:
+    """Each tuned model's own weight (``weights``, one per model; unset: 1 each)."""
+    if weights is None:
+        return [1.0] * len(tuned)
+    if len(weights) != len(tuned):
+        raise MedtuneError(f"weights: give one per tuned model ({len(tuned)}), got {len(weights)}")
+    return [float(w) for w in weights]
+
+
+def task_arithmetic(base: Tensor, tuned: list[Tensor], *, weight: float, weights: list[float] | None = None) -> Tensor:
+    """``base + weight * sum_i w_i (tuned_i - base)`` (Ilharco et al.; ``w_i``: ``weights``, 1 each unless
+    given), peft's ``task_arithmetic``."""
     _check(base, tuned)
     deltas = _delta(base, tuned)
-    mixed = peft_merge.task_arithmetic(deltas, torch.full((len(deltas),), float(weight)))
+    mixed = peft_merge.task_arithmetic(deltas, torch.tensor([weight * w for w in _per_model(tuned, weights)]))
     return _out(base, base.float() + mixed)
 
 
-def ties(base: Tensor, tuned: list[Tensor], *, density: float, weight: float) -> Tensor:
+def ties(base: Tensor, tuned: list[Tensor], *, density: float, weight: float,
+         weights: list[float] | None = None) -> Tensor:
     """TIES (Yadav et al.): keep each delta's top ``density`` share by magnitude, elect each entry's
     sign by the sum of the kept deltas, average the deltas that agree with it (disjoint mean), add
-    ``weight`` x that to base. peft's ``ties`` (weights are multiplied in after the sign election)."""
+    ``weight`` x that to base. peft's ``ties`` (weights are multiplied in after the sign election).
+
+    With per-model ``weights`` ``w_i``, mergekit's TIES (``normalize: true``, ``lambda: weight``): the
+    sign is elected on the weighted kept deltas and the mean is weighted, ``sum w_i d_i / sum w_i`` over
+    the models that agree -- peft's for equal weights, and what ``mergekit.yaml`` reproduces."""
     _check(base, tuned)
     deltas = _delta(base, tuned)
-    mixed = peft_merge.ties(deltas, torch.full((len(deltas),), float(weight)), density)
-    return _out(base, base.float() + mixed)
+    if weights is None:
+        mixed = peft_merge.ties(deltas, torch.full((len(deltas),), float(weight)), density)
+        return _out(base, base.float() + mixed)
+    w = torch.tensor(_per_model(tuned, weights)).reshape(-1, *([1] * base.dim()))  # (models, 1, ..)
+    kept = torch.stack([peft_merge.prune(d, density, method="magnitude") for d in deltas]) * w
+    agree = peft_merge.calculate_majority_sign_mask(kept, method="total")
+    divisor = (w * agree).sum(dim=0)
+    mixed = (kept * agree).sum(dim=0) / torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+    return _out(base, base.float() + weight * mixed)
 
 
 def _dare(peft_fn: Callable[..., Tensor], base: Tensor, tuned: list[Tensor], density: float, weight: float,
@@ -167,6 +189,17 @@ def uniform_soup(tensors: Sequence[Tensor]) -> Tensor:
 def soup(base: Tensor, tuned: list[Tensor]) -> Tensor:
     """The uniform soup of the tuned models (the base is not an ingredient)."""
     return uniform_soup(tuned)
+
+
+def weighted_soup(base: Tensor, tuned: list[Tensor], *, weights: list[float] | None = None) -> Tensor:
+    """A linear soup of the tuned models: ``sum_i w_i tuned_i / sum_i w_i`` (the base is not an ingredient;
+    mergekit's ``linear`` with ``normalize: true``)."""
+    _check(base, tuned)
+    w = _per_model(tuned, weights)
+    acc = torch.zeros_like(base, dtype=torch.float32)
+    for wi, t in zip(w, tuned):
+        acc += wi * t.float()
+    return _out(base, acc / sum(w))
 
 
 # --- heterogeneous averaging: per-tensor ratios --------------------------------------------------------
@@ -301,11 +334,28 @@ class HmaParams(AlphaParams):
         return self
 
 
+PerModel = Annotated[list[Weight], Field(min_length=1)]
+"""One weight per tuned model, in the order given (several parents); unset: 1 each."""
+
+
 class WeightParams(ParamsModel):
     weight: Weight = 1.0
+    weights: PerModel | None = None
+    """Per tuned model, the factor on its task vector (times ``weight``)."""
 
 
-class TiesParams(ParamsModel):
+class SoupParams(ParamsModel):
+    weights: PerModel | None = None
+    """Per tuned model, its share of the soup (normalised by their sum; unset: equal shares)."""
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> "SoupParams":
+        if self.weights is not None and not sum(self.weights) > 0:
+            raise ValueError(f"weights {self.weights}: give at least one positive weight")
+        return self
+
+
+class _PrunedParams(ParamsModel):
     density: Density = 0.5
     weight: Weight = 1.0
     block_density: list[Density] | None = None
@@ -314,14 +364,19 @@ class TiesParams(ParamsModel):
     """Per layer block, the weight inside its layers (``weight``: outside them); as many as block_density."""
 
     @model_validator(mode="after")
-    def _blocks_pair(self) -> "TiesParams":
+    def _blocks_pair(self) -> "_PrunedParams":
         d, w = self.block_density, self.block_weight
         if (d is None) != (w is None) or (d is not None and w is not None and (len(d) != len(w) or not d)):
             raise ValueError("block_density and block_weight: give both, one value per layer block each")
         return self
 
 
-class DareParams(TiesParams):
+class TiesParams(_PrunedParams):
+    weights: PerModel | None = None
+    """Per tuned model, the weight of its kept delta in the sign election and the (weighted) disjoint mean."""
+
+
+class DareParams(_PrunedParams):
     seed: int = 0
     """Seeds each tensor's random drop mask (with the tensor's name)."""
 
@@ -359,7 +414,8 @@ def _is_number(text: str) -> bool:
 
 Kit = dict[str, Any]
 """mergekit parameters: ``base`` (the base model's own entry in ``models``, or None when the base is
-only ``base_model``), ``model`` (each tuned model's parameters), ``parameters`` (global)."""
+only ``base_model``), ``model`` (each tuned model's parameters), ``models`` (optional: one dict per tuned
+model, in order, added to ``model``'s: per-model weights), ``parameters`` (global)."""
 
 
 @dataclass(frozen=True)
@@ -385,6 +441,8 @@ class MergeMethod:
     """(tensor name, number of layers, params) -> the params for that tensor (HMA's block ratios, DARE's seed)."""
     search: str | None = None
     """A search run on held-out scores before merging (``greedy``: the greedy soup)."""
+    kit_note: str = ""
+    """Why mergekit's merge from ``mergekit.yaml`` is not this one bit for bit ("": it is)."""
 
     @property
     def params(self) -> dict[str, Any]:
@@ -415,6 +473,22 @@ def _layered(p: Params, n_layers: int, key: str) -> Any:
 
 _SOUP_KIT = lambda p, n: {"base": None, "model": {"weight": 1.0}, "parameters": {"normalize": True}}  # noqa: E731
 
+
+def _models_kit(p: Params, key: str, times: float = 1.0) -> list[Params] | None:
+    """Per-model mergekit parameters from per-model ``weights`` (each times ``times``); None without them."""
+    if p.get("weights") is None:
+        return None
+    return [{key: round(times * w, 6)} for w in p["weights"]]
+
+
+def _weighted(p: Params, k: int) -> list[float]:
+    """LoRA coefficients of task arithmetic: ``weight`` x each model's own weight."""
+    return [p["weight"] * w for w in p["weights"]] if p.get("weights") is not None else [p["weight"]] * k
+
+
+_DARE_NOTE = ("mergekit draws its own random drop mask and rescales to keep each delta's L1 norm: its merge "
+              "matches this one in distribution, not bit for bit")
+
 MERGE_METHODS: dict[str, MergeMethod] = {
     "linear": MergeMethod(
         linear, AlphaParams, "linear", n_tuned=1,
@@ -425,22 +499,25 @@ MERGE_METHODS: dict[str, MergeMethod] = {
         hma, HmaParams, "linear", n_tuned=1, kit=_hma_kit, lora=lambda p, k: [p["alpha"]], per_tensor=_hma_tensor),
     "task_arithmetic": MergeMethod(
         task_arithmetic, WeightParams, "task_arithmetic",
-        kit=lambda p, n: {"base": None, "model": {"weight": p["weight"]}, "parameters": {"normalize": False}},
-        lora=lambda p, k: [p["weight"]] * k),
+        kit=lambda p, n: {"base": None, "model": {"weight": p["weight"]},
+                          "models": _models_kit(p, "weight", p["weight"]), "parameters": {"normalize": False}},
+        lora=_weighted),
     # peft's TIES divides by the number of agreeing models and multiplies by the weight; mergekit's
     # normalize divides by the agreeing weights' sum: equal for weight 1 per model and lambda = weight.
     "ties": MergeMethod(
         ties, TiesParams, "ties", whole_tensor=True, per_tensor=_block_values,
         kit=lambda p, n: {"base": None, "model": {"weight": 1.0, "density": _layered(p, n, "density")},
+                          "models": _models_kit(p, "weight"),
                           "parameters": {"normalize": True, "lambda": _layered(p, n, "weight")}}),
     "dare_ties": MergeMethod(
         dare_ties, DareParams, "dare_ties", whole_tensor=True, per_tensor=_dare_tensor,
         kit=lambda p, n: {"base": None, "model": {"weight": 1.0, "density": _layered(p, n, "density")},
-                          "parameters": {"normalize": True, "lambda": _layered(p, n, "weight"), "rescale": True}}),
+                          "parameters": {"normalize": True, "lambda": _layered(p, n, "weight"), "rescale": True}},
+        kit_note=_DARE_NOTE),
     "dare_linear": MergeMethod(
         dare_linear, DareParams, "dare_linear", whole_tensor=True, per_tensor=_dare_tensor,
         kit=lambda p, n: {"base": None, "model": {"weight": _layered(p, n, "weight"), "density": _layered(p, n, "density")},
-                          "parameters": {"normalize": False, "rescale": True}}),
+                          "parameters": {"normalize": False, "rescale": True}}, kit_note=_DARE_NOTE),
     "slerp": MergeMethod(
         slerp, AlphaParams, "slerp", n_tuned=1, whole_tensor=True,
         kit=lambda p, n: {"base": {}, "model": {}, "parameters": {"t": p["alpha"]}}),
@@ -448,6 +525,10 @@ MERGE_METHODS: dict[str, MergeMethod] = {
                                 lora=lambda p, k: [1.0 / k] * k),
     "soup_greedy": MergeMethod(soup, NoParams, "linear", uses_base=False, kit=_SOUP_KIT,
                                lora=lambda p, k: [1.0 / k] * k, search="greedy"),
+    "soup_weighted": MergeMethod(
+        weighted_soup, SoupParams, "linear", uses_base=False,
+        kit=lambda p, n: {**_SOUP_KIT(p, n), "models": _models_kit(p, "weight")},
+        lora=lambda p, k: [w / sum(p["weights"]) for w in p["weights"]] if p.get("weights") else [1.0 / k] * k),
 }
 """Method name -> :class:`MergeMethod`. The one place a method is defined."""
 
@@ -475,6 +556,8 @@ def resolve_params(name: str, params: Params | None = None, n_tuned: int | None 
         out["ratios"] = list(typed.ratios)
     if n_tuned is not None and m.n_tuned is not None and n_tuned != m.n_tuned:
         raise MedtuneError(f"method {name} averages the base with exactly {m.n_tuned} tuned model (got {n_tuned})")
+    if n_tuned is not None and out.get("weights") is not None and len(out["weights"]) != n_tuned:
+        raise MedtuneError(f"method {name}: weights: give one per tuned model ({n_tuned}), got {len(out['weights'])}")
     return out
 
 

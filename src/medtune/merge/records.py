@@ -31,6 +31,10 @@ class SearchMark(BaseModel):
     complete: bool
     """Scored on every item: selectable; False: stopped early by successive halving or the budget, its
     scores on a subsample only (kept for the search's record, never selected or on the front)."""
+    mergekit: str = ""
+    """Its ``mergekit.yaml``, relative to the sweep directory ("": none written)."""
+    mergekit_note: str = ""
+    """Why mergekit's merge from that file is not this point bit for bit ("": it is)."""
 
 
 class SearchSummary(BaseModel):
@@ -40,6 +44,8 @@ class SearchSummary(BaseModel):
 
     space: str
     sampler: str
+    parents: list[str] = Field(default_factory=list)
+    """The tuned models a multi-parent search averaged (empty: the sweep's one tuned model)."""
     seed: int
     budget: int
     scored: int
@@ -72,6 +78,9 @@ class SweepPoint(BaseModel):
     pareto: bool = False
     search: SearchMark | None = None
     """Set on the points a search proposed; None on the grid's."""
+    parents: list[str] = Field(default_factory=list)
+    """The tuned models the point averages, in the order of its ``weights``, when it is not the sweep's one tuned
+    model (a multi-parent search's points); merge it with ``tuned: parents``."""
 
     @property
     def selectable(self) -> bool:

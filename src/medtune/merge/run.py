@@ -5,7 +5,8 @@ full checkpoints (safetensors, possibly sharded). The method comes from
 :data:`medtune.merge.methods.MERGE_METHODS`. The output directory holds the merged model -- for LoRA
 inputs and a method exact in LoRA space a rescaled (or combined) adapter, to apply on the base (no
 full copy is made); for LoRA inputs and TIES / DARE / SLERP a full model (they act on the merged
-delta's values); for full checkpoints streamed safetensors shards -- plus ``merge_provenance.json``
+delta's values); for full checkpoints streamed safetensors shards; for a mix of adapters and full
+checkpoints (several parents of one base) a full model merged in memory -- plus ``merge_provenance.json``
 and the ``mergekit.yaml`` that reproduces it.
 """
 
@@ -35,7 +36,7 @@ class MergeConfig(StrictModel):
     """Tuned models: LoRA adapter dirs, training output dirs (their model/), or full checkpoints."""
     method: str = "linear"
     """Averaging method (linear: WiSE-FT, hma, task_arithmetic, ties, dare_ties, dare_linear, slerp,
-    soup_uniform, soup_greedy); see docs/averaging.md."""
+    soup_uniform, soup_greedy, soup_weighted); see docs/averaging.md."""
     params: dict[str, Any] = Field(default_factory=dict)
     """The method's parameters, e.g. {density: 0.5, weight: 1.0} for ties (defaults from the method table)."""
     alpha: float | None = Field(None, ge=0, le=1)
@@ -182,16 +183,17 @@ def _stream_base_dir(base: Any) -> Path:
 
 def merge(cfg: MergeConfig) -> Path:
     from medtune import models
-    from medtune.merge.mergekit import mergekit_yaml
+    from medtune.merge.mergekit import kit_models, mergekit_yaml
 
     entry, params = M.method(cfg.method), cfg.resolved_params()
     base = models.resolve(cfg.base.spec, allow_pickle=cfg.base.allow_pickle)
     n_layers = _n_layers(base, cfg.base)
     adapters = [adapter_dir(t) for t in cfg.tuned]
     lora = all(a is not None for a in adapters)
-    if any(a is not None for a in adapters) and not lora:
-        raise ConfigError("tuned: mix of LoRA adapters and full checkpoints; merge adapters into their base first")
-    base_dir = None if lora else _stream_base_dir(base)
+    mixed = any(a is not None for a in adapters) and not lora
+    if mixed and entry.search is not None:
+        raise ConfigError(f"tuned: method {cfg.method} takes LoRA adapters only or full checkpoints only, not a mix")
+    base_dir = None if lora or mixed else _stream_base_dir(base)
     if lora:  # validate every adapter against the base's architecture before any output is written
         skeleton = models.meta_model(base)
         for a in adapters:
@@ -216,10 +218,15 @@ def merge(cfg: MergeConfig) -> Path:
         elif lora:
             _lora_full(cfg, params, base, picked, tmp, n_layers)  # type: ignore[arg-type]
             info["output"] = "full"
+        elif mixed:  # adapters and full checkpoints: in memory, as a multi-parent search scores them
+            from medtune.merge.parents import merge_parents
+
+            merge_parents(cfg.base, chosen, cfg.method, params, tmp)
+            info["output"], info["inputs"] = "full", "mixed"
         else:
             info["stream"] = _stream(cfg, params, base_dir, chosen, tmp, n_layers)  # type: ignore[arg-type]
             info["output"] = "full"
-        kit_tuned = [f"{base.path}+{a}" for a in picked] if lora else [str(full_dir(t)) for t in chosen]
+        kit_tuned = kit_models(base.path, chosen)
         atomic.write_text(tmp / "mergekit.yaml", mergekit_yaml(cfg.method, params, base.path, kit_tuned, n_layers))
         import medtune
 

@@ -2,7 +2,8 @@
 
 A sweep scores a hand-written grid on every validation item. A search instead lets optuna propose
 points of a **space** (:data:`SPACES`: HMA's k block ratios, TIES / DARE density and weight, SLERP's
-or WiSE-FT's alpha) and spends a **budget counted in scored items** -- one (point, item) pair is one
+or WiSE-FT's alpha; or, over several tuned **parents** of the base, one weight per parent of task
+arithmetic, TIES or a weighted soup) and spends a **budget counted in scored items** -- one (point, item) pair is one
 unit, whatever the point -- where it decides something:
 
 * each task's items are put in a seeded **stratified order** (:func:`stratified_order`, strata by
@@ -89,6 +90,30 @@ class Space:
     min_blocks: int = 1
     max_blocks: int | None = 1
     """How many blocks the space can split the layers into (None: any)."""
+    parent_weight: tuple[float, float] | None = None
+    """The range of each parent's own weight when the space averages several parents (None: one tuned model)."""
+    parents_only: bool = False
+    """Searches the parents' weights only: needs several parents."""
+    normalized: bool = False
+    """The parents' weights are shares (a soup): proposed in the range, then divided by their sum."""
+
+    def all_dims(self, blocks: int, parents: int) -> list[Dim]:
+        """The space's own coordinates, then one weight per parent (``p0``, ``p1``, ...) with several parents."""
+        own = self.dims(blocks)
+        if parents < 2 or self.parent_weight is None:
+            return own
+        return own + [Dim(f"p{i}", *self.parent_weight) for i in range(parents)]
+
+    def make(self, x: dict[str, float], parents: int) -> Candidate:
+        """The merge point of coordinates ``x``: the space's own, with the parents' ``weights`` added."""
+        keys = [f"p{i}" for i in range(parents)] if parents >= 2 and self.parent_weight is not None else []
+        cand = self.point({k: v for k, v in x.items() if k not in keys})
+        if not keys:
+            return cand
+        w = [x[k] for k in keys]
+        if self.normalized:  # all zero: the limit along equal weights, the uniform soup
+            w = [round(v / sum(w), 4) for v in w] if sum(w) > 0 else [round(1 / len(w), 4)] * len(w)
+        return Candidate(cand.method, {**cand.params, "weights": w})
 
 
 def _hma_point(x: dict[str, float]) -> Candidate:
@@ -112,7 +137,7 @@ def _pruned(method: str) -> Space:
         return Candidate(method, {"density": round(sum(d) / len(d), 4), "weight": round(sum(w) / len(w), 4),
                                   "block_density": d, "block_weight": w, **seed})
 
-    return Space(dims, point, max_blocks=None)
+    return Space(dims, point, max_blocks=None, parent_weight=(0.0, 1.0) if method == "ties" else None)
 
 
 SPACES: dict[str, Space] = {
@@ -122,10 +147,14 @@ SPACES: dict[str, Space] = {
     "dare_ties": _pruned("dare_ties"),
     "dare_linear": _pruned("dare_linear"),
     "slerp": Space(lambda k: [Dim("alpha", 0.0, 1.0)], lambda x: Candidate("slerp", {"alpha": x["alpha"]})),
+    "task_arithmetic": Space(lambda k: [], lambda x: Candidate("task_arithmetic", {"weight": 1.0}),
+                             parent_weight=(0.0, 1.0), parents_only=True),
+    "soup_weighted": Space(lambda k: [], lambda x: Candidate("soup_weighted", {}), parent_weight=(0.0, 1.0),
+                           parents_only=True, normalized=True),
 }
 """Space name -> :class:`Space`. The one place a searchable space is defined."""
 
-SpaceName = Literal["linear", "hma", "ties", "dare_ties", "dare_linear", "slerp"]
+SpaceName = Literal["linear", "hma", "ties", "dare_ties", "dare_linear", "slerp", "task_arithmetic", "soup_weighted"]
 
 
 class SearchConfig(StrictModel):
@@ -133,7 +162,9 @@ class SearchConfig(StrictModel):
 
     space: SpaceName = "hma"
     """linear: alpha; hma: one ratio per layer block; ties, dare_ties, dare_linear: density and weight (per block);
-    slerp: alpha."""
+    slerp: alpha. With `parents`: task_arithmetic (base + the sum of each parent's weight x its task vector),
+    ties (density, weight, and each parent's weight in the sign election and the mean), soup_weighted (the
+    parents' weighted mean, without the base): one weight per parent in [0, 1]."""
     blocks: int | None = Field(None, ge=1)
     """hma: contiguous layer blocks, one ratio each (input .. output; unset: 3); ties / dare_*: one density and
     weight per block (unset: 1, one pair for the whole model); linear and slerp have one."""
@@ -153,6 +184,11 @@ class SearchConfig(StrictModel):
     """Points proposed at most (the budget usually ends the search first)."""
     startup_trials: int = Field(8, ge=1)
     """Random points before TPE models the scores (NSGA-II: the population size)."""
+    parents: list[str] = Field(default_factory=list)
+    """Several tuned models of the same base to average with one searched weight each (spaces task_arithmetic,
+    ties, soup_weighted), in place of the sweep's one tuned model: in `medtune sweep`, their paths (LoRA adapter
+    directories, training run directories, full checkpoints); in a study, variant names. Empty: the sweep's
+    tuned model."""
 
     @model_validator(mode="after")
     def _blocks(self) -> "SearchConfig":
@@ -161,6 +197,14 @@ class SearchConfig(StrictModel):
         if k < space.min_blocks or (hi is not None and k > hi):
             allowed = f"{space.min_blocks} or more" if hi is None else f"{hi}"
             raise ValueError(f"blocks: space {self.space} takes {allowed} block(s), got {k}")
+        several = [n for n, s in SPACES.items() if s.parent_weight is not None]
+        if self.parents and (len(self.parents) < 2 or len(set(self.parents)) < len(self.parents)):
+            raise ValueError(f"parents: give two or more different tuned models, got {self.parents}")
+        if self.parents and space.parent_weight is None:
+            raise ValueError(f"parents: space {self.space} averages the base with one tuned model; "
+                             f"several parents take {', '.join(several)}")
+        if space.parents_only and not self.parents:
+            raise ValueError(f"space {self.space} searches one weight per parent: give parents (two or more)")
         return self
 
     @property
@@ -349,8 +393,8 @@ def search(cfg: SearchConfig, order: Mapping[str, Sequence[str]], objective: Obj
     ``order``: each task's items in the order their prefixes are taken (:func:`stratified_order`);
     ``first``: coordinates to propose before the sampler's own (optuna's ``enqueue_trial``), e.g. the
     grid's best. A rung that would exceed the budget is not started: the search ends there."""
-    space = SPACES[cfg.space]
-    dims = space.dims(cfg.n_blocks)
+    space, n_parents = SPACES[cfg.space], len(cfg.parents)
+    dims = space.all_dims(cfg.n_blocks, n_parents)
     everything = prefix(order, 1.0)
     assert isinstance(cfg.budget, int), "resolve budget 'grid' first"
     if cache.spent + cache.cost(BASE, everything) > cfg.budget:
@@ -363,7 +407,7 @@ def search(cfg: SearchConfig, order: Mapping[str, Sequence[str]], objective: Obj
     points: list[Searched] = []
     for n in range(cfg.max_trials):
         trial = study.ask()
-        cand = space.point({d.name: round(trial.suggest_float(d.name, d.low, d.high), 4) for d in dims})
+        cand = space.make({d.name: round(trial.suggest_float(d.name, d.low, d.high), 4) for d in dims}, n_parents)
         done = _climb(cfg, trial, cand, order, shares, objective, cache, retain)
         if done is None:  # the budget ends the search before this point's next rung
             study.tell(trial, state=_quiet_optuna().trial.TrialState.FAIL)

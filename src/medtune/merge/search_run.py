@@ -6,7 +6,9 @@ the asked items through :func:`medtune.evaluate.run.score_model`'s ``only``. Eve
 score -- the grid's included, so the base model's is free when the grid scored alpha 0 -- is kept in
 ``search_cache.json`` next to ``results.json`` (valid while the sweep's key is the same), so a rerun
 scores nothing it scored before. Searched points become :class:`~medtune.merge.records.SweepPoint`
-records with a :class:`~medtune.merge.records.SearchMark` (their order, items, whether complete).
+records with a :class:`~medtune.merge.records.SearchMark` (their order, items, whether complete, their
+``mergekit.yaml``). With ``parents`` the model is the base with every parent
+(:func:`medtune.merge.parents.load`) and the cache is keyed on the parents' weights too.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def model_scorer(avg: Any, tokenizer: Any, ecfg: Any) -> S.ScoreFn:
     quiet = ecfg.model_copy(update={"progress": False})
 
     def score(cand: S.Candidate, items: Sequence[S.Item]) -> list[S.ItemScore]:
-        avg.set(cand.method, M.resolve_params(cand.method, cand.params))
+        avg.set(*(avg.base_point if cand.key == S.BASE.key else (cand.method, M.resolve_params(cand.method, cand.params))))
         only: dict[str, set[str]] = {}
         for task, item in items:
             only.setdefault(task, set()).add(item)
@@ -104,6 +106,29 @@ def sweep_point(s: S.Searched, objective_: S.Objective, cache: S.ScoreCache, ite
                       search=SearchMark(order=s.order, items=s.items, complete=s.complete))
 
 
+KIT_DIR = "mergekit"
+
+
+def write_mergekit(point: SweepPoint, out: Path, base_path: str, tuned: Sequence[str], n_layers: int) -> SweepPoint:
+    """``point`` with its ``mergekit.yaml`` written under ``out`` (``mergekit/search-ORDER.yaml``) and named in its
+    mark, with the reason mergekit's merge differs where it does."""
+    from medtune.merge.mergekit import kit_models, mergekit_yaml
+
+    assert point.search is not None
+    name = f"{KIT_DIR}/search-{point.search.order:04d}.yaml"
+    text = mergekit_yaml(point.method, point.params, base_path, kit_models(base_path, tuned), n_layers)
+    atomic.write_text(out / name, text)
+    mark = point.search.model_copy(update={"mergekit": name, "mergekit_note": M.method(point.method).kit_note})
+    return point.model_copy(update={"search": mark})
+
+
+def parents_key(key: str, identities: Sequence[str]) -> str:
+    """The cache key of a multi-parent search: the sweep's, and every parent's weights."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps([key, *identities]).encode()).hexdigest()[:16]
+
+
 def run(cfg: S.SearchConfig, pool: dict[str, list[tuple[str, str]]], objective_: S.Objective, cache: S.ScoreCache,
         retain: float, grid_points: int, key: str, on_point: Callable[[SweepPoint], None]) -> SearchSummary:
     """The search at ``cfg.budget`` scored items ("grid": as many as the grid's points cost), the base's
@@ -114,6 +139,7 @@ def run(cfg: S.SearchConfig, pool: dict[str, list[tuple[str, str]]], objective_:
     budget = grid_scored if cfg.budget == "grid" else cfg.budget
     outcome = S.search(cfg.model_copy(update={"budget": budget}), order, objective_, cache, retain,
                        on_point=lambda s: on_point(sweep_point(s, objective_, cache, everything, key)))
-    return SearchSummary(space=cfg.space, sampler=cfg.sampler, seed=cfg.seed, budget=budget, scored=outcome.scored,
+    return SearchSummary(space=cfg.space, sampler=cfg.sampler, parents=cfg.parents, seed=cfg.seed, budget=budget,
+                         scored=outcome.scored,
                          grid_scored=grid_scored, items=len(everything), proposed=len(outcome.points),
                          complete=sum(p.complete for p in outcome.points))

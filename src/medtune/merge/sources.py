@@ -138,12 +138,37 @@ class LoraSource:
         return base, [(base.float() + self.delta(name, a)).to(base.dtype) for a in self.adapters]
 
 
+class ParentSource:
+    """Several tuned parents of one base: each a LoRA adapter of ``lora`` (by name: base + its delta) or a full
+    checkpoint's state dict (a tensor it lacks is the base's)."""
+
+    def __init__(self, base: dict[str, torch.Tensor], parents: Sequence[str | dict[str, torch.Tensor]],
+                 lora: LoraSource | None, n_layers: int):
+        self.base, self.parents, self.lora, self.n_layers = base, list(parents), lora, n_layers
+
+    def names(self) -> list[str]:
+        return list(self.base)
+
+    def _tuned(self, name: str, parent: str | dict[str, torch.Tensor]) -> torch.Tensor:
+        base = self.base[name]
+        if isinstance(parent, dict):
+            return parent.get(name, base)
+        if self.lora is None or name not in self.lora.layers:
+            return base
+        return (base.float() + self.lora.delta(name, parent)).to(base.dtype)
+
+    def tensors(self, name: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return self.base[name], [self._tuned(name, p) for p in self.parents]
+
+
 class LoraScaler:
     """Scales a loaded PeftModel's adapters in place: each adapted tensor's delta gets the coefficient
-    the (LoRA-exact) method gives it; ``set_alpha(a)`` is WiSE-FT interpolation."""
+    the (LoRA-exact) method gives it; ``set_alpha(a)`` is WiSE-FT interpolation. ``order``: the adapters
+    as the method's tuned models, each with its own coefficient (several parents); None: every adapter
+    gets the coefficient of the one tuned model."""
 
-    def __init__(self, model: Any, adapter: str | None = None):
-        self.model = model
+    def __init__(self, model: Any, adapter: str | None = None, order: Sequence[str] | None = None):
+        self.model, self.order = model, list(order) if order else None
         self.layers = lora_layers(model)
         if not self.layers:
             raise ModelError("the model has no LoRA layers to interpolate")
@@ -156,9 +181,15 @@ class LoraScaler:
             raise ModelError(f"method {method} is not exact in LoRA space; merge it per tensor (LoraSource)")
         for name, m in self.layers:
             p = M.tensor_params(method, params, _weight_name(name), self.n_layers)
-            coeff = entry.lora(p, 1)[0]
+            coeffs = dict(zip(self.order, entry.lora(p, len(self.order)), strict=True)) if self.order else None
             for adapter, s in self.base_scaling[name].items():
-                m.scaling[adapter] = s * coeff
+                m.scaling[adapter] = s * (coeffs[adapter] if coeffs is not None else entry.lora(p, 1)[0])
+
+    def silence(self) -> None:
+        """Every adapter at scaling 0: the model is its base layers (into which merged weights are written)."""
+        for name, m in self.layers:
+            for adapter in self.base_scaling[name]:
+                m.scaling[adapter] = 0.0
 
     def set_alpha(self, alpha: float, ratios: Sequence[float] | None = None) -> None:
         if ratios:
@@ -188,30 +219,39 @@ class Averager:
 
     ``model`` is a PeftModel for LoRA inputs (exact methods scale the adapters; other methods write
     merged weights into the base layers, with the adapters' scaling at 0, from a copy of the adapted
-    base weights) or a plain model for full checkpoints (``tuned_states``: one more copy per model)."""
+    base weights) or a plain model for full checkpoints (``tuned_states``: one more copy per model).
+    ``parents``: several tuned models in order, each an adapter of ``model`` (by name) or a full state
+    dict; a point exact in LoRA space with adapters only scales each by its own coefficient, any other
+    point (a full parent among them) is written into the base weights, every tensor of them."""
 
-    def __init__(self, model: Any, n_layers: int, tuned_states: Sequence[dict[str, torch.Tensor]] | None = None):
+    def __init__(self, model: Any, n_layers: int, tuned_states: Sequence[dict[str, torch.Tensor]] | None = None,
+                 parents: Sequence[str | dict[str, torch.Tensor]] | None = None):
         self.model, self.n_layers = model, n_layers
         self._written: set[str] = set()
-        if tuned_states is None:
-            self.scaler: LoraScaler | None = LoraScaler(model)
-            self.targets = peft_base_params(model)
-            lora = LoraSource(model, list(model.peft_config), n_layers)
-            self._originals = {n: lora.base_state[n].clone() for n in lora.adapted()}
-            self.source: WeightSource = LoraSource(model, list(model.peft_config), n_layers, base=self._originals)
-            self._only: list[str] | None = lora.adapted()
-        else:
-            self.scaler, self._only = None, None
-            self.targets = dict(model.named_parameters())  # tied weights appear once
-            self.source = StateSource({k: v.detach().clone() for k, v in self.targets.items()}, tuned_states, n_layers)
+        if parents is None:
+            parents = list(model.peft_config) if tuned_states is None else list(tuned_states)
+        self.parents = list(parents)
+        adapters = [p for p in parents if isinstance(p, str)]
+        self.lora_only = len(adapters) == len(parents)
+        lora = LoraSource(model, adapters, n_layers) if adapters else None
+        self.scaler = LoraScaler(model, order=adapters if len(parents) > 1 else None) if lora else None
+        self.targets = peft_base_params(model) if lora else dict(model.named_parameters())  # tied weights appear once
+        self._only: list[str] | None = lora.adapted() if lora and self.lora_only else None
+        self._originals = {n: self.targets[n].detach().clone() for n in (self._only or self.targets)}
+        self.source: WeightSource = ParentSource(self._originals, parents, lora, n_layers)
+
+    @property
+    def base_point(self) -> tuple[str, M.Params]:
+        """The point that is the base model: alpha 0 of one tuned model, weight 0 on several."""
+        return ("linear", {"alpha": 0.0}) if len(self.parents) == 1 else ("task_arithmetic", {"weight": 0.0})
 
     def set(self, method: str, params: M.Params) -> None:
         if self.scaler is not None:
             self._restore()
-            if M.method(method).lora is not None:
+            if self.lora_only and M.method(method).lora is not None:
                 self.scaler.set(method, params)
                 return
-            self.scaler.set("linear", {"alpha": 0.0})
+            self.scaler.silence()
         with torch.no_grad():
             for name, merged in merged_tensors(self.source, method, params, self._only):
                 self.targets[name].copy_(merged)

@@ -231,23 +231,34 @@ def _score(avg: Any, tokenizer: Any, cfg: SweepConfig, method: str,
                       seconds=round(time.perf_counter() - started, 1)), preds
 
 
-def _search(cfg: SweepConfig, result: SweepResult, loaded: tuple[Any, Any], rows: dict[tuple[str, str], Any],
+def _search(cfg: SweepConfig, result: SweepResult, loaded: tuple[Any, Any] | None, rows: dict[tuple[str, str], Any],
             path: Path, console: Any) -> None:
     """The ``search:`` block after the grid: its points appended to ``result`` (and saved) as they are scored."""
     from medtune.evaluate.run import task_pool
     from medtune.merge import search_run as R
 
+    from medtune import models
+
     assert cfg.search is not None
-    out, ecfg = path.parent, _eval_config(cfg)
-    cache = R.load_cache(out, result.key, R.model_scorer(loaded[0], loaded[1], ecfg))
+    out, ecfg, parents = path.parent, _eval_config(cfg), cfg.search.parents
+    key = R.parents_key(result.key, [tuned_identity(p) for p in parents]) if parents else result.key
+    if parents:  # the base with every parent, in place of the grid's base and tuned model
+        from medtune.merge.parents import load
+
+        loaded = load(cfg.base, parents)
+    loaded = loaded or _averager(cfg)
+    cache = R.load_cache(out, key, R.model_scorer(loaded[0], loaded[1], ecfg))
     for (method, params_json), preds in rows.items():
         R.add_rows(cache, method, json.loads(params_json), preds)
     objective = R.objective(cfg.medical_tasks.split(","), cfg.general_tasks.split(","))
+    base_path = models.resolve(cfg.base.spec, allow_pickle=cfg.base.allow_pickle).path
 
     def add(point: SweepPoint) -> None:
-        R.save_cache(out, result.key, cache)
+        R.save_cache(out, key, cache)
         if result.find(point.method, point.params) is not None:
             return  # the grid's point (or one proposed before): scored once, recorded once
+        point = R.write_mergekit(point.model_copy(update={"parents": list(parents)}), out, base_path,
+                                 parents or [cfg.tuned], loaded[0].n_layers)
         result.points.append(point)
         result.mark()
         result.save(path)
@@ -257,7 +268,7 @@ def _search(cfg: SweepConfig, result: SweepResult, loaded: tuple[Any, Any], rows
 
     grid = sum(p.search is None for p in result.points)
     result.search = R.run(cfg.search, task_pool(ecfg), objective, cache, cfg.retain, grid, result.key, add)
-    R.save_cache(out, result.key, cache)
+    R.save_cache(out, key, cache)
 
 
 @outdir.writes_into("sweep")
@@ -288,7 +299,7 @@ def sweep(cfg: SweepConfig) -> SweepResult:
         result.save(path)  # every point is saved as soon as it is scored
         console.print(f"{point.label}: medical {100 * point.medical:.1f}, general {100 * point.general:.1f}")
     if cfg.search is not None:
-        _search(cfg, result, loaded or _averager(cfg), rows, path, console)
+        _search(cfg, result, loaded, rows, path, console)
     base_general = result.find("linear", {"alpha": 0.0}).general  # type: ignore[union-attr]
     result.mark(cfg.selection_rule(), base_general)
     result.save(path)

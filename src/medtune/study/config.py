@@ -246,6 +246,13 @@ class StudyConfig(StrictModel):
         for name in self.averaging.variants or []:
             if name not in names:
                 raise ValueError(f"averaging.variants: unknown variant {name!r} (variants: {', '.join(names)})")
+        parents = self.averaging.search.parents if self.averaging.search else []
+        for name in parents:
+            if name not in names:
+                raise ValueError(f"averaging.search.parents: unknown variant {name!r} (variants: {', '.join(names)})")
+        if parents and parents[0] not in self.swept:
+            raise ValueError(f"averaging.search.parents: the search runs in the sweep of the first parent, "
+                             f"{parents[0]!r}, which is not in averaging.variants")
         ev = self.evaluation
         for field in ("medical_tasks", "general_tasks"):
             tasks = getattr(self.averaging, field)

@@ -33,7 +33,7 @@ _VOLATILE = {"progress", "resume"}
 """Config fields that do not change a step's result."""
 _INPUT_ROOTS = {"data_root", "base_dir"}
 """Where relative data paths resolve from: the files read are counted by content instead."""
-_MODELS = {"spec", "tokenizer", "adapter", "tuned"}
+_MODELS = {"spec", "tokenizer", "adapter", "tuned", "parents"}
 """Fields that name a model or adapter: inside the study directory, a local path, or a Hub or built-in name."""
 NO_RECORD = "settings changed (no record of the earlier settings)"
 

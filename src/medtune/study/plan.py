@@ -124,9 +124,10 @@ def plan(cfg: Any, layout: StudyLayout, points: Points) -> list[Planned | Waitin
     compared: list[Planned] = []  # after everything else
     for v in (variant.name for variant in cfg.variants):
         mine, train, sweep = f"variant '{v}'", layout.train_step(v), layout.sweep_step(v)
+        searched = _searched_parents(cfg, v)
         items += [Planned(train, "train", mine, variant=v),
                   *_evals(cfg, layout, v, mine, (train,), variant=v),
-                  Planned(sweep, "sweep", mine, (train,), variant=v,
+                  Planned(sweep, "sweep", mine, (train, *(layout.train_step(p) for p in searched)), variant=v,
                           note="" if v in cfg.swept else "alpha 0 and 1 only (not in averaging.variants)")]
         selected = points.selected(v)
         if selected is None:
@@ -141,6 +142,16 @@ def plan(cfg: Any, layout: StudyLayout, points: Points) -> list[Planned | Waitin
     items.append(Planned(layout.report_step(), "report", "the report",
                          tuple(i.name for i in items if isinstance(i, Planned))))
     return items
+
+
+def _searched_parents(cfg: Any, variant: str) -> list[str]:
+    """The other variants a multi-parent search averages with ``variant``: it runs once, in the sweep of the
+    first parent named in ``averaging.search.parents`` (which then waits for every parent's training)."""
+    search = cfg.averaging.search
+    parents = search.parents if search is not None else []
+    if not parents or variant != parents[0] or variant not in cfg.swept:
+        return []
+    return [p for p in parents if p != variant]
 
 
 def _evals(cfg: Any, layout: StudyLayout, label: str, owner: str, deps: tuple[str, ...],

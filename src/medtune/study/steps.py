@@ -147,15 +147,21 @@ def _eval_config(cfg: StudyConfig, layout: StudyLayout, step: Planned) -> BaseMo
 
 def _evaluated_model(cfg: StudyConfig, layout: StudyLayout, step: Planned) -> tuple[ModelConfig, str | None]:
     """(model, adapter) an evaluation loads: the base model, a trained variant, or a merge. A LoRA variant merged
-    by a method exact in LoRA space is an adapter on the base; by TIES / DARE / SLERP a full model."""
+    by a method exact in LoRA space is an adapter on the base; by TIES / DARE / SLERP a full model. A point of a
+    multi-parent search merges its parents, an adapter only when all are LoRA."""
     from medtune.merge.methods import method
 
     if step.variant is None:
         return cfg.model, None
     if step.point is None or step.suffix is None:
         return trained_model(cfg, layout, _variant(cfg, step.variant))
+    from medtune.merge.sources import adapter_dir
+
     merged = layout.merge_dir(step.variant, step.suffix)
-    lora = cfg.train_config(_variant(cfg, step.variant), layout.root).method == "lora"
+    if step.point.parents:  # a point of a multi-parent search: an adapter only when every parent is LoRA
+        lora = all(adapter_dir(t) is not None for t in step.point.parents)
+    else:
+        lora = cfg.train_config(_variant(cfg, step.variant), layout.root).method == "lora"
     if lora and method(step.point.method).lora is not None:
         return cfg.model, str(merged)
     return cfg.model.model_copy(update={"spec": str(merged)}), None
@@ -185,6 +191,10 @@ def _sweep_config(cfg: StudyConfig, layout: StudyLayout, step: Planned) -> BaseM
     av, ev = cfg.averaging, cfg.evaluation
     full = step.variant in cfg.swept
     root = cfg.root(ev.data_root)
+    search, parents = av.search if full else None, av.search.parents if av.search else []
+    if search is not None and parents:  # several variants averaged: searched once, in the first one's sweep
+        dirs = [str(layout.model_dir(n)) for n in parents]
+        search = search.model_copy(update={"parents": dirs}) if step.variant == parents[0] else None
     return SweepConfig(base=cfg.model, tuned=str(layout.model_dir(step.variant)),
                        alphas=av.alphas if full else [0.0, 1.0], hma_alphas=av.hma_alphas if full else [],
                        hma_blocks=av.hma_blocks, hma_grid=av.hma_grid, methods=av.methods if full else {},
@@ -194,14 +204,15 @@ def _sweep_config(cfg: StudyConfig, layout: StudyLayout, step: Planned) -> BaseM
                                      for t in expand(av.medical_tasks + av.general_tasks)[0]},
                        data_root=str(root), limit=av.limit, rule=av.rule, retain=av.retain, weight=av.weight,
                        ppl_max_tokens=ev.ppl_max_tokens, ppl_stride=ev.ppl_stride,
-                       out=str(layout.step_dir(step.name)), progress=cfg.progress, search=av.search if full else None)
+                       out=str(layout.step_dir(step.name)), progress=cfg.progress, search=search)
 
 
 def _merge_config(cfg: StudyConfig, layout: StudyLayout, step: Planned) -> BaseModel:
     from medtune.merge.run import MergeConfig
 
     assert step.variant is not None and step.point is not None
-    return MergeConfig(base=cfg.model, tuned=[str(layout.model_dir(step.variant))], method=step.point.method,
+    tuned = step.point.parents or [str(layout.model_dir(step.variant))]  # a multi-parent point merges its parents
+    return MergeConfig(base=cfg.model, tuned=tuned, method=step.point.method,
                        params=step.point.params, out=str(layout.step_dir(step.name)))
 
 
