@@ -68,7 +68,7 @@ class Step:
         c: Any = self.config
         if self.kind == "train":
             return c.data.root()
-        return Path(c.data_root).resolve() if self.kind in ("eval", "sweep") else None
+        return c.root() if self.kind in ("eval", "sweep") else None
 
     def inputs(self) -> list[tuple[str, SourceConfig, Path]]:
         """(what, source, data root) for every data source the step reads."""
@@ -76,12 +76,12 @@ class Step:
         if self.kind == "train":
             return [(f"data.{role}", s, c.data.root()) for role in ("train", "replay", "eval") for s in getattr(c.data, role)]
         if self.kind in ("eval", "sweep"):
-            names = c.task_names if self.kind == "eval" else f"{c.medical_tasks},{c.general_tasks}".split(",")
-            tasks, _ = expand([n for n in names if n])  # groups read their member tasks' sources
+            names = c.task_names if self.kind == "eval" else c.medical_tasks + c.general_tasks
+            tasks, _ = expand(names)  # groups read their member tasks' sources
             found = []
             for t in tasks:
                 specs = [c.task_sources[t]] if t in c.task_sources else [TASKS[t].source, *TASKS[t].extra_sources]
-                found += [(f"task {t}", SourceConfig.model_validate(spec), Path(c.data_root)) for spec in specs]
+                found += [(f"task {t}", SourceConfig.model_validate(spec), c.root()) for spec in specs]
             return found
         return []
 
@@ -134,13 +134,13 @@ def eval_step(cfg: StudyConfig, out: Path, label: str, model: ModelConfig, adapt
     tasks = generated_tasks(cfg) if generate else ev.task_names
     groups = [g for g in ev.group_names if all(t in tasks for t in GROUPS[g].tasks)]
     name = L.eval_step(label, generate)
-    ecfg = EvalConfig(model=model, adapter=adapter, tasks=",".join(tasks + groups), data_root=str(cfg.root(ev.data_root)),
+    ecfg = EvalConfig(model=model, adapter=adapter, tasks=tasks + groups, data_root=str(cfg.root(ev.data_root)),
                       task_defs=ev.task_defs, task_groups=ev.task_groups,
                       task_sources={t: test_source(cfg, t, generate) for t in tasks}, limit=ev.limit,
                       mode="generate" if generate else "loglikelihood", max_new_tokens=ev.max_new_tokens,
                       chat_template=generate and ev.chat_template,
                       ppl_max_tokens=ev.ppl_max_tokens, token_budget=ev.token_budget, out=str(out / name),
-                      progress=cfg.progress, **({"ppl_stride": ev.ppl_stride} if ev.ppl_stride else {}))
+                      progress=cfg.progress, ppl_stride=ev.stride)
     return Step(name, "eval", ecfg, deps)
 
 
@@ -179,8 +179,7 @@ def sweep_step(cfg: StudyConfig, out: Path, variant: VariantConfig) -> Step:
     scfg = SweepConfig(base=cfg.model, tuned=str(L(out).model_dir(variant.name)),
                        alphas=av.alphas if full else [0.0, 1.0], hma_alphas=av.hma_alphas if full else [],
                        hma_blocks=av.hma_blocks, hma_grid=av.hma_grid, methods=av.methods if full else {},
-                       medical_tasks=",".join(av.medical_tasks),
-                       general_tasks=",".join(av.general_tasks),
+                       medical_tasks=av.medical_tasks, general_tasks=av.general_tasks,
                        task_sources={t: _absolute(ev.validation_sources[t], root)
                                      for t in expand(av.medical_tasks + av.general_tasks)[0]},
                        data_root=str(root), limit=av.limit, rule=av.rule, retain=av.retain, weight=av.weight,

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from medtune.config import ModelConfig, StrictModel
+from medtune.config import ConfigFile, ModelConfig, StrictModel
 from medtune.data.build import DataConfig
 
 
@@ -35,7 +35,7 @@ class LoraSettings(StrictModel):
     names, e.g. [q_proj, v_proj] as in LMFlow's default."""
 
 
-class TrainConfig(StrictModel):
+class TrainConfig(ConfigFile):
     """Continued pretraining of a causal LM on packed blocks (medical text plus optional replay)."""
 
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -94,8 +94,6 @@ class TrainConfig(StrictModel):
     """Output directory: model/, data/, checkpoints/, curves.json, curves.png, README.md."""
     progress: bool = True
     """Show a progress bar."""
-    base_dir: str | None = Field(None, json_schema_extra={"cli": False})
-    """Directory of the config file (set automatically); data paths are relative to it."""
 
     @property
     def adapters(self) -> bool:
