@@ -219,7 +219,7 @@ def _ppl_task(task: Task, cfg: EvalConfig, tokenizer: Any, model: Any) -> tuple[
         raise _nothing_to_score(task, cfg, len(docs), len(ids))
     window = min(cfg.ppl_window, getattr(model.config, "max_position_embeddings", cfg.ppl_window))
     started = time.perf_counter()
-    res = sliding_window_nll(model, ids, window=window, stride=min(cfg.stride, window), progress=cfg.progress)
+    res = sliding_window_nll(model, ids, window=window, stride=min(cfg.ppl_stride, window), progress=cfg.progress)
     seconds = time.perf_counter() - started
     # Bootstrap over windows: resample windows, recompute exp(total nll / total tokens).
     rng = np.random.default_rng(0)
@@ -231,7 +231,7 @@ def _ppl_task(task: Task, cfg: EvalConfig, tokenizer: Any, model: Any) -> tuple[
     rows = [{"task": task.name, "id": doc_id, "nll": v, "tokens": n}
             for (doc_id, _), v, n in zip(docs, doc_nll, doc_tokens) if n]
     result = {"perplexity": {"value": metrics.perplexity(res.nll_sum, res.tokens), "n": res.tokens, "ci95": [float(lo), float(hi)]},
-              "tokens": res.tokens, "documents": len(rows), "window": window, "stride": min(cfg.stride, window),
+              "tokens": res.tokens, "documents": len(rows), "window": window, "stride": min(cfg.ppl_stride, window),
               "seconds": round(seconds, 2), "tokens_per_s": round(res.tokens / seconds, 1) if seconds else None,
               "domain": task.domain}
     return result, rows

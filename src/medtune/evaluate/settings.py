@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, Field, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator
 
 from medtune.config import Names, RelativePath, StrictModel
 from medtune.evaluate.tasks import TaskDef, define_groups, define_tasks, expand, task_names_line
@@ -31,7 +31,13 @@ TaskList = Annotated[Names, AfterValidator(known_tasks)]
 """Task or group names (medtune.evaluate.tasks.TASKS and GROUPS, or the config's own task_defs / task_groups)."""
 
 PPL_STRIDE = 512
-"""Perplexity: tokens the window advances by when ``ppl_stride`` is not set."""
+"""Perplexity: tokens the window advances by, unless ``ppl_stride`` says otherwise."""
+
+
+def _default_stride(value: object) -> object:
+    """``null`` is the default stride: study files saved when the study's ``ppl_stride`` meant "the eval
+    default" by null still load to the same settings."""
+    return PPL_STRIDE if value is None else value
 
 
 class TaskData(StrictModel):
@@ -44,17 +50,13 @@ class TaskData(StrictModel):
 
 class ScoringSettings(TaskData):
     """Where the tasks' data lives and how much of a perplexity text is scored (eval, sweep, study)."""
+
     ppl_max_tokens: int | None = Field(50_000, ge=16)
     """Perplexity tasks: score only the first N tokens of the text (None: all)."""
-    ppl_stride: int | None = Field(None, ge=1)
-    """Perplexity tasks: tokens the window advances by (None: 512, so every token of a 1024-token window is scored
-    with at least 512 tokens of context; 1024: disjoint windows, as lm-eval's rolling log-likelihood, half the
+    ppl_stride: Annotated[int, BeforeValidator(_default_stride)] = Field(PPL_STRIDE, ge=1)
+    """Perplexity tasks: tokens the window advances by (512: every token of a 1024-token window is scored with
+    at least 512 tokens of context; 1024: disjoint windows, as lm-eval's rolling log-likelihood, half the
     forward passes)."""
-
-    @property
-    def stride(self) -> int:
-        """``ppl_stride`` with its default filled in."""
-        return self.ppl_stride or PPL_STRIDE
 
 
 class TaskSettings(ScoringSettings):

@@ -134,7 +134,7 @@ def _key(cfg: SweepConfig, base_id: str, tuned_id: str) -> str:
     """What a point's scores depend on besides the point itself: the two models' weights (their
     identities, not the tuned model's path: a variant retrained in place keeps its path) and the
     scoring settings. Scores are reused only when all are the same."""
-    ppl = [cfg.ppl_max_tokens, cfg.ppl_stride] if (cfg.ppl_max_tokens, cfg.ppl_stride) != (50_000, None) else []
+    ppl = [cfg.ppl_max_tokens, cfg.ppl_stride] if (cfg.ppl_max_tokens, cfg.ppl_stride) != (50_000, 512) else []
     tasks = [",".join(cfg.medical_tasks), ",".join(cfg.general_tasks)]  # as written before task lists were lists
     basis = json.dumps([cfg.base.spec, base_id, tuned_id, *tasks, cfg.limit, cfg.data_root,
                         {k: v.model_dump() for k, v in sorted(cfg.task_sources.items())}, *ppl], sort_keys=True)

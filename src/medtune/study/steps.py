@@ -140,7 +140,7 @@ def eval_step(cfg: StudyConfig, out: Path, label: str, model: ModelConfig, adapt
                       mode="generate" if generate else "loglikelihood", max_new_tokens=ev.max_new_tokens,
                       chat_template=generate and ev.chat_template,
                       ppl_max_tokens=ev.ppl_max_tokens, token_budget=ev.token_budget, out=str(out / name),
-                      progress=cfg.progress, ppl_stride=ev.stride)
+                      progress=cfg.progress, **ev.model_dump(include={"ppl_stride"} & ev.model_fields_set))
     return Step(name, "eval", ecfg, deps)
 
 
