@@ -310,7 +310,7 @@ def test_generate_tasks_chooses_what_is_decoded_and_refuses_what_cannot_be(tiny_
     cfg = tiny_study(tiny_llama, tmp_path, **{"evaluation.generate": True, "evaluation.generate_tasks": ["pubmedqa"]})
     assert steps.generated_tasks(cfg) == ["pubmedqa"]
     gen = [s for s in steps.static_plan(cfg, tmp_path) if s.name == "eval-gen/base"][0]
-    assert gen.config.tasks == "pubmedqa"
+    assert gen.config.tasks == ["pubmedqa"]  # a list (was the comma string "pubmedqa")
     for bad in (["ppl_general"], ["medqa4_cloze"], ["mmlu_anatomy"]):  # perplexity, cloze, not a study task
         with pytest.raises(ConfigError, match="generate_tasks"):
             tiny_study(tiny_llama, tmp_path, **{"evaluation.generate": True, "evaluation.generate_tasks": bad})

@@ -19,7 +19,7 @@ from typing import Any
 import click
 from pydantic import BaseModel
 
-from medtune.cli_options import options_for, overrides_from
+from medtune.cli_options import absolute_paths, options_for, overrides_from
 from medtune.errors import MedtuneError
 
 
@@ -111,7 +111,7 @@ def _make_command(name: str, spec: Command) -> click.Command:
     def callback(config: str | None, **params: Any) -> None:
         from medtune.config import load_config, validate
 
-        overrides = overrides_from(params, dest)
+        overrides = absolute_paths(model, overrides_from(params, dest))
         if config:
             cfg = load_config(model, config, overrides)
             cfg_dir = Path(config).resolve().parent
@@ -146,7 +146,8 @@ def _quiet_loading() -> None:
 
 
 def _with_base(cfg: BaseModel, base: Path) -> BaseModel:
-    """Give configs that resolve relative paths the directory of their YAML file."""
+    """Give configs that resolve relative paths the directory of their YAML file (the current directory
+    without one): :meth:`medtune.config.ConfigFile.resolve`, the one relative-path rule."""
     if "base_dir" in type(cfg).model_fields and getattr(cfg, "base_dir") is None:
         cfg.base_dir = str(base)
     return cfg

@@ -1,18 +1,24 @@
 """Build click options from a pydantic config model, so each field's docstring is its ``--help``.
 
 Scalar fields (str, int, float, bool, Literal, optional versions of those) become options named by
-their dotted path with dashes (``model.spec`` -> ``--model.spec``); lists and mappings are set in
-the YAML file only and are listed in the command's help epilog.
+their dotted path with dashes (``model.spec`` -> ``--model.spec``); a list of names
+(:data:`medtune.config.Names`: tasks, variants) is an option too, ``--tasks a,b``, parsed into a list
+here, at the edge; other lists and mappings are set in the YAML file only and are listed in the
+command's help epilog. A relative path given as an option is relative to the current directory: it is
+made absolute here (:func:`absolute_paths`), before the config file's own rule applies to the rest.
 """
 
 from __future__ import annotations
 
 import types
 import typing
-from typing import Any, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import click
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
+
+from medtune.config import FileRelative, split_names
 
 _SCALARS = (str, int, float, bool)
 
@@ -25,7 +31,31 @@ def _unwrap_optional(ann: Any) -> Any:
     return ann
 
 
-def _click_type(ann: Any) -> Any | None:
+class _NamesType(click.ParamType):
+    """``a,b`` -> ``["a", "b"]``: a list of names on the command line."""
+
+    name = "a,b"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        return split_names(value)
+
+
+NAMES = _NamesType()
+
+
+def _metadata(field: Any, ann: Any) -> list[Any]:
+    """The field's Annotated metadata, also where it sits inside an Optional (``Names | None``)."""
+    inner = _unwrap_optional(ann)
+    return [*field.metadata, *(typing.get_args(inner)[1:] if typing.get_origin(inner) is Annotated else ())]
+
+
+def _is_names(field: Any, ann: Any) -> bool:
+    return any(isinstance(m, BeforeValidator) and m.func is split_names for m in _metadata(field, ann))
+
+
+def _click_type(ann: Any, field: Any = None) -> Any | None:
+    if field is not None and _is_names(field, ann):
+        return NAMES
     ann = _unwrap_optional(ann)
     if typing.get_origin(ann) is Literal:
         return click.Choice([str(v) for v in typing.get_args(ann)])
@@ -53,6 +83,8 @@ def walk_fields(model: type[BaseModel], prefix: str = ""):
 def _describe(field: Any) -> str:
     text = " ".join((field.description or "").split())
     default = field.get_default(call_default_factory=True)
+    if isinstance(default, list) and all(isinstance(v, str) for v in default):
+        default = ",".join(default) or None  # as the option is written
     if default is not None and not isinstance(default, BaseModel):
         text += f"  [default: {default}]"
     return text
@@ -66,7 +98,7 @@ def options_for(model: type[BaseModel]) -> tuple[list[click.Option], dict[str, s
     for dotted, field, ann in walk_fields(model):
         if (field.json_schema_extra or {}).get("cli") is False:
             continue
-        ctype = _click_type(ann)
+        ctype = _click_type(ann, field)
         flag = "--" + dotted.replace("_", "-")
         param = "cfg__" + dotted.replace(".", "__")
         if ctype is None:
@@ -83,3 +115,13 @@ def options_for(model: type[BaseModel]) -> tuple[list[click.Option], dict[str, s
 def overrides_from(params: dict[str, Any], dest: dict[str, str]) -> dict[str, Any]:
     """The options the user actually gave, as dotted-path overrides."""
     return {dest[k]: v for k, v in params.items() if k in dest and v is not None}
+
+
+def absolute_paths(model: type[BaseModel], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` with every relative path of a :class:`~medtune.config.FileRelative` field made absolute
+    against the current directory: a path typed on the command line means what it means in this shell, not
+    relative to the config file given with it."""
+    relative = {dotted for dotted, field, ann in walk_fields(model)
+                if any(isinstance(m, FileRelative) for m in _metadata(field, ann))}
+    return {k: str(Path.cwd() / Path(v).expanduser()) if k in relative and isinstance(v, str) else v
+            for k, v in overrides.items()}

@@ -6,11 +6,12 @@ docstring is its documentation and its CLI ``--help`` text.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from medtune.errors import ConfigError
 
@@ -23,6 +24,41 @@ class StrictModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True, frozen=False,
                               allow_inf_nan=False)
+
+
+def split_names(value: Any) -> Any:
+    """``"a, b"`` -> ``["a", "b"]``: how a list of names is written on the command line (the CLI parses its
+    options with this; a config file written before task lists were lists is read the same way)."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+Names = Annotated[list[str], BeforeValidator(split_names)]
+"""A list of names (tasks, variants): a list in YAML and in the model; ``--option a,b`` on the command line."""
+
+
+@dataclass(frozen=True)
+class FileRelative:
+    """Marks a path field that the one relative-path rule applies to (:meth:`ConfigFile.resolve`)."""
+
+
+RelativePath = Annotated[str, FileRelative()]
+"""A path that, when relative, is relative to the config file that names it (on the command line: to the
+current directory, see :func:`medtune.cli_options.absolute_paths`)."""
+
+
+class ConfigFile(StrictModel):
+    """A config read from a file: relative paths in it resolve against that file's directory."""
+
+    base_dir: str | None = Field(None, json_schema_extra={"cli": False})
+    """Directory of the config file (set automatically; the current directory without a file): relative
+    data roots are relative to it."""
+
+    def resolve(self, path: str) -> Path:
+        """The one relative-path rule: ``path`` as named in this config's file, made absolute against the
+        file's directory (the command line made its own paths absolute against the current directory)."""
+        return (Path(self.base_dir or ".") / Path(path).expanduser()).resolve()
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from medtune.config import StrictModel
+from medtune.config import ConfigFile, RelativePath, StrictModel
 from medtune.data.decontam import DecontamConfig, DecontamReport
 from medtune.data.leakage import GuardReport
 from medtune.data.mixing import Doc, MixPlan, MixReport, MixResult, mix, mix_plan
@@ -39,10 +39,10 @@ SHARDS = "shards"
 """Sub-directory of a build holding the packed shards (layout: medtune.data.shards)."""
 
 
-class DataConfig(StrictModel):
+class DataConfig(ConfigFile):
     """Which sources make the training set, what it is guarded against, and how it is mixed and packed."""
 
-    data_root: str = "."
+    data_root: RelativePath = "."
     """Directory that relative source paths resolve against (itself relative to the config file)."""
     train: list[SourceConfig] = Field(default_factory=list)
     """Medical QA sources turned into continued-pretraining documents."""
@@ -83,9 +83,6 @@ class DataConfig(StrictModel):
     """Model spec whose tokenizer counts and packs tokens (a local directory needs only its tokenizer files)."""
     out: str = "runs/data"
     """Output directory for `data build` (relative to the current directory)."""
-    base_dir: str | None = Field(None, json_schema_extra={"cli": False})
-    """Directory of the config file (set automatically); data_root is relative to it."""
-
     @field_validator("train", "eval")
     @classmethod
     def _qa_only(cls, sources: list[SourceConfig], info: Any) -> list[SourceConfig]:
@@ -129,7 +126,8 @@ class DataConfig(StrictModel):
                            eval=unique_names(self._placed("eval"), strict=strict))
 
     def root(self) -> Path:
-        return (Path(self.base_dir or ".") / self.data_root).resolve()
+        """``data_root`` by the one relative-path rule."""
+        return self.resolve(self.data_root)
 
 
 @dataclass(frozen=True)

@@ -13,89 +13,42 @@ from pathlib import Path
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from medtune import outdir
-from medtune.config import ModelConfig, StrictModel
+from medtune.config import ConfigFile, ModelConfig
 from medtune.data.spec import SourceConfig
-from medtune.evaluate.tasks import GROUPS, TASKS, Task, TaskDef, define_groups, define_tasks, expand, get_task
+from medtune.evaluate.settings import TaskSettings
+from medtune.evaluate.tasks import GROUPS, Task, get_task
 
 
-class EvalConfig(StrictModel):
-    """What to evaluate, on which tasks, and how."""
+class EvalConfig(TaskSettings, ConfigFile):
+    """What to evaluate, on which tasks, and how (the task settings are the study's too: TaskSettings)."""
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     """The model to score."""
     adapter: str | None = None
     """A LoRA adapter directory to apply on top of the model (checked against it before scoring, then merged
     into the weights: the same model up to float rounding, scored faster)."""
-    task_defs: dict[str, TaskDef] = Field(default_factory=dict)
-    """Your own multiple-choice tasks by name, e.g. {my_exam: {source: {adapter: qa, path: exam.csv, fields: {...}},
-    formulation: both}}; then name them in `tasks` (see docs/own-data.md)."""
-    task_groups: dict[str, list[str]] = Field(default_factory=dict)
-    """Your own groups of tasks by name, e.g. {hospital: [my_exam, my_exam_2]}: named in `tasks`, a group scores its
-    tasks and adds the size-weighted aggregate accuracy, as the built-in groups."""
-    tasks: str = "pubmedqa,medmcqa,medqa4"
-    """Comma-separated task or group names (medtune.evaluate.tasks.TASKS and GROUPS); a group (multimedqa, mmlu_medical) scores
-    its tasks and adds its aggregate line."""
-    data_root: str = "../shared/data"
-    """Directory the tasks' data paths are relative to (the official files' layout)."""
     task_sources: dict[str, SourceConfig] = Field(default_factory=dict)
     """Per task, a different source for the evaluated split (e.g. a Hub dataset)."""
-    limit: int | None = Field(None, ge=1)
-    """Score only the first N items of each task (deterministic; the full split when unset)."""
     mode: Literal["loglikelihood", "generate"] = "loglikelihood"
     """loglikelihood: lm-eval's multiple-choice scoring (comparable to leaderboards); generate: greedy
     decoding plus answer extraction (comparable to LMFlow's medical numbers; unparsed outputs are counted)."""
-    max_new_tokens: int = Field(16, ge=1)
-    """generate mode: tokens to decode per item."""
     gen_batch_size: int = Field(8, ge=1)
     """generate mode: prompts decoded together."""
-    chat_template: bool | list[str] = False
-    """generate mode: wrap each prompt as a user turn in the tokenizer's chat template (instruction-tuned
-    models): true for every task, or a list of the tasks that need it."""
     fewshot: int = Field(0, ge=0)
     """Few-shot exemplars per prompt: the first k items of the task's exemplar split, the same for every question."""
-    token_budget: int = Field(4096, ge=64)
-    """Tokens per scoring batch: rows x the padded length of what each item adds beyond the prefix all of a
-    task's prompts share (few-shot exemplars: run once, its cache held once for every row)."""
     ppl_window: int = Field(1024, ge=16)
     """Perplexity: tokens per sliding window."""
-    ppl_stride: int = Field(512, ge=1)
-    """Perplexity: tokens the window advances by (each token is scored once)."""
-    ppl_max_tokens: int | None = Field(50_000, ge=16)
-    """Perplexity: score only the first N tokens of the text (None: all)."""
     out: str = "runs/eval"
     """Output directory for results.json and predictions.jsonl."""
     progress: bool = True
     """Show progress bars."""
-    base_dir: str | None = Field(None, json_schema_extra={"cli": False})
-    """Directory of the config file (set automatically); data_root is relative to the working directory."""
 
-    _define_tasks = field_validator("task_defs")(define_tasks)
-    _define_groups = field_validator("task_groups")(define_groups)
-
-    @field_validator("tasks")
-    @classmethod
-    def _known_tasks(cls, value: str) -> str:
-        names = [t.strip() for t in value.split(",") if t.strip()]
-        if not names:
-            raise ValueError(f"no task given (tasks: {', '.join(TASKS)}; groups: {', '.join(GROUPS)})")
-        try:
-            expand(names)
-        except Exception as err:  # ConfigError -> the validation error that names the field
-            raise ValueError(str(err)) from None
-        return ",".join(names)
-
-    @property
-    def task_names(self) -> list[str]:
-        """The tasks to score, groups expanded, each once."""
-        return expand(self.tasks.split(","))[0]
-
-    @property
-    def group_names(self) -> list[str]:
-        """The groups asked for, whose aggregate lines are added."""
-        return expand(self.tasks.split(","))[1]
+    def root(self) -> Path:
+        """``data_root`` by the one relative-path rule."""
+        return self.resolve(self.data_root)
 
 
 T = TypeVar("T")
@@ -131,7 +84,7 @@ def _load(task: Task, cfg: EvalConfig, fewshot: bool = False) -> list[Any]:
         raise ConfigError(f"task {task.name} has no few-shot exemplar split here; use fewshot: 0")
     src = cfg.task_sources.get(task.name) if not fewshot else None
     src = src or SourceConfig.model_validate(spec)
-    return load_source(src, Path(cfg.data_root), Rejects())
+    return load_source(src, cfg.root(), Rejects())
 
 
 def _ppl_sources(task: Task, cfg: EvalConfig) -> list[SourceConfig]:
@@ -151,7 +104,7 @@ def _ppl_docs(task: Task, cfg: EvalConfig) -> list[tuple[str, str]]:
     per_source = []
     for src in _ppl_sources(task, cfg):
         docs = []
-        for d in load_source(src, Path(cfg.data_root), Rejects()):
+        for d in load_source(src, cfg.root(), Rejects()):
             if hasattr(d, "text"):  # a text document as it is
                 text = d.text
             else:
@@ -293,7 +246,7 @@ def _nothing_to_score(task: Task, cfg: EvalConfig, n_docs: int, n_ids: int) -> E
     from medtune.data.registry import resolve_path
     from medtune.errors import DataError
 
-    where = ", ".join(str(resolve_path(s, Path(cfg.data_root)) or s.hub) for s in _ppl_sources(task, cfg))
+    where = ", ".join(str(resolve_path(s, cfg.root()) or s.hub) for s in _ppl_sources(task, cfg))
     what = (f"its {n_docs} document(s) hold {n_ids} token(s) in all, and the first token is never scored (it has no "
             "context): give at least 2 tokens of text") if n_docs else "none of its documents has any text"
     return DataError(where, None, None, f"perplexity task {task.name} scores 0 tokens: {what}")

@@ -241,14 +241,15 @@ def define_groups(groups: dict[str, list[str]]) -> dict[str, list[str]]:
             raise ValueError(f"task_groups: {name!r} is a task or built-in group name, or not a valid name")
         unknown = [m for m in members if m not in TASKS]
         if not members or unknown:
-            raise ValueError(f"task_groups.{name}: " + (f"unknown task {unknown[0]!r} ({_names()})" if unknown
+            raise ValueError(f"task_groups.{name}: " + (f"unknown task {unknown[0]!r} ({task_names_line()})" if unknown
                                                        else "give at least one task"))
         GROUPS[name] = TaskGroup(name, tuple(dict.fromkeys(members)), weight_by_size=True,
                                  note="user group: size-weighted (mean over the items of its tasks)")
     return groups
 
 
-def _names() -> str:
+def task_names_line() -> str:
+    """The valid names, for an error message."""
     return f"tasks: {', '.join(TASKS)}; groups: {', '.join(GROUPS)}"
 
 
@@ -260,7 +261,7 @@ def _unknown(name: str) -> Exception:
     names = [*TASKS, *GROUPS]
     close = difflib.get_close_matches(name, names, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
-    return ConfigError(f"unknown task '{name}' ({_names()}; your own: task_defs, task_groups).{hint}")
+    return ConfigError(f"unknown task '{name}' ({task_names_line()}; your own: task_defs, task_groups).{hint}")
 
 
 def expand(names: list[str]) -> tuple[list[str], list[str]]:

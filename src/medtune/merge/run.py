@@ -20,14 +20,15 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from medtune import atomic, outdir
-from medtune.config import ModelConfig, StrictModel
+from medtune.config import ConfigFile, ModelConfig
 from medtune.errors import ConfigError, MedtuneError, ModelError
+from medtune.evaluate.settings import TaskData, TaskList
 from medtune.finite import check_finite
 from medtune.merge import methods as M
 from medtune.merge.sources import LoraSource, adapter_dir, full_dir, merged_tensors, peft_base_params
 
 
-class MergeConfig(StrictModel):
+class MergeConfig(TaskData, ConfigFile):
     """Which models to average, how, and where to write the result."""
 
     base: ModelConfig = Field(default_factory=ModelConfig)
@@ -43,14 +44,16 @@ class MergeConfig(StrictModel):
     """linear / hma / slerp: weight on the tuned model, 0 = base, 1 = tuned (sets params.alpha)."""
     ratios: list[float] | None = None
     """hma: one ratio per layer block (input .. output), averaging to alpha (sets params.ratios)."""
-    heldout_tasks: str = "pubmedqa,arc_easy"
-    """soup_greedy: tasks whose mean accuracy decides (use validation splits via heldout_sources)."""
+    heldout_tasks: TaskList = Field(default_factory=lambda: ["pubmedqa", "arc_easy"])
+    """soup_greedy: tasks whose mean accuracy decides (their data under data_root)."""
     heldout_limit: int | None = Field(100, ge=1)
     """soup_greedy: items per held-out task."""
-    data_root: str = "../shared/data"
-    """soup_greedy: data root of the held-out tasks."""
     out: str = "runs/merge"
     """Output directory."""
+
+    def root(self) -> Path:
+        """``data_root`` (soup_greedy's held-out tasks) by the one relative-path rule."""
+        return self.resolve(self.data_root)
 
     @field_validator("method")
     @classmethod

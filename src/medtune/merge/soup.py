@@ -63,7 +63,7 @@ def greedy_soup(cfg: Any, base: Any, adapters: list[Path] | None) -> tuple[list[
     from medtune import models
     from medtune.evaluate.run import EvalConfig, score_model
 
-    ecfg = EvalConfig(tasks=cfg.heldout_tasks, limit=cfg.heldout_limit, data_root=cfg.data_root, progress=False)
+    ecfg = EvalConfig(tasks=cfg.heldout_tasks, limit=cfg.heldout_limit, data_root=str(cfg.root()), progress=False)
     tok = models.load_tokenizer(base)
     by_name = dict(zip(cfg.tuned, range(len(cfg.tuned))))
     soup = M.method("soup_uniform")

@@ -21,32 +21,30 @@ import itertools
 import json
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, field_validator
 
 from medtune import outdir, weights_hash
-from medtune.config import ModelConfig, StrictModel
+from medtune.config import ConfigFile, ModelConfig, StrictModel
 from medtune.data.spec import SourceConfig
+from medtune.evaluate.settings import ScoringSettings, TaskList
 from medtune.errors import MedtuneError
 from medtune.evaluate.scores import describe
 from medtune.merge import methods as M
 from medtune.merge.records import SweepPoint, SweepResult
 from medtune.merge.search import SearchConfig
-from medtune.merge.selection import SelectionRule
+from medtune.merge.selection import Rule, SelectionRule
 
 Grid = dict[str, dict[str, list[Any]]]
 """Method name -> parameter name -> the values to try (every combination is one point)."""
 
 
-class SweepConfig(StrictModel):
-    """An averaging sweep between a base model and one tuned model."""
+class SweepSettings(StrictModel):
+    """The averaging sweep's grid and how its winner is chosen: ``medtune sweep``'s settings and the study's
+    ``averaging`` section (one type: the study adds which variants to sweep and what to report)."""
 
-    base: ModelConfig = Field(default_factory=ModelConfig)
-    """The base model (alpha = 0)."""
-    tuned: str = ""
-    """The tuned model: a LoRA adapter dir, a training run dir, or a full checkpoint."""
-    alphas: list[float] = Field(default_factory=lambda: [round(i / 10, 1) for i in range(11)])
+    alphas: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     """Weights on the tuned model to evaluate (0 = base, 1 = tuned)."""
     hma_alphas: list[float] = Field(default_factory=list)
     """Alphas at which to search heterogeneous (per-block) ratios; empty: no HMA search."""
@@ -55,35 +53,34 @@ class SweepConfig(StrictModel):
     hma_grid: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     """Candidate per-block ratios for the HMA grid search."""
     methods: Grid = Field(default_factory=dict)
-    """More averaging methods with parameter grids, e.g. {ties: {density: [0.3, 0.5, 0.7], weight: [0.5, 1.0]},
-    slerp: {alpha: [0.5]}}; a parameter left out takes the method's default."""
-    medical_tasks: str = "pubmedqa,medqa4"
-    """Tasks or groups whose mean score is the medical score (accuracy; 1 / perplexity for a perplexity task)."""
-    general_tasks: str = "arc_easy,mmlu_general"
-    """Tasks or groups whose mean score is the general score (as medical_tasks)."""
-    task_sources: dict[str, SourceConfig] = Field(default_factory=dict)
-    """Per task, the split to select on (validation splits, e.g. MedQA dev) instead of the test split."""
-    data_root: str = "../shared/data"
-    """Data root of the tasks."""
+    """More averaging methods, each with a grid of its parameters, e.g. {ties: {density: [0.3, 0.5, 0.7],
+    weight: [0.5, 1.0]}, slerp: {alpha: [0.5]}}: every combination is one sweep point, scored on validation,
+    marked on the Pareto front and selectable (a parameter left out takes the method's default)."""
+    medical_tasks: TaskList = Field(default_factory=lambda: ["pubmedqa", "medqa4"])
+    """Tasks (multiple-choice, cloze, perplexity) or groups whose mean validation score is the medical score. A task
+    scores its accuracy, a group its aggregate accuracy, a perplexity task 1 / perplexity (higher is better)."""
+    general_tasks: TaskList = Field(default_factory=lambda: ["arc_easy"])
+    """Tasks or groups whose mean validation score is the general score (as medical_tasks)."""
     limit: int | None = Field(200, ge=1)
-    """Items per task per point (the first N), to keep a sweep affordable."""
-    ppl_max_tokens: int | None = Field(50_000, ge=16)
-    """Perplexity tasks: tokens scored per point (None: all); a study passes its evaluation's."""
-    ppl_stride: int | None = Field(None, ge=1)
-    """Perplexity tasks: tokens the window advances by (None: the eval default)."""
-    rule: Literal["retain", "weighted"] = "retain"
-    """retain: best medical score with general >= retain x base's; weighted: best weight*medical + (1-weight)*general."""
+    """Validation items per task per sweep point (the first N), to keep a sweep affordable."""
+    rule: Rule = "retain"
+    """retain: best medical score whose general score keeps `retain` x the base's; weighted: best
+    weight x medical + (1 - weight) x general."""
     retain: float = Field(0.98, gt=0, le=1)
     """retain rule: share of the base model's general score to keep."""
     weight: float = Field(0.5, ge=0, le=1)
     """weighted rule: weight of the medical score."""
-    out: str = "runs/sweep"
-    """Output directory: results.json, frontier.png."""
-    progress: bool = True
-    """Show progress bars."""
     search: SearchConfig | None = None
-    """After the grid, search an averaging space with a seeded optimizer at a budget of scored items (see
-    docs/averaging.md, "Searching the averaging space"); its fully scored points are selectable like the grid's."""
+    """After the grid, search an averaging space with a seeded optimizer at a budget of scored validation items
+    (docs/averaging.md, "Searching the averaging space"); its fully scored points are selectable like the grid's."""
+
+    @field_validator("alphas", "hma_alphas", "hma_grid")
+    @classmethod
+    def _unit(cls, values: list[float]) -> list[float]:
+        bad = [v for v in values if not 0 <= v <= 1]
+        if bad:
+            raise ValueError(f"values must lie in [0, 1], got {bad}")
+        return values
 
     @field_validator("methods")
     @classmethod
@@ -96,6 +93,25 @@ class SweepConfig(StrictModel):
 
     def selection_rule(self) -> SelectionRule:
         return SelectionRule(self.rule, self.retain, self.weight)
+
+
+class SweepConfig(SweepSettings, ScoringSettings, ConfigFile):
+    """An averaging sweep between a base model and one tuned model."""
+
+    base: ModelConfig = Field(default_factory=ModelConfig)
+    """The base model (alpha = 0)."""
+    tuned: str = ""
+    """The tuned model: a LoRA adapter dir, a training run dir, or a full checkpoint."""
+    task_sources: dict[str, SourceConfig] = Field(default_factory=dict)
+    """Per task, the split to select on (validation splits, e.g. MedQA dev) instead of the test split."""
+    out: str = "runs/sweep"
+    """Output directory: results.json, frontier.png."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def root(self) -> Path:
+        """``data_root`` by the one relative-path rule."""
+        return self.resolve(self.data_root)
 
 
 def grid_points(grid: Grid, n_tuned: int) -> list[tuple[str, M.Params]]:
@@ -118,8 +134,9 @@ def _key(cfg: SweepConfig, base_id: str, tuned_id: str) -> str:
     """What a point's scores depend on besides the point itself: the two models' weights (their
     identities, not the tuned model's path: a variant retrained in place keeps its path) and the
     scoring settings. Scores are reused only when all are the same."""
-    ppl = [cfg.ppl_max_tokens, cfg.ppl_stride] if (cfg.ppl_max_tokens, cfg.ppl_stride) != (50_000, None) else []
-    basis = json.dumps([cfg.base.spec, base_id, tuned_id, cfg.medical_tasks, cfg.general_tasks, cfg.limit, cfg.data_root,
+    ppl = [cfg.ppl_max_tokens, cfg.ppl_stride] if (cfg.ppl_max_tokens, cfg.ppl_stride) != (50_000, 512) else []
+    tasks = [",".join(cfg.medical_tasks), ",".join(cfg.general_tasks)]  # as written before task lists were lists
+    basis = json.dumps([cfg.base.spec, base_id, tuned_id, *tasks, cfg.limit, cfg.data_root,
                         {k: v.model_dump() for k, v in sorted(cfg.task_sources.items())}, *ppl], sort_keys=True)
     return hashlib.sha256(basis.encode()).hexdigest()[:16]
 
@@ -206,9 +223,9 @@ def _eval_config(cfg: SweepConfig) -> Any:
     """How every point is scored: the sweep's tasks, sources, limit and perplexity window."""
     from medtune.evaluate.run import EvalConfig
 
-    return EvalConfig(tasks=f"{cfg.medical_tasks},{cfg.general_tasks}", data_root=cfg.data_root, limit=cfg.limit,
+    return EvalConfig(tasks=cfg.medical_tasks + cfg.general_tasks, data_root=str(cfg.root()), limit=cfg.limit,
                       task_sources=cfg.task_sources, progress=cfg.progress, ppl_max_tokens=cfg.ppl_max_tokens,
-                      **({"ppl_stride": cfg.ppl_stride} if cfg.ppl_stride else {}))
+                      ppl_stride=cfg.ppl_stride)
 
 
 def _score(avg: Any, tokenizer: Any, cfg: SweepConfig, method: str,
@@ -226,8 +243,8 @@ def _score(avg: Any, tokenizer: Any, cfg: SweepConfig, method: str,
     shown = {t: TaskScore.model_validate(r).headline for t, r in res.items()}
     per = {t: m.model_dump(mode="json") for t, m in shown.items() if m} | {g: r["acc"] for g, r in groups.items()}
     return SweepPoint(method=method, params=params, label=M.label(method, params),
-                      medical=mean_score(cfg.medical_tasks.split(","), res, groups),
-                      general=mean_score(cfg.general_tasks.split(","), res, groups), tasks=per,
+                      medical=mean_score(cfg.medical_tasks, res, groups),
+                      general=mean_score(cfg.general_tasks, res, groups), tasks=per,
                       seconds=round(time.perf_counter() - started, 1)), preds
 
 
@@ -250,7 +267,7 @@ def _search(cfg: SweepConfig, result: SweepResult, loaded: tuple[Any, Any] | Non
     cache = R.load_cache(out, key, R.model_scorer(loaded[0], loaded[1], ecfg))
     for (method, params_json), preds in rows.items():
         R.add_rows(cache, method, json.loads(params_json), preds)
-    objective = R.objective(cfg.medical_tasks.split(","), cfg.general_tasks.split(","))
+    objective = R.objective(cfg.medical_tasks, cfg.general_tasks)
     base_path = models.resolve(cfg.base.spec, allow_pickle=cfg.base.allow_pickle).path
 
     def add(point: SweepPoint) -> None:
@@ -303,7 +320,7 @@ def sweep(cfg: SweepConfig) -> SweepResult:
     base_general = result.find("linear", {"alpha": 0.0}).general  # type: ignore[union-attr]
     result.mark(cfg.selection_rule(), base_general)
     result.save(path)
-    plot_frontier(result, out / "frontier.png", axes=(describe(cfg.general_tasks.split(",")), describe(cfg.medical_tasks.split(","))))
+    plot_frontier(result, out / "frontier.png", axes=(describe(cfg.general_tasks), describe(cfg.medical_tasks)))
     sel = result.selected_point
     assert sel is not None
     console.print(f"selected {sel.label} by rule '{cfg.rule}': medical {100 * sel.medical:.1f}, "

@@ -15,11 +15,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from medtune.config import ModelConfig, StrictModel, format_validation_error
+from medtune.config import ConfigFile, ModelConfig, Names, StrictModel, format_validation_error
 from medtune.data.build import DataConfig
 from medtune.data.spec import SourceConfig
-from medtune.evaluate.tasks import GROUPS, TASKS, TaskDef, define_groups, define_tasks, expand
-from medtune.merge.search import SearchConfig
+from medtune.evaluate.settings import TaskSettings
+from medtune.evaluate.tasks import TASKS, expand
+from medtune.merge.sweep import SweepSettings
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _STUDY_OWNED = ("model", "data", "out", "resume", "progress", "base_dir")
@@ -44,73 +45,23 @@ class VariantConfig(StrictModel):
         return value
 
 
-class StudyEvalConfig(StrictModel):
-    """Which tasks report the study's numbers (test splits) and which select among models (validation)."""
+class StudyEvalConfig(TaskSettings):
+    """Which tasks report the study's numbers (test splits) and which select among models (validation); the task
+    settings are `medtune eval`'s (TaskSettings), data_root relative to the study file."""
 
-    task_defs: dict[str, TaskDef] = Field(default_factory=dict)
-    """Your own multiple-choice tasks by name (as `medtune eval`'s task_defs), usable in `tasks`, the sources
-    below and averaging's medical_tasks / general_tasks; relative paths are relative to data_root."""
-    task_groups: dict[str, list[str]] = Field(default_factory=dict)
-    """Your own groups of tasks (size-weighted aggregate accuracy), as `medtune eval`'s task_groups."""
-    tasks: list[str] = Field(default_factory=lambda: ["pubmedqa", "medmcqa", "medqa4", "arc_easy", "arc_challenge",
-                                                      "mmlu_general", "ppl_general"])
-    """Tasks scored for every model on their test splits; a task's domain (medical in-domain, medical
-    out-of-domain, general) comes from the task registry."""
-    data_root: str = "../shared/data"
-    """Directory the task sources are relative to (itself relative to the study file)."""
     test_sources: dict[str, SourceConfig] = Field(default_factory=dict)
     """Per task, the reported split when it is not the task's default (e.g. a held-out fold)."""
     validation_sources: dict[str, SourceConfig] = Field(default_factory=dict)
     """Per task, the validation split that averaging selects on (never a test split)."""
-    limit: int | None = Field(None, ge=1)
-    """Items per task on test splits (None: all; keep the PubMedQA test whole when publishing)."""
     generate: bool = False
     """Also score the medical tasks by greedy generation + answer extraction (LMFlow-comparable)."""
-    generate_tasks: list[str] | None = None
+    generate_tasks: Names | None = None
     """generate: the tasks also scored by generation (None: every medical multiple-choice task in its lm-eval
     formulation). E.g. [pubmedqa, medmcqa, medqa4], the LMFlow-comparable ones, where the MMLU subjects'
     bare "Answer:" prompts mostly decode nothing a parser can read."""
     generate_sources: dict[str, SourceConfig] = Field(default_factory=dict)
     """Per task, the split scored by generation when it is not the task's test source (e.g. a smaller
     fold of it where decoding every item would not fit the time budget)."""
-    max_new_tokens: int = Field(16, ge=1)
-    """generate: tokens decoded per item."""
-    chat_template: bool | list[str] = False
-    """generate: wrap each prompt as a user turn in the tokenizer's chat template, for every task (true)
-    or the listed ones. Instruction-tuned models (SmolLM2-Instruct) may end their turn right after a
-    bare "Answer:" prompt on some tasks and ramble inside a chat turn on others."""
-    ppl_max_tokens: int | None = Field(50_000, ge=16)
-    """Perplexity tasks: tokens scored (None: all)."""
-    ppl_stride: int | None = Field(None, ge=1)
-    """Perplexity tasks: tokens the 1024-token window advances by (None: the eval default, 512, so every
-    token is scored with at least 512 tokens of context; 1024: disjoint windows, as lm-eval's rolling
-    log-likelihood, half the forward passes)."""
-    token_budget: int = Field(4096, ge=64)
-    """Tokens per scoring batch."""
-
-    _define_tasks = field_validator("task_defs")(define_tasks)
-    _define_groups = field_validator("task_groups")(define_groups)
-
-    @field_validator("tasks")
-    @classmethod
-    def _known(cls, names: list[str]) -> list[str]:
-        if not names:
-            raise ValueError(f"give at least one task (valid: {', '.join(TASKS)}; groups: {', '.join(GROUPS)})")
-        try:
-            expand(names)
-        except Exception as err:  # ConfigError -> the validation error that names the field
-            raise ValueError(str(err)) from None
-        return names
-
-    @property
-    def task_names(self) -> list[str]:
-        """The tasks scored, groups (e.g. multimedqa) expanded, each once."""
-        return expand(self.tasks)[0]
-
-    @property
-    def group_names(self) -> list[str]:
-        """The groups in ``tasks``, whose aggregate accuracy the report shows as a column."""
-        return expand(self.tasks)[1]
 
     @model_validator(mode="after")
     def _sources_name_tasks(self) -> "StudyEvalConfig":
@@ -129,64 +80,21 @@ class StudyEvalConfig(StrictModel):
         return self
 
 
-class AveragingConfig(StrictModel):
-    """The averaging sweep between the base model and each tuned variant, and how the winner is chosen."""
+class AveragingConfig(SweepSettings):
+    """The averaging sweep between the base model and each tuned variant, and how the winner is chosen: the
+    sweep's settings (SweepSettings), plus which variants to sweep and which other points to report. Each task
+    of medical_tasks / general_tasks, and each task of a group there, needs a validation source."""
 
-    variants: list[str] | None = None
+    variants: Names | None = None
     """Variants to sweep (default: all). Every variant is still scored at alpha 0 and 1 for selection."""
-    alphas: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
-    """Weights on the tuned model to evaluate (0 = base, 1 = tuned)."""
     test_best_of: list[str] = Field(default_factory=list)
     """Also score on the test splits, for each swept variant, the best point of each listed kind -- "uniform"
     (linear, 0 < alpha < 1), "hma", or a method of `methods` -- picked by the rule on validation among points
-    of its kind, when it is not the selected point already. Reported next to the selected model, never shipped."""
-    hma_alphas: list[float] = Field(default_factory=list)
-    """Alphas at which to search heterogeneous per-block ratios (empty: no HMA)."""
-    hma_blocks: int = Field(3, ge=2)
-    """Layer blocks for HMA (input, middle, output)."""
-    hma_grid: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
-    """Candidate per-block ratios of the HMA grid search."""
-    methods: dict[str, dict[str, list[Any]]] = Field(default_factory=dict)
-    """More averaging methods, each with a grid of its parameters, e.g. {ties: {density: [0.3, 0.5, 0.7],
-    weight: [0.5, 1.0]}, slerp: {alpha: [0.5]}}: every combination is one sweep point, scored on
-    validation, marked on the Pareto front and selectable (a parameter left out takes its default)."""
-    medical_tasks: list[str] = Field(default_factory=lambda: ["pubmedqa", "medqa4"])
-    """Tasks (multiple-choice, cloze, perplexity) or groups whose mean validation score is the medical score; each
-    task, and each task of a group, needs a validation source. A task scores its accuracy, a group its aggregate
-    accuracy, a perplexity task 1 / perplexity (higher is better)."""
-    general_tasks: list[str] = Field(default_factory=lambda: ["arc_easy"])
-    """Tasks or groups whose mean validation score is the general score (as medical_tasks)."""
-    limit: int | None = Field(200, ge=1)
-    """Validation items per task per sweep point."""
-    rule: Literal["retain", "weighted"] = "retain"
-    """retain: best medical score whose general score keeps `retain` x the base's; weighted: best
-    weight x medical + (1 - weight) x general."""
-    retain: float = Field(0.98, gt=0, le=1)
-    """retain rule: share of the base model's general score to keep."""
-    weight: float = Field(0.5, ge=0, le=1)
-    """weighted rule: weight of the medical score."""
-    search: SearchConfig | None = None
-    """After each swept variant's grid, search an averaging space with a seeded optimizer at a budget of scored
-    validation items (docs/averaging.md, "Searching the averaging space"); test_best_of: [search, grid] reports
-    the best of each on test."""
-
-    @field_validator("alphas", "hma_alphas", "hma_grid")
-    @classmethod
-    def _unit(cls, values: list[float]) -> list[float]:
-        bad = [v for v in values if not 0 <= v <= 1]
-        if bad:
-            raise ValueError(f"values must lie in [0, 1], got {bad}")
-        return values
+    of its kind, when it is not the selected point already. Reported next to the selected model, never shipped;
+    with a `search`, test_best_of: [search, grid] reports the best of each on test."""
 
     @model_validator(mode="after")
-    def _methods(self) -> "AveragingConfig":
-        from medtune.errors import MedtuneError
-        from medtune.merge.sweep import grid_points
-
-        try:
-            grid_points(self.methods, 1)
-        except MedtuneError as err:
-            raise ValueError(f"methods: {err}") from None
+    def _kinds(self) -> "AveragingConfig":
         kinds = ["uniform", "hma", *self.methods, *(["search", "grid"] if self.search else [])]
         for kind in self.test_best_of:
             if kind not in kinds:
@@ -194,7 +102,7 @@ class AveragingConfig(StrictModel):
         return self
 
 
-class StudyConfig(StrictModel):
+class StudyConfig(ConfigFile):
     """A whole study: base model, training variants, evaluation, averaging, report."""
 
     name: str = "study"
@@ -224,9 +132,6 @@ class StudyConfig(StrictModel):
     configs/accelerate/ddp.yaml] for several GPUs; default: in this process."""
     progress: bool = True
     """Show progress bars."""
-    base_dir: str | None = Field(None, json_schema_extra={"cli": False})
-    """Directory of the study file (set automatically); data roots are relative to it."""
-
     @model_validator(mode="after")
     def _check(self) -> "StudyConfig":
         names = [v.name for v in self.variants]
@@ -255,14 +160,7 @@ class StudyConfig(StrictModel):
                              f"{parents[0]!r}, which is not in averaging.variants")
         ev = self.evaluation
         for field in ("medical_tasks", "general_tasks"):
-            tasks = getattr(self.averaging, field)
-            if not tasks:
-                raise ValueError(f"averaging.{field}: give at least one task")
-            try:
-                members = expand(tasks)[0]
-            except Exception as err:
-                raise ValueError(f"averaging.{field}: {err}") from None
-            for t in members:
+            for t in expand(getattr(self.averaging, field))[0]:
                 if t not in ev.validation_sources:
                     raise ValueError(f"averaging.{field}: task {t!r} has no entry in evaluation.validation_sources; "
                                      "the study selects on validation splits only, never on a test split")
@@ -341,8 +239,8 @@ class StudyConfig(StrictModel):
         return head + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
     def root(self, relative: str) -> Path:
-        """``relative`` resolved against the study file's directory."""
-        return (Path(self.base_dir or ".") / relative).resolve()
+        """``relative`` resolved against the study file's directory (the one relative-path rule)."""
+        return self.resolve(relative)
 
     @property
     def swept(self) -> list[str]:

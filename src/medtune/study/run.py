@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import Field
 
 from medtune import atomic, outdir
+from medtune.config import Names
 from medtune.errors import ConfigError, MedtuneError
 from medtune.evaluate.tasks import TASKS
 from medtune.study import fingerprint
@@ -37,8 +38,8 @@ class StudyRunConfig(StudyConfig):
     """Write the report from the steps finished so far and run nothing else (e.g. a long study stopped
     with Ctrl-C between sessions: the report shows what has run; the same command without this flag
     resumes)."""
-    only: str | None = None
-    """Run only these variants (comma-separated names) besides the base model's evaluation, e.g. a grid
+    only: Names | None = None
+    """Run only these variants (on the command line: --only a,b) besides the base model's evaluation, e.g. a grid
     too long for one machine or session run in parts; the part's report covers the base and these variants,
     in OUT/parts/<names>/report beside the part's saved study.yaml."""
 
@@ -46,9 +47,9 @@ class StudyRunConfig(StudyConfig):
 def restricted(cfg: StudyRunConfig) -> StudyRunConfig:
     """``cfg`` with only the variants named in ``cfg.only`` (in the study's order), and its averaging
     restricted to them; an unknown name is an error that lists the study's variants."""
-    if not cfg.only:
+    if cfg.only is None:
         return cfg
-    names = [n.strip() for n in cfg.only.split(",") if n.strip()]
+    names = cfg.only
     known = [v.name for v in cfg.variants]
     unknown = [n for n in names if n not in known]
     if unknown or not names:

@@ -70,7 +70,7 @@ class Step:
         c: Any = self.config
         if self.kind == "train":
             return c.data.root()
-        return Path(c.data_root).resolve() if self.kind in ("eval", "sweep") else None
+        return c.root() if self.kind in ("eval", "sweep") else None
 
     def inputs(self) -> list[tuple[str, SourceConfig, Path]]:
         """(what, source, data root) for every data source the step reads."""
@@ -78,12 +78,12 @@ class Step:
         if self.kind == "train":
             return [(f"data.{role}", s, c.data.root()) for role in ("train", "replay", "eval") for s in getattr(c.data, role)]
         if self.kind in ("eval", "sweep"):
-            names = c.task_names if self.kind == "eval" else f"{c.medical_tasks},{c.general_tasks}".split(",")
-            tasks, _ = expand([n for n in names if n])  # groups read their member tasks' sources
+            names = c.task_names if self.kind == "eval" else c.medical_tasks + c.general_tasks
+            tasks, _ = expand(names)  # groups read their member tasks' sources
             found = []
             for t in tasks:
                 specs = [c.task_sources[t]] if t in c.task_sources else [TASKS[t].source, *TASKS[t].extra_sources]
-                found += [(f"task {t}", SourceConfig.model_validate(spec), Path(c.data_root)) for spec in specs]
+                found += [(f"task {t}", SourceConfig.model_validate(spec), c.root()) for spec in specs]
             return found
         return []
 
@@ -135,14 +135,14 @@ def _eval_config(cfg: StudyConfig, layout: StudyLayout, step: Planned) -> BaseMo
     model, adapter = _evaluated_model(cfg, layout, step)
     tasks = generated_tasks(cfg) if step.generate else ev.task_names
     groups = [g for g in ev.group_names if all(t in tasks for t in GROUPS[g].tasks)]
-    return EvalConfig(model=model, adapter=adapter, tasks=",".join(tasks + groups), data_root=str(cfg.root(ev.data_root)),
+    return EvalConfig(model=model, adapter=adapter, tasks=tasks + groups, data_root=str(cfg.root(ev.data_root)),
                       task_defs=ev.task_defs, task_groups=ev.task_groups,
                       task_sources={t: test_source(cfg, t, step.generate) for t in tasks}, limit=ev.limit,
                       mode="generate" if step.generate else "loglikelihood", max_new_tokens=ev.max_new_tokens,
                       chat_template=step.generate and ev.chat_template,
                       ppl_max_tokens=ev.ppl_max_tokens, token_budget=ev.token_budget,
                       out=str(layout.step_dir(step.name)), progress=cfg.progress,
-                      **({"ppl_stride": ev.ppl_stride} if ev.ppl_stride else {}))
+                      **ev.model_dump(include={"ppl_stride"} & ev.model_fields_set))
 
 
 def _evaluated_model(cfg: StudyConfig, layout: StudyLayout, step: Planned) -> tuple[ModelConfig, str | None]:
@@ -198,8 +198,7 @@ def _sweep_config(cfg: StudyConfig, layout: StudyLayout, step: Planned) -> BaseM
     return SweepConfig(base=cfg.model, tuned=str(layout.model_dir(step.variant)),
                        alphas=av.alphas if full else [0.0, 1.0], hma_alphas=av.hma_alphas if full else [],
                        hma_blocks=av.hma_blocks, hma_grid=av.hma_grid, methods=av.methods if full else {},
-                       medical_tasks=",".join(av.medical_tasks),
-                       general_tasks=",".join(av.general_tasks),
+                       medical_tasks=av.medical_tasks, general_tasks=av.general_tasks,
                        task_sources={t: _absolute(ev.validation_sources[t], root)
                                      for t in expand(av.medical_tasks + av.general_tasks)[0]},
                        data_root=str(root), limit=av.limit, rule=av.rule, retain=av.retain, weight=av.weight,

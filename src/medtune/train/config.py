@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from medtune.config import ModelConfig, StrictModel
+from medtune.config import ConfigFile, ModelConfig, StrictModel
 from medtune.data.build import DataConfig
 from medtune.data.spec import SourceConfig
 
@@ -36,7 +36,7 @@ class LoraSettings(StrictModel):
     names, e.g. [q_proj, v_proj] as in LMFlow's default."""
 
 
-class TrainConfig(StrictModel):
+class TrainConfig(ConfigFile):
     """Continued pretraining of a causal LM on packed blocks (medical text plus optional replay)."""
 
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -107,8 +107,6 @@ class TrainConfig(StrictModel):
     eval_sources: dict[str, SourceConfig] = Field(default_factory=dict)
     """Per task of `eval_tasks`, its validation split (never a test split: refused), relative to data.data_root,
     e.g. {arc_easy: {adapter: arc, path: general/arc/ARC-Easy-Dev.jsonl}}."""
-    base_dir: str | None = Field(None, json_schema_extra={"cli": False})
-    """Directory of the config file (set automatically); data paths are relative to it."""
 
     @property
     def adapters(self) -> bool:
