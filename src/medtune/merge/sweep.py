@@ -26,7 +26,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from medtune import outdir, weights_hash
-from medtune.config import ModelConfig, StrictModel
+from medtune.config import ModelConfig
 from medtune.data.spec import SourceConfig
 from medtune.errors import MedtuneError
 from medtune.evaluate.scores import describe
@@ -34,12 +34,13 @@ from medtune.merge import methods as M
 from medtune.merge.records import SweepPoint, SweepResult
 from medtune.merge.search import SearchConfig
 from medtune.merge.selection import SelectionRule
+from medtune.placement import Placed, Placement
 
 Grid = dict[str, dict[str, list[Any]]]
 """Method name -> parameter name -> the values to try (every combination is one point)."""
 
 
-class SweepConfig(StrictModel):
+class SweepConfig(Placed):
     """An averaging sweep between a base model and one tuned model."""
 
     base: ModelConfig = Field(default_factory=ModelConfig)
@@ -187,19 +188,21 @@ def plan(cfg: SweepConfig) -> list[tuple[str, M.Params]]:
 
 
 def _averager(cfg: SweepConfig) -> tuple[Any, Any]:
-    """(Averager over the loaded model, tokenizer): base + adapter for LoRA, two state dicts for full."""
+    """(Averager over the placed model, tokenizer): base + adapter for LoRA, two state dicts for full (the
+    tuned one on the CPU, each tensor moved to the model's device as it is merged)."""
     from medtune import models
     from medtune.merge.sources import Averager, adapter_dir, full_dir, load_state
+    from medtune.placement import load_placed
 
     resolved = models.resolve(cfg.base.spec, allow_pickle=cfg.base.allow_pickle)
-    model = models.load_model(resolved)
-    tokenizer = models.load_tokenizer(resolved)
+    model, placed = load_placed(resolved, cfg.base, cfg.device)
+    tokenizer = models.load_tokenizer(resolved, trust_remote_code=cfg.base.trust_remote_code)
     adapter = adapter_dir(cfg.tuned)
     n_layers = model.config.num_hidden_layers
     if adapter is not None:
         adapted = models.load_with_adapter(model, adapter, base=resolved, allow_other_base=cfg.base.allow_other_base)
-        return Averager(adapted, n_layers), tokenizer
-    return Averager(model, n_layers, [load_state(full_dir(cfg.tuned))]), tokenizer
+        return Averager(adapted, n_layers, placed=placed), tokenizer
+    return Averager(model, n_layers, [load_state(full_dir(cfg.tuned))], placed=placed), tokenizer
 
 
 def _eval_config(cfg: SweepConfig) -> Any:
@@ -243,6 +246,7 @@ def _search(cfg: SweepConfig, result: SweepResult, loaded: tuple[Any, Any], rows
     objective = R.objective(cfg.medical_tasks.split(","), cfg.general_tasks.split(","))
 
     def add(point: SweepPoint) -> None:
+        point = point.model_copy(update=_where(loaded[0].placed))
         R.save_cache(out, result.key, cache)
         if result.find(point.method, point.params) is not None:
             return  # the grid's point (or one proposed before): scored once, recorded once
@@ -256,6 +260,11 @@ def _search(cfg: SweepConfig, result: SweepResult, loaded: tuple[Any, Any], rows
     grid = sum(p.search is None for p in result.points)
     result.search = R.run(cfg.search, task_pool(ecfg), objective, cache, cfg.retain, grid, result.key, add)
     R.save_cache(out, result.key, cache)
+
+
+def _where(placed: Placement | None) -> dict[str, str]:
+    """The fields of a point that say where it was scored."""
+    return {"device": placed.device, "dtype": placed.dtype} if placed is not None else {}
 
 
 @outdir.writes_into("sweep")
@@ -280,7 +289,7 @@ def sweep(cfg: SweepConfig) -> SweepResult:
             continue
         loaded = loaded or _averager(cfg)
         point, rows[(method, json.dumps(params, sort_keys=True))] = _score(*loaded, cfg, method, params)
-        point = point.model_copy(update={"key": key})
+        point = point.model_copy(update={"key": key, **_where(loaded[0].placed)})
         result.points.append(point)
         result.mark()
         result.save(path)  # every point is saved as soon as it is scored

@@ -20,6 +20,7 @@ from medtune.data.build import DataConfig
 from medtune.data.spec import SourceConfig
 from medtune.evaluate.tasks import GROUPS, TASKS, TaskDef, define_groups, define_tasks, expand
 from medtune.merge.search import SearchConfig
+from medtune.placement import Placed
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _STUDY_OWNED = ("model", "data", "out", "resume", "progress", "base_dir")
@@ -194,7 +195,7 @@ class AveragingConfig(StrictModel):
         return self
 
 
-class StudyConfig(StrictModel):
+class StudyConfig(Placed):
     """A whole study: base model, training variants, evaluation, averaging, report."""
 
     name: str = "study"
@@ -222,6 +223,9 @@ class StudyConfig(StrictModel):
     train_launcher: list[str] | None = None
     """Run training steps as `LAUNCHER -m medtune train CONFIG`, e.g. [accelerate, launch, --config_file,
     configs/accelerate/ddp.yaml] for several GPUs; default: in this process."""
+    eval_launcher: list[str] | None = None
+    """Run evaluation steps as `LAUNCHER -m medtune eval CONFIG`, e.g. [accelerate, launch, --multi_gpu,
+    --num_processes, 8]: each process scores a shard of the items on its own GPU; default: in this process."""
     progress: bool = True
     """Show progress bars."""
     base_dir: str | None = Field(None, json_schema_extra={"cli": False})

@@ -122,15 +122,21 @@ def _upgrade_state(step_dir: Path, fp: str, basis: dict[str, Any]) -> None:
         atomic.write_json(step_dir / STATE, {**st, "fingerprint": fp, "basis": basis})
 
 
+def _launch(step: S.Step, out: Path, launcher: list[str], config: Any, extra: list[str] | None = None) -> None:
+    """Run a step's stage as ``LAUNCHER -m medtune KIND STEP_DIR/KIND.yaml`` (accelerate launch: one process
+    per GPU), its config written next to its outputs first."""
+    path = out / step.name / f"{step.kind}.yaml"
+    atomic.write_text(path, dump_config(config))
+    cmd = [*launcher, "-m", "medtune", step.kind, str(path), *(extra or [])]
+    print("+", " ".join(cmd), flush=True)
+    if subprocess.run(cmd).returncode != 0:
+        raise MedtuneError(f"{step.name}: the {step.kind} command failed: {' '.join(cmd)}")
+
+
 def _run_train(step: S.Step, out: Path, cfg: StudyConfig, resume: bool) -> None:
     tcfg = step.config.model_copy(update={"resume": resume})
     if cfg.train_launcher:
-        path = out / step.name / "train.yaml"
-        atomic.write_text(path, dump_config(tcfg))
-        cmd = [*cfg.train_launcher, "-m", "medtune", "train", str(path)] + (["--resume"] if resume else [])
-        print("+", " ".join(cmd), flush=True)
-        if subprocess.run(cmd).returncode != 0:
-            raise MedtuneError(f"{step.name}: the training command failed: {' '.join(cmd)}")
+        _launch(step, out, cfg.train_launcher, tcfg, ["--resume"] if resume else [])
         return
     from medtune.train.run import train
 
@@ -149,6 +155,8 @@ def _execute(step: S.Step, out: Path, cfg: StudyConfig, basis: dict[str, Any], s
         from medtune.train import checkpoint
 
         _run_train(step, out, cfg, resume=state == "resume" and checkpoint.latest(step_dir) is not None)
+    elif step.kind == "eval" and cfg.eval_launcher:
+        _launch(step, out, cfg.eval_launcher, step.config)
     elif step.kind == "eval":
         from medtune.evaluate.run import evaluate
 

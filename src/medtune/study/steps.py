@@ -59,7 +59,7 @@ class Step:
         """The fingerprint medtune wrote before state files kept the basis (a hash of the config as is,
         absolute paths included, and of these fingerprints of the steps before): a step finished then
         is still done, once, if nothing changed, and its state is upgraded."""
-        cfg = self.config.model_dump(mode="json", exclude={"progress", "resume"}) if self.config is not None else None
+        cfg = self.config.model_dump(mode="json", exclude={"progress", "resume", "device"}) if self.config is not None else None
         text = json.dumps({"kind": self.kind, "config": cfg, "deps": [upstream[d] for d in self.deps]}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -140,7 +140,7 @@ def eval_step(cfg: StudyConfig, out: Path, label: str, model: ModelConfig, adapt
                       mode="generate" if generate else "loglikelihood", max_new_tokens=ev.max_new_tokens,
                       chat_template=generate and ev.chat_template,
                       ppl_max_tokens=ev.ppl_max_tokens, token_budget=ev.token_budget, out=str(out / name),
-                      progress=cfg.progress, **({"ppl_stride": ev.ppl_stride} if ev.ppl_stride else {}))
+                      progress=cfg.progress, device=cfg.device, **({"ppl_stride": ev.ppl_stride} if ev.ppl_stride else {}))
     return Step(name, "eval", ecfg, deps)
 
 
@@ -185,7 +185,8 @@ def sweep_step(cfg: StudyConfig, out: Path, variant: VariantConfig) -> Step:
                                      for t in expand(av.medical_tasks + av.general_tasks)[0]},
                        data_root=str(root), limit=av.limit, rule=av.rule, retain=av.retain, weight=av.weight,
                        ppl_max_tokens=ev.ppl_max_tokens, ppl_stride=ev.ppl_stride,
-                       out=str(L(out).sweep_dir(variant.name)), progress=cfg.progress, search=av.search if full else None)
+                       out=str(L(out).sweep_dir(variant.name)), progress=cfg.progress, search=av.search if full else None,
+                       device=cfg.device)
     return Step(L.sweep_step(variant.name), "sweep", scfg, [L.train_step(variant.name)],
                 note="" if full else "alpha 0 and 1 only (not in averaging.variants)")
 
@@ -233,7 +234,7 @@ def averaged_plan(cfg: StudyConfig, out: Path, variant: VariantConfig, point: Sw
         return []
     merged = L(out).merge_dir(variant.name, suffix)
     mcfg = MergeConfig(base=cfg.model, tuned=[str(L(out).model_dir(variant.name))], method=point.method,
-                       params=point.params, out=str(merged))
+                       params=point.params, out=str(merged), device=cfg.device)
     merge = Step(L.merge_step(variant.name, suffix), "merge", mcfg, [L.sweep_step(variant.name)], note=point.label)
     adapter = cfg.train_config(variant, out).method == "lora" and method(point.method).lora is not None
     model = cfg.model if adapter else cfg.model.model_copy(update={"spec": str(merged)})
