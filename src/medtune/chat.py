@@ -13,10 +13,11 @@ from typing import Any
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from medtune.config import ModelConfig, StrictModel
+from medtune.config import ModelConfig
+from medtune.placement import Placed
 
 
-class ChatConfig(StrictModel):
+class ChatConfig(Placed):
     """Which model to talk to and how it decodes."""
 
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -61,9 +62,10 @@ def render_prompt(tokenizer: Any, turns: list[dict[str, str]], use_template: boo
 
 def load(cfg: ChatConfig) -> tuple[Any, Any]:
     from medtune import models
+    from medtune.placement import load_placed
 
     resolved = models.resolve(cfg.model.spec, allow_pickle=cfg.model.allow_pickle)
-    model = models.load_model(resolved, trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle)
+    model, _ = load_placed(resolved, cfg.model, cfg.device)
     model = models.load_with_adapter(model, cfg.adapter, allow_pickle=cfg.model.allow_pickle, base=resolved,
                                      allow_other_base=cfg.model.allow_other_base)
     if cfg.adapter is not None and cfg.alpha != 1.0:
@@ -80,7 +82,7 @@ def answer(model: Any, tokenizer: Any, cfg: ChatConfig, turns: list[dict[str, st
     from transformers import TextStreamer
 
     text = render_prompt(tokenizer, turns, cfg.chat_template)
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=not (cfg.chat_template and tokenizer.chat_template))
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=not (cfg.chat_template and tokenizer.chat_template)).to(model.device)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
     sample = cfg.temperature > 0
     if sample:

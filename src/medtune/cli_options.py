@@ -90,6 +90,14 @@ def _describe(field: Any) -> str:
     return text
 
 
+def _short(field: Any, options: list[click.Option]) -> list[str]:
+    """The field's short flag (``cli_short``, e.g. ``--dtype`` for ``--model.dtype``) unless an option
+    already has it (a config with two models gives it to the first)."""
+    short = (field.json_schema_extra or {}).get("cli_short")
+    taken = {name for o in options for name in o.opts}
+    return [short] if short and short not in taken else []
+
+
 def options_for(model: type[BaseModel]) -> tuple[list[click.Option], dict[str, str], list[str]]:
     """Click options for the scalar fields; a map param-name -> dotted path; YAML-only field lines."""
     options: list[click.Option] = []
@@ -108,7 +116,8 @@ def options_for(model: type[BaseModel]) -> tuple[list[click.Option], dict[str, s
         if _unwrap_optional(ann) is bool:
             options.append(click.Option([f"{flag}/--no-{flag[2:]}", param], default=None, help=_describe(field)))
         else:
-            options.append(click.Option([flag, param], type=ctype, default=None, help=_describe(field)))
+            options.append(click.Option([flag, *_short(field, options), param], type=ctype, default=None,
+                                        help=_describe(field)))
     return options, dest, yaml_only
 
 

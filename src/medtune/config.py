@@ -172,8 +172,9 @@ class ModelConfig(StrictModel):
     """Apply a LoRA adapter on this model although the adapter's provenance says it was trained on a base
     with other weights (warned about instead of refused): its deltas were learnt for those weights."""
 
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", json_schema_extra={"cli_short": "--dtype"})
     """Weights dtype: auto = fp32 on CPU; on a GPU bf16 (fp16 where it has no native bf16) for frozen weights
-    (inference, the LoRA base), fp32 master weights under mixed precision for full fine-tuning."""
+    (inference, averaging, the LoRA base), fp32 master weights under mixed precision for full fine-tuning.
+    float32 on a GPU scores as lm-eval does in fp32 (docs/evaluation.md)."""
     attn_implementation: str | None = None
     """transformers' attention implementation (eager, sdpa, flash_attention_2, ...); None: the model's default."""

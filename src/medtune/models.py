@@ -188,14 +188,15 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "transformers": transformers.__version__}
 
 
-def native_bf16() -> bool:
-    """A CUDA GPU with bf16 in hardware (Ampere, compute capability 8.0, or newer).
+def native_bf16(device: int | None = None) -> bool:
+    """A CUDA GPU (``device``: its index; None: the current one) with bf16 in hardware (Ampere, compute
+    capability 8.0, or newer).
 
     ``torch.cuda.is_bf16_supported()`` also says yes on V100 / T4, where bf16 is emulated (slow, and
     without bf16 tensor cores); those GPUs get fp16 instead."""
     import torch
 
-    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
+    return torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def half_dtype() -> Any:

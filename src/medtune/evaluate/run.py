@@ -20,9 +20,10 @@ from medtune.config import ConfigFile, ModelConfig
 from medtune.data.spec import SourceConfig
 from medtune.evaluate.settings import TaskSettings
 from medtune.evaluate.tasks import GROUPS, Task, get_task
+from medtune.placement import Placed
 
 
-class EvalConfig(TaskSettings, ConfigFile):
+class EvalConfig(TaskSettings, ConfigFile, Placed):
     """What to evaluate, on which tasks, and how (the task settings are the study's too: TaskSettings)."""
 
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -329,22 +330,21 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     from medtune.config import dump_config
     from medtune.data.prompts import EVAL_TEMPLATES, template_provenance
     from medtune.distributed import state as dist_state
+    from medtune.placement import load_placed
 
     resolved = models.resolve(cfg.model.spec, allow_pickle=cfg.model.allow_pickle)
-    model = models.load_model(resolved, trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle)
+    model, placed = load_placed(resolved, cfg.model, cfg.device)  # under a launcher: this process's GPU
     model = models.load_with_adapter(model, cfg.adapter, allow_pickle=cfg.model.allow_pickle, base=resolved,
                                      allow_other_base=cfg.model.allow_other_base)
     if cfg.adapter is not None:  # the unmerged LoRA layers cost extra matmuls at every position
         model = model.merge_and_unload()
-    if dist_state().num_processes > 1 or torch_cuda_available():
-        model.to(dist_state().device)
     tokenizer = models.load_tokenizer(resolved, trust_remote_code=cfg.model.trust_remote_code)
     results, predictions = score_model(model, tokenizer, cfg)
     groups = group_results(cfg.group_names, results, predictions)
     state = dist_state()
     out = Path(cfg.out)
     report = {"model": cfg.model.spec, "adapter": cfg.adapter, "mode": cfg.mode, "tasks": results,
-              **({"groups": groups} if groups else {}), "processes": state.num_processes, **_provenance(model)}
+              **({"groups": groups} if groups else {}), "processes": state.num_processes, **placed.record(), **_provenance()}
     if not state.is_main_process:
         return report
     from medtune.evaluate.results import EvalResult
@@ -357,20 +357,13 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     return report
 
 
-def torch_cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _provenance(model: Any) -> dict[str, Any]:
+def _provenance() -> dict[str, Any]:
     import platform
     from importlib.metadata import version
 
     import torch
 
-    return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(next(model.parameters()).device),
-            "dtype": str(next(model.parameters()).dtype), "threads": torch.get_num_threads(),
+    return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "threads": torch.get_num_threads(),
             "python": platform.python_version(),
             "packages": {p: version(p) for p in ("medtune", "torch", "transformers", "peft")}}
 

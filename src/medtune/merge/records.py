@@ -76,6 +76,10 @@ class SweepPoint(BaseModel):
     key: str = ""
     """What the scores depend on besides the point (the weights, tasks, limit, sources): reused only if equal."""
     pareto: bool = False
+    device: str = ""
+    """Where the point was scored (``cpu``, ``cuda:0``; empty: scored before sweeps recorded it)."""
+    dtype: str = ""
+    """The model's dtype when it was scored (``float32``, ``bfloat16``, ``float16``)."""
     search: SearchMark | None = None
     """Set on the points a search proposed; None on the grid's."""
     parents: list[str] = Field(default_factory=list)

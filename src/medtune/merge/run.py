@@ -26,9 +26,10 @@ from medtune.evaluate.settings import TaskData, TaskList
 from medtune.finite import check_finite
 from medtune.merge import methods as M
 from medtune.merge.sources import LoraSource, adapter_dir, full_dir, merged_tensors, peft_base_params
+from medtune.placement import Placed, Placement
 
 
-class MergeConfig(TaskData, ConfigFile):
+class MergeConfig(TaskData, ConfigFile, Placed):
     """Which models to average, how, and where to write the result."""
 
     base: ModelConfig = Field(default_factory=ModelConfig)
@@ -113,26 +114,31 @@ def scale_adapter(src: Path, out: Path, method: str, params: M.Params, n_layers:
             shutil.copy(f, out / f.name)
 
 
-def _lora_exact(cfg: MergeConfig, params: M.Params, base: Any, adapters: list[Path], out: Path, n_layers: int) -> None:
+def _lora_exact(cfg: MergeConfig, params: M.Params, base: Any, adapters: list[Path], out: Path,
+                n_layers: int) -> Placement | None:
+    """One adapter rescaled (no model loaded: None), or several combined on the placed base (its placement)."""
     entry = M.method(cfg.method)
     if len(adapters) == 1:
         scale_adapter(adapters[0], out, cfg.method, params, n_layers, cfg.base.allow_pickle)
-        return
+        return None
     from medtune.merge.soup import lora_model, write_combination
 
-    peft, names = lora_model(base, adapters)
+    peft, names, placed = lora_model(base, adapters, cfg)
     write_combination(peft, names, entry.lora(params, len(adapters)), out)  # type: ignore[misc]
+    return placed
 
 
-def _lora_full(cfg: MergeConfig, params: M.Params, base: Any, adapters: list[Path], out: Path, n_layers: int) -> None:
-    """TIES / DARE / SLERP on LoRA inputs: the merged tensors written into the base model, saved whole.
+def _lora_full(cfg: MergeConfig, params: M.Params, base: Any, adapters: list[Path], out: Path,
+               n_layers: int) -> Placement:
+    """TIES / DARE / SLERP on LoRA inputs: the merged tensors written into the base model, saved whole
+    (in the placed dtype; the arithmetic on the placed device).
 
     Each adapted tensor is read (base + s * B @ A per adapter) before it is overwritten, and no
     other tensor depends on it, so the merge is done in place: one copy of the model in memory."""
     from medtune import models
     from medtune.merge.soup import lora_model
 
-    peft, names = lora_model(base, adapters)
+    peft, names, placed = lora_model(base, adapters, cfg)
     src = LoraSource(peft, names, n_layers)
     live = peft_base_params(peft)
     with torch.no_grad():
@@ -141,6 +147,7 @@ def _lora_full(cfg: MergeConfig, params: M.Params, base: Any, adapters: list[Pat
     plain = peft.unload()  # the base model with its original modules (and the merged weights) back
     plain.save_pretrained(str(out), safe_serialization=True)
     models.load_tokenizer(base).save_pretrained(str(out))
+    return placed
 
 
 def _stream(cfg: MergeConfig, params: M.Params, base_dir: Path, tuned: list[str], out: Path, n_layers: int) -> dict[str, Any]:
@@ -212,23 +219,25 @@ def merge(cfg: MergeConfig) -> Path:
         if entry.search == "greedy":
             from medtune.merge.soup import greedy_soup
 
-            chosen, info["greedy_log"] = greedy_soup(cfg, base, adapters if lora else None)  # type: ignore[arg-type]
+            chosen, info["greedy_log"], placed = greedy_soup(cfg, base, adapters if lora else None)  # type: ignore[arg-type]
             info["ingredients"] = chosen
+            info["soup"] = placed.record()  # where the ingredients were scored
         picked = [adapter_dir(t) for t in chosen] if lora else []
         if lora and entry.lora is not None:
-            _lora_exact(cfg, params, base, picked, tmp, n_layers)  # type: ignore[arg-type]
+            merged_on = _lora_exact(cfg, params, base, picked, tmp, n_layers)  # type: ignore[arg-type]
             info["output"] = "adapter"
         elif lora:
-            _lora_full(cfg, params, base, picked, tmp, n_layers)  # type: ignore[arg-type]
+            merged_on = _lora_full(cfg, params, base, picked, tmp, n_layers)  # type: ignore[arg-type]
             info["output"] = "full"
         elif mixed:  # adapters and full checkpoints: in memory, as a multi-parent search scores them
             from medtune.merge.parents import merge_parents
 
             merge_parents(cfg.base, chosen, cfg.method, params, tmp)
-            info["output"], info["inputs"] = "full", "mixed"
+            info["output"], info["inputs"], merged_on = "full", "mixed", None
         else:
             info["stream"] = _stream(cfg, params, base_dir, chosen, tmp, n_layers)  # type: ignore[arg-type]
-            info["output"] = "full"
+            info["output"], merged_on = "full", None
+        info.update(_merged_on(merged_on, lora, mixed))
         kit_tuned = kit_models(base.path, chosen)
         atomic.write_text(tmp / "mergekit.yaml", mergekit_yaml(cfg.method, params, base.path, kit_tuned, n_layers))
         import medtune
@@ -236,6 +245,21 @@ def merge(cfg: MergeConfig) -> Path:
         atomic.write_json(tmp / "merge_provenance.json", {**info, "medtune": medtune.__version__,
                                                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return out
+
+
+def _merged_on(placed: Placement | None, lora: bool, mixed: bool = False) -> dict[str, str]:
+    """Where the averaging arithmetic ran, for the provenance, said on stderr: the placed model's device and
+    dtype; or the CPU where no model is loaded (one adapter rescaled, full checkpoints streamed tensor by
+    tensor from disk: their memory is a few tensors, and a GPU would add a copy to and from it per tensor)."""
+    from rich.console import Console
+
+    if placed is not None:
+        return placed.record()
+    how = ("adapters and full checkpoints merged in memory on the CPU (the multi-parent path)" if mixed else
+           "one adapter's lora_B rescaled" if lora else "full checkpoints streamed from disk tensor by tensor")
+    reason = f"no model loaded: {how}, in the inputs' dtype; --device does not apply"
+    Console(stderr=True, highlight=False).print(f"merge on cpu ({reason})")
+    return {"device": "cpu", "dtype": "as stored", "placement": reason}
 
 
 def output_is_adapter(out: str | Path) -> bool:

@@ -14,22 +14,24 @@ from typing import Any
 
 from medtune.merge import methods as M
 from medtune.merge.sources import StateSource, full_dir, load_state, merged_tensors
+from medtune.placement import Placement, load_placed
 
 
-def lora_model(base: Any, adapters: list[Path]) -> tuple[Any, list[str]]:
-    """The base with every adapter loaded under its own name (m0, m1, ...)."""
+def lora_model(base: Any, adapters: list[Path], cfg: Any) -> tuple[Any, list[str], Placement]:
+    """The base (placed by ``cfg.device`` and ``cfg.base.dtype``) with every adapter loaded under its own
+    name (m0, m1, ...), and its placement."""
     from peft import PeftModel
 
     from medtune import models
 
-    model = models.load_model(base)
+    model, placed = load_placed(base, cfg.base, cfg.device)
     for a in adapters:
         models.check_adapter(model, a)
     names = [f"m{i}" for i in range(len(adapters))]
     peft = PeftModel.from_pretrained(model, str(adapters[0]), adapter_name=names[0])
     for n, a in zip(names[1:], adapters[1:]):
         peft.load_adapter(str(a), adapter_name=n)
-    return peft, names
+    return peft, names, placed
 
 
 def set_combination(peft: Any, names: list[str], coeffs: list[float]) -> None:
@@ -56,8 +58,9 @@ def write_combination(peft: Any, names: list[str], coeffs: list[float], out: Pat
         nested.rmdir()
 
 
-def greedy_soup(cfg: Any, base: Any, adapters: list[Path] | None) -> tuple[list[str], list[dict[str, object]]]:
-    """Greedy soup on the held-out tasks' mean accuracy (``cfg.heldout_tasks``)."""
+def greedy_soup(cfg: Any, base: Any, adapters: list[Path] | None) -> tuple[list[str], list[dict[str, object]], Placement]:
+    """Greedy soup on the held-out tasks' mean accuracy (``cfg.heldout_tasks``), scored with the model where
+    the placement rule puts it (the averaging arithmetic there too); returns that placement last."""
     import torch
 
     from medtune import models
@@ -68,14 +71,14 @@ def greedy_soup(cfg: Any, base: Any, adapters: list[Path] | None) -> tuple[list[
     by_name = dict(zip(cfg.tuned, range(len(cfg.tuned))))
     soup = M.method("soup_uniform")
     if adapters is not None:
-        peft, names = lora_model(base, adapters)
+        peft, names, placed = lora_model(base, adapters, cfg)
 
         def score(ingredients: list[str]) -> float:
             set_combination(peft, [names[by_name[i]] for i in ingredients], soup.lora({}, len(ingredients)))  # type: ignore[misc]
             res, _ = score_model(peft, tok, ecfg)
             return sum(r["acc"]["value"] for r in res.values()) / len(res)
     else:
-        model = models.load_model(base)
+        model, placed = load_placed(base, cfg.base, cfg.device)
         params = dict(model.named_parameters())
         base_state = {k: v.detach().clone() for k, v in params.items()}
         states = {t: load_state(full_dir(t)) for t in cfg.tuned}
@@ -89,4 +92,4 @@ def greedy_soup(cfg: Any, base: Any, adapters: list[Path] | None) -> tuple[list[
             res, _ = score_model(model, tok, ecfg)
             return sum(r["acc"]["value"] for r in res.values()) / len(res)
 
-    return M.greedy_soup(list(cfg.tuned), score)
+    return (*M.greedy_soup(list(cfg.tuned), score), placed)

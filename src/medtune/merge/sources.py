@@ -69,7 +69,9 @@ class WeightSource(Protocol):
 
 
 class StateSource:
-    """Full checkpoints in memory (``base`` and each tuned model's state dict)."""
+    """Full checkpoints in memory (``base`` and each tuned model's state dict). The tuned state dicts may
+    stay on the CPU while the base is on a GPU: each tuned tensor is moved to the base tensor's device as
+    it is merged, so the arithmetic runs where the model is, with one GPU copy of the model."""
 
     def __init__(self, base: dict[str, torch.Tensor], tuned: Sequence[dict[str, torch.Tensor]], n_layers: int):
         self.base, self.tuned, self.n_layers = base, list(tuned), n_layers
@@ -78,7 +80,8 @@ class StateSource:
         return list(self.base)
 
     def tensors(self, name: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        return self.base[name], [t.get(name, self.base[name]) for t in self.tuned]
+        base = self.base[name]
+        return base, [t.get(name, base).to(base.device) for t in self.tuned]
 
 
 def lora_layers(model: Any) -> list[tuple[str, Any]]:
@@ -222,11 +225,12 @@ class Averager:
     base weights) or a plain model for full checkpoints (``tuned_states``: one more copy per model).
     ``parents``: several tuned models in order, each an adapter of ``model`` (by name) or a full state
     dict; a point exact in LoRA space with adapters only scales each by its own coefficient, any other
-    point (a full parent among them) is written into the base weights, every tensor of them."""
+    point (a full parent among them) is written into the base weights, every tensor of them.
+    ``placed``: where the model was put (:class:`medtune.placement.Placement`), recorded with each point."""
 
     def __init__(self, model: Any, n_layers: int, tuned_states: Sequence[dict[str, torch.Tensor]] | None = None,
-                 parents: Sequence[str | dict[str, torch.Tensor]] | None = None):
-        self.model, self.n_layers = model, n_layers
+                 parents: Sequence[str | dict[str, torch.Tensor]] | None = None, placed: Any = None):
+        self.model, self.n_layers, self.placed = model, n_layers, placed
         self._written: set[str] = set()
         if parents is None:
             parents = list(model.peft_config) if tuned_states is None else list(tuned_states)

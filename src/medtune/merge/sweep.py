@@ -35,6 +35,7 @@ from medtune.merge import methods as M
 from medtune.merge.records import SweepPoint, SweepResult
 from medtune.merge.search import SearchConfig
 from medtune.merge.selection import Rule, SelectionRule
+from medtune.placement import Placed, Placement
 
 Grid = dict[str, dict[str, list[Any]]]
 """Method name -> parameter name -> the values to try (every combination is one point)."""
@@ -95,7 +96,7 @@ class SweepSettings(StrictModel):
         return SelectionRule(self.rule, self.retain, self.weight)
 
 
-class SweepConfig(SweepSettings, ScoringSettings, ConfigFile):
+class SweepConfig(SweepSettings, ScoringSettings, ConfigFile, Placed):
     """An averaging sweep between a base model and one tuned model."""
 
     base: ModelConfig = Field(default_factory=ModelConfig)
@@ -204,19 +205,21 @@ def plan(cfg: SweepConfig) -> list[tuple[str, M.Params]]:
 
 
 def _averager(cfg: SweepConfig) -> tuple[Any, Any]:
-    """(Averager over the loaded model, tokenizer): base + adapter for LoRA, two state dicts for full."""
+    """(Averager over the placed model, tokenizer): base + adapter for LoRA, two state dicts for full (the
+    tuned one on the CPU, each tensor moved to the model's device as it is merged)."""
     from medtune import models
     from medtune.merge.sources import Averager, adapter_dir, full_dir, load_state
+    from medtune.placement import load_placed
 
     resolved = models.resolve(cfg.base.spec, allow_pickle=cfg.base.allow_pickle)
-    model = models.load_model(resolved)
-    tokenizer = models.load_tokenizer(resolved)
+    model, placed = load_placed(resolved, cfg.base, cfg.device)
+    tokenizer = models.load_tokenizer(resolved, trust_remote_code=cfg.base.trust_remote_code)
     adapter = adapter_dir(cfg.tuned)
     n_layers = model.config.num_hidden_layers
     if adapter is not None:
         adapted = models.load_with_adapter(model, adapter, base=resolved, allow_other_base=cfg.base.allow_other_base)
-        return Averager(adapted, n_layers), tokenizer
-    return Averager(model, n_layers, [load_state(full_dir(cfg.tuned))]), tokenizer
+        return Averager(adapted, n_layers, placed=placed), tokenizer
+    return Averager(model, n_layers, [load_state(full_dir(cfg.tuned))], placed=placed), tokenizer
 
 
 def _eval_config(cfg: SweepConfig) -> Any:
@@ -271,6 +274,7 @@ def _search(cfg: SweepConfig, result: SweepResult, loaded: tuple[Any, Any] | Non
     base_path = models.resolve(cfg.base.spec, allow_pickle=cfg.base.allow_pickle).path
 
     def add(point: SweepPoint) -> None:
+        point = point.model_copy(update=_where(loaded[0].placed))
         R.save_cache(out, key, cache)
         if result.find(point.method, point.params) is not None:
             return  # the grid's point (or one proposed before): scored once, recorded once
@@ -286,6 +290,11 @@ def _search(cfg: SweepConfig, result: SweepResult, loaded: tuple[Any, Any] | Non
     grid = sum(p.search is None for p in result.points)
     result.search = R.run(cfg.search, task_pool(ecfg), objective, cache, cfg.retain, grid, result.key, add)
     R.save_cache(out, key, cache)
+
+
+def _where(placed: Placement | None) -> dict[str, str]:
+    """The fields of a point that say where it was scored."""
+    return {"device": placed.device, "dtype": placed.dtype} if placed is not None else {}
 
 
 @outdir.writes_into("sweep")
@@ -310,7 +319,7 @@ def sweep(cfg: SweepConfig) -> SweepResult:
             continue
         loaded = loaded or _averager(cfg)
         point, rows[(method, json.dumps(params, sort_keys=True))] = _score(*loaded, cfg, method, params)
-        point = point.model_copy(update={"key": key})
+        point = point.model_copy(update={"key": key, **_where(loaded[0].placed)})
         result.points.append(point)
         result.mark()
         result.save(path)  # every point is saved as soon as it is scored

@@ -21,6 +21,7 @@ from medtune.data.spec import SourceConfig
 from medtune.evaluate.settings import TaskSettings
 from medtune.evaluate.tasks import TASKS, expand
 from medtune.merge.sweep import SweepSettings
+from medtune.placement import Placed
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _STUDY_OWNED = ("model", "data", "out", "resume", "progress", "base_dir")
@@ -102,7 +103,7 @@ class AveragingConfig(SweepSettings):
         return self
 
 
-class StudyConfig(ConfigFile):
+class StudyConfig(ConfigFile, Placed):
     """A whole study: base model, training variants, evaluation, averaging, report."""
 
     name: str = "study"
@@ -130,6 +131,9 @@ class StudyConfig(ConfigFile):
     train_launcher: list[str] | None = None
     """Run training steps as `LAUNCHER -m medtune train CONFIG`, e.g. [accelerate, launch, --config_file,
     configs/accelerate/ddp.yaml] for several GPUs; default: in this process."""
+    eval_launcher: list[str] | None = None
+    """Run evaluation steps as `LAUNCHER -m medtune eval CONFIG`, e.g. [accelerate, launch, --multi_gpu,
+    --num_processes, 8]: each process scores a shard of the items on its own GPU; default: in this process."""
     progress: bool = True
     """Show progress bars."""
     @model_validator(mode="after")

@@ -29,8 +29,8 @@ WHOLE = 16 << 20
 """Files up to this size are hashed whole."""
 CHUNK = 1 << 20
 """Bytes per sample of a larger file."""
-_VOLATILE = {"progress", "resume"}
-"""Config fields that do not change a step's result."""
+_VOLATILE = {"progress", "resume", "device"}
+"""Config fields that do not change a step's result (the device: where it runs; its dtype is model.dtype's)."""
 _INPUT_ROOTS = {"data_root", "base_dir"}
 """Where relative data paths resolve from: the files read are counted by content instead."""
 _MODELS = {"spec", "tokenizer", "adapter", "tuned", "parents"}

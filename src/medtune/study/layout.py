@@ -117,9 +117,9 @@ class StudyLayout:
         """The stage config a sweep or merge step saved beside its outputs (eval and train save their own)."""
         return self.step_dir(step) / "config.yaml"
 
-    def launcher_config(self, step: str) -> Path:
-        """The training config a training step hands to the study's ``train_launcher``."""
-        return self.step_dir(step) / "train.yaml"
+    def launcher_config(self, step: str, kind: str = "train") -> Path:
+        """The stage config a step hands to the study's ``train_launcher`` / ``eval_launcher``."""
+        return self.step_dir(step) / f"{kind}.yaml"
 
     def model_dir(self, variant: str) -> Path:
         """A training variant's model: its LoRA adapter or its full weights."""

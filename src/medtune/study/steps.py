@@ -61,7 +61,7 @@ class Step:
         """The fingerprint medtune wrote before state files kept the basis (a hash of the config as is,
         absolute paths included, and of these fingerprints of the steps before): a step finished then
         is still done, once, if nothing changed, and its state is upgraded."""
-        cfg = self.config.model_dump(mode="json", exclude={"progress", "resume"}) if self.config is not None else None
+        cfg = self.config.model_dump(mode="json", exclude={"progress", "resume", "device"}) if self.config is not None else None
         text = json.dumps({"kind": self.kind, "config": cfg, "deps": [upstream[d] for d in self.deps]}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -141,7 +141,7 @@ def _eval_config(cfg: StudyConfig, layout: StudyLayout, step: Planned) -> BaseMo
                       mode="generate" if step.generate else "loglikelihood", max_new_tokens=ev.max_new_tokens,
                       chat_template=step.generate and ev.chat_template,
                       ppl_max_tokens=ev.ppl_max_tokens, token_budget=ev.token_budget,
-                      out=str(layout.step_dir(step.name)), progress=cfg.progress,
+                      out=str(layout.step_dir(step.name)), progress=cfg.progress, device=cfg.device,
                       **ev.model_dump(include={"ppl_stride"} & ev.model_fields_set))
 
 
@@ -203,7 +203,8 @@ def _sweep_config(cfg: StudyConfig, layout: StudyLayout, step: Planned) -> BaseM
                                      for t in expand(av.medical_tasks + av.general_tasks)[0]},
                        data_root=str(root), limit=av.limit, rule=av.rule, retain=av.retain, weight=av.weight,
                        ppl_max_tokens=ev.ppl_max_tokens, ppl_stride=ev.ppl_stride,
-                       out=str(layout.step_dir(step.name)), progress=cfg.progress, search=search)
+                       out=str(layout.step_dir(step.name)), progress=cfg.progress, search=search,
+                       device=cfg.device)
 
 
 def _merge_config(cfg: StudyConfig, layout: StudyLayout, step: Planned) -> BaseModel:
@@ -212,10 +213,27 @@ def _merge_config(cfg: StudyConfig, layout: StudyLayout, step: Planned) -> BaseM
     assert step.variant is not None and step.point is not None
     tuned = step.point.parents or [str(layout.model_dir(step.variant))]  # a multi-parent point merges its parents
     return MergeConfig(base=cfg.model, tuned=tuned, method=step.point.method,
-                       params=step.point.params, out=str(layout.step_dir(step.name)))
+                       params=step.point.params, out=str(layout.step_dir(step.name)), device=cfg.device)
+
+
+def _launch(step: Step, layout: StudyLayout, launcher: list[str], config: Any, extra: list[str] | None = None) -> None:
+    """Run a step's stage as ``LAUNCHER -m medtune KIND CONFIG`` (accelerate launch: one process per GPU), its
+    config written next to its outputs first."""
+    import subprocess
+
+    path = layout.launcher_config(step.name, step.kind)
+    atomic.write_text(path, dump_config(config))
+    cmd = [*launcher, "-m", "medtune", step.kind, str(path), *(extra or [])]
+    print("+", " ".join(cmd), flush=True)
+    if subprocess.run(cmd).returncode != 0:
+        raise MedtuneError(f"{step.name}: the {step.kind} command failed: {' '.join(cmd)}")
 
 
 def _run_eval(step: Step, cfg: StudyConfig, layout: StudyLayout, resume: bool) -> None:
+    """Evaluate in this process, or through the study's ``eval_launcher`` (data-parallel scoring)."""
+    if cfg.eval_launcher:
+        _launch(step, layout, cfg.eval_launcher, step.config)
+        return
     from medtune.evaluate.run import evaluate
 
     evaluate(step.config)
@@ -224,19 +242,12 @@ def _run_eval(step: Step, cfg: StudyConfig, layout: StudyLayout, resume: bool) -
 def _run_train(step: Step, cfg: StudyConfig, layout: StudyLayout, resume: bool) -> None:
     """Train in this process, or through the study's ``train_launcher``; ``resume`` continues from the step's
     newest checkpoint, when it has one."""
-    import subprocess
-
     from medtune.train import checkpoint
 
     resume = resume and checkpoint.latest(layout.step_dir(step.name)) is not None
     tcfg = step.config.model_copy(update={"resume": resume})  # type: ignore[union-attr]
     if cfg.train_launcher:
-        path = layout.launcher_config(step.name)
-        atomic.write_text(path, dump_config(tcfg))
-        cmd = [*cfg.train_launcher, "-m", "medtune", "train", str(path)] + (["--resume"] if resume else [])
-        print("+", " ".join(cmd), flush=True)
-        if subprocess.run(cmd).returncode != 0:
-            raise MedtuneError(f"{step.name}: the training command failed: {' '.join(cmd)}")
+        _launch(step, layout, cfg.train_launcher, tcfg, ["--resume"] if resume else [])
         return
     from medtune.train.run import train
 

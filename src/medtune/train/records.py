@@ -48,8 +48,8 @@ class TrainCurves(ReadRecord):
     history: list[CurvePoint]
     seconds: float
     """Wall time of the training loop, resumed runs' earlier parts included."""
-    validation: list[ValidationPoint] = []
-    """The validation curves (empty without ``eval_every``)."""
+    validation: list[ValidationPoint] | None = None
+    """The validation curves (``eval_every``; absent in files written before them)."""
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainCurves | None":
