@@ -11,7 +11,7 @@ from pathlib import Path
 from medtune.data.adapters import arc, chat, medmcqa, medqa, mmlu, pubmedqa, qa, text
 from medtune.data.records import ChatRecord, QARecord, TextDoc
 from medtune.data.rejects import Rejects
-from medtune.data.spec import SourceConfig
+from medtune.data.spec import ADAPTER_NAMES, SourceConfig
 from medtune.errors import ConfigError, DataError
 
 Records = list[QARecord] | list[TextDoc] | list[ChatRecord]
@@ -34,6 +34,9 @@ ADAPTERS: dict[str, Adapter] = {
     "text": text.load_text,
     "text_hub": text.load_text_hub,
 }
+if set(ADAPTERS) != ADAPTER_NAMES:  # a config validates names against ADAPTER_NAMES: the two lists must agree
+    raise RuntimeError(f"medtune.data.registry.ADAPTERS and medtune.data.spec.ADAPTER_NAMES differ: "
+                       f"{sorted(set(ADAPTERS) ^ ADAPTER_NAMES)}")
 
 TEXT_STREAMS: dict[str, Callable[[SourceConfig, Path | None, Rejects], Iterator[TextDoc]]] = {
     "text": text.iter_text,

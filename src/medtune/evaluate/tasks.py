@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import model_validator
 
 from medtune.config import StrictModel
+from medtune.data.registry import QA_ADAPTERS
 from medtune.data.spec import SourceConfig
 
 
@@ -186,8 +187,6 @@ class TaskDef(StrictModel):
 
     @model_validator(mode="after")
     def _multiple_choice(self) -> "TaskDef":
-        from medtune.data.registry import QA_ADAPTERS  # the registry imports data modules only
-
         for field_name in ("source", "fewshot_source"):
             src = getattr(self, field_name)
             if src is not None and src.adapter not in QA_ADAPTERS:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from medtune.config import ModelConfig, StrictModel
-from medtune.data.build import DataConfig
+from medtune.data.config import DataConfig
 
 
 OWNED_ENGINE_KEYS: dict[str, str] = {
