@@ -55,15 +55,6 @@ SUBJECT_ADAPTERS = frozenset({"mmlu", "medmcqa", "medmcqa_hub", "qa", "qa_hub"})
 """Adapters whose records carry ``meta["subject"]``, so ``subjects``/``exclude_subjects`` apply (``qa``: when
 its ``fields`` map a subject)."""
 
-# The first six are the MMLU subjects of MultiMedQA (Singhal et al., 2023), the usual "MMLU medical"
-# set; nutrition, virology and human_aging are health-related too, so a general (non-medical) MMLU
-# score drops all nine.
-MEDICAL_MMLU_SUBJECTS = (
-    "anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics",
-    "professional_medicine", "nutrition", "virology", "human_aging",
-)
-
-
 def get_adapter(name: str) -> Adapter:
     if name not in ADAPTERS:
         raise ConfigError(f"unknown adapter {name!r} (valid: {', '.join(sorted(ADAPTERS))})")
@@ -103,7 +94,7 @@ def filter_subjects(records: Records, src: SourceConfig) -> Records:
             raise ConfigError(f"subjects: {', '.join(missing)} not found in source {src.label} "
                               f"(available: {', '.join(sorted(str(s) for s in present))})")
     keep = set(src.subjects) if src.subjects is not None else present
-    drop = set(MEDICAL_MMLU_SUBJECTS if src.exclude_subjects == "medical" else src.exclude_subjects or ())
+    drop = set(mmlu.MEDICAL_MMLU_SUBJECTS if src.exclude_subjects == "medical" else src.exclude_subjects or ())
     return [r for r in records if r.meta.get("subject") in keep - drop]  # type: ignore[return-value]
 
 

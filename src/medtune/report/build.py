@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from medtune import atomic, outdir
+from medtune.data.adapters.mmlu import MULTIMEDQA_MMLU_SUBJECTS
 from medtune.data.adapters.rows import iter_lines
-from medtune.evaluate.tasks import GROUPS, MMLU_MEDICAL, TASKS
+from medtune.evaluate.tasks import GROUPS, TASKS
 from medtune.results import ModelEval, StudyResults
 
 DISPLAY = {"pubmedqa": "PubMedQA", "medmcqa": "MedMCQA", "medqa4": "MedQA-USMLE", "medqa5": "MedQA-USMLE 5-opt",
@@ -28,7 +29,7 @@ DISPLAY = {"pubmedqa": "PubMedQA", "medmcqa": "MedMCQA", "medqa4": "MedQA-USMLE"
            "medmcqa_cloze": "MedMCQA cloze", "medqa4_cloze": "MedQA-USMLE cloze",
            "mmlu_general_cloze": "MMLU (non-medical) cloze",
            "multimedqa": "MultiMedQA avg", "mmlu_medical": "MMLU medical avg",
-           **{f"mmlu_{s}": "MMLU " + s.replace("_", " ") for s in MMLU_MEDICAL}}
+           **{f"mmlu_{s}": "MMLU " + s.replace("_", " ") for s in MULTIMEDQA_MMLU_SUBJECTS}}
 """Column titles of the report's tables."""
 
 
