@@ -63,7 +63,7 @@ def sweep_cost(adapter: Path) -> dict[str, float]:
     interp = LoraScaler(peft)
     t = time.perf_counter()
     for a in ALPHAS:
-        interp.set_alpha(a)
+        interp.set_mix_weight(a)
     lora_point = (time.perf_counter() - t) / len(ALPHAS)
 
     # Full checkpoints in memory: tuned = base + merged adapter.

@@ -113,9 +113,9 @@ def test_interpolator_changes_scaling_in_place(tiny_llama, tuned_adapter):
     interp = LoraScaler(peft)
     with torch.no_grad():
         full = peft(ids).logits
-        interp.set_alpha(0.0)
+        interp.set_mix_weight(0.0)
         base = peft(ids).logits
-        interp.set_alpha(0.3)
+        interp.set_mix_weight(0.3)
         mid = peft(ids).logits
         interp.reset()
         again = peft(ids).logits

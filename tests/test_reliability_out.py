@@ -359,7 +359,7 @@ def test_study_checks_that_its_data_paths_exist_in_a_dry_run_and_before_running(
 
 
 @pytest.mark.parametrize("key, value", [("learning_rate", ".inf"), ("learning_rate", ".nan"),
-                                        ("warmup_ratio", ".nan"), ("data.temperature", ".inf"),
+                                        ("warmup_ratio", ".nan"), ("data.mix_temperature", ".inf"),
                                         ("lora.dropout", ".nan"), ("max_grad_norm", "-.inf")])
 def test_config_numbers_must_be_finite(tmp_path, key, value):
     from medtune.train.config import TrainConfig

@@ -75,7 +75,7 @@ def prepare(cfg: DataConfig, tokenizer: Any | None = None, *, mix_and_pack: bool
         docs = loaded.domain | {s: _cached_docs(s, c) for s, c in loaded.general.items()}
     mixed = packed = None
     if mix_and_pack and any(loaded.domain.values()):
-        mixed = mix(docs, loaded.groups(), cfg.general_share, cfg.mix_strategy, cfg.seed, cfg.temperature)
+        mixed = mix(docs, loaded.groups(), cfg.general_share, cfg.mix_strategy, cfg.seed, cfg.mix_temperature)
         packed = pack(mixed.docs, cfg.block_size, tokenizer.eos_token_id, drop_tail=cfg.drop_tail, pad_id=_pad_id(tokenizer),
                       bos_id=bos_id(tokenizer))
     return Prepared(loaded.sources, loaded.guard, mixed, packed, loaded.rejects, tokenizer.eos_token_id, loaded.decontam)
@@ -202,7 +202,7 @@ def build_command(cfg: DataConfig) -> Path:
         if not any(loaded.domain.values()):
             raise ConfigError("data build: no training items left (add 'train' sources, or check the leakage guard)")
         console.print("mixing and packing ...")
-        plan = mix_plan(loaded.lengths(), loaded.groups(), cfg.general_share, cfg.mix_strategy, cfg.seed, cfg.temperature)
+        plan = mix_plan(loaded.lengths(), loaded.groups(), cfg.general_share, cfg.mix_strategy, cfg.seed, cfg.mix_temperature)
         for w in plan.report.warnings:
             console.print(f"[yellow]warning[/]: {w}")
         packing = _write_shards(cfg, tokenizer, loaded, plan, tmp / SHARDS)

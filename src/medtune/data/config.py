@@ -35,7 +35,7 @@ class DataConfig(StrictModel):
     mix_strategy: Literal["fixed_share", "temperature", "concat"] = "fixed_share"
     """How replay is mixed in: fixed_share (up/down-sample general text to the share), temperature
     (also balance sources inside each group, p ~ n^(1/T)), or concat (no resampling or repetition)."""
-    temperature: float = Field(2.0, gt=0)
+    mix_temperature: float = Field(2.0, gt=0)
     """Temperature T for mix_strategy temperature (1: proportional to size, large: uniform)."""
     seed: int = 0
     """Seed for sampling and shuffling; the same seed gives the same blocks."""
