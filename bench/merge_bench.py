@@ -6,9 +6,10 @@
    medtune sets the adapters' scaling on the one loaded model; the reference does what one would
    do without it — load base + adapter from disk, scale, merge_and_unload — for every point.
    Also the full-checkpoint path: interpolating two in-memory state dicts into the loaded model.
-2. Peak extra memory of `medtune merge` on two sharded copies of the model (written here), in a
-   fresh process: the rise of peak RSS (VmHWM, reset just before the merge) above the RSS just
-   before it, against the size of the largest input shard.
+2. Peak extra memory of `medtune merge` (its entry, `medtune.merge.run.merge`: the streamed merge
+   through the method table) on two sharded copies of the model (written here), in a fresh process:
+   the rise of peak RSS (VmHWM, reset just before the merge) above the RSS just before it, against
+   the size of the largest input shard and of the largest tensor.
 
     .venv/bin/python bench/merge_bench.py
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -63,7 +63,7 @@ def sweep_cost(adapter: Path) -> dict[str, float]:
     interp = LoraScaler(peft)
     t = time.perf_counter()
     for a in ALPHAS:
-        interp.set_alpha(a)
+        interp.set_mix_weight(a)
     lora_point = (time.perf_counter() - t) / len(ALPHAS)
 
     # Full checkpoints in memory: tuned = base + merged adapter.
@@ -126,19 +126,24 @@ def make_shards(work: Path) -> tuple[Path, Path, int]:
     return work / "a", work / "b", largest
 
 
-def child_merge(a: str, b: str, out: str, shard_bytes: int, method: str = "linear") -> None:
-    import medtune.merge.stream as stream
-    from medtune.merge import methods
+def child_merge(a: str, b: str, out: str, method: str) -> None:
+    """``medtune merge``'s own entry (:func:`medtune.merge.run.merge`) on full checkpoints ``a`` (base) and
+    ``b`` (tuned), in a fresh process: the streamed merge through the method table, as the command runs it.
+    Everything it imports is imported before the baseline, so the rise is the merge's own memory."""
+    from transformers import AutoConfig  # noqa: F401  (merge reads the base's config with it)
 
-    params = methods.resolve_params(method, {"alpha": 0.5} if method == "linear" else {})
-    combine = (lambda name, ts: methods.interpolate_(ts[0], ts[1], 0.5)) if method == "linear" else \
-        (lambda name, ts: methods.merge_tensor(method, params, name, 30, ts[0], list(ts[1:])))
+    import medtune.merge.mergekit  # noqa: F401
+    import medtune.merge.stream  # noqa: F401
+    from medtune.merge.run import MergeConfig, merge
+
+    cfg = MergeConfig.model_validate({"base": {"spec": a}, "tuned": [b], "method": method, "out": out,
+                                      **({"alpha": 0.5} if method == "linear" else {})})
     before = rss_kb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter (VmHWM)
-    info = stream.merge_streaming([Path(a), Path(b)], Path(out), combine, max_shard_bytes=shard_bytes,
-                                  whole_tensor=methods.method(method).whole_tensor)
+    merge(cfg)
     peak = rss_kb("VmHWM")
-    print(json.dumps({"rss_before_kb": before, "peak_kb": peak, "largest_tensor_bytes": info["largest_tensor_bytes"]}))
+    stream = json.loads((Path(out) / "merge_provenance.json").read_text())["stream"]
+    print(json.dumps({"rss_before_kb": before, "peak_kb": peak, "largest_tensor_bytes": stream["largest_tensor_bytes"]}))
 
 
 def main() -> None:
@@ -146,10 +151,10 @@ def main() -> None:
     ap.add_argument("--adapter", help="a trained LoRA adapter of smollm2-135m (default: train one for 3 steps)")
     ap.add_argument("--only", choices=["sweep", "memory"], help="run only one of the two measurements")
     ap.add_argument("--methods", default="linear,ties", help="streamed merges to measure (whole-tensor methods: ties, slerp, ...)")
-    ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        return child_merge(args.child[0], args.child[1], args.child[2], int(args.child[3]), args.child[4])
+        return child_merge(*args.child)
     work = Path(tempfile.mkdtemp(prefix="medtune-merge-bench-"))
     try:
         run(args, work)
@@ -167,8 +172,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
         return
     a, b, largest = make_shards(work)
     for method in args.methods.split(","):
-        out = subprocess.run([sys.executable, __file__, "--child", str(a), str(b), str(work / f"merged-{method}"),
-                              str(largest), method], check=True, capture_output=True, text=True)
+        out = subprocess.run([sys.executable, __file__, "--child", str(a), str(b), str(work / f"merged-{method}"), method],
+                             check=True, capture_output=True, text=True)
         mem = json.loads(out.stdout.strip().splitlines()[-1])
         extra = (mem["peak_kb"] - mem["rss_before_kb"]) * 1024
         tensor = mem["largest_tensor_bytes"]

@@ -13,10 +13,9 @@ import pytest
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # Hub-layout fixtures are local; never touch the network
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from medtune.data.adapters.mmlu import MEDICAL_MMLU_SUBJECTS  # noqa: E402
 from medtune.data.records import QARecord, TextDoc  # noqa: E402
-from medtune.data.registry import (  # noqa: E402
-    ADAPTERS, MEDICAL_MMLU_SUBJECTS, QA_ADAPTERS, TEXT_ADAPTERS, load_source,
-)
+from medtune.data.registry import ADAPTERS, QA_ADAPTERS, TEXT_ADAPTERS, load_source  # noqa: E402
 from medtune.data.rejects import Rejects  # noqa: E402
 from medtune.data.spec import SourceConfig  # noqa: E402
 from medtune.errors import ConfigError, DataError  # noqa: E402

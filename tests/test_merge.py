@@ -113,9 +113,9 @@ def test_interpolator_changes_scaling_in_place(tiny_llama, tuned_adapter):
     interp = LoraScaler(peft)
     with torch.no_grad():
         full = peft(ids).logits
-        interp.set_alpha(0.0)
+        interp.set_mix_weight(0.0)
         base = peft(ids).logits
-        interp.set_alpha(0.3)
+        interp.set_mix_weight(0.3)
         mid = peft(ids).logits
         interp.reset()
         again = peft(ids).logits
@@ -163,7 +163,7 @@ def test_streamed_merge_in_row_chunks_equals_whole_tensors(tiny_llama, tmp_path,
     a = shard(tiny_llama, tmp_path / "a")
     b = shard(tiny_llama, tmp_path / "b", scale=3.0)
     out = tmp_path / "out"
-    merge_streaming([a, b], out, lambda name, ts: methods.interpolate_(ts[0], ts[1], 0.25), chunk_bytes=chunk_bytes)
+    merge_streaming([a, b], out, lambda name, ts: methods.interpolate(ts[0], ts[1], 0.25), chunk_bytes=chunk_bytes)
     merged = {k: v for f in sorted(out.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
     for k, v in load_file(str(tiny_llama / "model.safetensors")).items():
         assert torch.equal(merged[k], torch.lerp(v, v * 3.0, 0.25)), k

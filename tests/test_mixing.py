@@ -44,7 +44,7 @@ def test_general_budget_makes_the_share_exact():
 
 def test_allocate_is_proportional_tempered_and_sums_to_the_budget():
     assert allocate(1000, {"a": 600, "b": 200}) == {"a": 750, "b": 250}
-    assert allocate(1000, {"a": 900, "b": 100}, alpha=0.5) == {"a": 750, "b": 250}  # sqrt: 30 : 10
+    assert allocate(1000, {"a": 900, "b": 100}, exponent=0.5) == {"a": 750, "b": 250}  # sqrt: 30 : 10
     assert allocate(10, {"a": 1, "b": 1, "c": 1}) == {"a": 4, "b": 3, "c": 3}
     assert allocate(10, {"a": 5, "b": 0}) == {"a": 10, "b": 0}
 
@@ -91,14 +91,14 @@ def test_temperature_balances_both_groups_with_n_to_the_one_over_t():
                  "x": docs_of("x", "general", [100] * 4),        # 400
                  "y": docs_of("y", "general", [100] * 1)}        # 100
     groups = {"big": "domain", "small": "domain", "x": "general", "y": "general"}
-    rep = mix(by_source, groups, 0.2, "temperature", seed=0, temperature=2.0).report
+    rep = mix(by_source, groups, 0.2, "temperature", seed=0, mix_temperature=2.0).report
     # domain 1000 split sqrt(900):sqrt(100) = 3:1; general 250 split sqrt(400):sqrt(100) = 2:1
     assert rep.tokens == {"big": 750, "small": 250, "x": 167, "y": 83}
     assert rep.passes == {"big": 1, "small": 3, "x": 1, "y": 1}
     assert rep.epochs["small"] == pytest.approx(2.5)
     assert rep.general_share_realised == pytest.approx(0.2)
     # T = 1 is proportional: nothing resampled
-    rep1 = mix(by_source, groups, 0.2, "temperature", seed=0, temperature=1.0).report
+    rep1 = mix(by_source, groups, 0.2, "temperature", seed=0, mix_temperature=1.0).report
     assert rep1.tokens == {"big": 900, "small": 100, "x": 200, "y": 50}
 
 

@@ -1,4 +1,4 @@
-"""Issue 26, findings 11 and 13: an adapter meets its own base, and chat reads what it is given.
+"""An adapter meets its own base, and chat reads what it is given.
 
 Two tiny bases of the same shapes (seeds 0 and 1) and an adapter trained by ``medtune train`` on
 base 0: applying it on base 1 is refused by eval, merge, chat and sweep (naming both bases and the
@@ -152,7 +152,7 @@ def test_an_adapter_without_provenance_is_compared_by_name_only(bases, adapter, 
     assert other_base_warnings(caught) == []
 
 
-# ---------------------------------------------------------------- finding 13: chat input
+# ---------------------------------------------------------------- chat input
 
 
 def run_chat(*args: str, stdin: bytes) -> subprocess.CompletedProcess:

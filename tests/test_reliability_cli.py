@@ -1,5 +1,4 @@
-"""Merge parameters, interrupted merges, empty perplexity and disk errors stop with one line, exit 2
-(issue 26, findings 8, 10, 12 and 14).
+"""Merge parameters, interrupted merges, empty perplexity and disk errors stop with one line, exit 2.
 
 Each case runs through the command line (``medtune.cli.main``) where the promise is about what a
 user sees: exit status 2, one ``error:`` line naming the key, file or task, and no traceback.
@@ -54,7 +53,7 @@ def _exit_2_one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str
     return last
 
 
-# --- finding 8: a perplexity task that scores no token ----------------------------------------------
+# --- a perplexity task that scores no token ----------------------------------------------
 
 
 def _ppl_eval(tiny_llama: Path, tmp_path: Path, text: str) -> Path:
@@ -79,7 +78,7 @@ def test_a_perplexity_task_of_two_tokens_scores_one(tiny_llama, tmp_path):
     assert result["tokens"] >= 1 and result["perplexity"]["value"] > 1
 
 
-# --- finding 12: merge parameters are typed and checked once ----------------------------------------
+# --- merge parameters are typed and checked once ----------------------------------------
 
 
 BAD_PARAMS = [
@@ -150,7 +149,7 @@ def test_good_merge_parameters_keep_their_values():
     assert M.resolve_params("dare_linear", {"seed": 3}) == {"density": 0.5, "weight": 1.0, "seed": 3}
 
 
-# --- finding 10: a killed merge's staging directory is removed by the next one ------------------------
+# --- a killed merge's staging directory is removed by the next one ------------------------
 
 _SLOW_MERGE = """
 import sys, time
@@ -214,7 +213,7 @@ def test_a_live_writers_staging_directory_is_left_alone(tmp_path):
     assert sorted(p.name for p in target.iterdir()) == [".medtune-artifact.json", "x"]
 
 
-# --- finding 14: a full disk or a read-only file system is one line, exit 2 ---------------------------
+# --- a full disk or a read-only file system is one line, exit 2 ---------------------------
 
 
 def _fail_writing(monkeypatch: pytest.MonkeyPatch, name: str, code: int, filename: bool = True) -> None:
@@ -279,7 +278,7 @@ def test_other_os_errors_and_the_debug_switch_keep_the_traceback(tiny_llama, tmp
         main(["data", "build", str(cfg)])
 
 
-# --- finding 14: FSDP1 is refused before accelerate is asked to set it up ----------------------------
+# --- FSDP1 is refused before accelerate is asked to set it up ----------------------------
 
 FSDP1_LAUNCH_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "FSDP_SHARDING_STRATEGY": "FULL_SHARD",
                     "FSDP_CPU_RAM_EFFICIENT_LOADING": "true", "FSDP_SYNC_MODULE_STATES": "true"}

@@ -1,4 +1,4 @@
-"""Source names, the leakage guard and replay up-sampling (issue 26, findings 1, 2 and 9).
+"""Source names, the leakage guard and replay up-sampling.
 
 Every fixture is written by its test: small PubMedQA files (one JSON object keyed by PMID) and
 plain-text replay files, so each test shows the sources it is about.

@@ -1,4 +1,4 @@
-"""Bad input is refused with a message naming file, line and field (issue 11, findings 7-12 and 14).
+"""Bad input is refused with a message naming file, line and field.
 
 Every fixture is written by its test, in the official format of its source (see tests/fixtures), so
 each test shows the one defect it is about next to an otherwise valid file.
@@ -61,7 +61,7 @@ def error_of(path: Path, adapter: str, **kw: Any) -> DataError:
     return exc.value
 
 
-# --- finding 8: lines are split on "\n" only ------------------------------------------------------
+# --- lines are split on "\n" only ------------------------------------------------------
 
 
 def test_jsonl_row_containing_line_separators_is_one_valid_row(tmp_path: Path) -> None:
@@ -95,7 +95,7 @@ def test_report_reads_predictions_with_line_separators(tmp_path: Path) -> None:
     assert _correct(_predictions(tmp_path / "predictions.jsonl")) == {("t", "a\u2028b"): 1.0, ("t", "c"): 0.0}
 
 
-# --- finding 11: a UTF-8 byte-order mark is accepted and dropped -----------------------------------
+# --- a UTF-8 byte-order mark is accepted and dropped -----------------------------------
 
 
 def test_bom_in_jsonl_is_dropped(tmp_path: Path) -> None:
@@ -121,7 +121,7 @@ def test_bom_in_txt_is_dropped(tmp_path: Path) -> None:
     assert [d.text for d in docs] == ["First document.", "Second."]
 
 
-# --- finding 7: a source that yields no items is an error naming it -------------------------------
+# --- a source that yields no items is an error naming it -------------------------------
 
 EMPTY_SOURCES = [  # (adapter, file name, content): empty, blank-only, or an object/CSV without items
     ("medmcqa", "dev.json", ""), ("medmcqa", "dev.json", "\n  \n\t\n"),
@@ -215,7 +215,7 @@ def test_eval_on_an_empty_task_source_stops_before_writing_results(tiny_llama: P
     assert not (tmp_path / "ev" / "results.json").exists()
 
 
-# --- finding 9: a lone surrogate escape names file, line and field --------------------------------
+# --- a lone surrogate escape names file, line and field --------------------------------
 
 
 def test_lone_surrogate_in_jsonl_names_line_and_field(tmp_path: Path) -> None:
@@ -246,7 +246,7 @@ def test_lone_surrogate_in_pubmedqa_names_key_and_field(tmp_path: Path) -> None:
     assert (err.location, err.field) == ("key 10000002", "CONTEXTS[1]") and "\\ud83d" in err.message
 
 
-# --- finding 10: duplicate ids are an error naming both lines --------------------------------------
+# --- duplicate ids are an error naming both lines --------------------------------------
 
 
 def test_repeated_medmcqa_id_names_both_lines(tmp_path: Path) -> None:
@@ -291,7 +291,7 @@ def test_repeated_hub_id_names_both_indices(tmp_path: Path) -> None:
     assert exc.value.location == "index 2" and "first seen at index 0" in exc.value.message
 
 
-# --- finding 12: an unbalanced quote in an MMLU CSV is an error naming the line --------------------
+# --- an unbalanced quote in an MMLU CSV is an error naming the line --------------------
 
 
 def test_unbalanced_quote_that_merges_two_rows_names_the_line(tmp_path: Path) -> None:
@@ -321,7 +321,7 @@ def test_quoted_question_with_line_breaks_is_still_read(tmp_path: Path) -> None:
     assert records[0].question.count("\n") == 3
 
 
-# --- finding 14: a Hub id that cannot be fetched fails at once, with one clear message -------------
+# --- a Hub id that cannot be fetched fails at once, with one clear message -------------
 
 NOT_CACHED = "is not in the local Hugging Face cache and the Hub cannot be reached"
 

@@ -1,7 +1,7 @@
-"""Issue 11, the output side: nothing medtune did not write is replaced (finding 1), a study or training
-``out`` has one writer (4), variant names cannot make two steps share a directory (3), files keep
-the user's umask (13), and the smaller ones of 15 (stats writes nothing, dry runs check data paths,
-non-finite config numbers, loading bars under --no-progress).
+"""The output side: nothing medtune did not write is replaced, a study or training ``out`` has one
+writer, variant names cannot make two steps share a directory, files keep the user's umask, and
+smaller ones (stats writes nothing, dry runs check data paths, non-finite config numbers, loading bars
+under --no-progress).
 
 Each test drives a stage's public entry (or the CLI) so that it fails on the code before the fix."""
 
@@ -51,7 +51,7 @@ def _untouched(path: Path) -> bool:
     return (path / "notes.txt").read_text() == "mine\n" and json.loads((path / "results.json").read_text()) == {"mine": True}
 
 
-# --- finding 1: an output replaces only what medtune wrote -----------------------------------------
+# --- an output replaces only what medtune wrote -----------------------------------------
 
 
 def test_merge_refuses_a_directory_it_did_not_write_and_keeps_its_files(tiny_llama, adapter, tmp_path):
@@ -189,7 +189,7 @@ def test_a_failed_replacement_keeps_the_old_output(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
-# --- finding 13: atomic writes keep the umask ------------------------------------------------------
+# --- atomic writes keep the umask ------------------------------------------------------
 
 
 @pytest.mark.parametrize("mask", [0o022, 0o027, 0o077])
@@ -208,7 +208,7 @@ def test_atomic_files_and_output_directories_follow_the_umask(tiny_llama, adapte
     assert {mode(merged / f) for f in written} == {0o666 & ~mask}
 
 
-# --- finding 3: no two steps of a study share a directory ------------------------------------------
+# --- no two steps of a study share a directory ------------------------------------------
 
 
 def _study(tiny_llama: Path, out: Path, **changes):
@@ -244,7 +244,7 @@ def test_variant_names_that_only_look_alike_are_accepted(tiny_llama, tmp_path):
         assert len(dirs) == len(set(dirs))
 
 
-# --- finding 4: one writer per study or training out ----------------------------------------------
+# --- one writer per study or training out ----------------------------------------------
 
 _HOLDER = """
 import sys, time
@@ -321,7 +321,7 @@ def test_a_second_writer_is_refused_naming_the_pid_and_a_killed_ones_lock_is_tak
     assert "taking over" not in capfd.readouterr().err
 
 
-# --- finding 15: the smaller ones ------------------------------------------------------------------
+# --- the smaller ones -------------------------------------------------------------------------
 
 
 def test_data_stats_writes_nothing_and_prints_the_rejected_rows(tiny_llama, tmp_path, monkeypatch, capsys):
@@ -357,7 +357,7 @@ def test_study_checks_that_its_data_paths_exist_in_a_dry_run_and_before_running(
 
 
 @pytest.mark.parametrize("key, value", [("learning_rate", ".inf"), ("learning_rate", ".nan"),
-                                        ("warmup_ratio", ".nan"), ("data.temperature", ".inf"),
+                                        ("warmup_ratio", ".nan"), ("data.mix_temperature", ".inf"),
                                         ("lora.dropout", ".nan"), ("max_grad_norm", "-.inf")])
 def test_config_numbers_must_be_finite(tmp_path, key, value):
     from medtune.train.config import TrainConfig

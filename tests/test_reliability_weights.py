@@ -1,4 +1,4 @@
-"""Issue 11, findings 2, 5 and 6: non-finite weights, corrupt checkpoints, corrupt or mismatched adapters.
+"""Non-finite weights, corrupt checkpoints, corrupt or mismatched adapters.
 
 Each test breaks an artifact the way a crash, a diverged run or a wrong copy would, and checks that
 medtune stops with a clear error naming the file (and tensor or field), writes nothing, or — for
@@ -57,7 +57,7 @@ def merge_cfg(tiny_llama: Path, tuned: Path, out: Path, **kw):
     return MergeConfig(base=ModelConfig(spec=str(tiny_llama), **kw), tuned=[str(tuned)], alpha=0.5, out=str(out))
 
 
-# ---------------------------------------------------------------- finding 2: non-finite weights
+# ---------------------------------------------------------------- non-finite weights
 
 
 def test_check_finite_names_the_first_bad_tensor_and_its_source():
@@ -157,7 +157,7 @@ def test_sweep_refuses_a_full_tuned_checkpoint_with_a_nan(tiny_llama, tmp_path):
         _averager(SweepConfig(base=ModelConfig(spec=str(tiny_llama)), tuned=str(tuned)))
 
 
-# ---------------------------------------------------------------- finding 6: corrupt or mismatched adapters
+# ---------------------------------------------------------------- corrupt or mismatched adapters
 
 
 def truncate(file: Path) -> None:
@@ -248,7 +248,7 @@ def test_an_intact_adapter_still_passes_every_check(tiny_llama, adapter):
     check_fits(a, models.meta_model(models.resolve(str(tiny_llama))))
 
 
-# ---------------------------------------------------------------- finding 5: corrupt checkpoints
+# ---------------------------------------------------------------- corrupt checkpoints
 
 
 class Interrupted(Exception):

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from medtune.data.adapters.mmlu import MULTIMEDQA_MMLU_SUBJECTS
 from medtune.errors import ConfigError
 from medtune.evaluate import metrics
-from medtune.evaluate.tasks import GROUPS, MMLU_MEDICAL, TASKS, expand
+from medtune.evaluate.tasks import GROUPS, TASKS, expand
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NINE = ["pubmedqa", "medmcqa", "medqa4", "mmlu_anatomy", "mmlu_clinical_knowledge", "mmlu_college_medicine",
@@ -21,7 +22,7 @@ def test_groups_expand_to_lm_eval_membership_in_order_each_task_once():
     assert expand(["multimedqa"]) == (NINE, ["multimedqa"])
     tasks, groups = expand(["medqa4", "mmlu_medical", "multimedqa", "ppl_general"])
     assert groups == ["mmlu_medical", "multimedqa"]
-    assert tasks == ["medqa4", *[f"mmlu_{s}" for s in MMLU_MEDICAL], "pubmedqa", "medmcqa", "ppl_general"]
+    assert tasks == ["medqa4", *[f"mmlu_{s}" for s in MULTIMEDQA_MMLU_SUBJECTS], "pubmedqa", "medmcqa", "ppl_general"]
     assert all(t in TASKS for g in GROUPS.values() for t in g.tasks)
 
 
@@ -34,7 +35,7 @@ def test_unknown_group_is_an_error_naming_tasks_and_groups():
     with pytest.raises(ConfigError, match=r"tasks: .*unknown task 'mmlu_medicine'.*groups:"):
         validate(EvalConfig, {"tasks": "mmlu_medicine"}, "cli")
     cfg = validate(EvalConfig, {"tasks": "medqa5,mmlu_medical"}, "cli")
-    assert cfg.task_names == ["medqa5", *[f"mmlu_{s}" for s in MMLU_MEDICAL]] and cfg.group_names == ["mmlu_medical"]
+    assert cfg.task_names == ["medqa5", *[f"mmlu_{s}" for s in MULTIMEDQA_MMLU_SUBJECTS]] and cfg.group_names == ["mmlu_medical"]
 
 
 def test_group_aggregation_by_hand():
@@ -58,7 +59,7 @@ def _mmlu_tree(root: Path) -> None:
     """The six medical subjects in the re-formatted CSV layout of ../shared/data/general/mmlu (test + dev)."""
     for split, n in (("test", 3), ("dev", 2)):
         (root / "general" / "mmlu" / split).mkdir(parents=True, exist_ok=True)
-        for i, s in enumerate(MMLU_MEDICAL):
+        for i, s in enumerate(MULTIMEDQA_MMLU_SUBJECTS):
             rows = [f"{s} question {k}?,w{k},x{k},y{k},z{k},{(i + k) % 4}" for k in range(n + (i % 2))]
             (root / "general" / "mmlu" / split / f"{s}_{split}.csv").write_text(
                 "question,choice0,choice1,choice2,choice3,answer\n" + "\n".join(rows) + "\n")

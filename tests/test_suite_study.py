@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from medtune.config import load_config
+from medtune.data.adapters.mmlu import MULTIMEDQA_MMLU_SUBJECTS
 from medtune.demo import demo_data_dir
 from medtune.errors import ConfigError
-from medtune.evaluate.tasks import MMLU_MEDICAL
 from medtune.study.run import StudyRunConfig, study
 
 from conftest import FEATURE_STUDY
@@ -19,7 +19,7 @@ from conftest import FEATURE_STUDY
 def _mmlu_tree(root: Path) -> None:
     for split, n in (("test", 4), ("dev", 3)):
         (root / split).mkdir(parents=True, exist_ok=True)
-        for i, s in enumerate(MMLU_MEDICAL):
+        for i, s in enumerate(MULTIMEDQA_MMLU_SUBJECTS):
             rows = [f"{s} {split} question {k}?,w{k},x{k},y{k},z{k},{(i + k) % 4}" for k in range(n)]
             (root / split / f"{s}_{split}.csv").write_text(
                 "question,choice0,choice1,choice2,choice3,answer\n" + "\n".join(rows) + "\n")
@@ -41,13 +41,13 @@ def suite_study(tiny_llama: Path, tmp: Path, **changes) -> StudyRunConfig:
             "arc_easy": {"adapter": "arc", "path": "arc_demo.jsonl", "fold": {"share": 0.5, "take": "rest"}},
             "ppl_general": {"adapter": "text", "path": "general_demo.txt", "fold": {"share": 0.25, "take": "held_out"}},
             "ppl_medical": {"adapter": "pubmedqa", "path": "pubmedqa/demo_pqal.json", "split": "test"},
-            **{f"mmlu_{s}": mm(s, "test") for s in MMLU_MEDICAL},
+            **{f"mmlu_{s}": mm(s, "test") for s in MULTIMEDQA_MMLU_SUBJECTS},
         },
         "evaluation.validation_sources": {
             "arc_easy": {"adapter": "arc", "path": "arc_demo.jsonl", "fold": {"share": 0.5, "take": "held_out"}},
             "ppl_medical": {"adapter": "pubmedqa", "path": "pubmedqa/demo_pqal.json", "split": "trainval",
                             "fold": {"share": 0.25, "take": "held_out", "stratify": "answer"}},
-            **{f"mmlu_{s}": mm(s, "dev") for s in MMLU_MEDICAL},
+            **{f"mmlu_{s}": mm(s, "dev") for s in MULTIMEDQA_MMLU_SUBJECTS},
         },
         "averaging.alphas": [0.0, 1.0],
         "averaging.medical_tasks": ["mmlu_medical", "ppl_medical"],
@@ -70,7 +70,7 @@ def test_study_scores_groups_cloze_and_ppl_and_selects_on_them(tiny_llama, tmp_p
     out = study(suite_study(tiny_llama, tmp_path))
     base = json.loads((out / "eval" / "base" / "results.json").read_text())
     assert set(base["tasks"]) == {"pubmedqa", "medqa4", "medqa4_cloze", "arc_easy", "ppl_general", "ppl_medical",
-                                  *(f"mmlu_{s}" for s in MMLU_MEDICAL)}
+                                  *(f"mmlu_{s}" for s in MULTIMEDQA_MMLU_SUBJECTS)}
     mmlu = [json.loads(l) for l in (out / "eval" / "base" / "predictions.jsonl").read_text().splitlines()]
     mmlu = [float(p["pred"] == p["gold"]) for p in mmlu if p["task"].startswith("mmlu_")]
     assert base["groups"]["mmlu_medical"]["acc"]["value"] == pytest.approx(sum(mmlu) / len(mmlu))

@@ -71,7 +71,7 @@ def load(cfg: ChatConfig) -> tuple[Any, Any]:
     if cfg.adapter is not None and cfg.alpha != 1.0:
         from medtune.merge.sources import LoraScaler
 
-        LoraScaler(model).set_alpha(cfg.alpha)
+        LoraScaler(model).set_mix_weight(cfg.alpha)
     model.eval()
     return model, models.load_tokenizer(resolved, trust_remote_code=cfg.model.trust_remote_code)
 

@@ -43,12 +43,12 @@ def _lazy(module: str, name: str) -> Callable[[], Any]:
 
 COMMANDS: dict[str, Command] = {
     "data stats": Command(
-        _lazy("medtune.data.build", "DataConfig"),
+        _lazy("medtune.data.config", "DataConfig"),
         _lazy("medtune.data.build", "stats_command"),
         "Per-source item and token counts, labels, leakage and the realised replay mix.",
     ),
     "data build": Command(
-        _lazy("medtune.data.build", "DataConfig"),
+        _lazy("medtune.data.config", "DataConfig"),
         _lazy("medtune.data.build", "build_command"),
         "Build the packed training set (leakage guard, replay mix, packing) into an artifact directory.",
     ),

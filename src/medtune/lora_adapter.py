@@ -85,9 +85,9 @@ def read_config(path: Path) -> dict[str, Any]:
     r = cfg.get("r")
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
         raise ModelError(f"{file}, field 'r': the LoRA rank must be a positive integer, not {r!r}")
-    alpha = cfg.get("lora_alpha")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-        raise ModelError(f"{file}, field 'lora_alpha': must be a positive number, not {alpha!r}")
+    lora_alpha = cfg.get("lora_alpha")
+    if isinstance(lora_alpha, bool) or not isinstance(lora_alpha, (int, float)) or not lora_alpha > 0:
+        raise ModelError(f"{file}, field 'lora_alpha': must be a positive number, not {lora_alpha!r}")
     targets = cfg.get("target_modules")
     if not (isinstance(targets, str) and targets) and not (
             isinstance(targets, list) and targets and all(isinstance(t, str) and t for t in targets)):

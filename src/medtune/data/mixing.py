@@ -11,7 +11,7 @@ Strategies (:data:`STRATEGIES`):
   their size; each general source down-sampled (a seeded random subset of documents) or up-sampled
   (whole extra passes, each in a fresh seeded order).
 * ``temperature``: like ``fixed_share``, but in both groups a group's budget is split with
-  ``p_i ∝ n_i ** (1 / T)`` (``n_i`` = tokens of source ``i``), so small sources are up-sampled and
+  ``p_i ∝ n_i ** (1 / T)`` (``n_i`` = tokens of source ``i``, ``T`` = ``mix_temperature``), so small sources are up-sampled and
   large ones down-sampled; the domain total stays ``D``.
 * ``concat``: no resampling: domain documents in order, then general documents in source and file
   order until ``G`` is reached. Not shuffled (the trainer's block shuffle mixes); when general text
@@ -128,7 +128,7 @@ class _Taken:
 Lengths = Mapping[str, np.ndarray]
 """Source name -> (n_docs,) int64 token count of each document."""
 Strategy = Callable[[Lengths, Mapping[str, str], int, np.random.Generator, float], tuple[dict[str, _Taken], list[str]]]
-"""``(lengths_by_source, groups, general budget G, rng, temperature) -> (taken per source, warnings)``."""
+"""``(lengths_by_source, groups, general budget G, rng, mix_temperature) -> (taken per source, warnings)``."""
 
 
 def general_budget(domain_tokens: int, share: float) -> int:
@@ -136,12 +136,12 @@ def general_budget(domain_tokens: int, share: float) -> int:
     return round(share / (1.0 - share) * domain_tokens)
 
 
-def allocate(budget: int, sizes: Mapping[str, int], alpha: float = 1.0) -> dict[str, int]:
-    """Split ``budget`` over sources with ``p_i ∝ sizes[i] ** alpha``, summing exactly to ``budget``.
+def allocate(budget: int, sizes: Mapping[str, int], exponent: float = 1.0) -> dict[str, int]:
+    """Split ``budget`` over sources with ``p_i ∝ sizes[i] ** exponent``, summing exactly to ``budget``.
 
     Largest-remainder rounding; ties go to the earlier source. Empty sources get 0.
     """
-    weights = {s: (n ** alpha if n > 0 else 0.0) for s, n in sizes.items()}
+    weights = {s: (n ** exponent if n > 0 else 0.0) for s, n in sizes.items()}
     total = sum(weights.values())
     if total == 0:
         return dict.fromkeys(sizes, 0)
@@ -209,23 +209,23 @@ def _resample(lengths: Lengths, alloc: Mapping[str, int], rng: np.random.Generat
 
 
 def _fixed_share(lengths: Lengths, groups: Mapping[str, str], budget: int,
-                 rng: np.random.Generator, temperature: float) -> tuple[dict[str, _Taken], list[str]]:
+                 rng: np.random.Generator, mix_temperature: float) -> tuple[dict[str, _Taken], list[str]]:
     taken = {s: keep_all(lengths[s]) for s in _sizes(lengths, groups, "domain")}
     taken |= _resample(lengths, allocate(budget, _sizes(lengths, groups, "general")), rng)
     return taken, []
 
 
 def _temperature(lengths: Lengths, groups: Mapping[str, str], budget: int,
-                 rng: np.random.Generator, temperature: float) -> tuple[dict[str, _Taken], list[str]]:
+                 rng: np.random.Generator, mix_temperature: float) -> tuple[dict[str, _Taken], list[str]]:
     domain = _sizes(lengths, groups, "domain")
-    alpha = 1.0 / temperature
-    taken = _resample(lengths, allocate(sum(domain.values()), domain, alpha), rng)
-    taken |= _resample(lengths, allocate(budget, _sizes(lengths, groups, "general"), alpha), rng)
+    exponent = 1.0 / mix_temperature
+    taken = _resample(lengths, allocate(sum(domain.values()), domain, exponent), rng)
+    taken |= _resample(lengths, allocate(budget, _sizes(lengths, groups, "general"), exponent), rng)
     return taken, []
 
 
 def _concat(lengths: Lengths, groups: Mapping[str, str], budget: int,
-            rng: np.random.Generator, temperature: float) -> tuple[dict[str, _Taken], list[str]]:
+            rng: np.random.Generator, mix_temperature: float) -> tuple[dict[str, _Taken], list[str]]:
     taken = {s: keep_all(lengths[s]) for s in _sizes(lengths, groups, "domain")}
     remaining = budget
     for s in _sizes(lengths, groups, "general"):
@@ -262,19 +262,19 @@ def _check_docs(docs_by_source: Mapping[str, Sequence[Doc]], groups: Mapping[str
                                f"{bad.source!r} ({bad.group}), id {bad.id!r}")
 
 
-def _check(lengths: Lengths, groups: Mapping[str, str], general_share: float, temperature: float) -> None:
+def _check(lengths: Lengths, groups: Mapping[str, str], general_share: float, mix_temperature: float) -> None:
     if not (0.0 <= general_share < 1.0):
         raise MedtuneError(f"general_share must be in [0, 1), got {general_share}")
-    if not (temperature > 0 and math.isfinite(temperature)):
-        raise MedtuneError(f"temperature must be a positive number, got {temperature}")
+    if not (mix_temperature > 0 and math.isfinite(mix_temperature)):
+        raise MedtuneError(f"mix_temperature must be a positive number, got {mix_temperature}")
     _check_docs(dict.fromkeys(lengths, ()), groups)
 
 
 def mix_plan(lengths: Lengths, groups: Mapping[str, str], general_share: float, strategy: str, seed: int,
-             temperature: float = 2.0) -> MixPlan:
+             mix_temperature: float = 2.0) -> MixPlan:
     """Plan a mix from document lengths alone, so general tokens are ``general_share`` of the result."""
     run = get_strategy(strategy)
-    _check(lengths, groups, general_share, temperature)
+    _check(lengths, groups, general_share, mix_temperature)
     domain_tokens = sum(_sizes(lengths, groups, "domain").values())
     general_tokens = sum(_sizes(lengths, groups, "general").values())
     if domain_tokens == 0:
@@ -284,7 +284,7 @@ def mix_plan(lengths: Lengths, groups: Mapping[str, str], general_share: float, 
         raise MedtuneError(f"general_share {general_share} needs {budget} general tokens but the general "
                            "sources are empty; set general_share: 0 or add general text")
     rng = np.random.default_rng(seed)
-    taken, warnings = run(lengths, groups, budget, rng, temperature)
+    taken, warnings = run(lengths, groups, budget, rng, mix_temperature)
     names = list(lengths)
     index = {s: i for i, s in enumerate(names)}
     source = np.concatenate([np.full(len(t.doc), index[s], np.int32) for s, t in taken.items()] or [np.zeros(0, np.int32)])
@@ -298,12 +298,12 @@ def mix_plan(lengths: Lengths, groups: Mapping[str, str], general_share: float, 
 
 
 def mix(docs_by_source: Mapping[str, Sequence[Doc]], groups: Mapping[str, str], general_share: float,
-        strategy: str, seed: int, temperature: float = 2.0) -> MixResult:
+        strategy: str, seed: int, mix_temperature: float = 2.0) -> MixResult:
     """Mix domain and general documents in memory: :func:`mix_plan`, then the planned documents."""
     get_strategy(strategy)
     _check_docs(docs_by_source, groups)
     lengths = {s: np.fromiter((len(d.tokens) for d in docs), np.int64, len(docs)) for s, docs in docs_by_source.items()}
-    plan = mix_plan(lengths, groups, general_share, strategy, seed, temperature)
+    plan = mix_plan(lengths, groups, general_share, strategy, seed, mix_temperature)
     out = []
     for s, i, n in zip(plan.source.tolist(), plan.doc.tolist(), plan.length.tolist()):
         d = docs_by_source[plan.sources[s]][i]

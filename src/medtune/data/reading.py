@@ -15,11 +15,12 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from medtune.data.adapters.chat import check_template, train_texts
+from medtune.data.config import DataConfig
 from medtune.data.decontam import DecontamReport, Screen
 from medtune.data.leakage import GuardReport, guard
 from medtune.data.mixing import Doc
@@ -30,10 +31,6 @@ from medtune.data.rejects import Rejects
 from medtune.data.shards import ids_dtype
 from medtune.data.spec import SourceConfig
 from medtune.data.tokens import BATCH_CHARS, CacheWriter, TokenCache, encode, encodings, to_arrays
-
-if TYPE_CHECKING:
-    from medtune.data.build import DataConfig
-
 
 @dataclass
 class SourceStats:

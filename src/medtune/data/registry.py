@@ -11,7 +11,7 @@ from pathlib import Path
 from medtune.data.adapters import arc, chat, medmcqa, medqa, mmlu, pubmedqa, qa, text
 from medtune.data.records import ChatRecord, QARecord, TextDoc
 from medtune.data.rejects import Rejects
-from medtune.data.spec import SourceConfig
+from medtune.data.spec import ADAPTER_NAMES, SourceConfig
 from medtune.errors import ConfigError, DataError
 
 Records = list[QARecord] | list[TextDoc] | list[ChatRecord]
@@ -34,6 +34,9 @@ ADAPTERS: dict[str, Adapter] = {
     "text": text.load_text,
     "text_hub": text.load_text_hub,
 }
+if set(ADAPTERS) != ADAPTER_NAMES:  # a config validates names against ADAPTER_NAMES: the two lists must agree
+    raise RuntimeError(f"medtune.data.registry.ADAPTERS and medtune.data.spec.ADAPTER_NAMES differ: "
+                       f"{sorted(set(ADAPTERS) ^ ADAPTER_NAMES)}")
 
 TEXT_STREAMS: dict[str, Callable[[SourceConfig, Path | None, Rejects], Iterator[TextDoc]]] = {
     "text": text.iter_text,
@@ -51,15 +54,6 @@ HUB_ADAPTERS = frozenset(name for name in ADAPTERS if name.endswith("_hub"))
 SUBJECT_ADAPTERS = frozenset({"mmlu", "medmcqa", "medmcqa_hub", "qa", "qa_hub"})
 """Adapters whose records carry ``meta["subject"]``, so ``subjects``/``exclude_subjects`` apply (``qa``: when
 its ``fields`` map a subject)."""
-
-# The first six are the MMLU subjects of MultiMedQA (Singhal et al., 2023), the usual "MMLU medical"
-# set; nutrition, virology and human_aging are health-related too, so a general (non-medical) MMLU
-# score drops all nine.
-MEDICAL_MMLU_SUBJECTS = (
-    "anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics",
-    "professional_medicine", "nutrition", "virology", "human_aging",
-)
-
 
 def get_adapter(name: str) -> Adapter:
     if name not in ADAPTERS:
@@ -100,7 +94,7 @@ def filter_subjects(records: Records, src: SourceConfig) -> Records:
             raise ConfigError(f"subjects: {', '.join(missing)} not found in source {src.label} "
                               f"(available: {', '.join(sorted(str(s) for s in present))})")
     keep = set(src.subjects) if src.subjects is not None else present
-    drop = set(MEDICAL_MMLU_SUBJECTS if src.exclude_subjects == "medical" else src.exclude_subjects or ())
+    drop = set(mmlu.MEDICAL_MMLU_SUBJECTS if src.exclude_subjects == "medical" else src.exclude_subjects or ())
     return [r for r in records if r.meta.get("subject") in keep - drop]  # type: ignore[return-value]
 
 

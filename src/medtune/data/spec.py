@@ -12,6 +12,14 @@ from medtune.config import StrictModel
 from medtune.data.fields import QAFields
 from medtune.errors import ConfigError
 
+ADAPTER_NAMES = frozenset({
+    "pubmedqa", "pubmedqa_hub", "medmcqa", "medmcqa_hub", "medqa", "medqa_hub", "arc", "arc_hub", "mmlu",
+    "qa", "qa_hub", "chat", "text", "text_hub",
+})
+"""The adapters a source may name. :data:`medtune.data.registry.ADAPTERS` maps each to its reader and
+checks that it maps exactly these; the names are listed here, not read from the registry, because every
+adapter reads a :class:`SourceConfig`, so this module sits below the adapters and the registry."""
+
 
 class FoldConfig(StrictModel):
     """A deterministic held-out fold of a source, for validation splits that no test item enters.
@@ -34,7 +42,7 @@ class SourceConfig(StrictModel):
     """One data source: which adapter reads it, and where it is."""
 
     adapter: str
-    """Adapter that reads the source; one of the names in medtune.data.registry.ADAPTERS."""
+    """Adapter that reads the source; one of ADAPTER_NAMES (medtune.data.registry.ADAPTERS: their readers)."""
     name: str | None = None
     """Label used in reports, mixes and stats (defaults to the adapter name plus split; unnamed sources
     that would share that default are told apart by their file or Hub id, see unique_names)."""
@@ -79,10 +87,8 @@ class SourceConfig(StrictModel):
     @field_validator("adapter")
     @classmethod
     def _known_adapter(cls, name: str) -> str:
-        from medtune.data.registry import ADAPTERS  # the registry imports this module
-
-        if name not in ADAPTERS:
-            raise ValueError(f"unknown adapter {name!r} (valid: {', '.join(sorted(ADAPTERS))})")
+        if name not in ADAPTER_NAMES:
+            raise ValueError(f"unknown adapter {name!r} (valid: {', '.join(sorted(ADAPTER_NAMES))})")
         return name
 
     @model_validator(mode="after")

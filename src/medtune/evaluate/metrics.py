@@ -8,7 +8,7 @@ index (``numpy.argmax``); the standard error is the sample standard error of the
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -77,13 +77,6 @@ def by_group(correct: Sequence[float], groups: Sequence[str]) -> dict[str, dict[
 def perplexity(nll_sum: float, n_tokens: int) -> float:
     """exp(mean negative log-likelihood per token)."""
     return math.exp(nll_sum / n_tokens) if n_tokens else math.nan
-
-
-def weighted_mean(values: Mapping[str, float], weights: Mapping[str, float] | None = None) -> float:
-    """Mean of task scores, optionally weighted (e.g. by item count)."""
-    keys = list(values)
-    w = np.asarray([1.0 if weights is None else weights[k] for k in keys])
-    return float(np.dot(w, [values[k] for k in keys]) / w.sum())
 
 
 def group_summary(parts: Sequence[Sequence[float]], *, weight_by_size: bool, n_boot: int = 2000,

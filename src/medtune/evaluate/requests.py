@@ -9,7 +9,6 @@ once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,8 +61,3 @@ def build_request(tokenizer: Any, prompt: EvalPrompt, group: str = "") -> McRequ
     assert ctx_ids is not None, "a request needs at least one choice"
     chars = prompt.choice_chars or tuple(len(c) for c in prompt.continuations)
     return McRequest(prompt.id, tuple(ctx_ids), tuple(conts), prompt.gold, chars, group)
-
-
-def build_requests(tokenizer: Any, prompts: Sequence[EvalPrompt], groups: Sequence[str] | None = None) -> list[McRequest]:
-    groups = groups or [""] * len(prompts)
-    return [build_request(tokenizer, p, g) for p, g in zip(prompts, groups)]

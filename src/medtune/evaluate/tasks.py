@@ -8,13 +8,15 @@ source, a Hub dataset included, with ``task_sources``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydantic import model_validator
 
 from medtune.config import StrictModel
 from medtune.data.adapters.pubmedqa import OPTIONS as PUBMEDQA_CLASSES
+from medtune.data.adapters.mmlu import MULTIMEDQA_MMLU_SUBJECTS
+from medtune.data.registry import QA_ADAPTERS
 from medtune.data.spec import SourceConfig
 
 
@@ -36,15 +38,9 @@ class Task:
     extra_sources: tuple[dict[str, Any], ...] = ()
     """Perplexity tasks: further sources whose documents are interleaved with the first one's."""
     note: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
     classes: tuple[str, ...] = ()
     """The answer classes, in choice order, when every item's choices are the same labels (PubMedQA's
     yes / no / maybe): the results then add macro-F1 and per-class recall next to accuracy."""
-
-
-MMLU_MEDICAL = ("anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics",
-                "professional_medicine")
-"""The six MMLU subjects of MultiMedQA and the Open Medical-LLM Leaderboard."""
 
 
 def _mmlu_subject(subject: str) -> Task:
@@ -103,7 +99,7 @@ TASKS: dict[str, Task] = {
         {"adapter": "mmlu", "path": "general/mmlu/dev", "split": "dev", "exclude_subjects": "medical"},
         group_by="subject", note="MMLU test without its medical subjects; lm-eval mmlu prompt",
     ),
-    **{f"mmlu_{s}": _mmlu_subject(s) for s in MMLU_MEDICAL},
+    **{f"mmlu_{s}": _mmlu_subject(s) for s in MULTIMEDQA_MMLU_SUBJECTS},
     "ppl_medical": Task(
         "ppl_medical", "ppl", "medical_in",
         {"adapter": "pubmedqa", "path": "pubmedqa/test_set.json"},
@@ -156,7 +152,7 @@ GROUPS: dict[str, TaskGroup] = {
         note="lm-eval 0.4.13 lm_eval/tasks/benchmarks/multimedqa/multimedqa.yaml: the nine tasks, acc aggregated "
              "with weight_by_size: True (the Open Medical-LLM Leaderboard's suite)"),
     "mmlu_medical": TaskGroup(
-        "mmlu_medical", tuple(f"mmlu_{s}" for s in MMLU_MEDICAL), weight_by_size=True,
+        "mmlu_medical", tuple(f"mmlu_{s}" for s in MULTIMEDQA_MMLU_SUBJECTS), weight_by_size=True,
         note="the six MMLU medical subjects; size-weighted as lm-eval aggregates its mmlu groups "
              "(lm_eval/tasks/mmlu/default/_mmlu.yaml: weight_by_size: True)"),
 }
@@ -190,8 +186,6 @@ class TaskDef(StrictModel):
 
     @model_validator(mode="after")
     def _multiple_choice(self) -> "TaskDef":
-        from medtune.data.registry import QA_ADAPTERS  # the registry imports data modules only
-
         for field_name in ("source", "fewshot_source"):
             src = getattr(self, field_name)
             if src is not None and src.adapter not in QA_ADAPTERS:

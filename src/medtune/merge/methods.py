@@ -76,13 +76,6 @@ def interpolate(base: Tensor, tuned: Tensor, alpha: float) -> Tensor:
     return torch.lerp(base.float(), tuned.float(), alpha).to(base.dtype)
 
 
-def interpolate_(base: Tensor, tuned: Tensor, alpha: float) -> Tensor:
-    """:func:`interpolate` written into ``base`` when it is fp32 (no third tensor): for streaming."""
-    if alpha in (0, 1) or base.dtype != torch.float32 or base.shape != tuned.shape:
-        return interpolate(base, tuned, alpha)
-    return base.lerp_(tuned.float(), alpha)
-
-
 def linear(base: Tensor, tuned: list[Tensor], *, alpha: float) -> Tensor:
     """WiSE-FT interpolation with the one tuned model."""
     return interpolate(base, tuned[0], alpha)

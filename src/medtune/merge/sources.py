@@ -166,7 +166,7 @@ class ParentSource:
 
 class LoraScaler:
     """Scales a loaded PeftModel's adapters in place: each adapted tensor's delta gets the coefficient
-    the (LoRA-exact) method gives it; ``set_alpha(a)`` is WiSE-FT interpolation. ``order``: the adapters
+    the (LoRA-exact) method gives it; ``set_mix_weight(w)`` is WiSE-FT interpolation. ``order``: the adapters
     as the method's tuned models, each with its own coefficient (several parents); None: every adapter
     gets the coefficient of the one tuned model."""
 
@@ -194,14 +194,16 @@ class LoraScaler:
             for adapter in self.base_scaling[name]:
                 m.scaling[adapter] = 0.0
 
-    def set_alpha(self, alpha: float, ratios: Sequence[float] | None = None) -> None:
+    def set_mix_weight(self, mix_weight: float, ratios: Sequence[float] | None = None) -> None:
+        """WiSE-FT at ``mix_weight`` on the tuned model (the averaging's ``alpha`` param; LoRA's own
+        ``lora_alpha`` stays in the adapters' base scaling), per layer block with HMA ``ratios``."""
         if ratios:
-            self.set("hma", M.resolve_params("hma", {"alpha": alpha, "ratios": list(ratios)}))
+            self.set("hma", M.resolve_params("hma", {"alpha": mix_weight, "ratios": list(ratios)}))
         else:
-            self.set("linear", {"alpha": alpha})
+            self.set("linear", {"alpha": mix_weight})
 
     def reset(self) -> None:
-        self.set_alpha(1.0)
+        self.set_mix_weight(1.0)
 
 
 def merged_tensors(source: WeightSource, method: str, params: M.Params, only: Sequence[str] | None = None,

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from medtune import atomic, outdir
+from medtune.data.adapters.mmlu import MULTIMEDQA_MMLU_SUBJECTS
 from medtune.evaluate.results import Metric, Prediction
-from medtune.evaluate.tasks import GROUPS, MMLU_MEDICAL, TASKS
+from medtune.evaluate.tasks import GROUPS, TASKS
 from medtune.merge.records import SweepPoint
 from medtune.report.records import (AnswerShare, BestOf, CandidateView, Changes, Columns, PairedChange, PairedTest,
                                     Report, Row, SearchVsGrid, ShipView, Spread, SweepView, TrainRow)
@@ -30,7 +31,7 @@ DISPLAY = {"pubmedqa": "PubMedQA", "medmcqa": "MedMCQA", "medqa4": "MedQA-USMLE"
            "medmcqa_cloze": "MedMCQA cloze", "medqa4_cloze": "MedQA-USMLE cloze",
            "mmlu_general_cloze": "MMLU (non-medical) cloze",
            "multimedqa": "MultiMedQA avg", "mmlu_medical": "MMLU medical avg",
-           **{f"mmlu_{s}": "MMLU " + s.replace("_", " ") for s in MMLU_MEDICAL}}
+           **{f"mmlu_{s}": "MMLU " + s.replace("_", " ") for s in MULTIMEDQA_MMLU_SUBJECTS}}
 """Column titles of the report's tables."""
 
 

@@ -16,7 +16,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from medtune.config import ConfigFile, ModelConfig, Names, StrictModel, format_validation_error
-from medtune.data.build import DataConfig
+from medtune.data.config import DataConfig
 from medtune.data.spec import SourceConfig
 from medtune.evaluate.settings import TaskSettings
 from medtune.evaluate.tasks import TASKS, expand

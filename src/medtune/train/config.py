@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from medtune.config import ConfigFile, ModelConfig, StrictModel
-from medtune.data.build import DataConfig
+from medtune.data.config import DataConfig
 from medtune.data.spec import SourceConfig
 
 
@@ -28,7 +28,7 @@ class LoraSettings(StrictModel):
     r: int = Field(8, ge=1)
     """LoRA rank."""
     alpha: float = Field(16, gt=0)
-    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    """LoRA scaling numerator (the update is scaled by alpha / r): peft's lora_alpha, not the averaging's alpha."""
     dropout: float = Field(0.05, ge=0, lt=1)
     """Dropout on the LoRA input."""
     target_modules: Literal["all-linear"] | list[str] = "all-linear"

@@ -21,6 +21,15 @@ from medtune.errors import DataError
 HEADER = ["question", "choice0", "choice1", "choice2", "choice3", "answer"]
 LABELS = ("A", "B", "C", "D")
 
+MULTIMEDQA_MMLU_SUBJECTS = ("anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics",
+                            "professional_medicine")
+"""The six MMLU subjects of MultiMedQA (Singhal et al., 2023) and the Open Medical-LLM Leaderboard: the usual
+"MMLU medical" score, evaluated as the ``mmlu_<subject>`` tasks and the ``mmlu_medical`` group."""
+MEDICAL_MMLU_SUBJECTS = MULTIMEDQA_MMLU_SUBJECTS + ("nutrition", "virology", "human_aging")
+"""Every health-related MMLU subject, which ``exclude_subjects: medical`` drops so that a general (non-medical)
+MMLU score counts none of them. Three more than the scored six: nutrition, virology and human aging are health
+knowledge that medical training may move, though MultiMedQA does not score them."""
+
 
 def csv_files(path: Path, split: str) -> list[Path]:
     """The ``*_<split>.csv`` files in ``path`` or in ``path/<split>/``, or ``path`` itself if a file."""
