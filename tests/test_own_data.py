@@ -348,7 +348,7 @@ def test_user_group_is_size_weighted_and_reported(tiny_llama: Path, tmp_path: Pa
     """A user group of two user tasks scores both and adds the accuracy over all their items, in results.json."""
     import shutil
 
-    from medtune.evaluate.results import EvalResult
+    from medtune.evaluate.records import EvalResult
     from medtune.evaluate.run import EvalConfig, evaluate
 
     second = tmp_path / "second.jsonl"
@@ -555,7 +555,7 @@ def test_the_own_data_example_study_runs_as_written(tiny_llama: Path, tmp_path: 
     """docs/own-data/study.yaml runs (on the tiny model): the chat set trains, the user exam is scored in both
     formulations with its group, and the manifest's decontamination finding is the one docs/own-data.md shows."""
     from medtune.config import load_config
-    from medtune.evaluate.results import EvalResult
+    from medtune.evaluate.records import EvalResult
     from medtune.study.run import StudyRunConfig, study
 
     cfg = load_config(StudyRunConfig, DOCS / "own-data" / "study.yaml",

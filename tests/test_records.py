@@ -33,7 +33,7 @@ RESULTS = {
 def test_eval_results_load_as_typed_task_scores_and_save_unchanged(tmp_path):
     """results.json loads as task name -> TaskScore of Metric records; saving it again gives the same content
     (keys the record does not name, such as device and timings, kept; no null added for unset metrics)."""
-    from medtune.evaluate.results import EvalResult, Metric, TaskScore
+    from medtune.evaluate.records import EvalResult, Metric, TaskScore
 
     (tmp_path / "results.json").write_text(json.dumps(RESULTS))
     res = EvalResult.load(tmp_path)
@@ -45,7 +45,7 @@ def test_eval_results_load_as_typed_task_scores_and_save_unchanged(tmp_path):
 
 def test_the_headline_metric_is_accuracy_else_perplexity():
     """One rule picks a task's headline: its accuracy, else its perplexity; the eval result asks the task's score."""
-    from medtune.evaluate.results import EvalResult, TaskScore
+    from medtune.evaluate.records import EvalResult, TaskScore
 
     res = EvalResult.model_validate(RESULTS)
     assert res.headline("medmcqa") == res.tasks["medmcqa"].acc and res.headline("ppl_general").value == 12.5
@@ -54,7 +54,7 @@ def test_the_headline_metric_is_accuracy_else_perplexity():
 
 def test_predictions_read_as_records(tmp_path):
     """predictions.jsonl rows read as Prediction records: choice rows, perplexity documents, unparsed outputs."""
-    from medtune.evaluate.results import Prediction
+    from medtune.evaluate.records import Prediction
 
     rows = [{"task": "pubmedqa", "id": 7, "gold": 0, "pred": 0, "answer": "yes", "loglikelihoods": [-1.0, -2.0]},
             {"task": "ppl_general", "id": "d0", "nll": 20.5, "tokens": 10},
@@ -102,7 +102,7 @@ def test_the_report_is_a_typed_record_and_report_json_is_its_dump(tmp_path):
     from medtune.report.build import collect, write_report
     from medtune.report.records import PairedChange, Report, Row
     from medtune.merge.selection import SelectionRule
-    from medtune.results import Candidate, ShipChoice, StudyResults, Validation
+    from medtune.study_records import Candidate, ShipChoice, StudyResults, Validation
 
     rng = np.random.default_rng(1)
     correct = {t: [float(x) for x in rng.integers(0, 2, size=12)] for t in TASKS[:-1]}

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from medtune.evaluate import metrics
-from medtune.evaluate.results import EvalResult
+from medtune.evaluate.records import EvalResult
 from medtune.evaluate.tasks import GROUPS
 from medtune.report import render
 from medtune.report.build import collect, columns
-from medtune.results import ModelEval, StudyResults, Validation
+from medtune.study_records import ModelEval, StudyResults, Validation
 
 MMLU6 = list(GROUPS["mmlu_medical"].tasks)
 LISTED = ["pubmedqa", "medqa4", "medqa4_cloze", "arc_easy", "ppl_medical"]

@@ -15,7 +15,7 @@ import yaml
 from medtune.config import load_config
 from medtune.demo import demo_data_dir
 from medtune.errors import ConfigError
-from medtune.evaluate.results import Metric
+from medtune.evaluate.records import Metric
 from medtune.report.build import mean_with_ci
 from medtune.study import run as study_run
 from medtune.study.run import StudyRunConfig, study

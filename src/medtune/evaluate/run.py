@@ -347,7 +347,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
               **({"groups": groups} if groups else {}), "processes": state.num_processes, **placed.record(), **_provenance()}
     if not state.is_main_process:
         return report
-    from medtune.evaluate.results import EvalResult
+    from medtune.evaluate.records import EvalResult
 
     EvalResult.model_validate(report).save(out / "results.json")  # the record the study and report read
     atomic.write_jsonl(out / "predictions.jsonl", predictions)

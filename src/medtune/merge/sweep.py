@@ -234,7 +234,7 @@ def _eval_config(cfg: SweepConfig) -> Any:
 def _score(avg: Any, tokenizer: Any, cfg: SweepConfig, method: str,
            params: M.Params) -> tuple[SweepPoint, list[dict[str, Any]]]:
     """The point scored on every validation item, and the per-item prediction rows."""
-    from medtune.evaluate.results import TaskScore
+    from medtune.evaluate.records import TaskScore
     from medtune.evaluate.run import group_results, score_model
     from medtune.evaluate.scores import mean_score
 

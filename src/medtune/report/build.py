@@ -1,6 +1,6 @@
 """The study report's numbers, from the study's results object (no model is loaded here).
 
-:func:`collect` turns a :class:`~medtune.results.StudyResults` (gathered by the study from its
+:func:`collect` turns a :class:`~medtune.study_records.StudyResults` (gathered by the study from its
 step directories) into one typed :class:`~medtune.report.records.Report`, whose dump is
 ``report.json``; :mod:`medtune.report.render` writes it as Markdown and HTML and
 :mod:`medtune.report.plots` draws its figures. Every number in the report comes from a results
@@ -18,12 +18,12 @@ from typing import Any
 
 from medtune import atomic, outdir
 from medtune.data.adapters.mmlu import MULTIMEDQA_MMLU_SUBJECTS
-from medtune.evaluate.results import Metric, Prediction
+from medtune.evaluate.records import Metric, Prediction
 from medtune.evaluate.tasks import GROUPS, TASKS
 from medtune.merge.records import SweepPoint
 from medtune.report.records import (AnswerShare, BestOf, CandidateView, Changes, Columns, PairedChange, PairedTest,
                                     Report, Row, SearchVsGrid, ShipView, Spread, SweepView, TrainRow)
-from medtune.results import ModelEval, StudyResults
+from medtune.study_records import ModelEval, StudyResults
 
 DISPLAY = {"pubmedqa": "PubMedQA", "medmcqa": "MedMCQA", "medqa4": "MedQA-USMLE", "medqa5": "MedQA-USMLE 5-opt",
            "arc_easy": "ARC-Easy", "arc_challenge": "ARC-Challenge", "mmlu_general": "MMLU (non-medical)",

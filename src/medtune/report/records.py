@@ -10,10 +10,10 @@ from typing import Any
 
 from pydantic import ConfigDict, Field
 
-from medtune.evaluate.results import Metric
+from medtune.evaluate.records import Metric
 from medtune.merge.records import SearchSummary, SweepPoint, SweepResult
 from medtune.records import Record
-from medtune.results import MixSummary, StepTime, Validation
+from medtune.study_records import MixSummary, StepTime, Validation
 
 
 class Columns(Record):
@@ -41,7 +41,7 @@ class Row(Record):
     kind: str
     step: str
     tasks: dict[str, Metric | None]
-    """Per task its headline metric (:attr:`~medtune.evaluate.results.TaskScore.headline`)."""
+    """Per task its headline metric (:attr:`~medtune.evaluate.records.TaskScore.headline`)."""
     groups: dict[str, Metric | None]
     medical_avg: Metric | None
     general_avg: Metric | None

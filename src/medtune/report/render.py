@@ -8,7 +8,7 @@ import html as H
 from pathlib import Path
 from typing import Any
 
-from medtune.evaluate.results import Metric
+from medtune.evaluate.records import Metric
 from medtune.evaluate.scores import describe
 from medtune.evaluate.tasks import GROUPS, TASKS
 from medtune.report.records import Changes, PairedChange, Report, Row, SweepView

@@ -2,7 +2,7 @@
 the base on the in-domain tasks and perplexities (test splits), saying plainly whether the change
 clears its 95 % interval, and each sweep's trade-off on validation.
 
-Pure: :func:`changes` and :func:`tradeoffs` read the gathered :class:`~medtune.results.StudyResults`
+Pure: :func:`changes` and :func:`tradeoffs` read the gathered :class:`~medtune.study_records.StudyResults`
 (and the predictions files through the report's paired deltas) and return typed lines; the study's
 runner prints them.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from medtune.evaluate.tasks import TASKS
-from medtune.results import StudyResults
+from medtune.study_records import StudyResults
 
 
 @dataclass(frozen=True)

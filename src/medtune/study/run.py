@@ -209,7 +209,7 @@ def _report_only(console: Any, cfg: StudyConfig, out: Path) -> Path:
     """The report of the finished steps that are current; nothing runs, and no step's state changes. A
     finished step whose settings or inputs changed since it ran (stale) is named and left out of the report."""
     from medtune.report.build import write_report
-    from medtune.study.results import gather
+    from medtune.study.gather import gather
 
     layout = layout_of(cfg, out)
     if not layout.study_files():
@@ -237,7 +237,7 @@ def _print_outcome(console: Any, cfg: StudyConfig, out: Path) -> None:
     import shlex
 
     from medtune.report.build import columns, model_row
-    from medtune.study.results import gather, model_dir_of
+    from medtune.study.gather import gather, model_dir_of
 
     layout = layout_of(cfg, out)
     results = gather(cfg, layout)

@@ -270,7 +270,7 @@ def _run_merge(step: Step, cfg: StudyConfig, layout: StudyLayout, resume: bool) 
 
 def _run_report(step: Step, cfg: StudyConfig, layout: StudyLayout, resume: bool) -> None:
     from medtune.report.build import write_report
-    from medtune.study.results import gather
+    from medtune.study.gather import gather
 
     write_report(gather(cfg, layout), layout.report_dir())
 

@@ -1,7 +1,7 @@
 """The study's results as one typed object: what the study gathers and the report shows.
 
-:class:`StudyResults` is built by :func:`medtune.study.results.gather` from the step directories
-(through the typed records each stage owns: :class:`~medtune.evaluate.results.EvalResult`,
+:class:`StudyResults` is built by :func:`medtune.study.gather.gather` from the step directories
+(through the typed records each stage owns: :class:`~medtune.evaluate.records.EvalResult`,
 :class:`~medtune.merge.records.SweepResult`) and handed to :func:`medtune.report.build.write_report`.
 It lives below both, so the report never imports the study.
 """
@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from medtune.data.spec import SourceConfig
-from medtune.evaluate.results import EvalResult
+from medtune.evaluate.records import EvalResult
 from medtune.merge.records import SweepPoint, SweepResult
 from medtune.merge.selection import SelectionRule
 from medtune.train.records import CurvePoint, TrainRun

@@ -1,4 +1,4 @@
-"""Gather the study's results from its step directories into one :class:`~medtune.results.StudyResults`.
+"""Gather the study's results from its step directories into one :class:`~medtune.study_records.StudyResults`.
 
 Each step's output is read through the record its stage owns (``EvalResult``, ``SweepResult``,
 the training run's curves and data manifest); paths come from :class:`StudyLayout`; the shipping
@@ -17,10 +17,10 @@ from collections.abc import Collection
 from pathlib import Path
 
 from medtune.data.manifest import DataManifest
-from medtune.evaluate.results import EvalResult
+from medtune.evaluate.records import EvalResult
 from medtune.merge.records import SweepResult
 from medtune.merge.selection import Point, SelectionRule
-from medtune.results import (Candidate, MixSummary, ModelEval, ShipChoice, StepTime, StudyResults, TrainSummary,
+from medtune.study_records import (Candidate, MixSummary, ModelEval, ShipChoice, StepTime, StudyResults, TrainSummary,
                              Validation)
 from medtune.study.config import StudyConfig
 from medtune.study.layout import StudyLayout
