@@ -12,9 +12,8 @@
 #  - medtune's runtime dependencies (pyproject.toml) that such a node lacks, with their own missing
 #    dependencies: pydantic (pydantic_core, annotated-types, typing-inspection, typing_extensions >= 4.16),
 #    datasets (dill, multiprocess), optuna (alembic, SQLAlchemy, Mako, colorlog), gguf, platformdirs;
-#  - transformers and peft at medtune's pins: the node's transformers (5.17) has no TrainingArguments
-#    field `activation_checkpointing`, which medtune sets; its other dependencies (huggingface-hub,
-#    tokenizers, safetensors, ...) are on the node at versions 5.23 accepts;
+#  - not transformers or peft: medtune runs on the node's own (transformers 5.17: gradient checkpointing
+#    is set through `gradient_checkpointing` where TrainingArguments has no `activation_checkpointing`);
 #  - bitsandbytes (QLoRA, part b) with only its CUDA 13 and CPU libraries (the node's torch is built for
 #    CUDA 13.0): the whole wheel is 41 MiB, 37 of them builds for CUDA 11/12, ROCm and XPU, and would not
 #    fit beside the rest; slimmed it is 7 MiB. If it still does not fit it is left out, said so here, and
@@ -28,7 +27,7 @@ DEST=.gpu-wheels
 DATA_DEST=.gpu-data
 LIMIT=$((64 * 1024 * 1024))
 NEEDED=(pydantic pydantic_core annotated-types typing-inspection typing_extensions datasets dill multiprocess
-        optuna alembic SQLAlchemy Mako colorlog gguf platformdirs transformers peft)
+        optuna alembic SQLAlchemy Mako colorlog gguf platformdirs)
 OPTIONAL=bitsandbytes
 PLATFORMS=()
 for tag in manylinux_2_28 manylinux_2_27 manylinux_2_24 manylinux_2_17 manylinux2014 manylinux1; do
