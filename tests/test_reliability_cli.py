@@ -288,6 +288,7 @@ FSDP1_LAUNCH_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "FSDP_SH
 def test_fsdp1_is_refused_before_accelerate_sets_it_up(tiny_llama, tmp_path, monkeypatch, capsys):
     """Launched for FSDP1, train stops with medtune's reason (exit 2) before accelerate's Accelerator is built."""
     import accelerate
+    import transformers.trainer  # noqa: F401  (imported first: it binds the real Accelerator, not the stand-in below)
 
     def crash(*args: Any, **kwargs: Any) -> None:  # what accelerate does with FSDP1 on a machine without a GPU
         raise RuntimeError("There are currently no available devices found")

@@ -11,7 +11,6 @@ the study now asks for) are left out, as if they had not run, and listed in the 
 
 from __future__ import annotations
 
-import json
 import shlex
 from collections.abc import Collection
 from pathlib import Path
@@ -23,7 +22,7 @@ from medtune.merge.selection import Point, SelectionRule
 from medtune.study_records import (Candidate, MixSummary, ModelEval, ShipChoice, StepTime, StudyResults, TrainSummary,
                              Validation)
 from medtune.study.config import StudyConfig
-from medtune.study.layout import StudyLayout
+from medtune.study.layout import StepState, StudyLayout
 from medtune.train.records import TrainCurves
 
 
@@ -110,10 +109,6 @@ def ship_choice(cfg: StudyConfig, layout: StudyLayout, rows: list[ModelEval],
     return ShipChoice(candidates=cands, selected=idx, rule=rule, base_general=base_general, row=row)
 
 
-def _read(path: Path) -> dict | None:  # type: ignore[type-arg]
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def train_summaries(cfg: StudyConfig, layout: StudyLayout,
                     stale: Collection[str] = ()) -> tuple[dict[str, TrainSummary], dict[str, MixSummary]]:
     """Per variant that trained: its run and loss history (curves.json) and the data it used (manifest.json)."""
@@ -138,9 +133,9 @@ def step_times(layout: StudyLayout, stale: Collection[str] = ()) -> list[StepTim
     """Wall time of every finished step (from its state file) that is not stale, in the order they finished."""
     times = []
     for path in layout.state_files():
-        state = _read(path)
-        if state and state.get("state") == "done" and "seconds" in state and state.get("step") not in ("report", *stale):
-            times.append(StepTime(step=state["step"], seconds=state["seconds"], finished=state.get("finished", "")))
+        st = StepState.load(path)
+        if st is not None and st.state == "done" and st.seconds is not None and st.step not in ("report", *stale):
+            times.append(StepTime(step=st.step, seconds=st.seconds, finished=st.finished or ""))
     return sorted(times, key=lambda t: (t.finished, t.step))
 
 
