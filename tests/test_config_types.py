@@ -29,9 +29,11 @@ ALLOWED = {
     "chat_template": "data: a Jinja template for chat training sources; eval: whether to wrap prompts; chat: on",
     "max_new_tokens": "an answer letter (eval, 16), a model-info sample (32), a chat answer (256)",
     "adapter": "a source's reader (qa, pubmedqa, text) vs a LoRA adapter directory",
-    "temperature": "the replay mix's source temperature vs chat's sampling temperature",
     "train": "the study's shared training settings (a mapping) vs the data config's training sources (a list)",
     "variants": "the study's variants (their definitions) vs averaging's names of the variants to sweep",
+    "base": "merge and sweep: the base model (a model spec); power: the base model's evaluation directory",
+    "tasks": "eval: the tasks scored (default: the study's suite); power: a subset of the evaluations' tasks "
+             "(default: all they share)",
     "general_share": "a variant's override (None: the study data's share) of the data config's share",
 }
 """Field names declared by two configs with another type or default, and why each is right as it is."""

@@ -221,14 +221,16 @@ def study_cfg(tiny_llama: Path, out: Path, **changes):
 
 def test_the_study_passes_its_device_to_every_eval_sweep_and_merge_step(tiny_llama, tmp_path):
     """study `device` reaches the eval, sweep and merge steps; it is where they run, so no fingerprint changes."""
-    from medtune.merge.records import SweepPoint
     from medtune.study import steps as S
 
     out = tmp_path / "s"
     cfg = study_cfg(tiny_llama, out, device="cpu")
-    plan = S.static_plan(cfg, out)
-    point = SweepPoint(method="linear", params={"alpha": 0.5}, label="α=0.5", medical=0.0, general=0.0)
-    plan += S.averaged_plan(cfg, out, cfg.variants[0], point)
+    from medtune.study.layout import StudyLayout
+    from medtune.study.plan import StandIn
+
+    static = S.static_plan(cfg, out)
+    plan = static + [s for s in S.built_plan(cfg, StudyLayout(out), StandIn(tuple(cfg.swept)))
+                     if isinstance(s, S.Step) and s.kind in ("merge", "eval") and s.name not in {t.name for t in static}]
     kinds = {s.kind for s in plan if s.kind != "train"}
     assert kinds == {"eval", "sweep", "merge"}
     assert {s.config.device for s in plan if s.kind != "train"} == {"cpu"}
@@ -255,7 +257,7 @@ def test_study_eval_steps_run_under_the_eval_launcher(tiny_llama, tmp_path, monk
         evaluate(load_config(EvalConfig, cmd[-1]))
         return subprocess.CompletedProcess(cmd, 0)
 
-    monkeypatch.setattr(study_run.subprocess, "run", launched)
+    monkeypatch.setattr(subprocess, "run", launched)
     basis = step.basis({}, out)
     study_run._execute(step, out, cfg, basis, "run")
     assert ran == [["accelerate", "launch", "--num_processes", "2", "-m", "medtune", "eval",
