@@ -7,6 +7,11 @@ hardware and fp16 where it has not (the training engine's rule, :func:`medtune.m
 else the CPU in fp32 (bf16 matmul is far slower than fp32 on most CPUs). ``--dtype float32`` on a GPU
 scores as lm-eval does in fp32. Resolved once per stage into a :class:`Placement` that the stage
 prints and records next to its results.
+
+Why not accelerate's ``PartialState().device`` alone: it answers which GPU (and is what ``cuda`` means here,
+by the same ``LOCAL_RANK``), but not in which dtype, nor bf16 vs fp16 by hardware, nor an explicit
+``cuda:N`` checked before anything loads; and building it initialises the process group, which a
+single-process sweep or chat does not need.
 """
 
 from __future__ import annotations
