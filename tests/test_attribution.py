@@ -183,11 +183,16 @@ def test_power_refuses_missing_or_conflicting_inputs():
 def _train_config(tiny_llama: Path, out: Path, **kw) -> dict:
     from test_train import config
 
-    return config(tiny_llama, out, max_steps=5, save_every=0, **kw)
+    train = [{"adapter": "medmcqa", "path": "medmcqa/dev.json"},
+             {"adapter": "pubmedqa", "path": "pubmedqa/ori_pqal.json", "split": "trainval", "fold": {**FOLD, "take": "rest"}}]
+    return config(tiny_llama, out, max_steps=5, save_every=0, **{"data.train": train, **kw})
 
 
+FOLD = {"share": 0.5, "take": "held_out"}
+"""The PubMedQA validation fold; training takes the rest (the validation split is in the leakage guard)."""
 EVAL = {"eval_tasks": ["pubmedqa", "arc_easy", "ppl_general"], "eval_limit": 2,
-        "eval_sources": {"pubmedqa": {"adapter": "pubmedqa", "path": "pubmedqa/ori_pqal.json", "split": "trainval"},
+        "eval_sources": {"pubmedqa": {"adapter": "pubmedqa", "path": "pubmedqa/ori_pqal.json", "split": "trainval",
+                                      "fold": FOLD},
                          "arc_easy": {"adapter": "arc", "path": "arc/ARC-Easy-Dev.jsonl"},
                          "ppl_general": {"adapter": "text", "path": "text/replay.txt"}}}
 

@@ -17,9 +17,9 @@ from medtune.data.spec import SourceConfig
 from medtune.evaluate.records import EvalResult
 from medtune.merge.records import SweepPoint, SweepResult
 from medtune.merge.selection import SelectionRule
-from medtune.train.records import CurvePoint, TrainRun
+from medtune.train.records import CurvePoint, TrainRun, ValidationPoint
 
-RowKind = Literal["base", "tuned", "averaged", "compared"]
+RowKind = Literal["base", "tuned", "control", "averaged", "compared"]
 
 
 class _Record(BaseModel):
@@ -67,6 +67,8 @@ class TrainSummary(_Record):
     seconds: float
     history: list[CurvePoint]
     method: str
+    validation: list[ValidationPoint] = Field(default_factory=list)
+    """The validation curves (eval_every), when the run scored them."""
 
 
 class MixSummary(_Record):

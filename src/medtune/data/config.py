@@ -30,8 +30,9 @@ class DataConfig(ConfigFile):
     """General-domain text sources mixed in as replay."""
     eval: list[SourceConfig] = Field(default_factory=list)
     """Evaluation splits: the leakage guard keeps their items out of training."""
-    general_share: float = Field(0.0, ge=0.0, lt=1.0)
-    """Target share of general (replay) tokens in the packed training blocks, in [0, 1)."""
+    general_share: float = Field(0.0, ge=0.0, le=1.0)
+    """Target share of general (replay) tokens in the packed training blocks, in [0, 1]. 1 is the general-text
+    control: as many general tokens as the domain text has, and no domain token (the same token budget)."""
     mix_strategy: Literal["fixed_share", "temperature", "concat"] = "fixed_share"
     """How replay is mixed in: fixed_share (up/down-sample general text to the share), temperature
     (also balance sources inside each group, p ~ n^(1/T)), or concat (no resampling or repetition)."""

@@ -3,6 +3,9 @@
 Inputs are tokenized documents grouped by source; each source belongs to the ``domain`` or the
 ``general`` group. With domain token count ``D`` and target general share ``s``, the general group's
 budget is ``G = round(s / (1 - s) * D)`` tokens, so general tokens make up ``s`` of the mix.
+``s = 1`` is the general-text *control*: ``G = D`` general tokens and no domain token, the same token
+budget as the domain text alone, so a model trained on it separates what training on any text does
+from what the domain text does.
 Shares are counted in document tokens (no EOS; see :mod:`medtune.data.packing`).
 
 Strategies (:data:`STRATEGIES`):
@@ -132,8 +135,9 @@ Strategy = Callable[[Lengths, Mapping[str, str], int, np.random.Generator, float
 
 
 def general_budget(domain_tokens: int, share: float) -> int:
-    """``G`` such that ``G / (D + G) == share`` (rounded to whole tokens)."""
-    return round(share / (1.0 - share) * domain_tokens)
+    """``G`` such that ``G / (D + G) == share`` (rounded to whole tokens); at ``share == 1`` (the control,
+    general text in place of the domain text) ``G = D``."""
+    return domain_tokens if share >= 1.0 else round(share / (1.0 - share) * domain_tokens)
 
 
 def allocate(budget: int, sizes: Mapping[str, int], exponent: float = 1.0) -> dict[str, int]:
@@ -263,8 +267,8 @@ def _check_docs(docs_by_source: Mapping[str, Sequence[Doc]], groups: Mapping[str
 
 
 def _check(lengths: Lengths, groups: Mapping[str, str], general_share: float, mix_temperature: float) -> None:
-    if not (0.0 <= general_share < 1.0):
-        raise MedtuneError(f"general_share must be in [0, 1), got {general_share}")
+    if not (0.0 <= general_share <= 1.0):
+        raise MedtuneError(f"general_share must be in [0, 1], got {general_share}")
     if not (mix_temperature > 0 and math.isfinite(mix_temperature)):
         raise MedtuneError(f"mix_temperature must be a positive number, got {mix_temperature}")
     _check_docs(dict.fromkeys(lengths, ()), groups)
@@ -285,6 +289,11 @@ def mix_plan(lengths: Lengths, groups: Mapping[str, str], general_share: float, 
                            "sources are empty; set general_share: 0 or add general text")
     rng = np.random.default_rng(seed)
     taken, warnings = run(lengths, groups, budget, rng, mix_temperature)
+    if general_share >= 1.0:  # the control: the domain text only sets the budget
+        if general_tokens == 0:
+            raise MedtuneError("general_share 1 (the general-text control) needs general sources to train on")
+        taken |= {s: _Taken(_cat([]), _cat([]), target=0, tokens=0, passes=0, cut_tokens=0)
+                  for s in _sizes(lengths, groups, "domain")}
     names = list(lengths)
     index = {s: i for i, s in enumerate(names)}
     source = np.concatenate([np.full(len(t.doc), index[s], np.int32) for s, t in taken.items()] or [np.zeros(0, np.int32)])

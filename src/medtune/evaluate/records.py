@@ -44,6 +44,10 @@ class TaskScore(ReadRecord):
     perplexity: Metric | None = None
     unparsed: int | None = None
     """Generation: outputs that name no option (they count as wrong)."""
+    macro_f1: Metric | None = None
+    """A class-labelled task (PubMedQA): macro-averaged F1 over its classes, with a bootstrap interval."""
+    recall_by_class: dict[str, Metric] | None = None
+    """A class-labelled task: per class, the accuracy on the items of that gold class."""
 
     @property
     def headline(self) -> Metric | None:

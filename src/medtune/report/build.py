@@ -21,8 +21,8 @@ from medtune.data.adapters.mmlu import MULTIMEDQA_MMLU_SUBJECTS
 from medtune.evaluate.records import Metric, Prediction
 from medtune.evaluate.tasks import GROUPS, TASKS
 from medtune.merge.records import SweepPoint
-from medtune.report.records import (AnswerShare, BestOf, CandidateView, Changes, Columns, PairedChange, PairedTest,
-                                    Report, Row, SearchVsGrid, ShipView, Spread, SweepView, TrainRow)
+from medtune.report.records import (AnswerShare, BestOf, CandidateView, Changes, ClassView, Columns, PairedChange,
+                                    PairedTest, Report, Row, SearchVsGrid, ShipView, Spread, SweepView, TrainRow)
 from medtune.study_records import ModelEval, StudyResults
 
 DISPLAY = {"pubmedqa": "PubMedQA", "medmcqa": "MedMCQA", "medqa4": "MedQA-USMLE", "medqa5": "MedQA-USMLE 5-opt",
@@ -166,13 +166,15 @@ def answer_spread(rows: list[ModelEval], tasks: list[str], read: Reader = _predi
 
 
 def paired_deltas(rows: list[ModelEval], tasks: list[str], groups: list[str] | None = None,
-                  ppl_tasks: list[str] | None = None, read: Reader = _predictions) -> dict[str, Changes]:
-    """Per row (by label) and task: accuracy minus the base model's on the same items, with a
-    percentile-bootstrap 95 % interval over items and the number of items whose correctness changed
-    (for each group: the group's aggregate of the same differences, stratified by task). For each
-    perplexity task: perplexity minus the base's on the same documents, bootstrapped over documents.
-    Paired, so much tighter than comparing the two rows' own intervals."""
-    base = next((r for r in rows if r.kind == "base"), None)
+                  ppl_tasks: list[str] | None = None, read: Reader = _predictions,
+                  reference: str = "base") -> dict[str, Changes]:
+    """Per row (by label) and task: accuracy minus the reference model's (the row of kind ``reference``: the
+    base, or the general-text control) on the same items, with a percentile-bootstrap 95 % interval over
+    items and the number of items whose correctness changed (for each group: the group's aggregate of the
+    same differences, stratified by task). For each perplexity task: perplexity minus the reference's on the
+    same documents, bootstrapped over documents. Paired, so much tighter than comparing the two rows' own
+    intervals."""
+    base = next((r for r in rows if r.kind == reference), None)
     if base is None:
         return {}
     base_rows = read(base.predictions)
@@ -190,14 +192,56 @@ def paired_deltas(rows: list[ModelEval], tasks: list[str], groups: list[str] | N
     return deltas
 
 
+def _classes_of(rows: list[Prediction], task: str) -> dict[str, tuple[int, int]]:
+    """Item id -> (gold, predicted) class of a task's multiple-choice rows."""
+    return {r.id: (int(r.gold), int(r.pred)) for r in rows  # type: ignore[arg-type]
+            if r.task == task and r.is_choice and r.pred is not None}
+
+
+def _f1_change(ref: dict[str, tuple[int, int]], mine: dict[str, tuple[int, int]], k: int) -> PairedChange | None:
+    from medtune.evaluate import metrics
+
+    ids = [i for i in mine if i in ref]
+    if not ids:
+        return None
+    out = metrics.paired_macro_f1_change([mine[i][0] for i in ids], [ref[i][1] for i in ids],
+                                         [mine[i][1] for i in ids], k)
+    return PairedChange(**out)
+
+
+def class_views(rows: list[ModelEval], tasks: list[str], read: Reader = _predictions) -> dict[str, dict[str, ClassView]]:
+    """Per row (by label), per class-labelled task (PubMedQA: yes / no / maybe): its macro-F1 and per-class
+    recall (from results.json), and its macro-F1 minus the base's and the control's on the same items, with
+    a paired bootstrap interval. A model that says "yes" to most items can gain accuracy on a "yes"-heavy
+    test set without knowing more; macro-F1 counts every class the same, so it cannot."""
+    base = next((r for r in rows if r.kind == "base"), None)
+    control = next((r for r in rows if r.kind == "control"), None)
+    out: dict[str, dict[str, ClassView]] = {}
+    for t in (t for t in tasks if TASKS[t].classes):
+        k = len(TASKS[t].classes)
+
+        def vs(ref: ModelEval | None, r: ModelEval) -> PairedChange | None:
+            if ref is None or ref.step == r.step:
+                return None
+            return _f1_change(_classes_of(read(ref.predictions), t), _classes_of(read(r.predictions), t), k)
+
+        for r in rows:
+            score = r.result.tasks.get(t)
+            if score is None or score.macro_f1 is None:
+                continue
+            out.setdefault(r.label, {})[t] = ClassView(macro_f1=score.macro_f1, recall=score.recall_by_class or {},
+                                                       vs_base=vs(base, r), vs_control=vs(control, r))
+    return out
+
+
 def _row_at(rows: list[ModelEval], variant: str, point: SweepPoint) -> ModelEval | None:
     """The test row of ``variant``'s sweep point (the base's or the tuned model's row at alpha 0 or 1)."""
     hit = next((r for r in rows if r.variant == variant and r.point is not None and r.point.identity == point.identity),
                None)
     end = point.is_endpoint()
     if hit is None and end is not None:
-        hit = next((r for r in rows if (r.kind == "base" if end == 0 else (r.kind == "tuned" and r.variant == variant))),
-                   None)
+        hit = next((r for r in rows if (r.kind == "base" if end == 0 else
+                                        (r.kind in ("tuned", "control") and r.variant == variant))), None)
     return hit
 
 
@@ -260,7 +304,11 @@ def collect(results: StudyResults) -> Report:
         deltas=paired_deltas(results.rows, mc, cols.groups, cols.ppl, read),
         search_vs_grid=search_vs_grid(results, mc, cols.groups, read),
         gen_deltas=paired_deltas(results.gen_rows, cols.medical, read=read),
-        spread=answer_spread(results.rows, cols.medical + cols.cloze + cols.general, read))
+        spread=answer_spread(results.rows, cols.medical + cols.cloze + cols.general, read),
+        control=next((r.label for r in results.rows if r.kind == "control"), None),
+        control_deltas=paired_deltas(results.rows, mc, cols.groups, cols.ppl, read, reference="control"),
+        classes=class_views(results.rows, cols.medical, read),
+        validation_curves={v: t.validation for v, t in results.train.items() if t.validation})
 
 
 def write_report(results: StudyResults, rdir: Path) -> Path:
@@ -271,7 +319,9 @@ def write_report(results: StudyResults, rdir: Path) -> Path:
     rdir = outdir.claim(rdir, "report")
     images = {"frontier.png": plots.frontier(report, rdir / "frontier.png"),
               "curves.png": plots.curves(report, rdir / "curves.png"),
-              "changes.png": plots.changes(report, rdir / "changes.png")}
+              "validation.png": plots.validation_curves(report, rdir / "validation.png"),
+              "changes.png": plots.changes(report, rdir / "changes.png"),
+              "changes_vs_control.png": plots.changes(report, rdir / "changes_vs_control.png", control=True)}
     images = {k: v for k, v in images.items() if v is not None}
     atomic.write_json(rdir / "report.json", report.model_dump(mode="json"))
     atomic.write_text(rdir / "report.md", render.markdown(report, sorted(images)))

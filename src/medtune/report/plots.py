@@ -53,7 +53,8 @@ def frontier(data: Report, path: Path) -> Path | None:
         val.axvline(100 * ship.base_general * ship.retain, color="grey", ls="--", lw=1,
                     label=f"keeps {ship.retain:.0%} of base general")
     val.set_title("validation: the averaging sweep (selects)")
-    markers = {"base": ("o", 90), "tuned": ("s", 70), "averaged": ("*", 220), "compared": ("D", 60)}
+    markers = {"base": ("o", 90), "tuned": ("s", 70), "control": ("P", 110), "averaged": ("*", 220),
+               "compared": ("D", 60)}
     shipped = data.shipped_row()
     ship_step = shipped.step if shipped else None  # a repeat is drawn as its model
     for r in rows:
@@ -98,11 +99,43 @@ def curves(data: Report, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def changes(data: Report, path: Path) -> Path | None:
-    """Paired change vs the base model, one panel per task: each model's change with its 95 % interval
-    (accuracy in points; perplexity in % of the base's, negative is better), a line at 0. A bar that
-    crosses the line is no evidence of a change."""
-    deltas = data.deltas
+def validation_curves(data: Report, path: Path) -> Path | None:
+    """The validation curves during training (eval_every), one panel per task, one line per variant: where a
+    medical score first drops and then recovers (the stability gap of continued pretraining), it shows."""
+    curves = data.validation_curves
+    tasks = list(dict.fromkeys((p.task, p.metric) for pts in curves.values() for p in pts))
+    if not tasks:
+        return None
+    plt = _pyplot()
+    ncols = min(len(tasks), 3)
+    nrows = -(-len(tasks) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.4 * nrows), squeeze=False)
+    color = {v: COLORS[i % len(COLORS)] for i, v in enumerate(data.train)}
+    for ax, (task, metric) in zip(axes.flat, tasks):
+        for v, pts in curves.items():
+            mine = sorted((p.step, p.value) for p in pts if p.task == task and p.metric == metric)
+            if mine:
+                scale = 1.0 if metric == "perplexity" else 100.0
+                ax.plot([s for s, _ in mine], [scale * y for _, y in mine], marker="o", ms=3, lw=1.5,
+                        color=color.get(v, "grey"), label=v)
+        n = next((p.n for pts in curves.values() for p in pts if p.task == task), 0)
+        unit = "perplexity ↓" if metric == "perplexity" else f"{metric} (%)"
+        ax.set_title(f"{data.show(task)}: {unit}, {n} {'tokens' if metric == 'perplexity' else 'items'}", fontsize=9)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes.flat[len(tasks):]:
+        ax.axis("off")
+    fig.suptitle("validation during training (validation subsets, never test)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def changes(data: Report, path: Path, control: bool = False) -> Path | None:
+    """Paired change vs the base model (``control``: vs the general-text control), one panel per task: each
+    model's change with its 95 % interval (accuracy in points; perplexity in % of the reference's, negative
+    is better), a line at 0. A bar that crosses the line is no evidence of a change."""
+    deltas = data.control_deltas if control else data.deltas
     cols = data.columns  # the main table's tasks and groups (a group's own tasks are in its table only)
     shown = [*cols.medical, *cols.cloze, *cols.groups, *cols.general, *cols.ppl]
     tasks = [t for t in shown if any(t in per for per in deltas.values())]
@@ -133,7 +166,8 @@ def changes(data: Report, path: Path) -> Path | None:
     for ax in axes[:, 0]:
         ax.set_yticks(range(len(labels)), labels, fontsize=7)
     axes[0, 0].invert_yaxis()  # the axes share y: invert once, so the first model is on top in every panel
-    fig.suptitle("change vs the base model on the same items / documents (95 % paired intervals; blue: excludes 0)",
+    ref = f"the general-text control ({data.control})" if control else "the base model"
+    fig.suptitle(f"change vs {ref} on the same items / documents (95 % paired intervals; blue: excludes 0)",
                  fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

@@ -14,6 +14,7 @@ from medtune.evaluate.records import Metric
 from medtune.merge.records import SearchSummary, SweepPoint, SweepResult
 from medtune.records import Record
 from medtune.study_records import MixSummary, StepTime, Validation
+from medtune.train.records import ValidationPoint
 
 
 class Columns(Record):
@@ -173,6 +174,17 @@ class SearchVsGrid(Record):
     """The search's model minus the grid's on the test items, when both were scored on test."""
 
 
+class ClassView(Record):
+    """A class-labelled task's (PubMedQA's) class metrics for one model: macro-F1, each class's recall, and the
+    paired macro-F1 change vs the base and vs the control on the same items."""
+
+    macro_f1: Metric
+    recall: dict[str, Metric] = Field(default_factory=dict)
+    """Per class (yes / no / maybe): the accuracy on the items of that gold class."""
+    vs_base: PairedChange | None = None
+    vs_control: PairedChange | None = None
+
+
 class Report(Record):
     """Everything the report shows."""
 
@@ -198,6 +210,14 @@ class Report(Record):
     search_vs_grid: dict[str, SearchVsGrid] = Field(default_factory=dict)
     gen_deltas: dict[str, Changes] = Field(default_factory=dict)
     spread: Spread = Field(default_factory=Spread)
+    control: str | None = None
+    """The general-text control's row label, when the study has one."""
+    control_deltas: dict[str, Changes] = Field(default_factory=dict)
+    """Per row label (the control's left out): its paired changes vs the control."""
+    classes: dict[str, dict[str, ClassView]] = Field(default_factory=dict)
+    """Per row label, per class-labelled task: macro-F1, per-class recall and their paired changes."""
+    validation_curves: dict[str, list[ValidationPoint]] = Field(default_factory=dict)
+    """Per variant: its validation curves during training (eval_every), when it scored them."""
 
     def show(self, name: str) -> str:
         """A task's or group's column title."""

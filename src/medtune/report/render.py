@@ -111,8 +111,8 @@ def spread_table(data: Report) -> list[Block]:
                      "most frequent gold answer.")]
 
 
-def ppl_delta_table(data: Report, deltas: dict[str, Changes]) -> list[Block]:
-    """Perplexity change vs the base model on the same documents, with paired intervals."""
+def ppl_delta_table(data: Report, deltas: dict[str, Changes], ref: str = "the base model") -> list[Block]:
+    """Perplexity change vs the base model (or ``ref``) on the same documents, with paired intervals."""
     tasks = data.columns.ppl
     if not deltas or not tasks or not any(t in per for per in deltas.values() for t in tasks):
         return []
@@ -125,14 +125,14 @@ def ppl_delta_table(data: Report, deltas: dict[str, Changes]) -> list[Block]:
 
     return [("table", ["model", *map(data.show, tasks)],
              [[label] + [cell(per.get(t)) for t in tasks] for label, per in deltas.items()]),
-            ("note", "Change in perplexity vs the base model on the same documents (negative: the model predicts the "
+            ("note", f"Change in perplexity vs {ref} on the same documents (negative: the model predicts the "
                      "text better), with a 95 % percentile-bootstrap interval over documents (each replicate resamples "
-                     "documents and recomputes both perplexities); in brackets after it, the change relative to the "
-                     "base's perplexity. An interval that contains 0 is no evidence of a change.")]
+                     "documents and recomputes both perplexities); in brackets after it, the change relative to "
+                     f"{ref}'s perplexity. An interval that contains 0 is no evidence of a change.")]
 
 
-def delta_table(data: Report, deltas: dict[str, Changes], tasks: list[str]) -> list[Block]:
-    """Accuracy change vs the base model on the same items, in points, with paired intervals."""
+def delta_table(data: Report, deltas: dict[str, Changes], tasks: list[str], ref: str = "the base model") -> list[Block]:
+    """Accuracy change vs the base model (or ``ref``) on the same items, in points, with paired intervals."""
     if not deltas:
         return []
 
@@ -144,7 +144,7 @@ def delta_table(data: Report, deltas: dict[str, Changes], tasks: list[str]) -> l
 
     return [("table", ["model", *map(data.show, tasks)],
              [[label] + [cell(per.get(t)) for t in tasks] for label, per in deltas.items()]),
-            ("note", "Change in accuracy vs the base model on the same items, in points, with a 95 % percentile-bootstrap "
+            ("note", f"Change in accuracy vs {ref} on the same items, in points, with a 95 % percentile-bootstrap "
                      "interval of the per-item difference; after the dot, the number of items whose correctness "
                      "changed. An interval that contains 0 is no evidence of a change.")]
 
@@ -216,7 +216,10 @@ def blocks(data: Report, images: list[str]) -> list[Block]:
             out += [("h2", "Perplexity change vs the base model, paired on the same documents"), *ppl_block]
         if "changes.png" in images:
             out.append(("img", "changes.png", "paired changes vs the base model with 95 % intervals"))
+    out += control_section(data, images)
+    out += class_table(data)
     out += spread_table(data)
+    out += reading(data)
     if data.gen_rows:
         out += _generated(data)
     if "frontier.png" in images:
@@ -233,6 +236,82 @@ def blocks(data: Report, images: list[str]) -> list[Block]:
                          "interrupted and resumed counts only the run that finished it.")]
     out += [("h2", "Reproduce"), ("code", "\n".join(data.commands))]
     return out
+
+
+def control_section(data: Report, images: list[str]) -> list[Block]:
+    """Every model's paired change vs the general-text control, and how to read it next to the change vs base."""
+    if not data.control or not data.control_deltas:
+        return []
+    cols = data.columns
+    ref = f"the control ({data.control})"
+    out: list[Block] = [
+        ("h2", f"Change vs the general-text control ({data.control}), paired on the same items"),
+        ("p", f"{data.control} trained with the same recipe and token budget on general text only. A change vs the "
+              "base that is also a change vs the control needs the medical data; a change vs the base that is not "
+              "a change vs the control is what training on any text does to this model (its answer priors, its "
+              "perplexity on any text). The base's row is the control's own change, negated."),
+        *delta_table(data, data.control_deltas, cols.medical + cols.cloze + cols.groups + cols.general, ref)]
+    out += ppl_delta_table(data, data.control_deltas, ref)
+    if "changes_vs_control.png" in images:
+        out.append(("img", "changes_vs_control.png", "paired changes vs the general-text control with 95 % intervals"))
+    return out
+
+
+def _change(m: PairedChange | None) -> str:
+    if m is None:
+        return "–"
+    ci = f" [{100 * m.ci95[0]:+.1f}, {100 * m.ci95[1]:+.1f}]" if m.ci95 else ""
+    return f"{100 * m.value:+.1f}{ci}"
+
+
+def class_table(data: Report) -> list[Block]:
+    """Macro-F1 and per-class recall of each class-labelled task (PubMedQA), with paired macro-F1 changes."""
+    tasks = list(dict.fromkeys(t for per in data.classes.values() for t in per))
+    out: list[Block] = []
+    for t in tasks:
+        classes = list(TASKS[t].classes)
+        body = []
+        for label, per in data.classes.items():
+            v = per.get(t)
+            if v is None:
+                continue
+            body.append([label, pct(v.macro_f1), *(pct(v.recall.get(c)) for c in classes), _change(v.vs_base)]
+                        + ([_change(v.vs_control)] if data.control else []))
+        out += [("h2", f"{data.show(t)}: macro-F1 and recall per class"),
+                ("table", ["model", "macro-F1", *(f"recall {c}" for c in classes), "macro-F1 change vs base"]
+                 + ([f"vs control ({data.control})"] if data.control else []), body),
+                ("note", "Macro-F1 (the benchmark's second metric): the mean of the per-class F1 scores, so every class "
+                         "counts the same however rare; always answering the majority class scores low. Recall per "
+                         "class: the accuracy on the items of that gold class. 95 % percentile-bootstrap intervals over "
+                         "items; changes are paired (each replicate resamples the items once for both models).")]
+    return out
+
+
+ONE_SIDED = 0.75
+"""A model whose most frequent answer covers this share of a class-labelled task's items is read by its macro-F1:
+its accuracy change may be a move of its answer prior."""
+
+
+def reading(data: Report) -> list[Block]:
+    """Where a model's answers on a class-labelled task are one-sided, its accuracy change is read against its
+    macro-F1 change, which a move of the answer prior does not buy."""
+    lines = []
+    for label, per in data.classes.items():
+        acc = data.deltas.get(label, {})
+        for t, v in per.items():
+            share = data.spread.rows.get(label, {}).get(t)
+            if share is None or share.share < ONE_SIDED or v.vs_base is None or t not in acc:
+                continue
+            a, f = acc[t], v.vs_base
+            gained = f.ci95 is not None and f.ci95[0] > 0
+            lines.append(f"{label} answers {shown_answer(share.choice, share.answer)} on {100 * share.share:.0f} % of "
+                         f"{data.show(t)} items: accuracy vs base {_change(a)}, macro-F1 vs base {_change(f)}"
+                         + (f", vs the control {_change(v.vs_control)}" if v.vs_control else "") + " — "
+                         + ("the macro-F1 gain says it is more than a move of the prior." if gained else
+                            "macro-F1 shows no measured gain: read the accuracy change as a move of the answer prior."))
+    if not lines:
+        return []
+    return [("h2", "Reading one-sided answers"), *(("p", x) for x in lines)]
 
 
 def _generated(data: Report) -> list[Block]:
@@ -261,6 +340,15 @@ def _training(data: Report, images: list[str]) -> list[Block]:
                       f"{t.tokens / t.seconds:.0f}" if t.seconds else "–",
                       f"{data.curves[v][-1][1]:.3f}" if data.curves.get(v) else "–"]
                      for v, t in data.train.items()]))
+    if data.validation_curves:
+        out += [("h2", "Validation during training"), *(
+            [("img", "validation.png", "validation curves during training")] if "validation.png" in images else []),
+            ("table", ["variant", "task", "metric", "at step 0", "worst (step)", "at the end (step)"],
+             [[v, data.show(t), m, _val(first), f"{_val(worst)} ({worst.step})", f"{_val(last)} ({last.step})"]
+              for v, pts in data.validation_curves.items() for (t, m), (first, worst, last) in _curve_summary(pts).items()]),
+            ("note", "Validation subsets scored every eval_every optimizer steps while training (never a test split). "
+                     "Worst: the lowest accuracy (highest perplexity) along the curve; where it lies below both ends, "
+                     "the score first dropped and then recovered (the stability gap of continued pretraining).")]
     if data.mix:
         out += [("h2", "Training data actually used"),
                 ("table", ["variant", "general share asked", "general share realised", "blocks x tokens",
@@ -268,6 +356,20 @@ def _training(data: Report, images: list[str]) -> list[Block]:
                  [[v, f"{m.general_share_target:.1%}", f"{m.general_share_realised:.1%}",
                    f"{m.blocks} x {m.block_size}", ", ".join(f"{s} {k:,}" for s, k in m.source_tokens.items()),
                    m.leakage_dropped] for v, m in data.mix.items()])]
+    return out
+
+
+def _val(p: Any) -> str:
+    return f"{p.value:.2f}" if p.metric == "perplexity" else f"{100 * p.value:.1f}"
+
+
+def _curve_summary(points: list[Any]) -> dict[tuple[str, str], tuple[Any, Any, Any]]:
+    """Per (task, metric): its first point, its worst (lowest accuracy, highest perplexity), its last."""
+    out = {}
+    for key in dict.fromkeys((p.task, p.metric) for p in points):
+        pts = sorted((p for p in points if (p.task, p.metric) == key), key=lambda p: p.step)
+        sign = 1.0 if key[1] == "perplexity" else -1.0
+        out[key] = (pts[0], max(pts, key=lambda p: sign * p.value), pts[-1])
     return out
 
 

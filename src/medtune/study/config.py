@@ -33,10 +33,31 @@ class VariantConfig(StrictModel):
 
     name: str
     """Directory-safe name (lower case, digits, '_', '-', '.'), e.g. lora_replay20."""
-    general_share: float | None = Field(None, ge=0.0, lt=1.0)
-    """Share of general replay tokens for this variant (default: data.general_share)."""
+    general_share: float | None = Field(None, ge=0.0, le=1.0)
+    """Share of general replay tokens for this variant (default: data.general_share); 1 makes it the control."""
+    control: bool = False
+    """The general-text control: the same recipe and token budget trained on the replay text alone (general_share
+    1, derived). The report then gives every model's change vs the control next to its change vs the base, so it
+    says which part of an effect needs the medical data. Not swept and never shipped unless named."""
     train: dict[str, Any] = Field(default_factory=dict)
     """Training settings that differ from the study's `train` (e.g. {method: full, learning_rate: 2e-5})."""
+
+    @model_validator(mode="after")
+    def _control_share(self) -> "VariantConfig":
+        if self.control and self.general_share not in (None, 1.0):
+            raise ValueError(f"general_share: {self.general_share} contradicts control: true (a control trains on "
+                             "general text only, general_share 1); leave general_share out")
+        return self
+
+    @property
+    def is_control(self) -> bool:
+        """Trains on general text only (control: true, or general_share 1)."""
+        return self.control or self.general_share == 1.0
+
+    @property
+    def share(self) -> float | None:
+        """The variant's general share (1 for a control), None for the study's."""
+        return 1.0 if self.control else self.general_share
 
     @field_validator("name")
     @classmethod
@@ -152,6 +173,13 @@ class StudyConfig(ConfigFile, Placed):
                 if owned in v.train:
                     raise ValueError(f"variants.{i}.train.{owned}: set by the study")
             self.train_config(v, Path("."))  # validates the merged training settings now
+        controls = [v.name for v in self.variants if v.is_control]
+        if len(controls) > 1:
+            raise ValueError(f"variants: {', '.join(controls)} are all general-text controls; give one (the "
+                             "report compares every model with the control)")
+        if controls and not self.data.replay:
+            raise ValueError(f"variants: the control {controls[0]!r} trains on general text only: give data.replay "
+                             "sources (the general text it trains on)")
         for name in self.averaging.variants or []:
             if name not in names:
                 raise ValueError(f"averaging.variants: unknown variant {name!r} (variants: {', '.join(names)})")
@@ -203,8 +231,8 @@ class StudyConfig(ConfigFile, Placed):
         data = self.data.model_copy(deep=True)
         if "tokenizer" not in self.data.model_fields_set:  # count and pack tokens with the model's own tokenizer
             data.tokenizer = self.model.spec
-        if variant.general_share is not None:
-            data.general_share = variant.general_share
+        if variant.share is not None:
+            data.general_share = variant.share
         merged.update({"model": self.model.model_dump(), "data": data.model_dump(), "out": str(out),
                        "progress": self.progress, "base_dir": self.base_dir})
         i = self.variants.index(variant)
@@ -248,4 +276,17 @@ class StudyConfig(ConfigFile, Placed):
 
     @property
     def swept(self) -> list[str]:
-        return self.averaging.variants if self.averaging.variants is not None else [v.name for v in self.variants]
+        """The variants the averaging sweep runs on: averaging.variants, else every variant but the control."""
+        if self.averaging.variants is not None:
+            return self.averaging.variants
+        return [v.name for v in self.variants if not v.is_control]
+
+    def has_sweep(self, variant: str) -> bool:
+        """Whether ``variant`` has an averaging sweep (every variant, alpha 0 and 1 at least, which makes it a
+        shipping candidate), but the control when averaging.variants does not name it."""
+        return variant in self.swept or variant != self.control
+
+    @property
+    def control(self) -> str | None:
+        """The general-text control variant's name, if the study has one."""
+        return next((v.name for v in self.variants if v.is_control), None)

@@ -52,7 +52,8 @@ def model_rows(cfg: StudyConfig, layout: StudyLayout, generate: bool, stale: Col
     base = _row(layout, "base", "base", L.eval_step("base", generate), stale)
     rows += [base] if base else []
     for v in cfg.variants:
-        tuned = _row(layout, v.name, "tuned", L.eval_step(v.name, generate), stale, variant=v.name)
+        kind = "control" if v.name == cfg.control else "tuned"
+        tuned = _row(layout, v.name, kind, L.eval_step(v.name, generate), stale, variant=v.name)
         rows += [tuned] if tuned else []
         res = _sweep(layout, v.name, stale)
         sel = res.selected_point if res else None
@@ -89,6 +90,8 @@ def ship_choice(cfg: StudyConfig, layout: StudyLayout, rows: list[ModelEval],
     cands: list[Candidate] = []
     base_general = None
     for v in cfg.variants:
+        if not cfg.has_sweep(v.name):  # the control is no candidate
+            continue
         res = _sweep(layout, v.name, stale)
         sel = res.selected_point if res else None
         if res is None or sel is None or res.base_general is None:
@@ -119,7 +122,8 @@ def train_summaries(cfg: StudyConfig, layout: StudyLayout,
         curves = TrainCurves.load(layout.curves(v.name))
         if curves:
             train[v.name] = TrainSummary(run=curves.run, seconds=round(curves.seconds, 1), history=curves.history,
-                                         method=cfg.train_config(v, layout.root).method)
+                                         method=cfg.train_config(v, layout.root).method,
+                                         validation=curves.validation or [])
         m = DataManifest.load(layout.manifest(v.name))
         if m:
             mix[v.name] = MixSummary(general_share_target=m.mix.general_share_target if m.mix else 0.0,

@@ -98,13 +98,14 @@ def priors(results: StudyResults) -> list[Prior]:
     return out
 
 
-def changes(results: StudyResults) -> list[Change]:
-    """Paired changes vs base of every other model row, on the in-domain tasks and every perplexity task."""
+def changes(results: StudyResults, reference: str = "base") -> list[Change]:
+    """Paired changes vs the base (``reference`` "control": vs the general-text control) of every other model
+    row, on the in-domain tasks and every perplexity task."""
     from medtune.report.build import paired_deltas
 
     acc_tasks = [t for t in results.tasks if TASKS[t].kind != "ppl" and TASKS[t].domain == "medical_in"]
     ppl_tasks = [t for t in results.tasks if TASKS[t].kind == "ppl"]
-    deltas = paired_deltas(results.rows, acc_tasks, [], ppl_tasks)
+    deltas = paired_deltas(results.rows, acc_tasks, [], ppl_tasks, reference=reference)
     out = []
     for row in results.rows:
         for task in [*acc_tasks, *ppl_tasks]:

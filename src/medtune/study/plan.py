@@ -125,10 +125,11 @@ def plan(cfg: Any, layout: StudyLayout, points: Points) -> list[Planned | Waitin
     for v in (variant.name for variant in cfg.variants):
         mine, train, sweep = f"variant '{v}'", layout.train_step(v), layout.sweep_step(v)
         searched = _searched_parents(cfg, v)
-        items += [Planned(train, "train", mine, variant=v),
-                  *_evals(cfg, layout, v, mine, (train,), variant=v),
-                  Planned(sweep, "sweep", mine, (train, *(layout.train_step(p) for p in searched)), variant=v,
-                          note="" if v in cfg.swept else "alpha 0 and 1 only (not in averaging.variants)")]
+        items += [Planned(train, "train", mine, variant=v), *_evals(cfg, layout, v, mine, (train,), variant=v)]
+        if not cfg.has_sweep(v):  # the control: compared with, not averaged or shipped
+            continue
+        items.append(Planned(sweep, "sweep", mine, (train, *(layout.train_step(p) for p in searched)), variant=v,
+                             note="" if v in cfg.swept else "alpha 0 and 1 only (not in averaging.variants)"))
         selected = points.selected(v)
         if selected is None:
             items.append(Waiting((layout.merge_step(v), layout.eval_step(layout.averaged_label(v))), sweep))

@@ -274,9 +274,11 @@ def _print_changes(console: Any, cfg: StudyConfig, results: Any) -> None:
 
     from medtune.study.outcome import changes, priors, tradeoffs
 
-    found = changes(results)
-    if found:
-        table = Table(title="change vs the base model, paired on the same test items (95 % interval)", title_justify="left")
+    for reference, title in (("base", "the base model"), ("control", f"the general-text control ({cfg.control})")):
+        found = changes(results, reference)
+        if not found:
+            continue
+        table = Table(title=f"change vs {title}, paired on the same test items (95 % interval)", title_justify="left")
         for col in ("model", "task", "n", "change", "reading"):
             table.add_column(col)
         for c in found:

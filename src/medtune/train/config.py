@@ -108,6 +108,16 @@ class TrainConfig(ConfigFile):
     """Per task of `eval_tasks`, its validation split (never a test split: refused), relative to data.data_root,
     e.g. {arc_easy: {adapter: arc, path: general/arc/ARC-Easy-Dev.jsonl}}."""
 
+    def guarded_data(self) -> Any:
+        """``data`` with the validation splits of `eval_sources` added to its leakage guard (``data.eval``): what
+        the validation curves score is never trained on. Text sources (perplexity) are left to the n-gram check."""
+        from medtune.data.registry import TEXT_ADAPTERS
+
+        have = [s.model_dump(mode="json") for s in self.data.eval]
+        extra = [s for s in self.eval_sources.values()
+                 if s.adapter not in TEXT_ADAPTERS and s.model_dump(mode="json") not in have]
+        return self.data.model_copy(update={"eval": [*self.data.eval, *extra]}) if extra else self.data
+
     @property
     def adapters(self) -> bool:
         """LoRA adapters are what trains (lora, qlora): the output is an adapter, evaluated, merged and averaged alike."""

@@ -37,7 +37,7 @@ def _data(cfg: TrainConfig, out: Path, rank: int, barrier: Any) -> Any:
 
     data_dir = out / "data"
     if rank == 0 and not (data_dir / "manifest.json").is_file():
-        build_command(cfg.data.model_copy(update={"out": str(data_dir), "tokenizer": cfg.data.tokenizer}))
+        build_command(cfg.guarded_data().model_copy(update={"out": str(data_dir), "tokenizer": cfg.data.tokenizer}))
     barrier()
     checkpoint.require_shared(data_dir / "manifest.json", rank)
     return open_blocks(data_dir)
