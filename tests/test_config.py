@@ -50,7 +50,7 @@ def test_bad_number_and_unknown_adapter(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(DataConfig, p)
     msg = str(err.value)
-    assert "general_share: Input should be less than 1" in msg
+    assert "general_share: Input should be less than or equal to 1" in msg
     assert "pubmedqaa" in msg and "medmcqa" in msg  # lists the valid adapters
 
 

@@ -246,6 +246,8 @@ def test_a_study_searches_its_variants_as_parents_in_the_first_ones_sweep(tiny_l
     cfg = tiny_study(tiny_llama, out, **{
         "variants": [{"name": "lora"}, {"name": "full", "train": {"method": "full"}}],
         "averaging.search": {"space": "ties", "parents": ["lora", "full"]}})
+    names = [s.name for s in St.static_plan(cfg, out)]
+    assert names.index("sweep/lora") > names.index("train/full")  # the search runs after every parent's training
     sweeps = {s.name: s for s in St.static_plan(cfg, out) if s.kind == "sweep"}
     first = sweeps["sweep/lora"]
     assert first.config.search.parents == [str(L(out).model_dir("lora")), str(L(out).model_dir("full"))]
@@ -259,3 +261,42 @@ def test_a_study_searches_its_variants_as_parents_in_the_first_ones_sweep(tiny_l
     assert merge.config.tuned == first.config.search.parents
     with pytest.raises(ConfigError, match="unknown variant 'replay'"):
         tiny_study(tiny_llama, out, **{"averaging.search": {"space": "ties", "parents": ["lora", "replay"]}})
+
+
+def test_a_part_searches_parents_trained_in_other_parts_and_waits_for_them(tiny_llama, tmp_path):
+    """--only FIRST_PARENT runs the multi-parent search once the other parents' parts have trained them (their
+    finished state is read from the study directory); before that, it refuses and names the part to run first.
+    The other parents' parts run no search. The whole study then finds every step done."""
+    from test_study import tiny_study
+
+    from medtune.merge.records import SweepResult
+    from medtune.study.layout import StudyLayout as L
+    from medtune.study.run import study
+
+    out = tmp_path / "s"
+    changes = {"variants": [{"name": "lora"}, {"name": "full", "train": {"method": "full"}}],
+               "averaging.alphas": [0.0, 1.0], "averaging.methods": {}, "train.max_steps": 2,
+               "averaging.search": {"space": "task_arithmetic", "parents": ["full", "lora"], "budget": 40}}
+    with pytest.raises(ConfigError, match="needs train/lora, which this part .* run the part with lora first"):
+        study(tiny_study(tiny_llama, out, only=["full"], **changes))
+    study(tiny_study(tiny_llama, out, only=["lora"], **changes))
+    assert SweepResult.load(L(out).sweep_results("lora")).search is None
+    study(tiny_study(tiny_llama, out, only=["full"], **changes))
+    searched = SweepResult.load(L(out).sweep_results("full"))
+    assert searched.search is not None and any(p.parents for p in searched.points)
+    import json
+
+    states = {p.parent.name: json.loads(p.read_text())["state"] for p in (out / "train").glob("*/.medtune-step.json")}
+    assert states == {"lora": "done", "full": "done"}
+    from medtune.study.run import Prints, _plan
+    from medtune.study import steps as St
+
+    whole = tiny_study(tiny_llama, out, **changes)
+    prints = Prints(L(out))
+    pending = []
+    for step in _plan(whole, out):
+        if isinstance(step, St.Step) and step.kind != "report":
+            prints.of(step)
+            if prints.status(step) != "done":
+                pending.append(step.name)
+    assert pending == []

@@ -157,6 +157,10 @@ class StudyConfig(ConfigFile, Placed):
     --num_processes, 8]: each process scores a shard of the items on its own GPU; default: in this process."""
     progress: bool = True
     """Show progress bars."""
+    trained_elsewhere: list[str] = Field(default_factory=list)
+    """Set by `--only` in a part's saved study: the whole study's variants outside this part that its
+    multi-parent search averages (averaging.search.parents); their training is read from the study
+    directory, where their own part ran it."""
     @model_validator(mode="after")
     def _check(self) -> "StudyConfig":
         names = [v.name for v in self.variants]
@@ -185,7 +189,7 @@ class StudyConfig(ConfigFile, Placed):
                 raise ValueError(f"averaging.variants: unknown variant {name!r} (variants: {', '.join(names)})")
         parents = self.averaging.search.parents if self.averaging.search else []
         for name in parents:
-            if name not in names:
+            if name not in names and name not in self.trained_elsewhere:
                 raise ValueError(f"averaging.search.parents: unknown variant {name!r} (variants: {', '.join(names)})")
         if parents and parents[0] not in self.swept:
             raise ValueError(f"averaging.search.parents: the search runs in the sweep of the first parent, "

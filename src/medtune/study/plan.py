@@ -122,24 +122,26 @@ def plan(cfg: Any, layout: StudyLayout, points: Points) -> list[Planned | Waitin
     evaluation; the points reported for comparison; the report, which reads all of them."""
     items: list[Planned | Waiting] = [*_evals(cfg, layout, "base", "the base model's evaluation", ())]
     compared: list[Planned] = []  # after everything else
+    searching: list[Planned | Waiting] = []  # a multi-parent search's sweep: after every parent's training
     for v in (variant.name for variant in cfg.variants):
         mine, train, sweep = f"variant '{v}'", layout.train_step(v), layout.sweep_step(v)
         searched = _searched_parents(cfg, v)
         items += [Planned(train, "train", mine, variant=v), *_evals(cfg, layout, v, mine, (train,), variant=v)]
         if not cfg.has_sweep(v):  # the control: compared with, not averaged or shipped
             continue
-        items.append(Planned(sweep, "sweep", mine, (train, *(layout.train_step(p) for p in searched)), variant=v,
-                             note="" if v in cfg.swept else "alpha 0 and 1 only (not in averaging.variants)"))
+        mine_after = searching if searched else items
+        mine_after.append(Planned(sweep, "sweep", mine, (train, *(layout.train_step(p) for p in searched)), variant=v,
+                                  note="" if v in cfg.swept else "alpha 0 and 1 only (not in averaging.variants)"))
         selected = points.selected(v)
         if selected is None:
-            items.append(Waiting((layout.merge_step(v), layout.eval_step(layout.averaged_label(v))), sweep))
+            mine_after.append(Waiting((layout.merge_step(v), layout.eval_step(layout.averaged_label(v))), sweep))
             continue
-        items += _averaged(cfg, layout, v, selected, "averaged")
+        mine_after += _averaged(cfg, layout, v, selected, "averaged")
         for kind in cfg.averaging.test_best_of if v in cfg.swept else []:
             point = points.best(v, kind)
             if point is not None and point.identity != selected.identity:
                 compared += _averaged(cfg, layout, v, point, kind)
-    items += compared
+    items += searching + compared
     items.append(Planned(layout.report_step(), "report", "the report",
                          tuple(i.name for i in items if isinstance(i, Planned))))
     return items

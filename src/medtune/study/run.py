@@ -59,7 +59,13 @@ def restricted(cfg: StudyRunConfig) -> StudyRunConfig:
     averaging = cfg.averaging
     if averaging.variants is not None:
         averaging = averaging.model_copy(update={"variants": [n for n in averaging.variants if n in names]})
-    return cfg.model_copy(update={"variants": variants, "averaging": averaging})
+    search, elsewhere = averaging.search, []
+    if search is not None and search.parents and search.parents[0] not in names:
+        # the multi-parent search runs in its first parent's sweep: in that one's part, in no other
+        averaging = averaging.model_copy(update={"search": None})
+    elif search is not None:  # the other parents' training, finished in their own parts, is read from there
+        elsewhere = [p for p in search.parents if p not in names]
+    return cfg.model_copy(update={"variants": variants, "averaging": averaging, "trained_elsewhere": elsewhere})
 
 
 def layout_of(cfg: StudyConfig, out: Path) -> StudyLayout:
@@ -78,15 +84,27 @@ class Prints:
     legacy: dict[str, str] = field(default_factory=dict)
 
     def of(self, step: S.Step) -> tuple[dict[str, Any], str]:
-        """(basis, fingerprint) of ``step``, whose input steps were planned before it."""
+        """(basis, fingerprint) of ``step``, whose input steps were planned before it -- or, in a part (--only),
+        ran in another part: a multi-parent search averages variants trained elsewhere (their finished state)."""
+        for dep in step.deps:
+            if dep not in self.current:
+                st = StepState.load(self.layout.state_file(dep))
+                self.current[dep] = self.legacy[dep] = st.fingerprint if st and st.state == "done" else f"missing:{dep}"
         basis = step.basis(self.current, self.layout.root)
         self.current[step.name] = fingerprint.digest(basis)
         self.legacy[step.name] = step.legacy_fingerprint(self.legacy)
         return basis, self.current[step.name]
 
     def status(self, step: S.Step) -> str:
-        """done | run | resume | stale (its inputs or settings changed since it ran)."""
+        """done | run | resume | stale (its inputs or settings changed since it ran) | wait (it needs a step of
+        another part that has not finished)."""
+        if self.missing(step):
+            return "wait"
         return status(step, self.layout, self.current[step.name], self.legacy[step.name])
+
+    def missing(self, step: S.Step) -> list[str]:
+        """The steps ``step`` needs that are in no step of this run and have not finished in another part."""
+        return [d for d in step.deps if self.current[d].startswith("missing:")]
 
 
 def status(step: S.Step, layout: StudyLayout, fp: str, legacy: str | None = None) -> str:
@@ -180,6 +198,10 @@ def _study(cfg: StudyRunConfig) -> Path:
         counter = f"[{len(done) + 1}/{total}]"
         basis, fp = prints.of(step)
         state = prints.status(step)
+        if state == "wait":
+            raise ConfigError(f"{step.name} needs {', '.join(prints.missing(step))}, which this part (--only) does not "
+                              "run and which has not finished: run the part with "
+                              + ", ".join(d.split("/", 1)[1] for d in prints.missing(step)) + " first")
         if step.kind == "report" and state == "done":
             state = "run"  # under a second, and it picks up the newest report layout
         if state == "done":
@@ -335,6 +357,8 @@ def _print_plan(console: Any, cfg: StudyConfig, out: Path) -> None:
         basis, _ = prints.of(item)
         state = prints.status(item)
         note = item.note
+        if state == "wait":
+            note = f"needs {', '.join(prints.missing(item))} from another part (not finished yet)"
         if state == "stale":
             note = " · ".join([stale_reason(item, layout, basis), *([note] if note else [])])
         if state == "resume" and item.kind == "train":
