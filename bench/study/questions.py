@@ -1,4 +1,4 @@
-"""Print the condensed tables of docs/results.md (issue 15's five questions) from the study's report.json.
+"""Print the condensed tables of docs/results.md (the study's questions) from the study's report.json.
 
     python bench/study/questions.py docs/results/report.json
 
@@ -55,12 +55,14 @@ def mark(m: dict[str, Any] | None, kind: str) -> str:
     return f"**{text}**" if lo > 0 or hi < 0 else text
 
 
-def changes(data: dict[str, Any]) -> None:
-    present = [c for c in CHANGE_COLUMNS if any(c[0] in d for d in data["deltas"].values())]
+def changes(data: dict[str, Any], key: str = "deltas") -> None:
+    """Paired changes vs the base (``key`` "control_deltas": vs the general-text control) per model row."""
+    deltas = data.get(key) or {}
+    present = [c for c in CHANGE_COLUMNS if any(c[0] in d for d in deltas.values())]
     print("| model | " + " | ".join(h for _, h, _ in present) + " |")
     print("|---|" + "---|" * len(present))
     for r in data["rows"]:
-        d = data["deltas"].get(r["label"])
+        d = deltas.get(r["label"])
         if d is None or r.get("note", "").startswith("="):
             continue
         print(f"| {r['label']} | " + " | ".join(mark(d.get(t), k) for t, _, k in present) + " |")
@@ -105,10 +107,48 @@ def sweeps(data: dict[str, Any]) -> None:
                   f"{'★' if i == sw.get('selected') else ''} |")
 
 
+def classes(data: dict[str, Any]) -> None:
+    """PubMedQA macro-F1 and recall per class, with the paired macro-F1 changes vs base and control."""
+    print("| model | accuracy | macro-F1 | recall yes / no / maybe | Δ macro-F1 vs base | Δ macro-F1 vs control |")
+    print("|---|---|---|---|---|---|")
+    rows = {r["label"]: r for r in data["rows"]}
+    for label, per in (data.get("classes") or {}).items():
+        v = per.get("pubmedqa")
+        if v is None or rows[label].get("note", "").startswith("="):
+            continue
+        recall = " / ".join(f"{100 * v['recall'][c]['value']:.0f}" if c in v["recall"] else "–" for c in ("yes", "no", "maybe"))
+        acc = rows[label]["tasks"]["pubmedqa"]
+        print(f"| {label} | {100 * acc['value']:.1f} | {100 * v['macro_f1']['value']:.1f} | {recall} | "
+              f"{mark(v.get('vs_base'), 'acc')} | {mark(v.get('vs_control'), 'acc')} |")
+
+
+def curves(data: dict[str, Any]) -> None:
+    """The validation curves during training: per variant and task, the value at each scored step."""
+    for variant, points in (data.get("validation_curves") or {}).items():
+        keys = list(dict.fromkeys((p["task"], p["metric"]) for p in points if p["metric"] in ("acc", "perplexity")))
+        steps = sorted({p["step"] for p in points})
+        print(f"\n{variant}:\n")
+        print("| task | " + " | ".join(f"step {s}" for s in steps) + " |")
+        print("|---|" + "---|" * len(steps))
+        for task, metric in keys:
+            at = {p["step"]: p["value"] for p in points if (p["task"], p["metric"]) == (task, metric)}
+            cell = (lambda x: f"{x:.2f}") if metric == "perplexity" else (lambda x: f"{100 * x:.1f}")
+            print(f"| {task} {metric} | " + " | ".join(cell(at[s]) if s in at else "–" for s in steps) + " |")
+
+
 def main(path: str) -> None:
     data = json.load(open(path))
     print("## paired changes vs base (test; bold: interval excludes 0)\n")
     changes(data)
+    if data.get("control"):
+        print(f"\n## paired changes vs the control, {data['control']} (test; bold: interval excludes 0)\n")
+        changes(data, "control_deltas")
+    if data.get("classes"):
+        print("\n## PubMedQA macro-F1 (test)\n")
+        classes(data)
+    if data.get("validation_curves"):
+        print("\n## validation curves (validation subsets during training)")
+        curves(data)
     print("\n## averaged models (test)\n")
     averaging(data)
     print("\n## sweeps (validation)")
