@@ -276,7 +276,8 @@ def test_a_part_searches_parents_trained_in_other_parts_and_waits_for_them(tiny_
     out = tmp_path / "s"
     changes = {"variants": [{"name": "lora"}, {"name": "full", "train": {"method": "full"}}],
                "averaging.alphas": [0.0, 1.0], "averaging.methods": {}, "train.max_steps": 2,
-               "averaging.search": {"space": "task_arithmetic", "parents": ["full", "lora"], "budget": 40}}
+               "averaging.search": {"space": "task_arithmetic", "parents": ["full", "lora"], "budget": 40},
+               "averaging.test_best_of": ["search"]}
     with pytest.raises(ConfigError, match="needs train/lora, which this part .* run the part with lora first"):
         study(tiny_study(tiny_llama, out, only=["full"], **changes))
     study(tiny_study(tiny_llama, out, only=["lora"], **changes))

@@ -62,7 +62,8 @@ def restricted(cfg: StudyRunConfig) -> StudyRunConfig:
     search, elsewhere = averaging.search, []
     if search is not None and search.parents and search.parents[0] not in names:
         # the multi-parent search runs in its first parent's sweep: in that one's part, in no other
-        averaging = averaging.model_copy(update={"search": None})
+        averaging = averaging.model_copy(update={"search": None, "test_best_of": [
+            k for k in averaging.test_best_of if k not in ("search", "grid")]})
     elif search is not None:  # the other parents' training, finished in their own parts, is read from there
         elsewhere = [p for p in search.parents if p not in names]
     return cfg.model_copy(update={"variants": variants, "averaging": averaging, "trained_elsewhere": elsewhere})
