@@ -259,7 +259,7 @@ def test_study_eval_steps_run_under_the_eval_launcher(tiny_llama, tmp_path, monk
 
     monkeypatch.setattr(subprocess, "run", launched)
     basis = step.basis({}, out)
-    study_run._execute(step, out, cfg, basis, "run")
+    study_run._execute(step, out, cfg, basis, "run", fingerprint.digest(basis))
     assert ran == [["accelerate", "launch", "--num_processes", "2", "-m", "medtune", "eval",
                     str(out / step.name / "eval.yaml")]]
     assert json.loads((out / step.name / "results.json").read_text())["tasks"]

@@ -203,3 +203,43 @@ def test_saved_study_file_leaves_an_unset_tokenizer_unset(tiny_llama, tmp_path, 
         again = StudyConfig.model_validate({**saved, "base_dir": str(tmp_path / "runs" / "s")})
         assert again.train_config(again.variants[0], tmp_path).data.tokenizer == given or str(tiny_llama)
         assert again.root(again.data.data_root) == tmp_path / "data"
+
+
+def _as_if_written_without(moved: Path, cfg, dropped: set[str]) -> None:
+    """Rewrite every step's state as a medtune without the training settings ``dropped`` would have: its basis
+    without them, its fingerprint that basis's, and each later step's ``deps.`` entries those fingerprints."""
+    from medtune.study import fingerprint
+
+    fps: dict[str, str] = {}
+    for step in study_run._plan(cfg, Path(cfg.out)):
+        path = moved / "runs" / "s" / step.name / ".medtune-step.json"
+        state = json.loads(path.read_text())
+        basis = {k: (fps.get(k.removeprefix("deps."), v) if k.startswith("deps.") else v)
+                 for k, v in state["basis"].items() if not (step.kind == "train" and k in dropped)}
+        fps[step.name] = fingerprint.digest(basis)
+        path.write_text(json.dumps({**state, "basis": basis, "fingerprint": fps[step.name]}))
+
+
+@pytest.mark.parametrize("dropped, done", [({"eval_every", "eval_limit", "eval_tasks"}, True), ({"learning_rate"}, False)])
+def test_settings_added_since_a_step_ran_keep_it_done_when_at_their_default(finished, tmp_path, monkeypatch, capsys,
+                                                                             dropped, done):
+    """A finished study whose state files predate some training settings (validation curves here) is still done
+    when the new settings are at their defaults -- nothing reruns, not the training, not what depends on it --
+    and stale when a setting it recorded has changed (here: one it did not record that is not at its default)."""
+    from medtune.config import load_config
+
+    moved = tmp_path / "p"
+    shutil.copytree(finished, moved)
+    monkeypatch.chdir(moved)
+    cfg = load_config(study_run.StudyRunConfig, "study.yaml")
+    cfg.base_dir = str(moved.resolve())
+    _as_if_written_without(moved, cfg, dropped)
+    rows = plan(capsys, "study.yaml")
+    if done:
+        assert {state for state, _ in rows.values()} == {"done"}, rows
+        calls = executed(monkeypatch)
+        main(["study", "study.yaml"])
+        assert calls == ["report"]
+        assert {state for state, _ in plan(capsys, "study.yaml").values()} == {"done"}
+    else:
+        assert rows["train/lora"][0] == "stale" and "learning_rate: (unset) → 0.001" in rows["train/lora"][1], rows

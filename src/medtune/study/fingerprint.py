@@ -82,6 +82,34 @@ def what_changed(old: dict[str, Any] | None, new: dict[str, Any], shown: int = 3
     return "; ".join(parts) or "settings changed"
 
 
+def only_new_defaults(config: BaseModel | None, old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether ``new`` differs from ``old`` (a basis an earlier medtune kept) only by settings that did not exist
+    then and are at their defaults now: fields medtune added since, which leave the step's result as it was.
+    A long study run over several sessions then survives an upgrade of medtune; a setting that changed, a new
+    one set to something else, an input file or an input step that changed still make the step stale."""
+    keys = [k for k in old.keys() | new.keys() if old.get(k, _UNSET) != new.get(k, _UNSET)]
+    return config is not None and all(
+        k not in old and k != "kind" and not k.startswith(("reads.", "deps.")) and _at_default(config, k) for k in keys)
+
+
+def _at_default(config: BaseModel, key: str) -> bool:
+    """Whether the setting at flattened ``key`` (``data.decontamination.n``, ``eval_sources``) is its field's default."""
+    *path, last = key.split(".")
+    owner: Any = config
+    for part in path:
+        if isinstance(owner, BaseModel) and part in type(owner).model_fields:
+            owner = getattr(owner, part)
+        elif isinstance(owner, (list, tuple)) and part.isdigit() and int(part) < len(owner):
+            owner = owner[int(part)]
+        elif isinstance(owner, dict) and part in owner:
+            owner = owner[part]
+        else:
+            return False
+    if not isinstance(owner, BaseModel) or last not in type(owner).model_fields:
+        return False
+    return bool(getattr(owner, last) == type(owner).model_fields[last].get_default(call_default_factory=True))
+
+
 def identity(path: Path) -> str:
     """Size and SHA-256 of a file (sampled when large), or of every file in a directory (hidden ones aside)."""
     if path.is_dir():

@@ -92,9 +92,14 @@ class Prints:
                 st = StepState.load(self.layout.state_file(dep))
                 self.current[dep] = self.legacy[dep] = st.fingerprint if st and st.state == "done" else f"missing:{dep}"
         basis = step.basis(self.current, self.layout.root)
-        self.current[step.name] = fingerprint.digest(basis)
+        fp = fingerprint.digest(basis)
+        st = StepState.load(self.layout.state_file(step.name))
+        if st is not None and st.basis is not None and st.fingerprint != fp \
+                and (st.basis == basis or fingerprint.only_new_defaults(step.config, st.basis, basis)):
+            fp = st.fingerprint  # settings medtune added since the step ran, at their defaults: the same step
+        self.current[step.name] = fp
         self.legacy[step.name] = step.legacy_fingerprint(self.legacy)
-        return basis, self.current[step.name]
+        return basis, fp
 
     def status(self, step: S.Step) -> str:
         """done | run | resume | stale (its inputs or settings changed since it ran) | wait (it needs a step of
@@ -136,13 +141,12 @@ def _upgrade_state(layout: StudyLayout, step: S.Step, fp: str, basis: dict[str, 
         replace(st, fingerprint=fp, basis=basis).save(path)
 
 
-def _execute(step: S.Step, out: Path, cfg: StudyConfig, basis: dict[str, Any], state: str) -> None:
+def _execute(step: S.Step, out: Path, cfg: StudyConfig, basis: dict[str, Any], state: str, fp: str) -> None:
     layout = layout_of(cfg, out)
     kind = S.step_kind(step.kind)
     if state == "stale" and not kind.keeps_when_stale:
         shutil.rmtree(layout.step_dir(step.name))
     started = time.time()
-    fp = fingerprint.digest(basis)
     path = layout.state_file(step.name)
     StepState(step.name, fp, "started", started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), basis=basis).save(path)
     kind.run(step, cfg, layout, state == "resume")
@@ -215,7 +219,7 @@ def _study(cfg: StudyRunConfig) -> Path:
             console.print(Rule(" · ".join([f"{counter} {step.name} — {what}", *notes]), align="left"))
             t0 = time.perf_counter()
             try:
-                _execute(step, out, cfg, basis, state)
+                _execute(step, out, cfg, basis, state, fp)
             except KeyboardInterrupt:
                 console.print(f"\n[yellow]interrupted during {step.name}[/]: run the same command again to resume "
                               "(finished steps are kept; training continues from its last checkpoint)")
