@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from pydantic import ValidationError
 
 from medtune.evaluate import metrics
 
@@ -271,3 +273,55 @@ def test_a_tasks_own_evaluated_split_counts_as_its_test_split():
     dev = SourceConfig(adapter="medmcqa", path="medmcqa/dev.json")
     assert "evaluated split" in test_split_reason("medmcqa", dev)
     assert test_split_reason("arc_easy", SourceConfig(adapter="arc", path="general/arc/ARC-Easy-Dev.jsonl")) is None
+
+
+def test_select_on_needs_the_curves_and_names_a_scored_metric(tiny_llama, tmp_path):
+    from medtune.train.config import TrainConfig
+
+    def make(**kw):
+        return TrainConfig.model_validate(_train_config(tiny_llama, tmp_path / "x", **kw))
+
+    assert make(eval_every=2, select_on="ppl_general", **EVAL).selection == ("ppl_general", "perplexity")
+    assert make(eval_every=2, select_on="pubmedqa:macro_f1", **EVAL).selection == ("pubmedqa", "macro_f1")
+    for kw, message in (({"select_on": "arc_easy"}, "set eval_every"),
+                        ({"eval_every": 2, "select_on": "medqa4", **EVAL}, "not one of eval_tasks"),
+                        ({"eval_every": 2, "select_on": "arc_easy:f1", **EVAL}, "unknown metric")):
+        with pytest.raises(ValidationError, match=message):
+            make(**kw)
+
+
+def test_select_on_keeps_the_best_validation_step_in_model_and_the_last_in_last(tiny_llama, tmp_path, monkeypatch):
+    """With ARC-Easy scored best at step 2 (of 0, 2, 4, 5), model/ holds the weights the run had at step 2, last/
+    the last step's (the same as a run without select_on), and curves.json names the step; the kept weights go."""
+    from safetensors.torch import load_file
+
+    from medtune.train import validation as V
+    from medtune.train.config import TrainConfig
+    from medtune.train.run import train
+
+    real, kept = V.points, {}
+    scores = {0: 0.1, 2: 0.9, 4: 0.5, 5: 0.9}  # step 5 equals step 2: the earlier is kept
+
+    def scored(step, results):
+        return [p.model_copy(update={"value": scores[step]}) if (p.task, p.metric) == ("arc_easy", "acc") else p
+                for p in real(step, results)]
+
+    real_finish = V.BestKeeper.finish
+
+    def finish(self, model, last_step, save_last):
+        kept.update(load_file(str(self.path(self.run.best["step"]))))
+        return real_finish(self, model, last_step, save_last)
+
+    monkeypatch.setattr(V, "points", scored)
+    monkeypatch.setattr(V.BestKeeper, "finish", finish)
+    out = train(TrainConfig.model_validate(_train_config(tiny_llama, tmp_path / "sel", eval_every=2, select_on="arc_easy",
+                                                         **EVAL)))
+    plain = train(TrainConfig.model_validate(_train_config(tiny_llama, tmp_path / "plain", eval_every=2, **EVAL)))
+    curves = json.loads((out / "curves.json").read_text())
+    assert curves["selected"] == {"step": 2, "task": "arc_easy", "metric": "acc", "value": 0.9}
+    model, last, ref = (load_file(str(d / "adapter_model.safetensors")) for d in (out / "model", out / "last", plain / "model"))
+    assert all(torch.equal(last[k], ref[k]) for k in ref)  # last/ is the run's last step
+    by_name = {k.replace(".default", ""): v for k, v in kept.items()}
+    assert set(model) == set(by_name) and all(torch.equal(model[k], by_name[k]) for k in model)
+    assert not all(torch.equal(model[k], last[k]) for k in model)
+    assert not (out / "best").exists()

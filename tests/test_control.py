@@ -161,6 +161,17 @@ def test_validation_curves_are_in_the_report_with_their_worst_point(three, tmp_p
     assert plots.changes(rep, tmp_path / "c.png", control=True) is not None
 
 
+def test_the_training_table_names_the_step_select_on_kept(three):
+    from medtune.train.records import SelectedStep
+
+    rep, _ = three
+    assert "model kept" not in render.markdown(rep, [])
+    train = {**rep.train, "lora": rep.train["lora"].model_copy(update={"selected": 2})}
+    md = render.markdown(rep.model_copy(update={"train": train}), [])
+    assert "model kept (step, select_on)" in md and "| 2 |" in md and "| last |" in md
+    assert SelectedStep(step=2, task="pubmedqa", metric="acc", value=0.6).step == 2
+
+
 # --- the leakage guard ----------------------------------------------------------------------------------------
 
 def test_the_validation_splits_training_scores_are_in_its_leakage_guard(tiny_llama, tmp_path):

@@ -17,7 +17,7 @@ from medtune.data.spec import SourceConfig
 from medtune.evaluate.records import EvalResult
 from medtune.merge.records import SweepPoint, SweepResult
 from medtune.merge.selection import SelectionRule
-from medtune.train.records import CurvePoint, TrainRun, ValidationPoint
+from medtune.train.records import CurvePoint, SelectedStep, TrainRun, ValidationPoint
 
 RowKind = Literal["base", "tuned", "control", "averaged", "compared"]
 
@@ -69,6 +69,8 @@ class TrainSummary(_Record):
     method: str
     validation: list[ValidationPoint] = Field(default_factory=list)
     """The validation curves (eval_every), when the run scored them."""
+    selected: SelectedStep | None = None
+    """select_on: the step whose model the variant is (not the last)."""
 
 
 class MixSummary(_Record):

@@ -297,7 +297,8 @@ def collect(results: StudyResults) -> Report:
         sweeps={v: SweepView(points=s.points, selected=s.selected) for v, s in results.sweeps.items()},
         curves={v: [(h.step, h.loss) for h in t.history] for v, t in results.train.items()},
         train={v: TrainRow.model_validate({**t.run.model_dump(mode="json"), "seconds": t.seconds,
-                                           "tokens": t.history[-1].tokens if t.history else 0, "method": t.method})
+                                           "tokens": t.history[-1].tokens if t.history else 0, "method": t.method,
+                                           "selected": t.selected.step if t.selected else None})
                for v, t in results.train.items()},
         mix=results.mix, validation=results.validation, steps=results.steps,
         commands=results.commands, stale=results.stale,

@@ -150,6 +150,8 @@ class TrainRow(Record):
     seconds: float
     tokens: int
     method: str
+    selected: int | None = None
+    """select_on: the optimizer step whose model the variant is."""
 
 
 class BestOf(Record):

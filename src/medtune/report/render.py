@@ -334,11 +334,13 @@ def _training(data: Report, images: list[str]) -> list[Block]:
         out.append(("h2", "Training"))
         if "curves.png" in images:
             out.append(("img", "curves.png", "training loss curves"))
+        kept = any(t.selected is not None for t in data.train.values())
         out.append(("table", ["variant", "method", "steps", "processes", "global batch (blocks)", "tokens", "seconds",
-                              "tokens/s", "final loss"],
+                              "tokens/s", "final loss", *(["model kept (step, select_on)"] if kept else [])],
                     [[v, t.method, t.steps, t.processes, t.global_batch, f"{t.tokens:,}", t.seconds,
                       f"{t.tokens / t.seconds:.0f}" if t.seconds else "–",
-                      f"{data.curves[v][-1][1]:.3f}" if data.curves.get(v) else "–"]
+                      f"{data.curves[v][-1][1]:.3f}" if data.curves.get(v) else "–",
+                      *([t.selected if t.selected is not None else "last"] if kept else [])]
                      for v, t in data.train.items()]))
     if data.validation_curves:
         out += [("h2", "Validation during training"), *(

@@ -123,7 +123,7 @@ def train_summaries(cfg: StudyConfig, layout: StudyLayout,
         if curves:
             train[v.name] = TrainSummary(run=curves.run, seconds=round(curves.seconds, 1), history=curves.history,
                                          method=cfg.train_config(v, layout.root).method,
-                                         validation=curves.validation or [])
+                                         validation=curves.validation or [], selected=curves.selected)
         m = DataManifest.load(layout.manifest(v.name))
         if m:
             mix[v.name] = MixSummary(general_share_target=m.mix.general_share_target if m.mix else 0.0,

@@ -100,7 +100,8 @@ def write_outputs(cfg: TrainConfig, out: Path, model: Any, tokenizer: Any, state
     from medtune.train.records import TrainCurves
 
     TrainCurves.model_validate({"run": run, "history": state["history"], "seconds": state["seconds"],
-                                "validation": state.get("validation", [])}).save(out / "curves.json")
+                                "validation": state.get("validation", []),
+                                **({"selected": state["best"]} if state.get("best") else {})}).save(out / "curves.json")
     plot_curves(state["history"], out / "curves.png", f"{cfg.model.spec} · {cfg.method} · {cfg.loss}")
     manifest = json.loads((out / "data" / "manifest.json").read_text())
     atomic.write_text(out / "README.md", model_card(cfg, state, run, manifest))

@@ -107,6 +107,20 @@ class TrainConfig(ConfigFile):
     eval_sources: dict[str, SourceConfig] = Field(default_factory=dict)
     """Per task of `eval_tasks`, its validation split (never a test split: refused), relative to data.data_root,
     e.g. {arc_easy: {adapter: arc, path: general/arc/ARC-Easy-Dev.jsonl}}."""
+    select_on: str | None = None
+    """Pick the checkpoint on validation: TASK or TASK:METRIC of the validation curves (e.g. pubmedqa, or
+    pubmedqa:macro_f1; the metric defaults to acc, perplexity for a perplexity task, lower being better there).
+    model/ is then the model at the best scored step (the earliest of equals), the last step's in last/ when it
+    differs, and curves.json's run says which step was kept. Needs eval_every."""
+
+    @property
+    def selection(self) -> tuple[str, str]:
+        """(task, metric) of ``select_on``; the metric defaults to the task's headline (acc, or perplexity)."""
+        from medtune.evaluate.tasks import TASKS
+
+        task, _, metric = (self.select_on or "").partition(":")
+        known = TASKS.get(task)
+        return task, metric or ("perplexity" if known is not None and known.kind == "ppl" else "acc")
 
     def guarded_data(self) -> Any:
         """``data`` with the validation splits of `eval_sources` added to its leakage guard (``data.eval``): what
@@ -148,6 +162,14 @@ class TrainConfig(ConfigFile):
         if missing:
             raise ValueError(f"eval_sources: give a validation split for {', '.join(missing)} (a task's own source "
                              "is its test split, which training never scores)")
+        if self.select_on is not None:
+            if not self.eval_every:
+                raise ValueError("select_on: picks among the validation scorings of eval_every; set eval_every")
+            task, metric = self.selection
+            if task not in tasks:
+                raise ValueError(f"select_on: {task!r} is not one of eval_tasks ({', '.join(tasks) or 'none'})")
+            if metric not in ("acc", "acc_norm", "macro_f1", "perplexity"):
+                raise ValueError(f"select_on: unknown metric {metric!r} (acc, acc_norm, macro_f1, perplexity)")
         for name, src in self.eval_sources.items():
             if (reason := test_split_reason(name, src)) is not None:
                 raise ValueError(f"eval_sources.{name}: reads a test split ({reason}); validation curves score "

@@ -110,6 +110,8 @@ class RunState:
         self.tokens_per_step = tokens_per_step
         self.history: list[dict[str, Any]] = []
         self.validation: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        """select_on: the best validation scoring so far ({step, task, metric, value}), its weights in OUT/best."""
         self.tokens, self.seconds_before = 0, 0.0
         self.started = time.perf_counter()
         self.ended: float | None = None
@@ -119,6 +121,7 @@ class RunState:
         """Continue from a checkpoint's medtune state (see :func:`medtune.train.checkpoint.validate`)."""
         self.history, self.tokens, self.seconds_before = list(state["history"]), state["tokens"], state["seconds"]
         self.validation = list(state.get("validation", []))
+        self.best = state.get("best")
         self.last_good = path
 
     def start(self) -> None:
@@ -134,7 +137,7 @@ class RunState:
 
     def as_dict(self, step: int, world: int) -> dict[str, Any]:
         return {"step": step, "history": self.history, "validation": self.validation, "tokens": self.tokens,
-                "seconds": self.seconds, "world_size": world}
+                "seconds": self.seconds, "world_size": world, **({"best": self.best} if self.best else {})}
 
 
 class MedtuneCallback(TrainerCallback):

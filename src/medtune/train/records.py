@@ -43,6 +43,15 @@ class TrainRun(ReadRecord):
     """Blocks per optimizer step, over all processes."""
 
 
+class SelectedStep(ReadRecord):
+    """``select_on``: the validation scoring whose model the run kept in model/."""
+
+    step: int
+    task: str
+    metric: str
+    value: float
+
+
 class TrainCurves(ReadRecord):
     run: TrainRun
     history: list[CurvePoint]
@@ -50,6 +59,8 @@ class TrainCurves(ReadRecord):
     """Wall time of the training loop, resumed runs' earlier parts included."""
     validation: list[ValidationPoint] | None = None
     """The validation curves (``eval_every``; absent in files written before them)."""
+    selected: SelectedStep | None = None
+    """select_on: the step whose model is model/ (the last step's is in last/ when it differs)."""
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainCurves | None":

@@ -262,9 +262,11 @@ def _trainer(cfg: TrainConfig, out: Path, blocks: Any, model: Any, args: Any, or
         trainer.remove_callback(printer)
     trainer.add_callback(engine.MedtuneCallback(run, cfg.progress))
     if cfg.eval_every:
-        from medtune.train.validation import ValidationCallback
+        from medtune.train.validation import BestKeeper, ValidationCallback
 
-        trainer.add_callback(ValidationCallback(cfg, tokenizer, run, say, trainer.accelerator.autocast))
+        keeper = BestKeeper(cfg, out, run, trainer.args.should_save) if cfg.select_on else None
+        trainer.add_callback(ValidationCallback(cfg, tokenizer, run, say, trainer.accelerator.autocast, keeper))
+        trainer.best_keeper = keeper  # type: ignore[attr-defined]
     return trainer
 
 
@@ -357,6 +359,16 @@ def train(cfg: TrainConfig) -> Path:
         raise TrainError(memory.out_of_memory_message(err, estimate)) from None
     final_model, full = _final_weights(trainer, save_dtype, cfg.method)
     final_model.config.use_cache = use_cache
+    keeper = getattr(trainer, "best_keeper", None)
+    if keeper is not None:  # select_on: model/ is the best validation step's; the last step's goes to last/
+        from medtune.lora_adapter import BaseIdentity
+        from medtune.train.artifacts import save_model
+
+        base = BaseIdentity.of(resolved)
+        keeper.finish(final_model, total_steps, lambda: save_model(out / "last", final_model, tokenizer, None, base))
+        if run.best and run.best["step"] != total_steps:
+            say(f"select_on {cfg.select_on}: model/ is step {run.best['step']} ({run.best['metric']} "
+                f"{run.best['value']:.4g}); the last step's model is in {out / 'last'}")
     if trainer.args.should_save:
         from medtune.train.artifacts import write_outputs
 

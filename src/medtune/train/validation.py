@@ -77,10 +77,11 @@ class ValidationCallback(TrainerCallback):
     resumed run keeps its curve)."""
 
     def __init__(self, cfg: TrainConfig, tokenizer: Any, run: Any, say: Callable[[str], Any],
-                 autocast: Callable[[], Any] = contextlib.nullcontext) -> None:
+                 autocast: Callable[[], Any] = contextlib.nullcontext, keeper: "BestKeeper | None" = None) -> None:
         from medtune.evaluate.run import EvalConfig
 
         self.every, self.tokenizer, self.run, self.say, self.autocast = cfg.eval_every, tokenizer, run, say, autocast
+        self.keeper = keeper
         self.eval_cfg = EvalConfig(model=cfg.model, tasks=",".join(cfg.eval_tasks), data_root=str(cfg.data.root()),
                                    task_sources=cfg.eval_sources, limit=cfg.eval_limit, progress=False)
 
@@ -111,3 +112,66 @@ class ValidationCallback(TrainerCallback):
             raise TrainError(f"step {step}: validation {bad[0].task} {bad[0].metric} is {bad[0].value}")
         self.run.validation.extend(p.model_dump() for p in pts)
         self.say(line(step, pts))
+        if self.keeper is not None:
+            self.keeper.offer(model, step, pts)
+
+
+def better(value: float, best: float, metric: str) -> bool:
+    """A strictly better validation score (lower for perplexity): the earliest of equal scores is kept."""
+    return value < best if metric == "perplexity" else value > best
+
+
+class BestKeeper:
+    """``select_on``: keeps the trainable weights of the best validation scoring so far in ``OUT/best/step-N``
+    (safetensors; written by the main process), its step and score in the run state (so a resumed run knows it).
+    Every improvement is kept until the run ends, so a run resumed from an earlier checkpoint still finds the
+    weights its state names; :meth:`finish` puts the chosen ones into the model and removes the directory."""
+
+    def __init__(self, cfg: TrainConfig, out: Any, run: Any, main: bool) -> None:
+        self.task, self.metric = cfg.selection
+        self.dir, self.run, self.main = out / "best", run, main
+
+    def path(self, step: int) -> Any:
+        return self.dir / f"step-{step}.safetensors"
+
+    def offer(self, model: Any, step: int, pts: list[ValidationPoint]) -> None:
+        hit = next((p for p in pts if p.task == self.task and p.metric == self.metric), None)
+        if hit is None:
+            from medtune.train.engine import TrainError
+
+            raise TrainError(f"select_on {self.task}:{self.metric}: the validation scoring at step {step} has no such "
+                             f"metric (it has {', '.join(sorted({f'{p.task}:{p.metric}' for p in pts}))})")
+        best = self.run.best
+        if best is not None and not better(hit.value, best["value"], self.metric):
+            return
+        if self.main:
+            from safetensors.torch import save_file
+
+            from medtune import atomic
+
+            self.dir.mkdir(parents=True, exist_ok=True)
+            weights = {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
+            tmp = self.path(step).with_suffix(".tmp")
+            save_file(weights, str(tmp))
+            atomic.replace(tmp, self.path(step))
+        self.run.best = {"step": step, "task": self.task, "metric": self.metric, "value": hit.value}
+
+    def finish(self, model: Any, last_step: int, save_last: Callable[[], Any]) -> None:
+        """Put the best step's weights into ``model`` (the last step's written first by ``save_last``), unless the
+        last step is the best; then remove the kept weights."""
+        import shutil
+
+        best = self.run.best
+        if self.main and best is not None and best["step"] != last_step:
+            from safetensors.torch import load_file
+
+            save_last()
+            missing = set(load_file(str(self.path(best["step"])))) - {n for n, _ in model.named_parameters()}
+            if missing:
+                from medtune.train.engine import TrainError
+
+                raise TrainError(f"select_on: the kept weights of step {best['step']} name parameters the model does "
+                                 f"not have: {sorted(missing)[:3]}")
+            model.load_state_dict(load_file(str(self.path(best["step"]))), strict=False)
+        if self.main:
+            shutil.rmtree(self.dir, ignore_errors=True)
