@@ -187,7 +187,7 @@ def _train_config(tiny_llama: Path, out: Path, **kw) -> dict:
 
     train = [{"adapter": "medmcqa", "path": "medmcqa/dev.json"},
              {"adapter": "pubmedqa", "path": "pubmedqa/ori_pqal.json", "split": "trainval", "fold": {**FOLD, "take": "rest"}}]
-    return config(tiny_llama, out, max_steps=5, save_every=0, **{"data.train": train, **kw})
+    return config(tiny_llama, out, **{"max_steps": 5, "save_every": 0, "data.train": train, **kw})
 
 
 FOLD = {"share": 0.5, "take": "held_out"}
@@ -325,3 +325,40 @@ def test_select_on_keeps_the_best_validation_step_in_model_and_the_last_in_last(
     assert set(model) == set(by_name) and all(torch.equal(model[k], by_name[k]) for k in model)
     assert not all(torch.equal(model[k], last[k]) for k in model)
     assert not (out / "best").exists()
+
+
+def test_select_on_survives_a_resume(tiny_llama, tmp_path, monkeypatch):
+    """Stopped right after the checkpoint of step 4 (its state: best at step 2) and resumed, the run keeps step 2's
+    weights in model/, as the uninterrupted run does."""
+    from safetensors.torch import load_file
+
+    from medtune.train import checkpoint
+    from medtune.train import validation as V
+    from medtune.train.config import TrainConfig
+    from medtune.train.run import train
+
+    real_points, real_save = V.points, checkpoint.save
+    scores = {0: 0.1, 2: 0.9, 4: 0.5, 5: 0.5}
+    monkeypatch.setattr(V, "points", lambda step, results: [
+        p.model_copy(update={"value": scores[step]}) if (p.task, p.metric) == ("arc_easy", "acc") else p
+        for p in real_points(step, results)])
+    cfg = lambda out, **kw: TrainConfig.model_validate(_train_config(  # noqa: E731
+        tiny_llama, out, eval_every=2, select_on="arc_easy", **{**EVAL, "save_every": 2, **kw}))
+    whole = train(cfg(tmp_path / "whole"))
+
+    def stop_after_4(root, step, *a, **k):
+        path = real_save(root, step, *a, **k)
+        if step == 4:
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(checkpoint, "save", stop_after_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(tmp_path / "cut"))
+    assert (tmp_path / "cut" / "best" / "step-2.safetensors").is_file() and not (tmp_path / "cut" / "model").exists()
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    cut = train(cfg(tmp_path / "cut", resume=True))
+    for d in (whole, cut):
+        assert json.loads((d / "curves.json").read_text())["selected"]["step"] == 2
+    a, b = (load_file(str(d / "model" / "adapter_model.safetensors")) for d in (whole, cut))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
