@@ -258,8 +258,10 @@ def test_study_eval_steps_run_under_the_eval_launcher(tiny_llama, tmp_path, monk
         return subprocess.CompletedProcess(cmd, 0)
 
     monkeypatch.setattr(subprocess, "run", launched)
+    from medtune.study.fingerprint import digest
+
     basis = step.basis({}, out)
-    study_run._execute(step, out, cfg, basis, "run", fingerprint.digest(basis))
+    study_run._execute(step, out, cfg, basis, "run", digest(basis))
     assert ran == [["accelerate", "launch", "--num_processes", "2", "-m", "medtune", "eval",
                     str(out / step.name / "eval.yaml")]]
     assert json.loads((out / step.name / "results.json").read_text())["tasks"]
