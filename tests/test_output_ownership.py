@@ -356,6 +356,34 @@ def test_study_checks_that_its_data_paths_exist_in_a_dry_run_and_before_running(
     assert not (tmp_path / "s" / "eval").exists()  # nothing ran
 
 
+def test_study_reads_its_sources_before_running_so_a_wrong_split_or_a_bad_row_stops_it_at_once(tiny_llama, tmp_path):
+    # Paths that exist but do not read as configured: found when the step reading them ran, hours in, before.
+    from medtune.study.run import study
+
+    mmlu = tmp_path / "mmlu"
+    mmlu.mkdir()
+    (mmlu / "anatomy_dev.csv").write_text("What is it?,a,b,c,d,A\n")  # a dev split only: a test source finds nothing
+    medqa = tmp_path / "medqa.jsonl"
+    medqa.write_text(json.dumps({"question": "Q?", "options": {"A": "x", "B": "y", "C": "z", "D": "w"},
+                                 "answer_idx": "A"}) + "\n" + json.dumps({"question": "Q2?", "options": {"A": "x"}}) + "\n")
+    cfg = _study(tiny_llama, tmp_path / "s", dry_run=True,
+                 **{"evaluation.tasks": ["medqa4", "mmlu_anatomy"],
+                    "evaluation.test_sources.medqa4": {"adapter": "medqa", "path": str(medqa)},
+                    "evaluation.test_sources.mmlu_anatomy": {"adapter": "mmlu", "path": str(mmlu)}})
+    for dry in (True, False):
+        with pytest.raises(ConfigError) as err:
+            study(cfg.model_copy(update={"dry_run": dry}))
+        text = str(err.value)
+        assert "does not read" in text
+        assert "no MMLU files *_test.csv" in text and "eval/base (task mmlu_anatomy)" in text
+        assert f"{medqa}, line 2" in text and "eval/base (task medqa4)" in text
+    assert not (tmp_path / "s" / "eval").exists()  # nothing ran
+    # the same sources read as their split says: the study gets past the check (the dry run lists its plan)
+    (mmlu / "anatomy_dev.csv").rename(mmlu / "anatomy_test.csv")
+    medqa.write_text(medqa.read_text().splitlines()[0] + "\n")
+    study(cfg)
+
+
 @pytest.mark.parametrize("key, value", [("learning_rate", ".inf"), ("learning_rate", ".nan"),
                                         ("warmup_ratio", ".nan"), ("data.mix_temperature", ".inf"),
                                         ("lora.dropout", ".nan"), ("max_grad_norm", "-.inf")])

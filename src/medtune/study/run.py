@@ -176,9 +176,9 @@ def _study(cfg: StudyRunConfig) -> Path:
     cfg = restricted(cfg)
     if cfg.dry_run:
         _print_plan(console, cfg, out)
-    missing = _missing_inputs(S.static_plan(cfg, out))
-    if missing:  # before anything runs: not after an hour of training, when its evaluation starts
-        raise ConfigError("the study reads data that is not there:\n  " + "\n  ".join(missing))
+    unreadable = _unreadable_inputs(S.static_plan(cfg, out))
+    if unreadable:  # before anything runs: not after an hour of training, when its evaluation starts
+        raise ConfigError("the study reads data that is not there or does not read:\n  " + "\n  ".join(unreadable))
     if cfg.dry_run:
         return out
     if cfg.report_only:
@@ -327,17 +327,36 @@ def _print_changes(console: Any, cfg: StudyConfig, results: Any) -> None:
         console.print(table)
 
 
-def _missing_inputs(plan: list[S.Step]) -> list[str]:
-    """One line per local data path some step reads that does not exist, naming the steps."""
-    from medtune.data.registry import resolve_path
+def _unreadable_inputs(plan: list[S.Step]) -> list[str]:
+    """One line per data source some step reads that is not there or does not read, naming the steps.
+
+    Each local source is read once here, as its step will read it (split, subjects, fold, limit), so that a
+    wrong split, an unparsable row or a filter that selects nothing stops the study before it runs, not hours
+    later when the step that reads it starts. Hub sources are only checked for their settings (reading them
+    needs the network); a text source is read up to its first document (a replay source may be ~1B tokens).
+    """
+    from medtune.data.registry import HUB_ADAPTERS, TEXT_ADAPTERS, iter_source, load_source, no_items, resolve_path
+    from medtune.data.rejects import Rejects
 
     found: dict[str, list[str]] = {}
+    checked: dict[str, str | None] = {}
     for step in plan:
+        skip_invalid = step.kind == "train" and bool(step.config.data.skip_invalid)  # type: ignore[union-attr]
         for what, src, root in step.inputs():
-            try:
-                resolve_path(src, root)
-            except MedtuneError as err:
-                found.setdefault(str(err), []).append(f"{step.name} ({what})")
+            key = f"{src.model_dump_json()}|{root}|{skip_invalid}"
+            if key not in checked:
+                checked[key] = None
+                try:
+                    path = resolve_path(src, root)
+                    if src.adapter in TEXT_ADAPTERS and src.adapter not in HUB_ADAPTERS:
+                        if next(iter(iter_source(src, root, Rejects(skip_invalid=skip_invalid))), None) is None:
+                            raise no_items(src, path, 0)
+                    elif src.adapter not in HUB_ADAPTERS:
+                        load_source(src, root, Rejects(skip_invalid=skip_invalid))
+                except MedtuneError as err:
+                    checked[key] = str(err)
+            if checked[key] is not None:
+                found.setdefault(checked[key], []).append(f"{step.name} ({what})")  # type: ignore[arg-type]
     return [f"{err} (read by {', '.join(who)})" for err, who in found.items()]
 
 

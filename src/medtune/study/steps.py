@@ -50,7 +50,7 @@ class Step:
         for _, src, root in self.inputs():
             try:
                 path = resolve_path(src, root)
-            except MedtuneError:  # reported before anything runs (study.run._missing_inputs)
+            except MedtuneError:  # reported before anything runs (study.run._unreadable_inputs)
                 continue
             if path is not None:
                 reads.append(path)
