@@ -175,6 +175,20 @@ def test_the_headline_gives_each_general_change_with_its_interval_and_item_count
     assert "general average" not in head
 
 
+def test_a_pilot_report_says_its_reported_splits_are_validation_splits(report):
+    """A pilot reports on validation splits (test_sources pointing at them); its report never calls them test splits."""
+    from medtune.report.records import ShipView
+
+    ship = ShipView(row="tuned", rule="retain", candidates=[], selected=None, rule_name="retain", retain=0.98,
+                    base_general=None)
+    for split, says in (("test", "the test splits were only scored to report"),
+                        ("validation", "not a held-out estimate")):
+        text = render.markdown(report[0].model_copy(update={"ship": ship, "reported_split": split}), [])
+        assert f"## Results on the {split} splits" in text and says in text
+        assert ("test split" in text.replace("no test split was read", "").replace("never a test split", "")
+                .replace("reads no test split", "")) == (split == "test")
+
+
 def test_selection_scores_say_what_they_are():
     """A perplexity score is named as 100 / perplexity, never as a mean accuracy."""
     from medtune.evaluate.scores import describe

@@ -125,3 +125,5 @@ class StudyResults(_Record):
     commands: list[str] = Field(default_factory=list)
     stale: list[str] = Field(default_factory=list)
     """Steps left out because their settings or inputs changed since they ran (``--report-only``)."""
+    reported_split: str = "test"
+    """What the reported rows were scored on: ``test``, or ``validation`` for a pilot (StudyEvalConfig)."""

@@ -309,7 +309,8 @@ def collect(results: StudyResults) -> Report:
         control=next((r.label for r in results.rows if r.kind == "control"), None),
         control_deltas=paired_deltas(results.rows, mc, cols.groups, cols.ppl, read, reference="control"),
         classes=class_views(results.rows, cols.medical, read),
-        validation_curves={v: t.validation for v, t in results.train.items() if t.validation})
+        validation_curves={v: t.validation for v, t in results.train.items() if t.validation},
+        reported_split=results.reported_split)
 
 
 def write_report(results: StudyResults, rdir: Path) -> Path:

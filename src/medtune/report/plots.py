@@ -67,7 +67,7 @@ def frontier(data: Report, path: Path) -> Path | None:
                       ecolor=c, alpha=0.35, lw=1)
         test.scatter([100 * x.value], [100 * y.value], marker=m, s=size, color=c, zorder=3,
                      edgecolors="gold" if r.step == ship_step else "none", linewidths=2.5, label=r.label)
-    test.set_title("test: reported scores with 95 % intervals (gold edge: shipped)")
+    test.set_title(f"{data.reported_split}: reported scores with 95 % intervals (gold edge: shipped)")
     from medtune.evaluate.scores import describe
 
     val.set_xlabel(f"general score: {describe(data.validation.general)} (%)")

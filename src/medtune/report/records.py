@@ -220,6 +220,8 @@ class Report(Record):
     """Per row label, per class-labelled task: macro-F1, per-class recall and their paired changes."""
     validation_curves: dict[str, list[ValidationPoint]] = Field(default_factory=dict)
     """Per variant: its validation curves during training (eval_every), when it scored them."""
+    reported_split: str = "test"
+    """What the reported rows were scored on: ``test``, or ``validation`` for a pilot."""
 
     def show(self, name: str) -> str:
         """A task's or group's column title."""

@@ -153,22 +153,26 @@ def _headline(data: Report) -> list[Block]:
     base = next((r for r in data.rows if r.kind == "base"), None)
     ship = data.ship
     row = data.shipped_row()
+    where = f"the {data.reported_split} splits"
     if ship is None or row is None:
         return [("p", "The study is not complete: no model is selected yet.")]
     if row.kind == "base":
         return [("p", f"**Ship: the base model.** No tuned or averaged model beat it on the validation splits under "
-                      f"the rule: {ship.rule}. The tables below show what tuning did on the test splits.")]
-    text = (f"**Ship: {row.label}.** On the test splits its medical average is {pct(row.medical_avg, False)} % "
+                      f"the rule: {ship.rule}. The tables below show what tuning did on {where}.")]
+    text = (f"**Ship: {row.label}.** On {where} its medical average is {pct(row.medical_avg, False)} % "
             f"({delta(row.medical_avg, base.medical_avg) if base else ''})")
     general = _general_changes(data, row.label)
     if general:
         text += "; its general ability, paired with the base on the same items: " + "; ".join(general)
-    text += f". It was chosen on validation splits by the rule: {ship.rule}; the test splits were only scored to report."
+    text += f". It was chosen on validation splits by the rule: {ship.rule}; "
+    text += ("the test splits were only scored to report." if data.reported_split == "test" else
+             "the reported splits are validation splits too (a pilot reads no test split), so its scores there are "
+             "not a held-out estimate.")
     return [("p", text)]
 
 
 def _general_changes(data: Report, label: str) -> list[str]:
-    """The paired change vs the base on each general task of the test splits, with its interval and item
+    """The paired change vs the base on each general task of the reported splits, with its interval and item
     count, and whether it clears the interval: a few items' change is shown as what it is, not as a cost."""
     out = []
     deltas = data.deltas.get(label, {})
@@ -200,7 +204,8 @@ def blocks(data: Report, images: list[str]) -> list[Block]:
         out.append(("p", f"**Left out: {len(data.stale)} stale step(s)**, whose settings or inputs changed since "
                          f"they ran, so their results are not what the study now asks for: {', '.join(data.stale)}. "
                          "Run the study again to bring them up to date."))
-    out += [("h2", "Results on the test splits"), results_table(data, data.rows),
+    pilot = "" if data.reported_split == "test" else " (a pilot: no test split was read)"
+    out += [("h2", f"Results on the {data.reported_split} splits{pilot}"), results_table(data, data.rows),
             ("note", "Accuracy in %, with 95 % bootstrap intervals per task; averages are unweighted means of the task "
                      "accuracies with normal intervals (tasks independent). Perplexity: lower is better. Items per task: "
                      + _items(data, data.rows, True) + ".")]

@@ -73,6 +73,9 @@ class StudyEvalConfig(TaskSettings):
 
     test_sources: dict[str, SourceConfig] = Field(default_factory=dict)
     """Per task, the reported split when it is not the task's default (e.g. a held-out fold)."""
+    reported_split: Literal["test", "validation"] = "test"
+    """What the reported splits are: ``validation`` for a pilot whose ``test_sources`` are all validation splits (it
+    must not read a test split before the study is sized), so that its report says so where it would say test."""
     validation_sources: dict[str, SourceConfig] = Field(default_factory=dict)
     """Per task, the validation split that averaging selects on (never a test split)."""
     generate: bool = False

@@ -178,7 +178,7 @@ def gather(cfg: StudyConfig, layout: StudyLayout, stale: Collection[str] = ()) -
                               sources=dict(ev.validation_sources)),
         rows=rows, gen_rows=model_rows(cfg, layout, generate=True, stale=stale), sweeps=sweeps,
         ship=ship_choice(cfg, layout, rows, stale), train=train, mix=mix, steps=step_times(layout, stale),
-        commands=commands(cfg, layout, stale), stale=list(stale))
+        commands=commands(cfg, layout, stale), stale=list(stale), reported_split=ev.reported_split)
 
 
 def model_dir_of(row: ModelEval, layout: StudyLayout) -> Path | None:
