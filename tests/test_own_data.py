@@ -536,6 +536,33 @@ def test_chat_loss_is_on_assistant_turns_only_token_by_token(tiny_llama: Path, t
     assert (train.name, train.items) == ("sft", 4)
 
 
+def test_a_template_that_writes_the_bos_gives_each_document_one_bos(tiny_llama: Path, tmp_path: Path) -> None:
+    """Llama 3's template starts with the BOS ("<|begin_of_text|>") and its tokenizer adds one too: the packer
+    leads each document with the tokenizer's BOS, so the rendered one is left out (two BOS tokens in a row are
+    not what the model saw in its own instruction tuning)."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    from medtune.data.build import DataConfig, bos_id, prepare
+    from conftest import make_tiny_tokenizer
+
+    tok = make_tiny_tokenizer(tmp_path / "tok")
+    tok.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)])
+    tok.save_pretrained(str(tmp_path / "tok"))
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    bos = bos_id(tok)
+    assert bos is not None and bos == tok.bos_token_id  # this tokenizer adds a BOS, as Llama 3's does
+    path = write_jsonl(tmp_path / "sft.jsonl", CHATS)
+    prep = prepare(DataConfig.model_validate({
+        "tokenizer": str(tmp_path / "tok"), "block_size": 16, "out": str(tmp_path / "out"),
+        "chat_template": "{{ bos_token }}" + CHATML, "train": [{"adapter": "chat", "name": "sft", "path": str(path)}]}))
+    docs = prep.mix.docs
+    assert len(docs) == 4 and all(bos not in d.tokens for d in docs)  # the packer adds it, once
+    assert tok.decode(docs[0].tokens).startswith("<|im_start|>user")
+    stream = prep.packed.input_ids[prep.packed.attention_mask == 1]
+    assert int((stream == bos).sum()) >= 1 and not ((stream[1:] == bos) & (stream[:-1] == bos)).any()
+
+
 def test_chat_sources_train_only() -> None:
     """A chat source is training data: not an eval split (and not replay), and not a task source."""
     from medtune.data.build import DataConfig

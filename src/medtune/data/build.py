@@ -28,7 +28,7 @@ from medtune.data.prompts import get_train_template
 from medtune.data.reading import Loaded, SourceStats, load
 from medtune.data.rejects import Rejects
 from medtune.data.shards import Blocks, ShardWriter, write_plan
-from medtune.data.tokens import TokenCache
+from medtune.data.tokens import TokenCache, bos_id
 from medtune.errors import ConfigError
 
 SHARDS = "shards"
@@ -46,12 +46,6 @@ class Prepared:
     rejects: Rejects
     eos_id: int
     decontam: DecontamReport | None = None
-
-
-def bos_id(tokenizer: Any) -> int | None:
-    """The BOS id where the tokenizer starts every encoding with it (as evaluation encodes contexts), else None."""
-    bos = tokenizer.bos_token_id
-    return bos if bos is not None and tokenizer.encode("a")[:1] == [bos] else None
 
 
 def _pad_id(tokenizer: Any) -> int:

@@ -25,6 +25,13 @@ from typing import Any
 
 import numpy as np
 
+def bos_id(tokenizer: Any) -> int | None:
+    """The BOS id where the tokenizer starts every encoding with it (as evaluation encodes contexts), else None:
+    the packer then leads every training document with it (``medtune.data.packing``)."""
+    bos = tokenizer.bos_token_id
+    return bos if bos is not None and tokenizer.encode("a")[:1] == [bos] else None
+
+
 BATCH_CHARS = 4 << 20
 """Characters of text per tokenizer batch (about 1M tokens): big enough to keep every thread busy."""
 

@@ -110,6 +110,11 @@ def train_texts(records: Sequence[ChatRecord], tokenizer: Any) -> list[TrainText
     through that turn (its content and the template's end-of-turn). A template whose rendering of a longer
     conversation does not start with the shorter one's (it rewrites earlier turns) cannot be split so; that is
     an error naming the conversation."""
+    from medtune.data.tokens import bos_id
+
+    # A template that writes the BOS itself (Llama 3's "<|begin_of_text|>") would give each document two BOS tokens
+    # where the tokenizer adds one (the packer then leads every document with it): the rendered one is left out.
+    lead = tokenizer.bos_token if bos_id(tokenizer) is not None and tokenizer.bos_token else ""
     out = []
     for rec in records:
         for k, (role, _) in enumerate(rec.messages):
@@ -117,6 +122,8 @@ def train_texts(records: Sequence[ChatRecord], tokenizer: Any) -> list[TrainText
                 continue
             prompt = _render(tokenizer, rec.messages[:k], generation_prompt=True)
             whole = _render(tokenizer, rec.messages[: k + 1], generation_prompt=False)
+            if lead and prompt.startswith(lead) and whole.startswith(lead):
+                prompt, whole = prompt[len(lead):], whole[len(lead):]
             if not whole.startswith(prompt) or len(whole) == len(prompt):
                 raise DataError(rec.meta.get("source", rec.dataset), f"line {rec.id.rsplit(':', 1)[-1]}",
                                 None, f"the chat template does not render turn {k + 1} after the turns before it "
