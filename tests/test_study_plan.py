@@ -112,7 +112,8 @@ def test_an_unknown_step_kind_fails_with_the_valid_names():
     with pytest.raises(MedtuneError, match="unknown step kind 'soup' .*eval, train, sweep, merge, report"):
         S.step_kind("soup")
     assert set(S.KINDS) == {"eval", "train", "sweep", "merge", "report"}
-    assert S.step_kind("train").resumes and S.step_kind("sweep").resumes and not S.step_kind("eval").resumes
+    assert S.step_kind("train").resumes and S.step_kind("sweep").resumes and S.step_kind("eval").resumes
+    assert not S.step_kind("merge").resumes and not S.step_kind("report").resumes
 
 
 def test_step_state_round_trips_and_reads_the_older_files(tmp_path):

@@ -46,6 +46,9 @@ class EvalConfig(TaskSettings, ConfigFile, Placed):
     """Output directory for results.json and predictions.jsonl."""
     progress: bool = True
     """Show progress bars."""
+    resume: bool = False
+    """Continue an interrupted evaluation in ``out``: the tasks it finished (kept in ``out/partial/`` until
+    results.json is written) are reused when the settings and the model's weight files are the same."""
 
     def root(self) -> Path:
         """``data_root`` by the one relative-path rule."""
@@ -253,10 +256,68 @@ def _nothing_to_score(task: Task, cfg: EvalConfig, n_docs: int, n_ids: int) -> E
     return DataError(where, None, None, f"perplexity task {task.name} scores 0 tokens: {what}")
 
 
-def score_model(model: Any, tokenizer: Any, cfg: EvalConfig,
-                only: Only | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+class FinishedTasks:
+    """Each task an evaluation has scored, kept in ``folder`` (``out/partial/``, one JSON file per task) until
+    results.json is written, so that an interrupted evaluation (``resume``) scores only the tasks it had not
+    finished: a long test evaluation stopped in its last task loses that task, not the hours before it.
+
+    A kept task is reused only under the same ``key`` (:func:`resume_key`: every setting that decides the
+    scores, and the names, sizes and modification times of the model's and the adapter's weight files), so a
+    changed setting or a retrained adapter scores it again. lm-eval has no resume to reuse (its ``--use_cache``
+    keeps single requests in a SQLite file keyed by request, for a model it cannot tell apart from a retrained
+    one at the same path)."""
+
+    def __init__(self, folder: Path, key: str, reuse: bool, writer: bool = True) -> None:
+        import shutil
+
+        self.folder, self.key, self.writer = folder, key, writer
+        if not reuse and writer and folder.exists():
+            shutil.rmtree(folder)  # a fresh run: nothing of an earlier one is reused
+
+    def get(self, task: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        import json
+
+        path = self.folder / f"{task}.json"
+        if not path.exists():
+            return None
+        kept = json.loads(path.read_text(encoding="utf-8"))
+        return (kept["result"], kept["rows"]) if kept.get("key") == self.key else None
+
+    def put(self, task: str, result: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+        import json
+
+        from medtune import atomic
+
+        if self.writer:  # data-parallel scoring: every rank holds the gathered results; the main one keeps them
+            # as scored (results.json, written at the end, is where a non-finite score is refused)
+            atomic.write_text(self.folder / f"{task}.json", json.dumps({"key": self.key, "result": result, "rows": rows}))
+
+    def clear(self) -> None:
+        import shutil
+
+        if self.writer and self.folder.exists():
+            shutil.rmtree(self.folder)
+
+
+def resume_key(cfg: EvalConfig, model_dir: str | None) -> str:
+    """What a kept task's scores depend on: the settings (where they are written and how progress shows
+    left out) and the model's and adapter's weight files (names, sizes, modification times)."""
+    import hashlib
+    import json
+
+    from medtune.weights_hash import stat_identity
+
+    settings = cfg.model_dump(mode="json", exclude={"progress", "resume", "device", "out"})
+    weights = {name: stat_identity(Path(d)) for name, d in (("model", model_dir), ("adapter", cfg.adapter))
+               if d is not None and Path(d).exists()}
+    return hashlib.sha256(json.dumps([settings, weights], sort_keys=True).encode()).hexdigest()
+
+
+def score_model(model: Any, tokenizer: Any, cfg: EvalConfig, only: Only | None = None,
+                finished: FinishedTasks | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score an already loaded model on ``cfg``'s tasks: (results per task, per-item predictions);
-    ``only``: just these items of these tasks (a search's subsample)."""
+    ``only``: just these items of these tasks (a search's subsample); ``finished``: tasks scored before
+    are taken from it, and each task scored here is put in it."""
     from medtune.evaluate.scorer import Scorer
 
     tasks = [get_task(n) for n in cfg.task_names if only is None or only.get(n)]
@@ -264,15 +325,18 @@ def score_model(model: Any, tokenizer: Any, cfg: EvalConfig,
     results: dict[str, Any] = {}
     predictions: list[dict[str, Any]] = []
     for task in tasks:
-        if task.kind == "ppl":
+        kept = finished.get(task.name) if finished is not None else None
+        if kept is not None:
+            results[task.name], rows = kept
+        elif task.kind == "ppl":
             results[task.name], rows = _ppl_task(task, cfg, tokenizer, model)  # whole: see task_pool
-            predictions.extend(rows)
         elif cfg.mode == "generate":
             results[task.name], rows = _gen_task(task, cfg, tokenizer, model, only)
-            predictions.extend(rows)
         else:
             results[task.name], rows = _mc_task(task, cfg, tokenizer, scorer, only)
-            predictions.extend(rows)
+        if finished is not None and kept is None:
+            finished.put(task.name, results[task.name], rows)
+        predictions.extend(rows)
     return results, predictions
 
 
@@ -339,10 +403,12 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.adapter is not None:  # the unmerged LoRA layers cost extra matmuls at every position
         model = model.merge_and_unload()
     tokenizer = models.load_tokenizer(resolved, trust_remote_code=cfg.model.trust_remote_code)
-    results, predictions = score_model(model, tokenizer, cfg)
-    groups = group_results(cfg.group_names, results, predictions)
     state = dist_state()
     out = Path(cfg.out)
+    finished = FinishedTasks(out / "partial", resume_key(cfg, resolved.path if resolved.kind != "hub" else None),
+                             reuse=cfg.resume, writer=state.is_main_process)
+    results, predictions = score_model(model, tokenizer, cfg, finished=finished)
+    groups = group_results(cfg.group_names, results, predictions)
     report = {"model": cfg.model.spec, "adapter": cfg.adapter, "mode": cfg.mode, "tasks": results,
               **({"groups": groups} if groups else {}), "processes": state.num_processes, **placed.record(), **_provenance()}
     if not state.is_main_process:
@@ -353,6 +419,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     atomic.write_jsonl(out / "predictions.jsonl", predictions)
     atomic.write_text(out / "config.yaml", dump_config(cfg))
     atomic.write_json(out / "templates.json", template_provenance(*EVAL_TEMPLATES.values()))
+    finished.clear()
     _print(Console(), results, out, groups)
     return report
 

@@ -230,13 +230,15 @@ def _launch(step: Step, layout: StudyLayout, launcher: list[str], config: Any, e
 
 
 def _run_eval(step: Step, cfg: StudyConfig, layout: StudyLayout, resume: bool) -> None:
-    """Evaluate in this process, or through the study's ``eval_launcher`` (data-parallel scoring)."""
+    """Evaluate in this process, or through the study's ``eval_launcher`` (data-parallel scoring); ``resume``
+    reuses the tasks an interrupted run of the step finished (``EvalConfig.resume``)."""
+    ecfg = step.config.model_copy(update={"resume": resume})  # type: ignore[union-attr]
     if cfg.eval_launcher:
-        _launch(step, layout, cfg.eval_launcher, step.config)
+        _launch(step, layout, cfg.eval_launcher, ecfg)
         return
     from medtune.evaluate.run import evaluate
 
-    evaluate(step.config)
+    evaluate(ecfg)
 
 
 def _run_train(step: Step, cfg: StudyConfig, layout: StudyLayout, resume: bool) -> None:
@@ -300,7 +302,7 @@ class StepKind:
 
 
 KINDS: dict[str, StepKind] = {
-    "eval": StepKind("medtune.evaluate.run:EvalConfig", _eval_config, _run_eval),
+    "eval": StepKind("medtune.evaluate.run:EvalConfig", _eval_config, _run_eval, resumes=True),
     "train": StepKind("medtune.train.config:TrainConfig", _train_config, _run_train, resumes=True),
     "sweep": StepKind("medtune.merge.sweep:SweepConfig", _sweep_config, _run_sweep, resumes=True, keeps_when_stale=True),
     "merge": StepKind("medtune.merge.run:MergeConfig", _merge_config, _run_merge),
