@@ -87,6 +87,26 @@ def test_a_sweep_scores_again_when_the_base_model_at_the_same_path_is_replaced(t
     assert "the base model changed since these points were scored" in " ".join(capsys.readouterr().out.split())
 
 
+def test_a_sweep_scored_in_fp32_is_scored_again_in_bf16(tiny_llama, tmp_path, monkeypatch, capsys):
+    """Scores depend on the dtype (bf16 moves some items' log-likelihoods across a choice): a sweep run again in
+    another dtype scores its points again and says why; fp32 keeps the key sweeps had before the dtype was in it."""
+    adapter = make_random_adapter(tiny_llama, tmp_path / "adapter", seed=1, std=0.5)
+    cfg = sweep_config(tiny_llama, adapter, tmp_path / "sweep")
+    first = sweep(cfg)
+    assert {p.dtype for p in first.points} == {"float32"}
+    assert sweep_mod._key(cfg, "b", "t") == sweep_mod._key(cfg, "b", "t", "float32") != sweep_mod._key(cfg, "b", "t",
+                                                                                                       "bfloat16")
+    calls = scored(monkeypatch)
+    capsys.readouterr()
+    bf16 = cfg.model_copy(update={"base": cfg.base.model_copy(update={"dtype": "bfloat16"})})
+    again = sweep(bf16)
+    assert {a["alpha"] for a in calls} == {0.0, 1.0} and {p.dtype for p in again.points} == {"bfloat16"}
+    assert "scored in float32 and this sweep scores in bfloat16" in " ".join(capsys.readouterr().out.split())
+    calls.clear()
+    sweep(bf16)
+    assert calls == []  # the same dtype again: reused
+
+
 def test_training_records_the_content_hash_of_the_model_it_wrote(tiny_llama, tmp_path):
     """The model directory training writes records the sha256 of each weight file, which the sweep reads instead of hashing."""
     from medtune import weights_hash

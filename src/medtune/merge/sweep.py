@@ -131,14 +131,17 @@ def grid_points(grid: Grid, n_tuned: int) -> list[tuple[str, M.Params]]:
     return out
 
 
-def _key(cfg: SweepConfig, base_id: str, tuned_id: str) -> str:
+def _key(cfg: SweepConfig, base_id: str, tuned_id: str, dtype: str = "float32") -> str:
     """What a point's scores depend on besides the point itself: the two models' weights (their
-    identities, not the tuned model's path: a variant retrained in place keeps its path) and the
-    scoring settings. Scores are reused only when all are the same."""
+    identities, not the tuned model's path: a variant retrained in place keeps its path), the scoring
+    settings and the dtype the models are scored in (bf16 scores differ from fp32 ones on some items).
+    Scores are reused only when all are the same. (Settings at their first default, fp32 included, are
+    left out, so a sweep scored before they were part of the key keeps its points.)"""
     ppl = [cfg.ppl_max_tokens, cfg.ppl_stride] if (cfg.ppl_max_tokens, cfg.ppl_stride) != (50_000, 512) else []
     tasks = [",".join(cfg.medical_tasks), ",".join(cfg.general_tasks)]  # as written before task lists were lists
     basis = json.dumps([cfg.base.spec, base_id, tuned_id, *tasks, cfg.limit, cfg.data_root,
-                        {k: v.model_dump() for k, v in sorted(cfg.task_sources.items())}, *ppl], sort_keys=True)
+                        {k: v.model_dump() for k, v in sorted(cfg.task_sources.items())}, *ppl,
+                        *([dtype] if dtype != "float32" else [])], sort_keys=True)
     return hashlib.sha256(basis.encode()).hexdigest()[:16]
 
 
@@ -164,8 +167,11 @@ def tuned_identity(tuned: str) -> str:
     return weights_hash.identity(adapter_dir(tuned) or full_dir(tuned))
 
 
-def _why_not_reused(old: SweepResult, base_id: str, tuned_id: str) -> str:
+def _why_not_reused(old: SweepResult, base_id: str, tuned_id: str, dtype: str = "float32") -> str:
     """Why the points of ``old`` are not this sweep's, for the message that says they are scored again."""
+    then = {p.dtype or "float32" for p in old.points}
+    if then != {dtype}:
+        return f"these points were scored in {', '.join(sorted(then))} and this sweep scores in {dtype}"
     if not old.tuned_identity:
         return "they were scored before sweeps recorded which weights they scored"
     if old.tuned_identity != tuned_id:
@@ -305,11 +311,14 @@ def sweep(cfg: SweepConfig) -> SweepResult:
     out = Path(cfg.out)
     path = out / "results.json"
     base_id, tuned_id = base_identity(cfg.base.spec), tuned_identity(cfg.tuned)
-    key = _key(cfg, base_id, tuned_id)
+    from medtune.placement import resolve
+
+    dtype = resolve(cfg.device, cfg.base.dtype).dtype
+    key = _key(cfg, base_id, tuned_id, dtype)
     old = SweepResult.load(path)
     kept = [p for p in (old.points if old else []) if p.key == key and p.search is None]  # a search runs again
     if old is not None and old.points and not kept:
-        console.print(f"sweep: {_why_not_reused(old, base_id, tuned_id)}: scoring again")
+        console.print(f"sweep: {_why_not_reused(old, base_id, tuned_id, dtype)}: scoring again")
     result = SweepResult(config=cfg.model_dump(mode="json"), key=key, base_identity=base_id, tuned_identity=tuned_id,
                          points=kept)
     loaded: tuple[Any, Any] | None = None
