@@ -127,6 +127,35 @@ def test_interrupted_gguf_conversion_leaves_no_cache(tmp_path, monkeypatch, tiny
     assert (target / "medtune_provenance.json").exists(), "a failed rebuild keeps the old cache"
 
 
+def test_the_same_gguf_installed_at_another_path_reuses_the_cache(tmp_path, monkeypatch, tiny_llama):
+    """Two installations of the model package (a CI checkout's environment beside the user's) share the user
+    cache: the same GGUF file at another path is the same cache, not a rebuild that replaces it under a running
+    job; a file of the same name and size with other bytes is rebuilt."""
+    converted = []
+
+    def works(src, out):
+        converted.append(src)
+        for f in tiny_llama.iterdir():
+            shutil.copy(f, out / f.name)
+
+    monkeypatch.setattr(models, "_convert_gguf", works)
+    data = b"GGUF" + bytes(range(256)) * 20_000  # ~5 MB: the sampled digest reads its first, middle and last MiB
+    one, two = tmp_path / "venv-a" / "m.gguf", tmp_path / "venv-b" / "m.gguf"
+    for p in (one, two):
+        p.parent.mkdir()
+        p.write_bytes(data)
+    target = tmp_path / "cache" / "m"
+    models.ensure_gguf_cache(one, target)
+    models.ensure_gguf_cache(two, target)
+    models.ensure_gguf_cache(one, target)
+    assert converted == [one]
+    other = bytearray(data)
+    other[len(data) // 2] ^= 1  # same name and size, one byte in the middle differs
+    two.write_bytes(bytes(other))
+    models.ensure_gguf_cache(two, target)
+    assert converted == [one, two]
+
+
 @pytest.mark.slow
 def test_embedded_model_is_smollm2_135m():
     r = models.resolve("smollm2-135m")

@@ -137,7 +137,8 @@ def ensure_gguf_cache(gguf: Path, target: Path) -> Path:
     conversion never leaves a half-written cache. A cache whose provenance does not match the GGUF
     (other file, other format version) is rebuilt.
     """
-    stamp = {"gguf": str(gguf), "gguf_size": gguf.stat().st_size, "cache_format": CACHE_FORMAT}
+    stamp = {"gguf_name": gguf.name, "gguf_size": gguf.stat().st_size, "gguf_sample": _sample_digest(gguf),
+             "cache_format": CACHE_FORMAT}
     prov = target / "medtune_provenance.json"
     if prov.is_file():
         try:
@@ -153,10 +154,23 @@ def ensure_gguf_cache(gguf: Path, target: Path) -> Path:
     started = time.time()
     with outdir.staging_dir(target, "gguf-cache") as tmp:
         _convert_gguf(gguf, tmp)
-        atomic.write_json(tmp / "medtune_provenance.json", {**stamp, "converted_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        atomic.write_json(tmp / "medtune_provenance.json", {"gguf": str(gguf), **stamp, "converted_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                                              "seconds": round(time.time() - started, 1), **_versions()})
     console.print(f"[bold]medtune[/]: cached in {time.time() - started:.1f} s")
     return target
+
+
+def _sample_digest(path: Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's first, middle and last MiB: which GGUF a cache was converted from, by content. Not
+    its path: two installations of the same package (a CI checkout's virtual environment beside the user's)
+    share the user cache, and a path in the match made each rebuild the other's cache, under a running job."""
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for start in sorted({0, max(0, size // 2 - chunk // 2), max(0, size - chunk)}):
+            f.seek(start)
+            h.update(f.read(chunk))
+    return h.hexdigest()[:16]
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
