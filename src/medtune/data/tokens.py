@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+
 def bos_id(tokenizer: Any) -> int | None:
     """The BOS id where the tokenizer starts every encoding with it (as evaluation encodes contexts), else None:
     the packer then leads every training document with it (``medtune.data.packing``)."""
