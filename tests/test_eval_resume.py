@@ -82,12 +82,40 @@ def test_kept_tasks_are_scored_again_when_a_setting_or_the_weights_changed(tiny_
     kw: dict = {"resume": True}
     if change == "setting":
         kw["limit"] = 3
-    elif change == "adapter":  # retrained in place: same path, new weights file
-        weights = next(adapter.glob("*.safetensors"))
-        os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    elif change == "adapter":  # retrained in place: same path, new weights
+        make_random_adapter(tiny_llama, adapter, seed=2, std=0.05)
     else:
         kw = {}
     calls = _scored(monkeypatch)
     ev.evaluate(_cfg(tiny_llama, out, adapter, **kw))
     assert calls == ["pubmedqa", "medmcqa", "ppl_general"]
 
+
+
+def test_an_adapter_rewritten_with_the_same_weights_keeps_the_finished_tasks(tiny_llama, tmp_path, monkeypatch):
+    """The adapter is keyed by content: a copy or a rewrite with new mtimes is the same adapter."""
+    adapter = make_random_adapter(tiny_llama, tmp_path / "adapter", seed=1, std=0.05)
+    out = tmp_path / "ev"
+    _scored(monkeypatch, stop_at="ppl_general")
+    with pytest.raises(Stop):
+        ev.evaluate(_cfg(tiny_llama, out, adapter))
+    for weights in adapter.iterdir():
+        os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    calls = _scored(monkeypatch)
+    ev.evaluate(_cfg(tiny_llama, out, adapter, resume=True))
+    assert calls == ["ppl_general"]
+
+
+def test_the_built_in_model_is_keyed_by_its_gguf_not_its_rebuildable_cache(tmp_path, monkeypatch):
+    """A rebuilt safetensors cache (new mtimes, same weights) keeps an interrupted evaluation's tasks; another
+    GGUF does not."""
+    from medtune import models
+
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(64))
+    monkeypatch.setattr(models, "embedded_gguf_path", lambda spec: gguf)
+    cfg = ev.EvalConfig.model_validate({"model": {"spec": "smollm2-135m"}, "tasks": "pubmedqa", "out": str(tmp_path / "o")})
+    key = ev.resume_key(cfg)
+    assert ev.resume_key(cfg) == key
+    gguf.write_bytes(b"GGUF" + bytes(65))  # another model file
+    assert ev.resume_key(cfg) != key

@@ -9,7 +9,9 @@ in the model directory), so a full model is not read again; a file whose size or
 matches its record (replaced by hand) is hashed again.
 
 :func:`stat_identity` is the cheap kind, for a base model that may be many GB and is read on every
-sweep run: file names, sizes and mtimes (a rewritten file has a new mtime).
+sweep run: file names, sizes and mtimes (a rewritten file has a new mtime). :func:`model_identity` applies
+it to a model spec: the built-in model by its GGUF file, not by the safetensors cache converted from it
+(a rebuilt cache has new mtimes and the same weights).
 """
 
 from __future__ import annotations
@@ -83,3 +85,20 @@ def stat_identity(path: Path) -> str:
     files = [path] if path.is_file() else model_files(path)
     stamps = {str(p.resolve()): f"{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files}
     return _combine(stamps)
+
+
+def model_identity(spec: str) -> str:
+    """A base model's identity, cheaply (it may be many GB, and is read again on every run): a local
+    directory's or GGUF file's file names, sizes and mtimes (:func:`stat_identity`); the built-in model's by
+    its GGUF file in the installed package, since the cache converted from it may be rebuilt with new mtimes
+    (a changed cache format, another installation); a Hub id itself."""
+    from medtune import models
+    from medtune.errors import ModelError
+
+    path = Path(spec).expanduser()
+    if spec in models.EMBEDDED_MODELS:
+        try:
+            path = models.embedded_gguf_path(spec)
+        except ModelError:
+            return spec  # not installed: loading it fails with this message
+    return stat_identity(path) if path.exists() else spec

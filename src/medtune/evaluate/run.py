@@ -262,8 +262,8 @@ class FinishedTasks:
     finished: a long test evaluation stopped in its last task loses that task, not the hours before it.
 
     A kept task is reused only under the same ``key`` (:func:`resume_key`: every setting that decides the
-    scores, and the names, sizes and modification times of the model's and the adapter's weight files), so a
-    changed setting or a retrained adapter scores it again. lm-eval has no resume to reuse (its ``--use_cache``
+    scores, the base model's weight files and the adapter's weights by content), so a changed setting or a
+    retrained adapter scores it again. lm-eval has no resume to reuse (its ``--use_cache``
     keeps single requests in a SQLite file keyed by request, for a model it cannot tell apart from a retrained
     one at the same path)."""
 
@@ -299,17 +299,20 @@ class FinishedTasks:
             shutil.rmtree(self.folder)
 
 
-def resume_key(cfg: EvalConfig, model_dir: str | None) -> str:
+def resume_key(cfg: EvalConfig) -> str:
     """What a kept task's scores depend on: the settings (where they are written and how progress shows
-    left out) and the model's and adapter's weight files (names, sizes, modification times)."""
+    left out), the base model (:func:`medtune.weights_hash.model_identity`: file names, sizes and mtimes; the
+    built-in model's GGUF file, not its rebuildable cache) and the adapter's (or tuned model's) weights by
+    content (:func:`medtune.weights_hash.identity`; training's record spares reading them)."""
     import hashlib
     import json
 
-    from medtune.weights_hash import stat_identity
+    from medtune import weights_hash
 
     settings = cfg.model_dump(mode="json", exclude={"progress", "resume", "device", "out"})
-    weights = {name: stat_identity(Path(d)) for name, d in (("model", model_dir), ("adapter", cfg.adapter))
-               if d is not None and Path(d).exists()}
+    weights = {"model": weights_hash.model_identity(cfg.model.spec)}
+    if cfg.adapter is not None and Path(cfg.adapter).is_dir():
+        weights["adapter"] = weights_hash.identity(Path(cfg.adapter))
     return hashlib.sha256(json.dumps([settings, weights], sort_keys=True).encode()).hexdigest()
 
 
@@ -405,7 +408,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     tokenizer = models.load_tokenizer(resolved, trust_remote_code=cfg.model.trust_remote_code)
     state = dist_state()
     out = Path(cfg.out)
-    finished = FinishedTasks(out / "partial", resume_key(cfg, resolved.path if resolved.kind != "hub" else None),
+    finished = FinishedTasks(out / "partial", resume_key(cfg),
                              reuse=cfg.resume, writer=state.is_main_process)
     results, predictions = score_model(model, tokenizer, cfg, finished=finished)
     groups = group_results(cfg.group_names, results, predictions)

@@ -146,18 +146,8 @@ def _key(cfg: SweepConfig, base_id: str, tuned_id: str, dtype: str = "float32") 
 
 
 def base_identity(spec: str) -> str:
-    """The base model's identity, cheaply (it may be many GB, and is read again on every run): a local
-    directory's or GGUF file's (the built-in model's too) file names, sizes and mtimes; a Hub id itself."""
-    from medtune import models
-    from medtune.errors import ModelError
-
-    path = Path(spec).expanduser()
-    if spec in models.EMBEDDED_MODELS:
-        try:
-            path = models.embedded_gguf_path(spec)
-        except ModelError:
-            return spec  # not installed: the sweep fails with this message if it has a point to score
-    return weights_hash.stat_identity(path) if path.exists() else spec
+    """The base model's identity (:func:`medtune.weights_hash.model_identity`)."""
+    return weights_hash.model_identity(spec)
 
 
 def tuned_identity(tuned: str) -> str:
