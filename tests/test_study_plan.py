@@ -151,3 +151,58 @@ def test_only_the_study_layout_builds_step_paths():
             if STEP_PATH.search(code):
                 found.append(f"{path.name}:{i}: {line.strip()}")
     assert found == []
+
+
+class Cut(Exception):
+    """A sitting's end (the process killed or stopped mid-step)."""
+
+
+def test_a_resumed_step_counts_the_time_of_the_sitting_that_was_cut_off(tiny_llama, tmp_path, monkeypatch):
+    """A running step records its time so far every HEARTBEAT_S; a resumed step adds it to its own, so the
+    report's run time of a study run in sittings is its whole time, with the number of sittings."""
+    import time
+
+    from medtune.report.render import _run_time
+    from medtune.study.fingerprint import digest
+    from medtune.study.gather import step_times
+
+    cfg = demo(tiny_llama, tmp_path / "s")
+    out = Path(cfg.out)
+    step = next(s for s in S.static_plan(cfg, out) if s.kind == "train")
+    basis = step.basis({d: "x" for d in step.deps}, out)
+    monkeypatch.setattr(study_run, "HEARTBEAT_S", 0.05)
+
+    path = StudyLayout(out).state_file(step.name)
+
+    def run_for(seconds: float, cut: bool):
+        def run(*a):
+            if cut:  # until a beat has recorded 0.3 s: what the cut-off sitting leaves
+                deadline = time.time() + 60
+                while (st := StepState.load(path)) is None or (st.seconds or 0) < 0.3:
+                    assert time.time() < deadline, "no heartbeat recorded the running step's time"
+                    time.sleep(0.01)
+                raise Cut
+            time.sleep(seconds)
+
+        monkeypatch.setitem(S.KINDS, "train", dataclasses.replace(S.KINDS["train"], run=run))
+
+    run_for(0, cut=True)
+    with pytest.raises(Cut):
+        study_run._execute(step, out, cfg, basis, "run", digest(basis))
+    first = StepState.load(path)
+    assert first is not None and first.state == "started" and first.seconds >= 0.3 and first.sittings is None
+    run_for(0.3, cut=False)
+    study_run._execute(step, out, cfg, basis, "resume", digest(basis))
+    done = StepState.load(path)
+    assert done is not None and done.state == "done" and done.sittings == 2
+    assert done.seconds >= first.seconds + 0.3
+    times = step_times(StudyLayout(out))
+    assert [(t.step, t.sittings) for t in times] == [(step.name, 2)]
+    table = next(b for b in _run_time(times) if b[0] == "table")
+    assert table[1][-1] == "sittings" and table[2][0][-1] == "2"
+
+    run_for(0, cut=False)  # run again from the start (stale, or not resumable): its own time only
+    study_run._execute(step, out, cfg, basis, "run", digest(basis))
+    again = StepState.load(path)
+    assert again is not None and again.sittings is None and again.seconds < done.seconds - 0.3
+    assert "sittings" not in next(b for b in _run_time(step_times(StudyLayout(out))) if b[0] == "table")[1]

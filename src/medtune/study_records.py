@@ -99,7 +99,10 @@ class Validation(_Record):
 class StepTime(_Record):
     step: str
     seconds: float
+    """Wall time summed over its sittings."""
     finished: str = ""
+    sittings: int = 1
+    """How many runs it took (more than one: interrupted and resumed)."""
 
 
 class StudyResults(_Record):

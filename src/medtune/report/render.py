@@ -12,6 +12,7 @@ from medtune.evaluate.records import Metric
 from medtune.evaluate.scores import describe
 from medtune.evaluate.tasks import GROUPS, TASKS
 from medtune.report.records import Changes, PairedChange, Report, Row, SweepView
+from medtune.study_records import StepTime
 
 Block = tuple[Any, ...]
 """("h1"|"h2"|"p"|"note", text) · ("table", headers, rows) · ("img", file name, alt) · ("code", text)."""
@@ -232,15 +233,22 @@ def blocks(data: Report, images: list[str]) -> list[Block]:
     out += _selection(data)
     out += _training(data, images)
     if data.steps:
-        total = sum(t.seconds for t in data.steps)
-        out += [("h2", "Run time"),
-                ("table", ["step", "seconds", "minutes"],
-                 [[t.step, f"{t.seconds:.0f}", f"{t.seconds / 60:.1f}"] for t in data.steps]
-                 + [["all steps", f"{total:.0f}", f"{total / 60:.1f}"]]),
-                ("note", "Wall time of each step's last run, as recorded in its .medtune-step.json; a step that was "
-                         "interrupted and resumed counts only the run that finished it.")]
+        out += _run_time(data.steps)
     out += [("h2", "Reproduce"), ("code", "\n".join(data.commands))]
     return out
+
+
+def _run_time(steps: list[StepTime]) -> list[Block]:
+    """Each step's wall time, summed over its sittings; the sittings column only when a step took more than one."""
+    total = sum(t.seconds for t in steps)
+    several = any(t.sittings > 1 for t in steps)
+    head = ["step", "seconds", "minutes", *(["sittings"] if several else [])]
+    rows = [[t.step, f"{t.seconds:.0f}", f"{t.seconds / 60:.1f}", *([str(t.sittings)] if several else [])] for t in steps]
+    return [("h2", "Run time"),
+            ("table", head, rows + [["all steps", f"{total:.0f}", f"{total / 60:.1f}", *([""] if several else [])]]),
+            ("note", "Wall time of each step as recorded in its .medtune-step.json, summed over its sittings: a "
+                     "step interrupted and resumed counts every run, the interrupted ones to their last record "
+                     "(written every minute while a step runs).")]
 
 
 def control_section(data: Report, images: list[str]) -> list[Block]:

@@ -134,12 +134,13 @@ def train_summaries(cfg: StudyConfig, layout: StudyLayout,
 
 
 def step_times(layout: StudyLayout, stale: Collection[str] = ()) -> list[StepTime]:
-    """Wall time of every finished step (from its state file) that is not stale, in the order they finished."""
+    """Wall time of every finished step (from its state file, summed over its sittings) that is not stale, in
+    the order they finished."""
     times = []
     for path in layout.state_files():
         st = StepState.load(path)
         if st is not None and st.state == "done" and st.seconds is not None and st.step not in ("report", *stale):
-            times.append(StepTime(step=st.step, seconds=st.seconds, finished=st.finished or ""))
+            times.append(StepTime(step=st.step, seconds=st.seconds, finished=st.finished or "", sittings=st.sittings or 1))
     return sorted(times, key=lambda t: (t.finished, t.step))
 
 

@@ -35,7 +35,11 @@ class StepState:
     started: str | None = None
     """When it started (a started step's file only)."""
     seconds: float | None = None
-    """Its wall time (a finished step's file only)."""
+    """Its wall time, summed over its sittings: a finished step's total; a started step's so far, kept up to
+    date while it runs (:data:`medtune.study.run.HEARTBEAT_S`), so that an interrupted and resumed step
+    counts the time of the sitting that was cut off, to the last update."""
+    sittings: int | None = None
+    """How many runs the step took (left out when one: a step never interrupted)."""
     finished: str | None = None
     basis: dict[str, Any] | None = None
     """None in a file an older medtune wrote (its fingerprint hashed the config as is)."""

@@ -10,11 +10,13 @@ report is written anew on every run (it reads the other steps' results and takes
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -146,12 +148,54 @@ def _execute(step: S.Step, out: Path, cfg: StudyConfig, basis: dict[str, Any], s
     kind = S.step_kind(step.kind)
     if state == "stale" and not kind.keeps_when_stale:
         shutil.rmtree(layout.step_dir(step.name))
-    started = time.time()
     path = layout.state_file(step.name)
-    StepState(step.name, fp, "started", started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), basis=basis).save(path)
-    kind.run(step, cfg, layout, state == "resume")
-    StepState(step.name, fp, "done", seconds=round(time.time() - started, 1),
-              finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), basis=basis).save(path)
+    earlier, sittings = _earlier_sittings(StepState.load(path), fp) if state == "resume" else (0.0, 1)
+    started, stamp = time.time(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+    def so_far(phase: Literal["started", "done"] = "started", **kw: Any) -> StepState:
+        return StepState(step.name, fp, phase, seconds=round(earlier + time.time() - started, 1),
+                         sittings=sittings if sittings > 1 else None, basis=basis, **kw)
+
+    so_far(started=stamp).save(path)
+    with _heartbeat(lambda: so_far(started=stamp).save(path)):
+        kind.run(step, cfg, layout, state == "resume")
+    so_far("done", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z")).save(path)
+
+
+HEARTBEAT_S = 60.0
+"""How often a running step's state file records its time so far (what an interrupted sitting counts)."""
+
+
+def _earlier_sittings(st: StepState | None, fp: str) -> tuple[float, int]:
+    """The time a resumed step already ran (its state file's, written while it ran under this fingerprint)
+    and which sitting this one is."""
+    if st is None or st.fingerprint != fp or st.state != "started":
+        return 0.0, 1
+    return st.seconds or 0.0, (st.sittings or 1) + 1
+
+
+@contextlib.contextmanager
+def _heartbeat(beat: Callable[[], None]) -> Iterator[None]:
+    """Call ``beat`` every :data:`HEARTBEAT_S` seconds in a thread while the block runs. A thread and not a
+    signal handler: a session's end may kill the process outright, and the last beat is what is left."""
+    import threading
+
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            try:
+                beat()
+            except OSError:  # a full disk must not stop the step; the final record is written after it
+                pass
+
+    thread = threading.Thread(target=loop, name="medtune-step-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _plan(cfg: StudyConfig, out: Path) -> list[S.Step | Waiting]:
