@@ -242,7 +242,7 @@ def _run_time(steps: list[StepTime]) -> list[Block]:
     """Each step's wall time, summed over its sittings; the sittings column only when a step took more than one."""
     total = sum(t.seconds for t in steps)
     several = any(t.sittings > 1 for t in steps)
-    head = ["step", "seconds", "minutes", *(["sittings"] if several else [])]
+    head = list(("step", "seconds", "minutes", *(("sittings",) if several else ())))
     rows = [[t.step, f"{t.seconds:.0f}", f"{t.seconds / 60:.1f}", *([str(t.sittings)] if several else [])] for t in steps]
     return [("h2", "Run time"),
             ("table", head, rows + [["all steps", f"{total:.0f}", f"{total / 60:.1f}", *([""] if several else [])]]),
