@@ -130,7 +130,7 @@ class SweepResult(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
     key: str = ""
     base_identity: str = ""
-    """The base model's identity when the points were scored (:func:`medtune.merge.sweep.base_identity`)."""
+    """The base model's identity when the points were scored (:func:`medtune.weights_hash.model_identity`)."""
     tuned_identity: str = ""
     """The tuned model's weights when the points were scored (sha256, :mod:`medtune.weights_hash`)."""
     points: list[SweepPoint] = Field(default_factory=list)

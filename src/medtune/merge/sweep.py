@@ -145,11 +145,6 @@ def _key(cfg: SweepConfig, base_id: str, tuned_id: str, dtype: str = "float32") 
     return hashlib.sha256(basis.encode()).hexdigest()[:16]
 
 
-def base_identity(spec: str) -> str:
-    """The base model's identity (:func:`medtune.weights_hash.model_identity`)."""
-    return weights_hash.model_identity(spec)
-
-
 def tuned_identity(tuned: str) -> str:
     """The tuned model's identity: the content hash of its weight files (recorded by training, else computed)."""
     from medtune.merge.sources import adapter_dir, full_dir
@@ -300,7 +295,7 @@ def sweep(cfg: SweepConfig) -> SweepResult:
     console = Console()
     out = Path(cfg.out)
     path = out / "results.json"
-    base_id, tuned_id = base_identity(cfg.base.spec), tuned_identity(cfg.tuned)
+    base_id, tuned_id = weights_hash.model_identity(cfg.base.spec), tuned_identity(cfg.tuned)
     from medtune.placement import resolve
 
     dtype = resolve(cfg.device, cfg.base.dtype).dtype
