@@ -182,6 +182,7 @@ def test_a_multi_parent_search_merges_the_parents_at_each_points_weights(tiny_ll
     assert done and res.search.parents == parents and res.search.scored <= 400
     point = done[-1]
     assert point.method == space and point.parents == parents and len(point.params["weights"]) == 3
+    assert {(p.device, p.dtype) for p in found} == {("cpu", "float32")}  # where the parents' model was placed
 
     want = by_hand(tiny_llama, parents, point.method, point.params)
     avg, tok = P.load(cfg.base, parents)
@@ -211,6 +212,31 @@ def test_a_multi_parent_search_merges_the_parents_at_each_points_weights(tiny_ll
 
     rerun = sweep_mod.sweep(cfg)
     assert [(p.method, p.params) for p in rerun.points if p.search] == [(p.method, p.params) for p in found]
+
+
+def test_the_parents_model_is_placed_as_every_stage_places_its_model(tiny_llama, tmp_path, parents):
+    """The base under several parents goes where --device and model.dtype say (here bf16 on the CPU), as the
+    single-parent sweep's does: a full parent's fp32 state merges into the placed weights, and `medtune merge`
+    of mixed parents records the placement it merged in, not "as stored"."""
+    import json
+
+    from medtune.config import ModelConfig
+    from medtune.merge import parents as P
+    from medtune.merge.run import MergeConfig, merge
+
+    base = ModelConfig(spec=str(tiny_llama), dtype="bfloat16")
+    avg, _ = P.load(base, parents, "cpu")
+    assert (avg.placed.device, avg.placed.dtype) == ("cpu", "bfloat16")
+    assert {t.dtype for t in avg.targets.values()} == {torch.bfloat16}  # the base's weights (peft keeps LoRA's in fp32)
+    params = {"weights": [0.5, 0.25, 1.0], "weight": 1.0}
+    avg.set("task_arithmetic", params)
+    want = by_hand(tiny_llama, parents, "task_arithmetic", params)
+    for name, t in want.items():
+        assert torch.allclose(avg.targets[name].float(), t, atol=2e-2, rtol=2e-2), name
+    merged = tmp_path / "merged"
+    merge(MergeConfig(base=base, tuned=parents, method="task_arithmetic", params=params, out=str(merged), device="cpu"))
+    prov = json.loads((merged / "merge_provenance.json").read_text())
+    assert (prov["device"], prov["dtype"]) == ("cpu", "bfloat16") and "model.dtype bfloat16" in prov["placement"]
 
 
 def test_a_parent_tuned_from_another_base_is_refused_by_name(tiny_llama, tmp_path, parents):

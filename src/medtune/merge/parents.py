@@ -48,16 +48,20 @@ def check_full_parent(parent: str, state: dict[str, Any], base_params: dict[str,
                              "not a fine-tune of this base")
 
 
-def load(base: ModelConfig, parents: Sequence[str]) -> tuple[Averager, Any]:
-    """(Averager over the base with every parent, tokenizer); each parent checked against the base first."""
+def load(base: ModelConfig, parents: Sequence[str], device: str = "auto") -> tuple[Averager, Any]:
+    """(Averager over the base with every parent, tokenizer); each parent checked against the base first.
+    The base is placed as every stage places its model (:func:`medtune.placement.load_placed`: ``device``,
+    ``base.dtype``), the adapters on it; a full parent's state dict stays on the CPU, each tensor moved to
+    the model's device as it is merged."""
     from peft import PeftModel
 
     from medtune import models
     from medtune.merge.sources import peft_base_params
+    from medtune.placement import load_placed
 
     resolved = models.resolve(base.spec, allow_pickle=base.allow_pickle)
-    model = models.load_model(resolved)
-    tokenizer = models.load_tokenizer(resolved)
+    model, placed = load_placed(resolved, base, device)
+    tokenizer = models.load_tokenizer(resolved, trust_remote_code=base.trust_remote_code)
     n_layers = model.config.num_hidden_layers
     plain = {k: p for k, p in model.named_parameters()}
     order: list[str | dict[str, Any]] = []
@@ -80,15 +84,17 @@ def load(base: ModelConfig, parents: Sequence[str]) -> tuple[Averager, Any]:
         model.base_model.set_adapter([name for name, _ in adapters])  # all active: their deltas add up
         model.eval()
         assert set(peft_base_params(model)) == set(plain), "peft renamed a base tensor"
-    return Averager(model, n_layers, parents=order), tokenizer
+    return Averager(model, n_layers, parents=order, placed=placed), tokenizer
 
 
-def merge_parents(base: ModelConfig, parents: Sequence[str], method: str, params: dict[str, Any], out: Path) -> None:
+def merge_parents(base: ModelConfig, parents: Sequence[str], method: str, params: dict[str, Any], out: Path,
+                  device: str = "auto") -> Any:
     """The model at ``(method, params)`` over ``parents`` saved whole at ``out`` (weights and tokenizer): the
-    merge of parents that are not all LoRA adapters, from the very model a search scores."""
+    merge of parents that are not all LoRA adapters, from the very model a search scores, placed as it
+    (:func:`load`). Returns the placement (:class:`medtune.placement.Placement`) for the provenance."""
     import torch
 
-    avg, tokenizer = load(base, parents)
+    avg, tokenizer = load(base, parents, device)
     assert avg.scaler is None or not avg.lora_only, "merge LoRA adapters with medtune merge's adapter paths"
     with torch.no_grad():
         avg.set(method, params)
@@ -97,3 +103,4 @@ def merge_parents(base: ModelConfig, parents: Sequence[str], method: str, params
         model = model.unload()
     model.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
+    return avg.placed

@@ -232,12 +232,12 @@ def merge(cfg: MergeConfig) -> Path:
         elif mixed:  # adapters and full checkpoints: in memory, as a multi-parent search scores them
             from medtune.merge.parents import merge_parents
 
-            merge_parents(cfg.base, chosen, cfg.method, params, tmp)
-            info["output"], info["inputs"], merged_on = "full", "mixed", None
+            merged_on = merge_parents(cfg.base, chosen, cfg.method, params, tmp, cfg.device)
+            info["output"], info["inputs"] = "full", "mixed"
         else:
             info["stream"] = _stream(cfg, params, base_dir, chosen, tmp, n_layers)  # type: ignore[arg-type]
             info["output"], merged_on = "full", None
-        info.update(_merged_on(merged_on, lora, mixed))
+        info.update(_merged_on(merged_on, lora))
         kit_tuned = kit_models(base.path, chosen)
         atomic.write_text(tmp / "mergekit.yaml", mergekit_yaml(cfg.method, params, base.path, kit_tuned, n_layers))
         import medtune
@@ -247,7 +247,7 @@ def merge(cfg: MergeConfig) -> Path:
     return out
 
 
-def _merged_on(placed: Placement | None, lora: bool, mixed: bool = False) -> dict[str, str]:
+def _merged_on(placed: Placement | None, lora: bool) -> dict[str, str]:
     """Where the averaging arithmetic ran, for the provenance, said on stderr: the placed model's device and
     dtype; or the CPU where no model is loaded (one adapter rescaled, full checkpoints streamed tensor by
     tensor from disk: their memory is a few tensors, and a GPU would add a copy to and from it per tensor)."""
@@ -255,8 +255,7 @@ def _merged_on(placed: Placement | None, lora: bool, mixed: bool = False) -> dic
 
     if placed is not None:
         return placed.record()
-    how = ("adapters and full checkpoints merged in memory on the CPU (the multi-parent path)" if mixed else
-           "one adapter's lora_B rescaled" if lora else "full checkpoints streamed from disk tensor by tensor")
+    how = "one adapter's lora_B rescaled" if lora else "full checkpoints streamed from disk tensor by tensor"
     reason = f"no model loaded: {how}, in the inputs' dtype; --device does not apply"
     Console(stderr=True, highlight=False).print(f"merge on cpu ({reason})")
     return {"device": "cpu", "dtype": "as stored", "placement": reason}

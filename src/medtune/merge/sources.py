@@ -154,8 +154,8 @@ class ParentSource:
 
     def _tuned(self, name: str, parent: str | dict[str, torch.Tensor]) -> torch.Tensor:
         base = self.base[name]
-        if isinstance(parent, dict):
-            return parent.get(name, base)
+        if isinstance(parent, dict):  # a full parent's state dict stays on the CPU: one tensor at a time to the model
+            return parent.get(name, base).to(base.device)
         if self.lora is None or name not in self.lora.layers:
             return base
         return (base.float() + self.lora.delta(name, parent)).to(base.dtype)

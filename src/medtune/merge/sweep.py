@@ -256,7 +256,7 @@ def _search(cfg: SweepConfig, result: SweepResult, loaded: tuple[Any, Any] | Non
     if parents:  # the base with every parent, in place of the grid's base and tuned model
         from medtune.merge.parents import load
 
-        loaded = load(cfg.base, parents)
+        loaded = load(cfg.base, parents, cfg.device)
     loaded = loaded or _averager(cfg)
     cache = R.load_cache(out, key, R.model_scorer(loaded[0], loaded[1], ecfg))
     for (method, params_json), preds in rows.items():
