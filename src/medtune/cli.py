@@ -62,6 +62,11 @@ COMMANDS: dict[str, Command] = {
         _lazy("medtune.evaluate.run", "evaluate"),
         "Score a model (optionally with a LoRA adapter) on medical and general tasks; writes results.json.",
     ),
+    "compare": Command(
+        _lazy("medtune.report.compare", "CompareConfig"),
+        _lazy("medtune.report.compare", "compare_command"),
+        "Paired changes of one evaluation against another (accuracy, macro-F1, perplexity), with 95 % intervals.",
+    ),
     "power": Command(
         _lazy("medtune.evaluate.power", "PowerConfig"),
         _lazy("medtune.evaluate.power", "power_table"),
