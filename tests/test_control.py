@@ -147,6 +147,24 @@ def test_a_one_sided_model_is_read_by_its_macro_f1(three):
     assert "lora answers" not in reading  # 14 of 20 "yes": 70 %, under render.ONE_SIDED
 
 
+def test_a_one_sided_models_reading_counts_the_gain_over_the_control(three, monkeypatch):
+    """With a control, a one-sided model is read by its macro-F1 change over the control: a gain over the base that
+    the control matches is not the medical data's (the report said "more than a move of the prior" for it)."""
+    from medtune.report.records import PairedChange
+
+    c = lambda lo, hi: PairedChange(value=(lo + hi) / 2, n=500, ci95=(lo, hi))  # noqa: E731
+    assert "over the control says the medical data bought more" in render.one_sided_verdict(c(0.0, 0.1), c(0.01, 0.08))
+    assert "not over the control" in render.one_sided_verdict(c(0.003, 0.087), c(-0.06, 0.019))
+    assert "no measured gain" in render.one_sided_verdict(c(-0.01, 0.05), c(-0.06, 0.019))
+    assert "more than a move of the prior" in render.one_sided_verdict(c(0.003, 0.087), None)
+    assert "no measured gain" in render.one_sided_verdict(c(-0.01, 0.05), None)
+    rep, _ = three
+    monkeypatch.setattr(render, "ONE_SIDED", 0.6)  # lora says "yes" to 70 %
+    reading = render.markdown(rep, []).split("## Reading one-sided answers", 1)[1].split("\n## ", 1)[0]
+    line = next(x for x in reading.splitlines() if x.startswith("lora answers"))
+    assert "vs the control" in line and "over the control says the medical data bought more" in line
+
+
 def test_validation_curves_are_in_the_report_with_their_worst_point(three, tmp_path):
     from medtune.report import plots
 

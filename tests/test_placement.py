@@ -84,14 +84,15 @@ def test_a_gpu_asked_for_where_there_is_none_or_out_of_range_is_a_config_error(m
 
 
 def test_every_stage_config_shares_one_device_field():
-    """eval, sweep, merge, chat and the study take `device` from one definition, default auto."""
+    """eval, sweep, merge, chat, model info and the study take `device` from one definition, default auto."""
     from medtune.chat import ChatConfig
     from medtune.evaluate.run import EvalConfig
     from medtune.merge.run import MergeConfig
     from medtune.merge.sweep import SweepConfig
+    from medtune.model_info import ModelInfoConfig
     from medtune.study.config import StudyConfig
 
-    for model in (EvalConfig, SweepConfig, MergeConfig, ChatConfig, StudyConfig):
+    for model in (EvalConfig, SweepConfig, MergeConfig, ChatConfig, StudyConfig, ModelInfoConfig):
         assert issubclass(model, placement.Placed) and model.model_fields["device"].default == "auto"
 
 
@@ -205,6 +206,21 @@ def test_chat_talks_to_the_model_where_the_rule_puts_it(tiny_llama, asked):
     model, tok = load(cfg)
     assert asked == [("cpu", "bfloat16")] and next(model.parameters()).dtype == torch.bfloat16
     assert isinstance(answer(model, tok, cfg, [{"role": "user", "content": "The heart"}], stream=False), str)
+
+
+def test_model_info_shows_the_model_where_the_rule_puts_it_with_its_attention(tiny_llama, asked):
+    """medtune model info loads by the rule (it ignored device and dtype, and loaded a GPU's 16-bit dtype on the
+    CPU), generates there, and says device, dtype and attention; model.attn_implementation reaches every placed
+    model (it reached training only)."""
+    from medtune.model_info import ModelInfoConfig, model_info
+
+    cfg = ModelInfoConfig.model_validate({"model": {"spec": str(tiny_llama), "dtype": "bfloat16",
+                                                    "attn_implementation": "eager"}, "device": "cpu",
+                                          "prompt": "The heart", "max_new_tokens": 2})
+    info = model_info(cfg)
+    assert asked == [("cpu", "bfloat16")]
+    assert (info["device"], info["dtype"], info["attention"]) == ("cpu", "bfloat16", "eager")
+    assert isinstance(info["completion"], str)
 
 
 def study_cfg(tiny_llama: Path, out: Path, **changes):

@@ -123,6 +123,7 @@ def load_placed(resolved: Any, model: ModelConfig, device: str) -> tuple[Any, Pl
 
     placed = resolve(device, model.dtype)
     loaded = models.load_model(resolved, dtype=placed.torch_dtype(), device=placed.device,
-                               trust_remote_code=model.trust_remote_code, allow_pickle=model.allow_pickle)
+                               trust_remote_code=model.trust_remote_code, allow_pickle=model.allow_pickle,
+                               attn_implementation=model.attn_implementation)
     Console(stderr=True, highlight=False).print(placed.line())
     return loaded, placed
