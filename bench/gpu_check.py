@@ -11,7 +11,8 @@ Parts (random-weight models built from configs, nothing downloaded; docs/gpu.md 
   d        SmolLM2-135M-shaped model through medtune's scorer in fp32 and bf16 (512 items): per-item
            agreement, max |d log-likelihood|, items/s
   e_sweep  one sweep point, e_merge one merge, with `device` set: the model's parameters are on the GPU
-           ("skipped: <stage> has no device option" where the stage's config has no such field)
+           ("skipped: <stage> has no device option" where the stage's config has no such field);
+           e_parents a merge of mixed parents (adapter + full checkpoint), the multi-parent search's model
   f        `medtune data build` at 1e8 tokens vs `tokenizer(texts)` with its threads (needs --tokenizer, --text)
 
 Each part runs in its own process with a time budget, inside a global deadline (default 450 s); a part that
@@ -80,6 +81,7 @@ PARTS = [
     Part("d", "scoring fp32 vs bf16", 45, P.scoring),
     Part("e_sweep", "sweep point on the device", 40, P.sweep_placed),
     Part("e_merge", "merge on the device", 40, P.merge_placed),
+    Part("e_parents", "multi-parent merge on the device", 40, P.parents_placed),
     Part("f", "data build vs tokenizer(texts)", 100, P.data_build),
 ]
 BY_KEY = {p.key: p for p in PARTS}

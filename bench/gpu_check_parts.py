@@ -302,6 +302,27 @@ def merge_placed(ctx: Context) -> dict[str, Any]:
     return placed("merge", seen, ctx.device)
 
 
+def parents_placed(ctx: Context) -> dict[str, Any]:
+    """A task-arithmetic merge of mixed parents (the LoRA adapter and a full checkpoint: the base saved again)
+    with ``device`` set: the model the multi-parent search scores and merges (``merge.parents.load``) is on it,
+    and the full parent's CPU tensors merge into it there."""
+    ctx.need_device()
+    import shutil
+
+    from medtune.merge import parents as MP
+    from medtune.merge import run as MR
+
+    base, adapter = placement_models(ctx)
+    full = ctx.work / "placement-full"
+    if not full.is_dir():
+        shutil.copytree(base, full)
+    with devices_seen(MP, "load", lambda _, result: result[0].model) as seen:  # (Averager, tokenizer)
+        MR.merge(MR.MergeConfig.model_validate({"base": {"spec": str(base)}, "tuned": [str(adapter), str(full)],
+                                                "method": "task_arithmetic", "params": {"weight": 0.5},
+                                                "device": ctx.device, "out": str(reset_dir(ctx.work / "merge-parents"))}))
+    return placed("multi-parent merge", seen, ctx.device)
+
+
 # ---------------------------------------------------------------- data
 
 
