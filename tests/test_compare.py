@@ -112,3 +112,23 @@ def test_compare_command_prints_a_table_or_json(pair, capsys):
     main(["compare", "--reference", str(ref), "--model", str(model), "--format", "json", "--tasks", "arc_easy"])
     got = json.loads(capsys.readouterr().out)
     assert [r["task"] for r in got["rows"]] == ["arc_easy"] and got["rows"][0]["change"]["changed"] == 5
+
+
+def test_a_group_whose_tasks_were_all_compared_gets_its_aggregate_change(tmp_path):
+    """The six MMLU medical subjects compared: mmlu_medical's change is the size-weighted mean of the per-item
+    differences, with the group's stratified interval (the report's group change)."""
+    from medtune.evaluate import metrics
+    from medtune.evaluate.tasks import GROUPS
+    from medtune.report.compare import compare
+
+    subjects = GROUPS["mmlu_medical"].tasks
+    sizes = [2, 4, 2, 2, 2, 4]
+    ref = _eval_dir(tmp_path / "r", [_choice(t, i, 0, 0 if i % 2 else 1) for t, n in zip(subjects, sizes) for i in range(n)])
+    model = _eval_dir(tmp_path / "m", [_choice(t, i, 0, 0) for t, n in zip(subjects, sizes) for i in range(n)])
+    rows = {r.task: r for r in compare(ref, model).rows}
+    group = rows["mmlu_medical"]
+    diffs = [[1.0 - (1.0 if i % 2 else 0.0) for i in range(n)] for n in sizes]
+    want = metrics.group_summary(diffs, weight_by_size=True)
+    assert group.change.value == pytest.approx(0.5) == pytest.approx(want["value"])
+    assert group.change.ci95 == pytest.approx(want["ci95"]) and group.change.changed == 8
+    assert (group.reference, group.model) == (0.5, 1.0) and "multimedqa" not in rows

@@ -105,7 +105,32 @@ def compare(reference: Path, model: Path, tasks: list[str] | None = None) -> Com
             raise ConfigError(f"{t}: {reference} and {model} scored no item in common (other data, split or limit)")
         rows += _task_rows(t, [ref_t[i] for i in shared], [mine_t[i] for i in shared],
                            len(ref_t.keys() ^ mine_t.keys()), (reference, model))
-    return Comparison(reference=str(reference), model=str(model), rows=rows)
+    return Comparison(reference=str(reference), model=str(model), rows=rows + _group_rows(rows, ref_rows, mine_rows))
+
+
+def _group_rows(rows: list[Compared], ref: list[Prediction], mine: list[Prediction]) -> list[Compared]:
+    """Each task group (``mmlu_medical``, ``multimedqa``) whose tasks were all compared: its aggregate of the
+    per-item differences, stratified by task, as the report and lm-eval aggregate a group."""
+    from medtune.evaluate import metrics
+    from medtune.evaluate.tasks import GROUPS
+
+    done = {r.task for r in rows if r.metric == "acc"}
+    correct = lambda preds: {(r.task, r.id): r.correct for r in preds if r.is_choice}  # noqa: E731
+    a, b = correct(ref), correct(mine)
+    out = []
+    for name, group in GROUPS.items():
+        if not set(group.tasks) <= done:
+            continue
+        keys = [[k for k in a if k[0] == t and k in b] for t in group.tasks]
+        mean = lambda side, ks: sum(side[k] for k in ks) / len(ks)  # noqa: E731
+        flat = [k for ks in keys for k in ks]
+        agg = (lambda side: mean(side, flat)) if group.weight_by_size else \
+            (lambda side: sum(mean(side, ks) for ks in keys) / len(keys))
+        ch = PairedChange(**metrics.group_summary([[b[k] - a[k] for k in ks] for ks in keys],
+                                                  weight_by_size=group.weight_by_size),
+                          changed=sum(a[k] != b[k] for k in flat))
+        out.append(Compared(task=name, metric="acc", reference=agg(a), model=agg(b), change=ch))
+    return out
 
 
 def _task_rows(task: str, ref: list[Prediction], mine: list[Prediction], unpaired: int,
