@@ -1,5 +1,6 @@
 """Print the condensed tables of docs/results.md (the study's questions) from the study's report.json.
 
+    python bench/study/questions.py docs/results/report.json           # the attribution study (issue 32)
     python bench/study/questions.py docs/results/issue15/report.json   # any study's report.json
 
 Every number is read from report.json (the study's own report: paired changes vs the base model
