@@ -94,8 +94,8 @@ def test_compare_refuses_what_cannot_be_paired(tmp_path, pair):
         compare(ref, other_task)
     with pytest.raises(ConfigError, match="tasks: medqa4 not scored in both"):
         compare(ref, pair[1], ["medqa4"])
-    with pytest.raises(ConfigError, match=f"model: {tmp_path / 'nowhere'} does not exist"):
-        compare_command(CompareConfig(reference=str(ref), model=str(tmp_path / "nowhere")))
+    with pytest.raises(ConfigError, match=f"candidate: {tmp_path / 'nowhere'} does not exist"):
+        compare_command(CompareConfig(reference=str(ref), candidate=str(tmp_path / "nowhere")))
     broken = _eval_dir(tmp_path / "nan", [{"task": "ppl_general", "id": f"d{i}", "nll": float("nan"), "tokens": 50}
                                           for i in range(3)])
     with pytest.raises(ConfigError, match="ppl_general: .*not finite"):
@@ -106,10 +106,10 @@ def test_compare_command_prints_a_table_or_json(pair, capsys):
     from medtune.cli import main
 
     ref, model = pair
-    main(["compare", "--reference", str(ref), "--model", str(model / "results.json")])
+    main(["compare", "--reference", str(ref), "--candidate", str(model / "results.json")])
     out = capsys.readouterr().out
     assert "pubmedqa" in out and "+12.5 [" in out and "macro_f1" in out and "1 unpaired" in out
-    main(["compare", "--reference", str(ref), "--model", str(model), "--format", "json", "--tasks", "arc_easy"])
+    main(["compare", "--reference", str(ref), "--candidate", str(model), "--format", "json", "--tasks", "arc_easy"])
     got = json.loads(capsys.readouterr().out)
     assert [r["task"] for r in got["rows"]] == ["arc_easy"] and got["rows"][0]["change"]["changed"] == 5
 

@@ -31,12 +31,12 @@ from medtune.report.records import PairedChange
 
 
 class CompareConfig(StrictModel):
-    """Two evaluations of the same items: the reference and the model compared with it."""
+    """Two evaluations of the same items: the reference and the candidate compared with it."""
 
     reference: str = ""
     """The reference model's evaluation: an eval directory (with predictions.jsonl) or its results.json."""
-    model: str = ""
-    """The evaluation compared with the reference; its change is model minus reference."""
+    candidate: str = ""
+    """The evaluation compared with the reference; its change is candidate minus reference."""
     tasks: Names = Field(default_factory=list)
     """The tasks compared (default: every task both evaluations scored)."""
     format: Literal["table", "json"] = "table"
@@ -182,7 +182,7 @@ def compare_command(cfg: CompareConfig) -> Comparison:
     from rich.console import Console
     from rich.table import Table
 
-    res = compare(_eval_dir(cfg.reference, "reference"), _eval_dir(cfg.model, "model"), cfg.tasks or None)
+    res = compare(_eval_dir(cfg.reference, "reference"), _eval_dir(cfg.candidate, "candidate"), cfg.tasks or None)
     if cfg.format == "json":
         print(json.dumps(res.model_dump(mode="json"), indent=1))
         return res
